@@ -1,0 +1,34 @@
+# make demo: set up .venv, ingest sample_tiles/, run one search (results in demo-results/).
+# make test: set up .venv (with the Keras extra), run the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean setup
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,keras]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	rm -f demo.gpkg demo.gpkg.faiss demo.gpkg.faiss.json
+	$(BIN)/geosearch ingest sample_tiles/ --db demo.gpkg
+	$(BIN)/geosearch info --db demo.gpkg
+	$(BIN)/geosearch similar sample_tiles/naip/m_4709963_se_14_1_20090818.tif --tile 3 --db demo.gpkg --top 5 --out demo-results
+	@echo "demo: open demo-results/similar.geojson and demo.gpkg in QGIS; previews in demo-results/previews/"
+
+test: $(STAMP)
+	$(BIN)/ruff check geosearch tests bench
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check geosearch tests bench
+	$(BIN)/ruff format --check geosearch tests bench
+
+clean:
+	rm -rf $(VENV) demo.gpkg* demo-results results geosearch.gpkg*

@@ -1,0 +1,41 @@
+"""geosearch: find similar places in imagery.
+
+The public API::
+
+    import geosearch
+    report = geosearch.ingest(["tiles/"], db="geosearch.gpkg")
+    results = geosearch.similar("geosearch.gpkg", ["tiles/a.tif"], top=5)
+    geosearch.write_results(results, "geosearch.gpkg", "results/")
+    geosearch.info("geosearch.gpkg")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from geosearch.api import info, ingest, load_settings, similar, write_results  # noqa: E402
+from geosearch.errors import (  # noqa: E402
+    BandLayoutError,
+    ConfigError,
+    DatabaseError,
+    GeosearchError,
+    InputError,
+    ModelError,
+    OutputError,
+)
+
+__all__ = [
+    "BandLayoutError",
+    "ConfigError",
+    "DatabaseError",
+    "GeosearchError",
+    "InputError",
+    "ModelError",
+    "OutputError",
+    "__version__",
+    "info",
+    "ingest",
+    "load_settings",
+    "similar",
+    "write_results",
+]

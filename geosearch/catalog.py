@@ -1,0 +1,147 @@
+"""A database opened for work: its store with the band manifest, fusion and settings it holds.
+
+Settings that shape the vectors (tile size, nodata threshold, bands, extractors and their
+weights) are written into the database when it is created and read back from it afterwards;
+run-time settings (threads, batch sizes, where weights files lie) come from the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from geosearch import __version__
+from geosearch.bands import BandManifest
+from geosearch.config import FeatureSettings, Settings
+from geosearch.errors import DatabaseError
+from geosearch.features import (
+    Extractor,
+    Fusion,
+    block_weights,
+    build_extractors,
+    prepare_batch,
+    raw_features,
+)
+from geosearch.sources import ImageSource, RawTile, Window
+from geosearch.store import Store
+
+
+@dataclass
+class Catalog:
+    """An initialised geosearch database and what it takes to compute vectors for it."""
+
+    store: Store
+    manifest: BandManifest
+    fusion: Fusion
+    tile_size: int
+    max_nodata_fraction: float
+    features: FeatureSettings
+    _extractors: list[Extractor] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.store.path.name
+
+    @property
+    def dim(self) -> int:
+        return self.fusion.raw_dim
+
+    def extractors(self) -> list[Extractor]:
+        """The database's extractors, loaded on first use and checked against its versions."""
+        if self._extractors is None:
+            extractors = build_extractors(self.features, self.manifest)
+            stored = [(b.name, b.version) for b in self.fusion.blocks]
+            found = [(e.name, e.version) for e in extractors]
+            if stored != found:
+                raise DatabaseError(
+                    f"{self.store.path} was made with extractors "
+                    f"{', '.join('%s[%s]' % pair for pair in stored)}; this set-up has "
+                    f"{', '.join('%s[%s]' % pair for pair in found)}: use the same model and "
+                    "weights, or ingest into a new --db"
+                )
+            self._extractors = extractors
+        return self._extractors
+
+    def pad_to(self) -> int | None:
+        return self.tile_size if self.manifest.kind == "geo" else None
+
+    def compute(self, tiles: Sequence[RawTile]) -> tuple[np.ndarray, np.ndarray]:
+        """(fused vectors, raw features) of raw tiles: the one way a tile's vector is made."""
+        batch = prepare_batch(tiles, self.manifest, self.pad_to())
+        raw = raw_features(batch, self.extractors())
+        return self.fusion.fuse(raw), raw
+
+    def keeps(self, tile: RawTile) -> bool:
+        """Whether a tile has enough valid pixels to be indexed."""
+        return bool(tile.valid.any()) and tile.nodata_fraction <= self.max_nodata_fraction
+
+    def windows(self, source: ImageSource) -> list[Window]:
+        return source.windows(self.tile_size)
+
+
+def stored_settings(settings: Settings) -> dict:
+    """The part of the settings a database keeps because its vectors depend on it."""
+    return {
+        "tile_size": settings.tile_size,
+        "max_nodata_fraction": settings.max_nodata_fraction,
+        "features": settings.features.model_dump(mode="json"),
+    }
+
+
+def open_catalog(store: Store, runtime: Settings) -> Catalog | None:
+    """The catalog of an initialised database, or None if nothing was ingested yet."""
+    manifest = store.meta("manifest")
+    if manifest is None:
+        return None
+    stored = store.meta("settings")
+    features = FeatureSettings.model_validate(stored["features"])
+    # Run-time knobs come from the caller's settings; the rest is the database's.
+    cnn_runtime = runtime.features.cnn
+    features.cnn.threads = cnn_runtime.threads
+    features.cnn.batch_size = cnn_runtime.batch_size
+    features.cnn.download = cnn_runtime.download
+    if cnn_runtime.weights is not None:
+        features.cnn.weights = cnn_runtime.weights
+    return Catalog(
+        store=store,
+        manifest=BandManifest.from_dict(manifest),
+        fusion=Fusion.from_dict(store.meta("fusion")),
+        tile_size=stored["tile_size"],
+        max_nodata_fraction=stored["max_nodata_fraction"],
+        features=features,
+    )
+
+
+def initialise_catalog(
+    store: Store, settings: Settings, manifest: BandManifest, sample: Sequence[RawTile]
+) -> Catalog:
+    """Fit the fusion's standardisation on ``sample`` tiles; write manifest, fusion, settings."""
+    extractors = build_extractors(settings.features, manifest)
+    pad_to = settings.tile_size if manifest.kind == "geo" else None
+    if sample:
+        raw = raw_features(prepare_batch(sample, manifest, pad_to), extractors)
+    else:
+        raw = np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)
+    fusion = Fusion.fit(extractors, block_weights(settings.features), raw)
+    store.set_meta(
+        {
+            "manifest": manifest.to_dict(),
+            "fusion": fusion.to_dict(),
+            "settings": stored_settings(settings),
+            "fusion_fitted_on_tiles": len(sample),
+            "geosearch_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    return Catalog(
+        store=store,
+        manifest=manifest,
+        fusion=fusion,
+        tile_size=settings.tile_size,
+        max_nodata_fraction=settings.max_nodata_fraction,
+        features=settings.features.model_copy(deep=True),
+        _extractors=extractors,
+    )

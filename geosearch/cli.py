@@ -1,0 +1,225 @@
+"""The ``geosearch`` command: parse options, call the API, print. No logic of its own.
+
+Exit codes (also in the README): 0 ok; 1 internal error; 2 bad usage or config; 3 bad input
+file; 4 database problem; 5 model/weights problem; 6 ingest finished but skipped some files;
+7 results could not be written; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from geosearch import api
+from geosearch.config import Settings
+from geosearch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SKIPPED, ConfigError, GeosearchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example.",
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="Database (GeoPackage). [default: geosearch.gpkg]")
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="Settings file. [default: ./config.yaml if present]"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run an API call; user errors become one line on stderr and their exit code."""
+    try:
+        return action()
+    except GeosearchError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: committed work is kept; run the same command to resume")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _settings(config: Path | None, db: Path | None, **overrides: Any) -> tuple[Settings, Path]:
+    settings = _run(lambda: api.load_settings(config).with_overrides(overrides))
+    return settings, db or settings.db
+
+
+def _parse_bands(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        bands = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        bands = []
+    if not bands or min(bands) < 1:
+        err.print(f"error: --bands: expected 1-based band numbers like 4,3,2, got {text!r}")
+        raise typer.Exit(ConfigError.exit_code)
+    return bands
+
+
+class _ProgressBar:
+    """Rich progress bar for ingest; skipped files are printed above it as they happen."""
+
+    def __init__(self, enabled: bool, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = Progress(
+            TextColumn("[bold]ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files · {task.fields[tiles]} tiles"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not enabled,
+            transient=False,
+        )
+        self.task = self.bar.add_task("ingest", total=None, tiles=0)
+        self.tiles = 0
+
+    def begin(self, files: int) -> None:
+        self.bar.update(self.task, total=files)
+
+    def advance(self, files: float, tiles: int = 0) -> None:
+        self.tiles += tiles
+        self.bar.update(self.task, advance=files, tiles=self.tiles)
+
+    def skipped(self, path: str, reason: str) -> None:
+        if not self.quiet:
+            self.bar.console.print(f"skipped {path}: {reason}", markup=False)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or files.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    bands: Annotated[
+        str | None, typer.Option("--bands", help="Bands to use, 1-based, in order: 4,3,2.")
+    ] = None,
+    tile_size: Annotated[
+        int | None, typer.Option("--tile-size", help="Tile size in pixels (new databases).")
+    ] = None,
+    json_output: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")] = False,
+) -> None:
+    """Ingest imagery into the database: tiles, features, footprints, index."""
+    settings, db_path = _settings(config, db, tile_size=tile_size)
+    selected = _parse_bands(bands)
+    progress = _ProgressBar(enabled=not (json_output or quiet) and err.is_terminal, quiet=quiet)
+    with progress.bar:
+        report = _run(
+            lambda: api.ingest(paths, db_path, settings, bands=selected, progress=progress)
+        )
+    if json_output:
+        out.print(json.dumps(report.to_dict()), markup=False)
+    elif not quiet:
+        rate = report.tiles_added / report.seconds if report.seconds else 0.0
+        err.print(
+            f"{report.tiles_added} tiles added from {report.files_ingested} files "
+            f"({report.files_unchanged} unchanged, {report.files_replaced} replaced, "
+            f"{report.files_resumed} resumed, {len(report.skipped)} skipped; "
+            f"{report.tiles_nodata} tiles mostly nodata) in {report.seconds:.1f} s "
+            f"({rate:.0f} tiles/s) -> {db_path}",
+            markup=False,
+        )
+    raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+
+
+@app.command()
+def similar(
+    queries: Annotated[list[Path], typer.Argument(help="Query files (indexed or not).")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option("--tile", help="Query with this tile of the file (0-based, row-major) "
+                     "instead of the mean of all its tiles."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Find the tiles most similar to each query; write GeoJSON, previews, contact sheet."""
+    settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
+    search = settings.search
+    results = _run(lambda: api.similar(db_path, queries, search.top, tile=tile, settings=settings))
+    files = _run(
+        lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
+    )
+    if json_output:
+        for result in results:
+            out.print(json.dumps(result.to_dict()), markup=False)
+        return
+    for result in results:
+        table = Table(title=f"similar to {result.query.label}", title_justify="left")
+        for column in ("rank", "score", "id", "path", "window", "acquired"):
+            table.add_column(column, justify="right" if column in ("rank", "score", "id") else "left")
+        for match in result.matches:
+            w = match.tile.window
+            table.add_row(
+                str(match.rank),
+                f"{match.score:.4f}",
+                str(match.tile.id),
+                match.tile.path,
+                f"row {w.row} col {w.col} {w.width}x{w.height}",
+                match.tile.acquired or "",
+            )
+        out.print(table)
+    err.print(f"wrote {files.geojson}, {len(files.previews)} previews, "
+              f"{', '.join(str(p) for p in files.contact_sheets)}", markup=False)
+
+
+@app.command()
+def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOption = False) -> None:
+    """What the database holds: tiles, files, extractors, bands, index."""
+    settings, db_path = _settings(config, db)
+    facts = _run(lambda: api.info(db_path, settings))
+    if json_output:
+        out.print(json.dumps(facts), markup=False)
+        return
+    bands = facts["bands"]
+    index = facts["index"]
+    lines = [
+        ("database", facts["db"]),
+        ("tiles", f"{facts['tiles']} from {facts['files']} files"
+         + (f" ({facts['files_partial']} partly ingested)" if facts["files_partial"] else "")),
+        ("kind", facts["kind"]),
+        ("bands", f"{len(bands['bands'])} ({','.join(bands['names'])}) {bands['dtype']}, "
+                  f"scaling {bands['scaling']}, RGB = bands "
+                  f"{','.join(bands['names'][i] for i in bands['rgb'])}"),
+        ("tile size", f"{facts['tile_size']} px"),
+        ("extractors", " + ".join(f"{e['name']} [{e['version']}] {e['dim']}-d x{e['weight']:g}"
+                                  for e in facts["extractors"])),
+        ("vector", f"{facts['dim']} float32"),
+        ("index", f"{index['type']}, {index['vectors']} vectors, "
+                  f"{(index['bytes'] or 0) / 1e6:.1f} MB; "
+                  f"{index['bytes_per_million_tiles'] / 1e9:.1f} GB per million tiles"),
+    ]
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        out.print(f"{label:<{width}}  {value}", markup=False)
+
+
+def main() -> None:
+    """Entry point of the ``geosearch`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,137 @@
+"""Settings: ``config.yaml`` loaded and validated into typed models.
+
+Every key is optional; the models' defaults are the documented defaults (``config.yaml`` at the
+repository root lists them all). Settings that shape the vectors (tile size, bands, features)
+are written into a database when it is created; later runs on that database use the stored ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from geosearch.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "config.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BandSettings(_Section):
+    select: list[int] | None = None
+    rgb: list[int | str] | None = None
+    scaling: Literal["auto", "dtype", "percentile"] = "auto"
+    percentiles: tuple[float, float] = (2.0, 98.0)
+
+    @field_validator("select")
+    @classmethod
+    def _positive_indexes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 1):
+            raise ValueError("band indexes are 1-based and the list must not be empty")
+        return value
+
+    @field_validator("rgb")
+    @classmethod
+    def _three_bands(cls, value: list[int | str] | None) -> list[int | str] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError("give exactly three bands (red, green, blue)")
+        return value
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low < high <= 100:
+            raise ValueError("need 0 <= low < high <= 100")
+        return value
+
+
+class BandStatsSettings(_Section):
+    weight: float = Field(0.5, ge=0)
+    histogram_bins: int = Field(8, ge=2, le=64)
+
+
+class CnnSettings(_Section):
+    weight: float = Field(1.0, ge=0)
+    model: Literal["mobilenet_v1", "vgg16", "resnet50", "efficientnetb0"] = "mobilenet_v1"
+    weights: Path | None = None
+    download: bool = True
+    threads: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1, le=1024)
+
+
+class FeatureSettings(_Section):
+    band_stats: BandStatsSettings = BandStatsSettings()
+    cnn: CnnSettings = CnnSettings()
+
+
+class SearchSettings(_Section):
+    top: int = Field(5, ge=1, le=10000)
+    out: Path = Path("results")
+    preview_size: int = Field(256, ge=16, le=2048)
+
+
+class Settings(_Section):
+    db: Path = Path("geosearch.gpkg")
+    tile_size: int = Field(256, ge=16, le=8192)
+    max_nodata_fraction: float = Field(0.9, ge=0, le=1)
+    workers: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1, le=100000)
+    bands: BandSettings = BandSettings()
+    features: FeatureSettings = FeatureSettings()
+    search: SearchSettings = SearchSettings()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Settings:
+        """A copy with dotted keys (``"features.cnn.model"``) replaced; ``None`` values ignored."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return _validate(data, "command line")
+
+
+def _validate(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown setting '{key}'") from None
+        value = error.get("input")
+        raise ConfigError(f"{source}: {key}: {error['msg']} (got {value!r})") from None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Settings from ``path``, else ``./config.yaml`` if present, else the defaults."""
+    if path is None:
+        candidate = Path(os.environ.get("GEOSEARCH_CONFIG", DEFAULT_CONFIG_NAME))
+        if not candidate.is_file():
+            return Settings()
+        path = candidate
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return _validate(data, str(path))

@@ -1,0 +1,1 @@
+"""Schedulers for the per-tile work: ``local`` (this machine) and, later, ``spark``."""

@@ -1,0 +1,179 @@
+"""Feature extraction and fusion: from raw tiles to one L2-normalised vector per tile.
+
+``FeaturePipeline`` is the single place a tile's vector is computed, used by ingest, by
+queries with new files, and by every engine alike.
+
+The stored vector fuses the extractors' blocks: each block standardised (mean/std fitted on a
+sample when the database is created), L2-normalised, weighted, concatenated, L2-normalised
+again, so that inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from geosearch.bands import BandManifest
+from geosearch.config import FeatureSettings
+from geosearch.errors import ConfigError
+from geosearch.features.band_stats import BandStatsExtractor
+from geosearch.features.base import Extractor, TileBatch
+from geosearch.features.cnn import cnn_extractor
+from geosearch.sources import RawTile
+
+EXTRACTOR_NAMES = ("band_stats", "cnn")
+_EPSILON = 1e-12
+
+
+def build_extractors(settings: FeatureSettings, manifest: BandManifest) -> list[Extractor]:
+    """The extractors whose weight is above zero, in fixed order."""
+    extractors: list[Extractor] = []
+    if settings.band_stats.weight > 0:
+        extractors.append(
+            BandStatsExtractor(len(manifest.bands), settings.band_stats.histogram_bins)
+        )
+    if settings.cnn.weight > 0:
+        cnn = settings.cnn
+        extractors.append(
+            cnn_extractor(cnn.model, cnn.weights, cnn.download, cnn.threads, cnn.batch_size)
+        )
+    if not extractors:
+        raise ConfigError("features: every weight is 0; give at least one extractor a weight")
+    return extractors
+
+
+def block_weights(settings: FeatureSettings) -> dict[str, float]:
+    return {"band_stats": settings.band_stats.weight, "cnn": settings.cnn.weight}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One extractor's part of the fused vector, with its standardisation and weight."""
+
+    name: str
+    version: str
+    dim: int
+    weight: float
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How raw feature blocks become one unit vector; stored in the database."""
+
+    blocks: tuple[Block, ...]
+
+    @property
+    def raw_dim(self) -> int:
+        return sum(block.dim for block in self.blocks)
+
+    @classmethod
+    def fit(
+        cls, extractors: Sequence[Extractor], weights: dict[str, float], raw: np.ndarray
+    ) -> Fusion:
+        """Standardisation fitted on ``raw`` (a sample of tiles' concatenated raw features)."""
+        blocks, start = [], 0
+        for extractor in extractors:
+            part = raw[:, start : start + extractor.dim].astype(np.float64)
+            std = part.std(axis=0) if len(part) > 1 else np.ones(extractor.dim)
+            mean = part.mean(axis=0) if len(part) > 1 else np.zeros(extractor.dim)
+            std = np.where(std > 1e-6, std, 1.0)
+            blocks.append(
+                Block(
+                    extractor.name,
+                    extractor.version,
+                    extractor.dim,
+                    weights[extractor.name],
+                    mean.astype(np.float32),
+                    std.astype(np.float32),
+                )
+            )
+            start += extractor.dim
+        return cls(tuple(blocks))
+
+    def fuse(self, raw: np.ndarray) -> np.ndarray:
+        """(n, raw_dim) raw features to (n, raw_dim) fused unit vectors, float32."""
+        parts, start = [], 0
+        for block in self.blocks:
+            part = (raw[:, start : start + block.dim] - block.mean) / block.std
+            norms = np.linalg.norm(part, axis=1, keepdims=True)
+            parts.append(block.weight * part / np.maximum(norms, _EPSILON))
+            start += block.dim
+        fused = np.hstack(parts)
+        norms = np.linalg.norm(fused, axis=1, keepdims=True)
+        return (fused / np.maximum(norms, _EPSILON)).astype(np.float32)
+
+    def describe(self) -> str:
+        return " + ".join(f"{b.name}[{b.version}] {b.dim}-d x{b.weight:g}" for b in self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blocks": [
+                {
+                    "name": b.name,
+                    "version": b.version,
+                    "dim": b.dim,
+                    "weight": b.weight,
+                    "mean": b.mean.tolist(),
+                    "std": b.std.tolist(),
+                }
+                for b in self.blocks
+            ]
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fusion:
+        return cls(
+            tuple(
+                Block(
+                    b["name"],
+                    b["version"],
+                    b["dim"],
+                    b["weight"],
+                    np.asarray(b["mean"], dtype=np.float32),
+                    np.asarray(b["std"], dtype=np.float32),
+                )
+                for b in data["blocks"]
+            )
+        )
+
+
+def prepare_batch(tiles: Sequence[RawTile], manifest: BandManifest, pad_to: int | None) -> TileBatch:
+    """Scale raw tiles to 0..1; edge tiles of rasters are padded with invalid pixels to
+    ``pad_to`` so the CNN sees every tile at the same scale."""
+    pixels, valid = [], []
+    for tile in tiles:
+        scaled = manifest.scale(tile)
+        mask = tile.valid
+        height, width = mask.shape
+        if pad_to and (height < pad_to or width < pad_to):
+            padded = np.zeros((scaled.shape[0], max(pad_to, height), max(pad_to, width)), np.float32)
+            padded[:, :height, :width] = scaled
+            padded_mask = np.zeros(padded.shape[1:], dtype=bool)
+            padded_mask[:height, :width] = mask
+            scaled, mask = padded, padded_mask
+        pixels.append(scaled)
+        valid.append(mask)
+    return TileBatch(pixels=pixels, valid=valid, rgb=manifest.rgb)
+
+
+def raw_features(batch: TileBatch, extractors: Sequence[Extractor]) -> np.ndarray:
+    """(len(batch), sum of dims) float32: every extractor's block, concatenated."""
+    return np.hstack([extractor.extract(batch) for extractor in extractors]).astype(np.float32)
+
+
+__all__ = [
+    "EXTRACTOR_NAMES",
+    "Block",
+    "Extractor",
+    "Fusion",
+    "TileBatch",
+    "block_weights",
+    "build_extractors",
+    "prepare_batch",
+    "raw_features",
+]

@@ -1,0 +1,225 @@
+"""What a search leaves on disk: GeoJSON, PNG previews of query and results, a contact sheet.
+
+``render_png`` is a pure function from an RGB array and a validity mask to PNG bytes; the
+rest reads each tile's pixels back through the same reader and band manifest as ingest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from PIL import Image, ImageDraw, ImageFont
+from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.geometry.base import BaseGeometry
+from shapely.geometry.polygon import orient
+
+from geosearch.bands import BandManifest
+from geosearch.catalog import Catalog
+from geosearch.errors import GeosearchError, OutputError
+from geosearch.search import SearchResult
+from geosearch.sources import RawTile, Window, open_source
+
+GEOJSON_NAME = "similar.geojson"
+COORDINATE_DECIMALS = 7
+STRETCH_PERCENTILES = (2.0, 98.0)
+
+
+@dataclass
+class ResultFiles:
+    """Paths written for a search."""
+
+    geojson: Path
+    previews: list[Path]
+    contact_sheets: list[Path]
+
+
+def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
+    """PNG bytes of a (3, h, w) image: per-channel percentile stretch, invalid transparent."""
+    stretched = np.zeros(rgb.shape, dtype=np.uint8)
+    for channel, values in enumerate(rgb.astype(np.float32)):
+        good = values[valid]
+        if good.size:
+            low, high = np.percentile(good, STRETCH_PERCENTILES)
+            span = high - low if high > low else 1.0
+            stretched[channel] = np.clip((values - low) / span * 255.0, 0, 255).astype(np.uint8)
+    alpha = np.where(valid, 255, 0).astype(np.uint8)
+    image = Image.fromarray(np.dstack([*stretched, alpha]), "RGBA")
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _rgb(tile: RawTile, manifest: BandManifest) -> np.ndarray:
+    return manifest.scale(tile)[list(manifest.rgb)]
+
+
+def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: int) -> bytes:
+    """PNG of one tile (``window``) or of a whole file (``window=None``) of the database."""
+    with open_source(Path(path)) as source:
+        bands = catalog.manifest.bands_for(source, None, catalog.name)
+        if window is None:
+            tile = source.overview(bands, max_side)
+        else:
+            tile = source.read(window, bands)
+    return render_png(_rgb(tile, catalog.manifest), tile.valid, max_side)
+
+
+def _lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
+    """RFC 7946 geometry: counter-clockwise exterior rings, 7 decimals, Polygon if one part."""
+    if geometry is None or geometry.is_empty:
+        return None
+    if isinstance(geometry, MultiPolygon) and len(geometry.geoms) == 1:
+        geometry = geometry.geoms[0]
+    if isinstance(geometry, Polygon):
+        geometry = orient(geometry, 1.0)
+    elif isinstance(geometry, MultiPolygon):
+        geometry = MultiPolygon([orient(part, 1.0) for part in geometry.geoms])
+    rounded = shapely.transform(geometry, lambda xy: np.round(xy, COORDINATE_DECIMALS))
+    return _plain(mapping(rounded))
+
+
+def _plain(value: Any) -> Any:
+    """GeoJSON mapping with tuples turned into lists (as json would write them)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
+    """Query and result features of every search, in one RFC 7946 FeatureCollection."""
+    features = []
+    for number, result in enumerate(results, start=1):
+        query = result.query
+        first = query.tiles[0]
+        properties = {
+            "role": "query",
+            "query": number,
+            "rank": 0,
+            "score": 1.0,
+            "id": first.id if len(query.tiles) == 1 else None,
+            "path": query.path,
+            "tiles": len(query.tiles),
+            "row": first.window.row if len(query.tiles) == 1 else None,
+            "col": first.window.col if len(query.tiles) == 1 else None,
+            "width": first.window.width if len(query.tiles) == 1 else None,
+            "height": first.window.height if len(query.tiles) == 1 else None,
+            "acquired": first.acquired,
+            "crs": first.crs,
+            "preview": result.query_preview,
+        }
+        features.append(
+            {"type": "Feature", "geometry": _lonlat_geometry(query.footprint), "properties": properties}
+        )
+        for match in result.matches:
+            tile = match.tile
+            properties = {
+                "role": "result",
+                "query": number,
+                "rank": match.rank,
+                "score": round(match.score, 6),
+                "id": tile.id,
+                "path": tile.path,
+                "tiles": 1,
+                "row": tile.window.row,
+                "col": tile.window.col,
+                "width": tile.window.width,
+                "height": tile.window.height,
+                "acquired": tile.acquired,
+                "crs": tile.crs,
+                "preview": match.preview,
+            }
+            features.append(
+                {"type": "Feature", "geometry": _lonlat_geometry(tile.footprint), "properties": properties}
+            )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> bytes:
+    """PNG of labelled previews side by side (query first, then results in rank order)."""
+    label_height = max(16, cell // 10)
+    font = ImageFont.load_default(size=max(10, label_height - 4))
+    sheet = Image.new("RGB", (cell * len(images), cell + label_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (png, label) in enumerate(images):
+        if png is not None:
+            with Image.open(io.BytesIO(png)) as picture:
+                picture = picture.convert("RGBA")
+                picture.thumbnail((cell, cell))
+                offset = (i * cell + (cell - picture.width) // 2, (cell - picture.height) // 2)
+                sheet.paste(picture, offset, picture)
+        else:
+            draw.text((i * cell + 4, cell // 2), "(missing)", fill="gray", font=font)
+        draw.text((i * cell + 4, cell + 2), label, fill="black", font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_results(
+    results: Sequence[SearchResult], catalog: Catalog, out_dir: Path, preview_size: int
+) -> ResultFiles:
+    """Write previews, contact sheets and similar.geojson under ``out_dir``.
+
+    Sets each result's preview paths (relative to ``out_dir``). A tile whose source file can no
+    longer be read gets no preview (``preview: null``); the rest are written.
+    """
+    out_dir = Path(out_dir)
+    previews_dir = out_dir / "previews"
+    try:
+        previews_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
+    written: list[Path] = []
+    sheets: list[Path] = []
+    for number, result in enumerate(results, start=1):
+        query = result.query
+        window = query.tiles[0].window if len(query.tiles) == 1 else None
+        query_png = _try_preview(catalog, query.path, window, preview_size)
+        result.query_preview = _save(query_png, previews_dir / f"query{number}.png", out_dir, written)
+        cells = [(query_png, "query")]
+        for match in result.matches:
+            png = _try_preview(catalog, match.tile.path, match.tile.window, preview_size)
+            name = f"query{number}_rank{match.rank}_tile{match.tile.id}.png"
+            match.preview = _save(png, previews_dir / name, out_dir, written)
+            cells.append((png, f"#{match.rank} {match.score:.3f}"))
+        sheet_path = out_dir / (
+            "contact_sheet.png" if len(results) == 1 else f"contact_sheet_{number}.png"
+        )
+        _write_bytes(sheet_path, contact_sheet(cells, min(preview_size, 256)))
+        sheets.append(sheet_path)
+    geojson = out_dir / GEOJSON_NAME
+    _write_bytes(geojson, json.dumps(feature_collection(results), indent=1).encode())
+    return ResultFiles(geojson, written, sheets)
+
+
+def _try_preview(catalog: Catalog, path: str, window: Window | None, size: int) -> bytes | None:
+    try:
+        return tile_preview(catalog, path, window, size)
+    except GeosearchError:
+        return None
+
+
+def _save(png: bytes | None, path: Path, out_dir: Path, written: list[Path]) -> str | None:
+    if png is None:
+        return None
+    _write_bytes(path, png)
+    written.append(path)
+    return path.relative_to(out_dir).as_posix()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,382 @@
+"""Find image files and read them as tiles.
+
+Two readers share one interface: ``GeoRasterSource`` (GeoTIFF and anything else GDAL reads,
+through rasterio, read window by window) and ``PlainImageSource`` (JPEG/PNG through Pillow:
+one tile per image, no geography). Both hand out ``RawTile`` objects (pixels + validity mask)
+that the rest of the pipeline treats alike.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.windows
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pyproj import CRS, Transformer
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+from shapely.affinity import translate
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from geosearch.errors import InputError
+
+GEO_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img"})
+PLAIN_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+IMAGE_SUFFIXES = GEO_SUFFIXES | PLAIN_SUFFIXES
+
+# Plain images are searched as whole pictures; larger ones are shrunk on read to this side.
+PLAIN_MAX_SIDE = 1024
+# Points per footprint edge when reprojecting, so curved edges stay close in lon/lat.
+FOOTPRINT_EDGE_POINTS = 4
+
+_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A pixel window of a source: top row, left column, width and height."""
+
+    row: int
+    col: int
+    width: int
+    height: int
+
+    def as_rasterio(self) -> rasterio.windows.Window:
+        return rasterio.windows.Window(self.col, self.row, self.width, self.height)
+
+
+@dataclass
+class RawTile:
+    """Pixels of one window as stored in the file, before band scaling.
+
+    ``pixels`` is (bands, height, width) in the file's dtype; ``valid`` is (height, width),
+    True where every selected band holds data (not nodata, not masked, finite).
+    """
+
+    pixels: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def nodata_fraction(self) -> float:
+        return float(1.0 - self.valid.mean()) if self.valid.size else 1.0
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Where a tile lies: WKT in the file's CRS and a lon/lat (EPSG:4326) geometry."""
+
+    native_wkt: str
+    wgs84: BaseGeometry
+
+
+def find_images(root: Path) -> Iterator[Path]:
+    """Image files under ``root`` (or ``root`` itself), recursively, in sorted order.
+
+    Directories are not followed through symlinks, so a symlink loop cannot trap the walk;
+    symlinked files are yielded and judged when read.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        yield root
+        return
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(folder) / name
+
+
+def tile_windows(width: int, height: int, tile_size: int) -> list[Window]:
+    """A grid of windows covering the raster; edge remainders are kept as smaller windows."""
+    return [
+        Window(row, col, min(tile_size, width - col), min(tile_size, height - row))
+        for row in range(0, height, tile_size)
+        for col in range(0, width, tile_size)
+    ]
+
+
+def acquisition_date(path: Path, tags: dict[str, str] | None = None) -> str | None:
+    """ISO date the image was taken, from its file or folder name, else its TIFF/EXIF tag."""
+    for part in (path.name, *(parent.name for parent in path.parents[:3])):
+        match = _DATE_IN_NAME.search(part)
+        if match:
+            try:
+                return date(*(int(group) for group in match.groups())).isoformat()
+            except ValueError:
+                continue
+    stamp = (tags or {}).get("TIFFTAG_DATETIME") or (tags or {}).get("DateTimeOriginal")
+    if stamp:
+        match = re.match(r"(\d{4})[:-](\d{2})[:-](\d{2})", stamp)
+        if match:
+            try:
+                return date(*(int(group) for group in match.groups())).isoformat()
+            except ValueError:
+                return None
+    return None
+
+
+@lru_cache(maxsize=64)
+def _to_wgs84(crs_wkt: str) -> Transformer:
+    return Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
+
+
+def _ring_on_edges(width: int, height: int) -> np.ndarray:
+    """Pixel (x, y) points around a width x height window, clockwise from the top-left."""
+    steps = np.linspace(0.0, 1.0, FOOTPRINT_EDGE_POINTS, endpoint=False)
+    top = np.column_stack([steps * width, np.zeros_like(steps)])
+    right = np.column_stack([np.full_like(steps, width), steps * height])
+    bottom = np.column_stack([width - steps * width, np.full_like(steps, height)])
+    left = np.column_stack([np.zeros_like(steps), height - steps * height])
+    ring = np.vstack([top, right, bottom, left])
+    return np.vstack([ring, ring[:1]])
+
+
+def _lonlat_geometry(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry | None:
+    """A valid lon/lat polygon, split in two where it crosses the antimeridian."""
+    if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat))):
+        return None
+    if np.ptp(lon) > 180:  # crosses the antimeridian: shift west part, then cut at +180
+        shifted = np.where(lon < 0, lon + 360.0, lon)
+        polygon = Polygon(np.column_stack([shifted, lat]))
+        east = polygon.intersection(Polygon([(-180, -90), (180, -90), (180, 90), (-180, 90)]))
+        west = polygon.intersection(Polygon([(180, -90), (540, -90), (540, 90), (180, 90)]))
+        parts = [east, translate(west, xoff=-360.0)]
+        polygons = [p for part in parts for p in getattr(part, "geoms", [part]) if not p.is_empty]
+        return MultiPolygon(polygons)
+    polygon = Polygon(np.column_stack([lon, lat]))
+    return polygon if polygon.is_valid else polygon.buffer(0)
+
+
+class GeoRasterSource:
+    """A raster opened with rasterio; tiles are read window by window, never the whole scene."""
+
+    kind = "geo"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._dataset = rasterio.open(self.path)
+        except (RasterioError, OSError) as exc:
+            raise InputError(f"{self.path}: not a readable raster ({_reason(exc)})") from None
+        ds = self._dataset
+        if ds.width < 1 or ds.height < 1 or ds.count < 1:
+            raise InputError(f"{self.path}: raster has no pixels or no bands")
+        interps = list(ds.colorinterp)
+        self.alpha_band = next(
+            (i + 1 for i, ci in enumerate(interps) if ci == ColorInterp.alpha), None
+        )
+        # Data bands: every band but an alpha band, which only serves as mask.
+        self.data_bands = tuple(i for i in range(1, ds.count + 1) if i != self.alpha_band)
+        self.band_names = tuple(self._band_name(i) for i in range(1, ds.count + 1))
+        self.width, self.height = ds.width, ds.height
+        self.dtype = str(np.dtype(ds.dtypes[0]))
+        self.crs_wkt = ds.crs.to_wkt() if ds.crs else None
+        self.crs_label = _crs_label(ds.crs) if ds.crs else None
+        self.acquired = acquisition_date(self.path, ds.tags())
+
+    def _band_name(self, index: int) -> str:
+        ds = self._dataset
+        description = ds.descriptions[index - 1]
+        if description:
+            return description
+        interp = ds.colorinterp[index - 1]
+        if interp in (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha):
+            return interp.name
+        # A single-band file named after its band (B04.tif, LC08_..._B4.TIF) names that band.
+        if ds.count == 1:
+            match = re.search(r"(?:^|_)(B\d{1,2}A?)$", self.path.stem, flags=re.IGNORECASE)
+            if match:
+                return match.group(1).upper()
+        return f"band{index}"
+
+    def windows(self, tile_size: int) -> list[Window]:
+        return tile_windows(self.width, self.height, tile_size)
+
+    def read(self, window: Window, bands: Sequence[int]) -> RawTile:
+        """Read ``bands`` (1-based) of ``window`` with the dataset's own nodata/mask/alpha."""
+        try:
+            data = self._dataset.read(list(bands), window=window.as_rasterio(), masked=True)
+        except (RasterioError, OSError) as exc:
+            raise InputError(
+                f"{self.path}: pixels unreadable at row {window.row}, col {window.col} "
+                f"({_reason(exc)})"
+            ) from None
+        return _masked_to_tile(data)
+
+    def overview(self, bands: Sequence[int], max_side: int) -> RawTile:
+        """The whole raster decimated to at most ``max_side`` pixels (uses overviews if any)."""
+        factor = max(1, -(-max(self.width, self.height) // max_side))
+        shape = (len(bands), max(1, self.height // factor), max(1, self.width // factor))
+        try:
+            data = self._dataset.read(list(bands), out_shape=shape, masked=True)
+        except (RasterioError, OSError) as exc:
+            raise InputError(f"{self.path}: pixels unreadable ({_reason(exc)})") from None
+        return _masked_to_tile(data)
+
+    def footprint(self, window: Window) -> Footprint | None:
+        """The window's outline in the file's CRS and in lon/lat; None without a CRS."""
+        if self.crs_wkt is None:
+            return None
+        transform = self._dataset.window_transform(window.as_rasterio())
+        ring = _ring_on_edges(window.width, window.height)
+        xs, ys = transform * (ring[:, 0], ring[:, 1])
+        native = Polygon(np.column_stack([xs, ys]))
+        try:
+            lon, lat = _to_wgs84(self.crs_wkt).transform(np.asarray(xs), np.asarray(ys))
+        except Exception:  # pyproj raises several types for points off the projection
+            return None
+        wgs84 = _lonlat_geometry(np.asarray(lon), np.asarray(lat))
+        if wgs84 is None or wgs84.is_empty:
+            return None
+        return Footprint(native_wkt=native.wkt, wgs84=wgs84)
+
+    def close(self) -> None:
+        self._dataset.close()
+
+    def __enter__(self) -> GeoRasterSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PlainImageSource:
+    """A JPEG/PNG opened with Pillow: one tile per picture, RGB, no geography.
+
+    EXIF orientation is applied; grayscale, palette, CMYK and 16-bit images become RGB; an alpha
+    channel becomes the validity mask.
+    """
+
+    kind = "plain"
+    alpha_band = None
+    data_bands = (1, 2, 3)
+    band_names = ("red", "green", "blue")
+    dtype = "uint8"
+    crs_wkt = None
+    crs_label = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with Image.open(self.path) as image:
+                exif = image.getexif()
+                image.draft("RGB", (PLAIN_MAX_SIDE, PLAIN_MAX_SIDE))
+                image = ImageOps.exif_transpose(image)
+                rgb, valid = _to_rgb(image)
+        except Image.DecompressionBombError:
+            raise InputError(
+                f"{self.path}: image too large to decode safely (Pillow's decompression-bomb "
+                "limit)"
+            ) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"{self.path}: not a readable image ({_reason(exc)})") from None
+        self._pixels = rgb
+        self._valid = valid
+        self.height, self.width = valid.shape
+        tags = {"DateTimeOriginal": str(exif.get(0x9003) or exif.get(0x0132) or "")}
+        self.acquired = acquisition_date(self.path, tags)
+
+    def windows(self, tile_size: int) -> list[Window]:
+        return [Window(0, 0, self.width, self.height)]
+
+    def read(self, window: Window, bands: Sequence[int]) -> RawTile:
+        rows = slice(window.row, window.row + window.height)
+        cols = slice(window.col, window.col + window.width)
+        pixels = self._pixels[[b - 1 for b in bands], rows, cols]
+        return RawTile(pixels=pixels, valid=self._valid[rows, cols])
+
+    def overview(self, bands: Sequence[int], max_side: int) -> RawTile:
+        return self.read(Window(0, 0, self.width, self.height), bands)
+
+    def footprint(self, window: Window) -> Footprint | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> PlainImageSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+ImageSource = GeoRasterSource | PlainImageSource
+
+
+def open_source(path: Path) -> ImageSource:
+    """Open ``path`` with the reader its suffix calls for; ``InputError`` if it can't be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not an image file")
+    if not path.exists():
+        reason = "broken symbolic link" if path.is_symlink() else "no such file"
+        raise InputError(f"{path}: {reason}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() in PLAIN_SUFFIXES:
+        return PlainImageSource(path)
+    return GeoRasterSource(path)
+
+
+def _to_rgb(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(3, h, w) uint8 RGB and (h, w) validity from any Pillow mode; shrunk to PLAIN_MAX_SIDE."""
+    if max(image.size) > PLAIN_MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((PLAIN_MAX_SIDE, PLAIN_MAX_SIDE), Image.Resampling.LANCZOS)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
+        values = np.asarray(image, dtype=np.float64)
+        high = values.max() if values.size and values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values * 255.0 / high, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA")
+    valid_alpha = np.asarray(image.getchannel("A")) > 0 if has_alpha else None
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+    valid = valid_alpha if valid_alpha is not None else np.ones(rgb.shape[1:], dtype=bool)
+    return rgb, valid
+
+
+def _masked_to_tile(data: np.ma.MaskedArray) -> RawTile:
+    """A RawTile from rasterio's masked read: invalid where any band is masked or not finite."""
+    pixels = np.asarray(data.data)
+    invalid = np.ma.getmaskarray(data).any(axis=0)
+    if pixels.dtype.kind == "f":
+        invalid |= ~np.isfinite(pixels).all(axis=0)
+    return RawTile(pixels=pixels, valid=~invalid)
+
+
+def _crs_label(crs: rasterio.crs.CRS) -> str:
+    epsg = crs.to_epsg(confidence_threshold=70)
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, without the path repeated."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+__all__ = [
+    "Footprint",
+    "GeoRasterSource",
+    "ImageSource",
+    "PlainImageSource",
+    "RawTile",
+    "Window",
+    "acquisition_date",
+    "find_images",
+    "open_source",
+    "tile_windows",
+]

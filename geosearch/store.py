@@ -1,0 +1,462 @@
+"""The database: one GeoPackage holding tiles, their vectors, the files ingested and metadata.
+
+Layers (all readable by QGIS/GDAL as they are):
+- ``tiles``: footprint polygons in EPSG:4326 (NULL for plain images and rasters without a CRS)
+  with source path, pixel window, native CRS and footprint, acquisition date, nodata fraction,
+  the fused ``vector`` and the raw ``features`` (float32 little-endian BLOBs);
+- ``files``: every file ingested, with size, mtime and whether all its tiles are in;
+- ``geosearch_meta``: band manifest, feature fusion, settings, versions (JSON values).
+
+GDAL creates the file (so its GeoPackage bookkeeping is GDAL's own); rows are then written
+through sqlite3 in transactions, a batch at a time: a tile and its vector are one row, so one is
+never visible without the other. Geometries are GeoPackage binary (header + envelope + WKB).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import struct
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from geosearch.errors import DatabaseError
+from geosearch.sources import Window
+
+SCHEMA_VERSION = 1
+TILES = "tiles"
+WGS84_SRS_ID = 4326
+_GP_HEADER = struct.Struct("<2sBBi4d")  # magic, version, flags, srs_id, minx maxx miny maxy
+_GP_FLAGS = 0b0000_0011  # little-endian, envelope [minx, maxx, miny, maxy]
+_GP_EMPTY_FLAG = 0b0001_0000
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """One tile as stored: where it comes from and where it lies."""
+
+    id: int | None
+    path: str
+    window: Window
+    crs: str | None
+    footprint_native: str | None
+    footprint: BaseGeometry | None  # lon/lat, EPSG:4326
+    acquired: str | None
+    nodata_fraction: float
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file seen by ingest: identity (path, size, mtime) and progress."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str  # "partial" while tiles are still coming, "done" when all are in
+    tiles: int = 0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Tile ids a committed batch added and removed (the index follows both)."""
+
+    added: list[int]
+    removed: list[int]
+
+
+def normalise_path(path: str | os.PathLike[str]) -> str:
+    """The absolute form of a path as stored (symlinks kept, not resolved)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def encode_geometry(geometry: BaseGeometry | None) -> bytes | None:
+    """GeoPackage binary geometry (EPSG:4326) of a polygon, always as a MultiPolygon."""
+    if geometry is None:
+        return None
+    if isinstance(geometry, Polygon):
+        geometry = MultiPolygon([geometry])
+    minx, miny, maxx, maxy = geometry.bounds
+    header = _GP_HEADER.pack(b"GP", 0, _GP_FLAGS, WGS84_SRS_ID, minx, maxx, miny, maxy)
+    return header + shapely.to_wkb(geometry, byte_order=1, output_dimension=2)
+
+
+def decode_geometry(blob: bytes | None) -> BaseGeometry | None:
+    """The shapely geometry of a GeoPackage binary geometry."""
+    if blob is None:
+        return None
+    flags = blob[3]
+    envelope_doubles = (0, 4, 6, 6, 8)[(flags >> 1) & 0b111]
+    return shapely.from_wkb(bytes(blob[8 + 8 * envelope_doubles :]))
+
+
+def _envelope(blob: bytes | None, which: int) -> float | None:
+    if blob is None:
+        return None
+    geometry = decode_geometry(blob)
+    minx, miny, maxx, maxy = geometry.bounds
+    return (minx, maxx, miny, maxy)[which]
+
+
+def _is_empty(blob: bytes | None) -> int:
+    return 1 if blob is None or blob[3] & _GP_EMPTY_FLAG else 0
+
+
+def vector_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def blob_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """(len(blobs), dim) float32 from stored BLOBs."""
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+class Store:
+    """A geosearch GeoPackage, opened for reading or (with ``writer()``) for writing."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        exists = self.path.exists()
+        if not exists and not create:
+            raise DatabaseError(
+                f"no database at {self.path}: run 'geosearch ingest FOLDER --db {self.path}' first"
+            )
+        if not exists:
+            _create_geopackage(self.path)
+        self._connection = self._connect()
+        if not exists:
+            self._create_tables()
+        self._check_is_ours()
+
+    # -- connection and schema -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"{self.path}: not a GeoPackage/SQLite database ({exc})") from None
+        # GDAL's R-tree triggers call these; sqlite3 doesn't know them.
+        connection.create_function("ST_IsEmpty", 1, _is_empty, deterministic=True)
+        for name, which in (("ST_MinX", 0), ("ST_MaxX", 1), ("ST_MinY", 2), ("ST_MaxY", 3)):
+            connection.create_function(
+                name, 1, lambda blob, w=which: _envelope(blob, w), deterministic=True
+            )
+        return connection
+
+    def _create_tables(self) -> None:
+        with self.transaction() as db:
+            for column, kind in (
+                ("path", "TEXT NOT NULL"),
+                ("row", "INTEGER NOT NULL"),
+                ("col", "INTEGER NOT NULL"),
+                ("width", "INTEGER NOT NULL"),
+                ("height", "INTEGER NOT NULL"),
+                ("crs", "TEXT"),
+                ("footprint_native", "TEXT"),
+                ("acquired", "DATE"),
+                ("nodata_fraction", "REAL"),
+                ("vector", "BLOB NOT NULL"),
+                ("features", "BLOB NOT NULL"),
+            ):
+                db.execute(f'ALTER TABLE {TILES} ADD COLUMN "{column}" {kind}')
+            db.execute(f"CREATE UNIQUE INDEX tiles_window ON {TILES}(path, row, col)")
+            db.execute(
+                "CREATE TABLE files (path TEXT PRIMARY KEY NOT NULL, size INTEGER NOT NULL, "
+                "mtime_ns INTEGER NOT NULL, status TEXT NOT NULL, tiles INTEGER NOT NULL, "
+                "ingested_at DATETIME NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE geosearch_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
+            )
+            for table, text in (
+                ("files", "files ingested into this geosearch database"),
+                ("geosearch_meta", "geosearch settings, band manifest and feature fusion"),
+            ):
+                db.execute(
+                    "INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
+                    "VALUES (?, 'attributes', ?, ?)",
+                    (table, table, text),
+                )
+            self._set_meta(db, "schema_version", SCHEMA_VERSION)
+            self._set_meta(db, "generation", 0)
+            self._set_meta(db, "last_delete_generation", 0)
+
+    def _check_is_ours(self) -> None:
+        try:
+            row = self._connection.execute(
+                "SELECT value FROM geosearch_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+        if row is None:
+            raise DatabaseError(f"{self.path}: not a geosearch database (no geosearch_meta table)")
+        if json.loads(row[0]) != SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path}: made by another geosearch version (schema {row[0]}, this "
+                f"version reads {SCHEMA_VERSION}); re-ingest into a new --db"
+            )
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        db = self._connection
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def writer(self, command: str = "ingest") -> Iterator[Store]:
+        """Hold the database's writer lock; a second writer fails fast naming the holder."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DatabaseError(
+                f"{self.path} is being written by {holder}; wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"geosearch {command} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")
+        handle.flush()
+        try:
+            yield self
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    # -- metadata --------------------------------------------------------------------------
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO geosearch_meta (key, value) VALUES (?, ?)",
+            (key, json.dumps(value)),
+        )
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self._connection.execute(
+            "SELECT value FROM geosearch_meta WHERE key = ?", (key,)
+        ).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            for key, value in values.items():
+                self._set_meta(db, key, value)
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every committed change; the index records the one it reflects."""
+        return int(self.meta("generation", 0))
+
+    # -- files -----------------------------------------------------------------------------
+
+    def file_record(self, path: str) -> FileRecord | None:
+        row = self._connection.execute(
+            "SELECT path, size, mtime_ns, status, tiles FROM files WHERE path = ?", (path,)
+        ).fetchone()
+        return FileRecord(*row) if row else None
+
+    def files(self) -> list[FileRecord]:
+        rows = self._connection.execute(
+            "SELECT path, size, mtime_ns, status, tiles FROM files ORDER BY path"
+        )
+        return [FileRecord(*row) for row in rows]
+
+    def windows_done(self, path: str) -> set[tuple[int, int]]:
+        rows = self._connection.execute(f"SELECT row, col FROM {TILES} WHERE path = ?", (path,))
+        return {(row, col) for row, col in rows}
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        tiles: Sequence[tuple[TileRecord, np.ndarray, np.ndarray]],
+        started: Iterable[FileRecord] = (),
+        finished: Iterable[FileRecord] = (),
+        failed: Iterable[str] = (),
+    ) -> BatchResult:
+        """Commit tiles (record, fused vector, raw features) and file progress at once.
+
+        ``started`` files get a "partial" row if they have none; ``finished`` ones become
+        "done"; ``failed`` ones lose every tile written so far.
+        """
+        ids: list[int] = []
+        with self.transaction() as db:
+            for record in started:
+                db.execute(
+                    "INSERT OR IGNORE INTO files VALUES (?, ?, ?, 'partial', 0, datetime('now'))",
+                    (record.path, record.size, record.mtime_ns),
+                )
+            for tile, vector, features in tiles:
+                cursor = db.execute(
+                    f"INSERT INTO {TILES} (geom, path, row, col, width, height, crs, "
+                    "footprint_native, acquired, nodata_fraction, vector, features) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        encode_geometry(tile.footprint),
+                        tile.path,
+                        tile.window.row,
+                        tile.window.col,
+                        tile.window.width,
+                        tile.window.height,
+                        tile.crs,
+                        tile.footprint_native,
+                        tile.acquired,
+                        tile.nodata_fraction,
+                        vector_blob(vector),
+                        vector_blob(features),
+                    ),
+                )
+                ids.append(int(cursor.lastrowid))
+            for record in finished:
+                db.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, 'done', "
+                    f"(SELECT count(*) FROM {TILES} WHERE path = ?), datetime('now'))",
+                    (record.path, record.size, record.mtime_ns, record.path),
+                )
+            removed = [tid for path in failed for tid in self._delete_file(db, path)]
+            self._bump_generation(db, deleted=bool(removed))
+        return BatchResult(added=ids, removed=removed)
+
+    def remove_files(self, paths: Iterable[str]) -> list[int]:
+        """Delete files' tiles and records; returns the ids of the tiles removed."""
+        removed: list[int] = []
+        with self.transaction() as db:
+            for path in paths:
+                removed += self._delete_file(db, path)
+            self._bump_generation(db, deleted=True)
+        return removed
+
+    def _delete_file(self, db: sqlite3.Connection, path: str) -> list[int]:
+        ids = [row[0] for row in db.execute(f"SELECT id FROM {TILES} WHERE path = ?", (path,))]
+        db.execute(f"DELETE FROM {TILES} WHERE path = ?", (path,))
+        db.execute("DELETE FROM files WHERE path = ?", (path,))
+        return ids
+
+    def _bump_generation(self, db: sqlite3.Connection, deleted: bool) -> None:
+        generation = json.loads(
+            db.execute("SELECT value FROM geosearch_meta WHERE key = 'generation'").fetchone()[0]
+        )
+        self._set_meta(db, "generation", generation + 1)
+        if deleted:
+            self._set_meta(db, "last_delete_generation", generation + 1)
+
+    def update_extent(self) -> None:
+        """Record the tiles layer's extent in gpkg_contents (QGIS zooms to it)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE gpkg_contents SET (min_x, max_x, min_y, max_y) = "
+                "(SELECT min(minx), max(maxx), min(miny), max(maxy) FROM rtree_tiles_geom), "
+                "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE table_name = ?",
+                (TILES,),
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    _TILE_COLUMNS = (
+        "id, path, row, col, width, height, crs, footprint_native, geom, acquired, nodata_fraction"
+    )
+
+    @staticmethod
+    def _tile(row: Sequence[Any]) -> TileRecord:
+        tid, path, r, c, w, h, crs, native, geom, acquired, nodata = row
+        return TileRecord(
+            int(tid), path, Window(r, c, w, h), crs, native, decode_geometry(geom), acquired, nodata
+        )
+
+    def tile_count(self) -> int:
+        return int(self._connection.execute(f"SELECT count(*) FROM {TILES}").fetchone()[0])
+
+    def max_tile_id(self) -> int:
+        return int(self._connection.execute(f"SELECT coalesce(max(id), 0) FROM {TILES}").fetchone()[0])
+
+    def tiles(self, ids: Sequence[int]) -> list[TileRecord]:
+        """Tiles by id, in the order asked (missing ids are left out)."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._connection.execute(
+            f"SELECT {self._TILE_COLUMNS} FROM {TILES} WHERE id IN ({marks})", list(ids)
+        )
+        by_id = {row[0]: self._tile(row) for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def tiles_of_file(self, path: str) -> list[TileRecord]:
+        rows = self._connection.execute(
+            f"SELECT {self._TILE_COLUMNS} FROM {TILES} WHERE path = ? ORDER BY row, col", (path,)
+        )
+        return [self._tile(row) for row in rows]
+
+    def vectors(
+        self, ids: Sequence[int] | None = None, after_id: int = 0, column: str = "vector"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the given tiles, or of every tile with id > ``after_id``."""
+        if column not in ("vector", "features"):
+            raise ValueError(column)
+        if ids is not None:
+            marks = ",".join("?" * len(ids))
+            rows = self._connection.execute(
+                f"SELECT id, {column} FROM {TILES} WHERE id IN ({marks}) ORDER BY id", list(ids)
+            ).fetchall()
+        else:
+            rows = self._connection.execute(
+                f"SELECT id, {column} FROM {TILES} WHERE id > ? ORDER BY id", (after_id,)
+            ).fetchall()
+        found = np.asarray([row[0] for row in rows], dtype=np.int64)
+        blobs = [row[1] for row in rows]
+        dim = len(blobs[0]) // 4 if blobs else 0
+        return found, blob_vectors(blobs, dim)
+
+
+def _create_geopackage(path: Path) -> None:
+    """An empty GeoPackage with the ``tiles`` polygon layer, created by GDAL itself."""
+    from pyogrio.raw import write
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(
+            str(path),
+            geometry=np.array([], dtype=object),
+            field_data=[],
+            fields=[],
+            layer=TILES,
+            driver="GPKG",
+            geometry_type="MultiPolygon",
+            crs="EPSG:4326",
+            layer_options={"FID": "id", "GEOMETRY_NAME": "geom"},
+        )
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise DatabaseError(f"cannot create database {path}: {exc}") from None
