@@ -45,7 +45,8 @@ class BandManifest:
         return f"{len(self.bands)} bands ({','.join(self.names)}) {self.dtype}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: tuples as lists."""
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BandManifest:

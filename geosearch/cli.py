@@ -168,7 +168,7 @@ def similar(
         return
     for result in results:
         table = Table(title=f"similar to {result.query.label}", title_justify="left")
-        for column in ("rank", "score", "id", "path", "window", "acquired"):
+        for column in ("rank", "score", "id", "file", "window (row,col size)", "acquired"):
             table.add_column(column, justify="right" if column in ("rank", "score", "id") else "left")
         for match in result.matches:
             w = match.tile.window
@@ -176,13 +176,18 @@ def similar(
                 str(match.rank),
                 f"{match.score:.4f}",
                 str(match.tile.id),
-                match.tile.path,
-                f"row {w.row} col {w.col} {w.width}x{w.height}",
+                _shown_path(match.tile.path),
+                f"{w.row},{w.col} {w.width}x{w.height}",
                 match.tile.acquired or "",
             )
         out.print(table)
     err.print(f"wrote {files.geojson}, {len(files.previews)} previews, "
               f"{', '.join(str(p) for p in files.contact_sheets)}", markup=False)
+
+
+def _shown_path(path: str) -> str:
+    """A stored (absolute) path, shortened to its name (the full path is in the GeoJSON)."""
+    return Path(path).name
 
 
 @app.command()

@@ -53,7 +53,7 @@ class BandSettings(_Section):
 
 
 class BandStatsSettings(_Section):
-    weight: float = Field(0.5, ge=0)
+    weight: float = Field(0.25, ge=0)
     histogram_bins: int = Field(8, ge=2, le=64)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -22,7 +23,7 @@ import rasterio.windows
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pyproj import CRS, Transformer
 from rasterio.enums import ColorInterp
-from rasterio.errors import RasterioError
+from rasterio.errors import NodataShadowWarning, RasterioError
 from shapely.affinity import translate
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -37,6 +38,9 @@ IMAGE_SUFFIXES = GEO_SUFFIXES | PLAIN_SUFFIXES
 PLAIN_MAX_SIDE = 1024
 # Points per footprint edge when reprojecting, so curved edges stay close in lon/lat.
 FOOTPRINT_EDGE_POINTS = 4
+
+# A nodata value beside an alpha band: rasterio uses the nodata value, as we want; no warning.
+warnings.filterwarnings("ignore", category=NodataShadowWarning)
 
 _DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
 
@@ -226,9 +230,10 @@ class GeoRasterSource:
         """The window's outline in the file's CRS and in lon/lat; None without a CRS."""
         if self.crs_wkt is None:
             return None
-        transform = self._dataset.window_transform(window.as_rasterio())
+        t = self._dataset.transform
         ring = _ring_on_edges(window.width, window.height)
-        xs, ys = transform * (ring[:, 0], ring[:, 1])
+        px, py = ring[:, 0] + window.col, ring[:, 1] + window.row
+        xs, ys = t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f
         native = Polygon(np.column_stack([xs, ys]))
         try:
             lon, lat = _to_wgs84(self.crs_wkt).transform(np.asarray(xs), np.asarray(ys))

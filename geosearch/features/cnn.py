@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +55,20 @@ def keras_cache_dir() -> Path:
     return Path(home) / "models"
 
 
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null meanwhile (C++ logging bypasses Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _checksum(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -92,7 +109,8 @@ class TfliteCnnExtractor:
     def _load(self):
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads)
+        with _native_stderr_silenced():  # the runtime prints an INFO line on stderr
+            interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads)
         self._input = interpreter.get_input_details()[0]
         self._output = interpreter.get_output_details()[0]
         self._batch = 0
