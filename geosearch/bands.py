@@ -52,7 +52,9 @@ class BandManifest:
     def from_dict(cls, data: dict[str, Any]) -> BandManifest:
         return cls(**{key: tuple(v) if isinstance(v, list) else v for key, v in data.items()})
 
-    def bands_for(self, source: ImageSource, select: Sequence[int] | None, db_name: str) -> list[int]:
+    def bands_for(
+        self, source: ImageSource, select: Sequence[int] | None, db_name: str
+    ) -> list[int]:
         """The band indexes to read from ``source``; ``BandLayoutError`` if it doesn't fit."""
         found = (
             f"found {len(source.data_bands)} "

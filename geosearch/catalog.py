@@ -58,8 +58,8 @@ class Catalog:
             if stored != found:
                 raise DatabaseError(
                     f"{self.store.path} was made with extractors "
-                    f"{', '.join('%s[%s]' % pair for pair in stored)}; this set-up has "
-                    f"{', '.join('%s[%s]' % pair for pair in found)}: use the same model and "
+                    f"{', '.join(f'{n}[{v}]' for n, v in stored)}; this set-up has "
+                    f"{', '.join(f'{n}[{v}]' for n, v in found)}: use the same model and "
                     "weights, or ingest into a new --db"
                 )
             self._extractors = extractors

@@ -114,7 +114,9 @@ def ingest(
         int | None, typer.Option("--tile-size", help="Tile size in pixels (new databases).")
     ] = None,
     json_output: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")
+    ] = False,
 ) -> None:
     """Ingest imagery into the database: tiles, features, footprints, index."""
     settings, db_path = _settings(config, db, tile_size=tile_size)
@@ -147,11 +149,15 @@ def similar(
     top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
     tile: Annotated[
         int | None,
-        typer.Option("--tile", help="Query with this tile of the file (0-based, row-major) "
-                     "instead of the mean of all its tiles."),
+        typer.Option(
+            "--tile",
+            help="Query with this tile of the file (0-based, row-major) "
+            "instead of the mean of all its tiles.",
+        ),
     ] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]")
+        Path | None,
+        typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -169,7 +175,9 @@ def similar(
     for result in results:
         table = Table(title=f"similar to {result.query.label}", title_justify="left")
         for column in ("rank", "score", "id", "file", "window (row,col size)", "acquired"):
-            table.add_column(column, justify="right" if column in ("rank", "score", "id") else "left")
+            table.add_column(
+                column, justify="right" if column in ("rank", "score", "id") else "left"
+            )
         for match in result.matches:
             w = match.tile.window
             table.add_row(
@@ -181,8 +189,11 @@ def similar(
                 match.tile.acquired or "",
             )
         out.print(table)
-    err.print(f"wrote {files.geojson}, {len(files.previews)} previews, "
-              f"{', '.join(str(p) for p in files.contact_sheets)}", markup=False)
+    err.print(
+        f"wrote {files.geojson}, {len(files.previews)} previews, "
+        f"{', '.join(str(p) for p in files.contact_sheets)}",
+        markup=False,
+    )
 
 
 def _shown_path(path: str) -> str:
@@ -202,19 +213,33 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
     index = facts["index"]
     lines = [
         ("database", facts["db"]),
-        ("tiles", f"{facts['tiles']} from {facts['files']} files"
-         + (f" ({facts['files_partial']} partly ingested)" if facts["files_partial"] else "")),
+        (
+            "tiles",
+            f"{facts['tiles']} from {facts['files']} files"
+            + (f" ({facts['files_partial']} partly ingested)" if facts["files_partial"] else ""),
+        ),
         ("kind", facts["kind"]),
-        ("bands", f"{len(bands['bands'])} ({','.join(bands['names'])}) {bands['dtype']}, "
-                  f"scaling {bands['scaling']}, RGB = bands "
-                  f"{','.join(bands['names'][i] for i in bands['rgb'])}"),
+        (
+            "bands",
+            f"{len(bands['bands'])} ({','.join(bands['names'])}) {bands['dtype']}, "
+            f"scaling {bands['scaling']}, RGB = bands "
+            f"{','.join(bands['names'][i] for i in bands['rgb'])}",
+        ),
         ("tile size", f"{facts['tile_size']} px"),
-        ("extractors", " + ".join(f"{e['name']} [{e['version']}] {e['dim']}-d x{e['weight']:g}"
-                                  for e in facts["extractors"])),
+        (
+            "extractors",
+            " + ".join(
+                f"{e['name']} [{e['version']}] {e['dim']}-d x{e['weight']:g}"
+                for e in facts["extractors"]
+            ),
+        ),
         ("vector", f"{facts['dim']} float32"),
-        ("index", f"{index['type']}, {index['vectors']} vectors, "
-                  f"{(index['bytes'] or 0) / 1e6:.1f} MB; "
-                  f"{index['bytes_per_million_tiles'] / 1e9:.1f} GB per million tiles"),
+        (
+            "index",
+            f"{index['type']}, {index['vectors']} vectors, "
+            f"{(index['bytes'] or 0) / 1e6:.1f} MB; "
+            f"{index['bytes_per_million_tiles'] / 1e9:.1f} GB per million tiles",
+        ),
     ]
     width = max(len(label) for label, _ in lines)
     for label, value in lines:

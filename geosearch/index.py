@@ -8,6 +8,7 @@ it is used as is; behind by additions only it is caught up from the new rows; ot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -106,7 +107,9 @@ def open_index(store: Store, save: bool = True) -> VectorIndex:
             if not len(ids) or vectors.shape[1] == index.dim:
                 index.add(ids, vectors)
                 max_id = int(ids.max()) if len(ids) else state.max_id
-                _save_quietly(index, path, IndexState(generation, max_id, index.count, index.dim), save)
+                _save_quietly(
+                    index, path, IndexState(generation, max_id, index.count, index.dim), save
+                )
                 return index
     ids, vectors = store.vectors()
     index = VectorIndex(vectors.shape[1] if len(ids) else 0)
@@ -118,9 +121,6 @@ def open_index(store: Store, save: bool = True) -> VectorIndex:
 
 def _save_quietly(index: VectorIndex, path: Path, state: IndexState, save: bool) -> None:
     """Save if allowed and possible; a read-only folder only costs a rebuild next time."""
-    if not save:
-        return
-    try:
-        index.save(path, state)
-    except (OSError, RuntimeError):
-        pass
+    if save:
+        with contextlib.suppress(OSError, RuntimeError):
+            index.save(path, state)

@@ -66,10 +66,8 @@ def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: i
     """PNG of one tile (``window``) or of a whole file (``window=None``) of the database."""
     with open_source(Path(path)) as source:
         bands = catalog.manifest.bands_for(source, None, catalog.name)
-        if window is None:
-            tile = source.overview(bands, max_side)
-        else:
-            tile = source.read(window, bands)
+        whole = window is None
+        tile = source.overview(bands, max_side) if whole else source.read(window, bands)
     return render_png(_rgb(tile, catalog.manifest), tile.valid, max_side)
 
 
@@ -119,7 +117,11 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
             "preview": result.query_preview,
         }
         features.append(
-            {"type": "Feature", "geometry": _lonlat_geometry(query.footprint), "properties": properties}
+            {
+                "type": "Feature",
+                "geometry": _lonlat_geometry(query.footprint),
+                "properties": properties,
+            }
         )
         for match in result.matches:
             tile = match.tile
@@ -140,7 +142,11 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
                 "preview": match.preview,
             }
             features.append(
-                {"type": "Feature", "geometry": _lonlat_geometry(tile.footprint), "properties": properties}
+                {
+                    "type": "Feature",
+                    "geometry": _lonlat_geometry(tile.footprint),
+                    "properties": properties,
+                }
             )
     return {"type": "FeatureCollection", "features": features}
 
@@ -186,7 +192,9 @@ def write_results(
         query = result.query
         window = query.tiles[0].window if len(query.tiles) == 1 else None
         query_png = _try_preview(catalog, query.path, window, preview_size)
-        result.query_preview = _save(query_png, previews_dir / f"query{number}.png", out_dir, written)
+        result.query_preview = _save(
+            query_png, previews_dir / f"query{number}.png", out_dir, written
+        )
         cells = [(query_png, "query")]
         for match in result.matches:
             png = _try_preview(catalog, match.tile.path, match.tile.window, preview_size)

@@ -132,7 +132,9 @@ def _unchanged(path: str, record: Any) -> bool:
     return (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
 
 
-def _embed_file(catalog: Catalog, path: Path, stored_path: str) -> tuple[list[TileRecord], np.ndarray]:
+def _embed_file(
+    catalog: Catalog, path: Path, stored_path: str
+) -> tuple[list[TileRecord], np.ndarray]:
     """Read and embed a file that is not in the database, as ingest would."""
     with open_source(path) as source:
         bands = catalog.manifest.bands_for(source, None, catalog.name)
@@ -161,9 +163,7 @@ def _embed_file(catalog: Catalog, path: Path, stored_path: str) -> tuple[list[Ti
     return records, vectors
 
 
-def search_vectors(
-    catalog: Catalog, queries: Sequence[Query], top: int
-) -> list[SearchResult]:
+def search_vectors(catalog: Catalog, queries: Sequence[Query], top: int) -> list[SearchResult]:
     """Top-``top`` matches of each query, its own tiles left out; one batched FAISS search."""
     index = open_index(catalog.store)
     if index.count == 0:

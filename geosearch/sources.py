@@ -279,8 +279,7 @@ class PlainImageSource:
                 rgb, valid = _to_rgb(image)
         except Image.DecompressionBombError:
             raise InputError(
-                f"{self.path}: image too large to decode safely (Pillow's decompression-bomb "
-                "limit)"
+                f"{self.path}: image too large to decode safely (Pillow's decompression-bomb limit)"
             ) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{self.path}: not a readable image ({_reason(exc)})") from None

@@ -28,6 +28,11 @@ from typing import Any
 
 import numpy as np
 import shapely
+
+# GDAL (through pyogrio) and sqlite3 are loaded here, at import, on purpose: TensorFlow, when a
+# Keras model is used, brings its own SQLite without R-tree support, and libraries loaded after
+# it would bind to that one.
+from pyogrio.raw import write
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
@@ -235,7 +240,7 @@ class Store:
     def writer(self, command: str = "ingest") -> Iterator[Store]:
         """Hold the database's writer lock; a second writer fails fast naming the holder."""
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")
+        handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -375,10 +380,18 @@ class Store:
 
     def update_extent(self) -> None:
         """Record the tiles layer's extent in gpkg_contents (QGIS zooms to it)."""
+        has_rtree = self._connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'rtree_tiles_geom'"
+        ).fetchone()
+        source = (
+            "SELECT min(minx), max(maxx), min(miny), max(maxy) FROM rtree_tiles_geom"
+            if has_rtree
+            else f"SELECT min(ST_MinX(geom)), max(ST_MaxX(geom)), min(ST_MinY(geom)), "
+            f"max(ST_MaxY(geom)) FROM {TILES}"
+        )
         with self.transaction() as db:
             db.execute(
-                "UPDATE gpkg_contents SET (min_x, max_x, min_y, max_y) = "
-                "(SELECT min(minx), max(maxx), min(miny), max(maxy) FROM rtree_tiles_geom), "
+                f"UPDATE gpkg_contents SET (min_x, max_x, min_y, max_y) = ({source}), "
                 "last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE table_name = ?",
                 (TILES,),
             )
@@ -400,7 +413,9 @@ class Store:
         return int(self._connection.execute(f"SELECT count(*) FROM {TILES}").fetchone()[0])
 
     def max_tile_id(self) -> int:
-        return int(self._connection.execute(f"SELECT coalesce(max(id), 0) FROM {TILES}").fetchone()[0])
+        return int(
+            self._connection.execute(f"SELECT coalesce(max(id), 0) FROM {TILES}").fetchone()[0]
+        )
 
     def tiles(self, ids: Sequence[int]) -> list[TileRecord]:
         """Tiles by id, in the order asked (missing ids are left out)."""
@@ -442,8 +457,6 @@ class Store:
 
 def _create_geopackage(path: Path) -> None:
     """An empty GeoPackage with the ``tiles`` polygon layer, created by GDAL itself."""
-    from pyogrio.raw import write
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(

@@ -74,7 +74,9 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m geosearch ARGS`` as a user would, capturing output."""
     return subprocess.run(
         [sys.executable, "-m", "geosearch", *args],

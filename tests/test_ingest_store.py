@@ -86,7 +86,9 @@ def test_bad_files_are_reported_and_skipped_and_the_rest_ingested(tmp_path, stat
     assert report.tiles_added == 1 and report.files_ingested == 1
     assert reasons["empty.tif"] == "empty file (0 bytes)"
     assert reasons["notes.tif"].startswith("not a readable raster")
-    assert reasons["five_bands.tif"].startswith("expected 3 bands (band1,band2,band3) uint8 as stored")
+    assert reasons["five_bands.tif"].startswith(
+        "expected 3 bands (band1,band2,band3) uint8 as stored"
+    )
     assert "found 5" in reasons["five_bands.tif"] and "--bands" in reasons["five_bands.tif"]
     assert "dir.tif" not in reasons  # a directory is walked into, not read
 

@@ -142,7 +142,9 @@ class Fusion:
         )
 
 
-def prepare_batch(tiles: Sequence[RawTile], manifest: BandManifest, pad_to: int | None) -> TileBatch:
+def prepare_batch(
+    tiles: Sequence[RawTile], manifest: BandManifest, pad_to: int | None
+) -> TileBatch:
     """Scale raw tiles to 0..1; edge tiles of rasters are padded with invalid pixels to
     ``pad_to`` so the CNN sees every tile at the same scale."""
     pixels, valid = [], []
@@ -151,7 +153,9 @@ def prepare_batch(tiles: Sequence[RawTile], manifest: BandManifest, pad_to: int 
         mask = tile.valid
         height, width = mask.shape
         if pad_to and (height < pad_to or width < pad_to):
-            padded = np.zeros((scaled.shape[0], max(pad_to, height), max(pad_to, width)), np.float32)
+            padded = np.zeros(
+                (scaled.shape[0], max(pad_to, height), max(pad_to, width)), np.float32
+            )
             padded[:, :height, :width] = scaled
             padded_mask = np.zeros(padded.shape[1:], dtype=bool)
             padded_mask[:height, :width] = mask

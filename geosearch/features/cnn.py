@@ -1,4 +1,4 @@
-"""Convolutional features: the shipped TFLite MobileNet v1 by default, Keras applications on request.
+"""Convolutional features: the shipped TFLite MobileNet v1 by default, or Keras applications.
 
 TensorFlow is imported only inside the Keras loader, when such a model actually runs; the
 default model runs on ai-edge-litert's interpreter (a few MB, no TensorFlow).
@@ -130,7 +130,8 @@ class TfliteCnnExtractor:
         interpreter = self._interpreter
         if self._batch != len(images):
             interpreter.resize_tensor_input(self._input["index"], list(images.shape))
-            interpreter.allocate_tensors()
+            with _native_stderr_silenced():  # XNNPACK announces itself here
+                interpreter.allocate_tensors()
             self._batch = len(images)
         interpreter.set_tensor(self._input["index"], images)
         interpreter.invoke()
