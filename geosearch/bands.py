@@ -80,9 +80,14 @@ class BandManifest:
         """(bands, h, w) float32 in 0..1; invalid pixels set to 0."""
         low = np.asarray(self.low, dtype=np.float32)[:, None, None]
         span = np.asarray(self.high, dtype=np.float32)[:, None, None] - low
-        scaled = (tile.pixels.astype(np.float32) - low) / np.where(span > 0, span, 1.0)
-        scaled = np.clip(np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-        scaled[:, ~tile.valid] = 0.0
+        scaled = tile.pixels.astype(np.float32)
+        scaled -= low
+        scaled /= np.where(span > 0, span, 1.0)
+        if scaled.dtype.kind == "f" and tile.pixels.dtype.kind == "f":
+            np.nan_to_num(scaled, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+        if not tile.valid.all():
+            scaled[:, ~tile.valid] = 0.0
         return scaled
 
 

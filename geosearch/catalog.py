@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -25,15 +26,15 @@ from geosearch.features import (
     prepare_batch,
     raw_features,
 )
-from geosearch.sources import ImageSource, RawTile, Window
-from geosearch.store import Store
+from geosearch.sources import ImageSource, RawTile, Window, open_source
+from geosearch.store import Store, TileRecord
 
 
 @dataclass
 class Catalog:
     """An initialised geosearch database and what it takes to compute vectors for it."""
 
-    store: Store
+    store: Store | None
     manifest: BandManifest
     fusion: Fusion
     tile_size: int
@@ -41,9 +42,12 @@ class Catalog:
     features: FeatureSettings
     _extractors: list[Extractor] | None = field(default=None, repr=False)
 
-    @property
-    def name(self) -> str:
-        return self.store.path.name
+    def __post_init__(self) -> None:
+        self.name = self.store.path.name if self.store is not None else ""
+
+    def __getstate__(self) -> dict:
+        """Pickled for worker processes: without the open database and loaded models."""
+        return {**self.__dict__, "store": None, "_extractors": None}
 
     @property
     def dim(self) -> int:
@@ -80,6 +84,55 @@ class Catalog:
 
     def windows(self, source: ImageSource) -> list[Window]:
         return source.windows(self.tile_size)
+
+    def embed(
+        self,
+        path: str,
+        windows: Sequence[Window] | None = None,
+        select: Sequence[int] | None = None,
+    ) -> EmbeddedTiles:
+        """Read ``windows`` of a file (all by default) and embed the tiles worth indexing.
+
+        Used by ingest (in worker processes, a chunk of windows at a time) and by queries with
+        files the database doesn't hold. Raises ``InputError`` if the file can't be read.
+        """
+        with open_source(Path(path)) as source:
+            bands = self.manifest.bands_for(source, select, self.name)
+            records, tiles, skipped = [], [], 0
+            for window in self.windows(source) if windows is None else windows:
+                tile = source.read(window, bands)
+                if not self.keeps(tile):
+                    skipped += 1
+                    continue
+                footprint = source.footprint(window)
+                records.append(
+                    TileRecord(
+                        id=None,
+                        path=path,
+                        window=window,
+                        crs=source.crs_label,
+                        footprint_native=footprint.native_wkt if footprint else None,
+                        footprint=footprint.wgs84 if footprint else None,
+                        acquired=source.acquired,
+                        nodata_fraction=round(tile.nodata_fraction, 6),
+                    )
+                )
+                tiles.append(tile)
+        if not tiles:
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return EmbeddedTiles(records, empty, empty, skipped)
+        vectors, raw = self.compute(tiles)
+        return EmbeddedTiles(records, vectors, raw, skipped)
+
+
+@dataclass
+class EmbeddedTiles:
+    """Tiles of one file with their fused vectors and raw features; ``skipped``: too empty."""
+
+    records: list[TileRecord]
+    vectors: np.ndarray
+    raw: np.ndarray
+    skipped: int
 
 
 def stored_settings(settings: Settings) -> dict:

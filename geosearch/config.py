@@ -56,6 +56,13 @@ class BandStatsSettings(_Section):
     weight: float = Field(0.25, ge=0)
     histogram_bins: int = Field(8, ge=2, le=64)
 
+    @field_validator("histogram_bins")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two (2, 4, 8, 16, 32 or 64)")
+        return value
+
 
 class CnnSettings(_Section):
     weight: float = Field(1.0, ge=0)

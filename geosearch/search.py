@@ -23,7 +23,6 @@ from geosearch.catalog import Catalog, open_catalog
 from geosearch.config import Settings
 from geosearch.errors import DatabaseError, InputError
 from geosearch.index import open_index
-from geosearch.sources import open_source
 from geosearch.store import Store, TileRecord, normalise_path
 
 
@@ -113,7 +112,10 @@ def resolve_query(catalog: Catalog, path: Path, tile: int | None = None) -> Quer
         vectors = vectors[[order[t.id] for t in tiles]]
         indexed = True
     else:
-        tiles, vectors = _embed_file(catalog, Path(path), stored_path)
+        embedded = catalog.embed(stored_path)
+        if not embedded.records:
+            raise InputError(f"{path}: no tile has enough valid pixels to search with")
+        tiles, vectors = embedded.records, embedded.vectors
         indexed = False
     if tile is not None:
         if not 0 <= tile < len(tiles):
@@ -130,37 +132,6 @@ def _unchanged(path: str, record: Any) -> bool:
     except OSError:
         return True  # gone from disk: the database still knows it
     return (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
-
-
-def _embed_file(
-    catalog: Catalog, path: Path, stored_path: str
-) -> tuple[list[TileRecord], np.ndarray]:
-    """Read and embed a file that is not in the database, as ingest would."""
-    with open_source(path) as source:
-        bands = catalog.manifest.bands_for(source, None, catalog.name)
-        records, raw_tiles = [], []
-        for window in catalog.windows(source):
-            tile = source.read(window, bands)
-            if not catalog.keeps(tile):
-                continue
-            footprint = source.footprint(window)
-            records.append(
-                TileRecord(
-                    None,
-                    stored_path,
-                    window,
-                    source.crs_label,
-                    footprint.native_wkt if footprint else None,
-                    footprint.wgs84 if footprint else None,
-                    source.acquired,
-                    tile.nodata_fraction,
-                )
-            )
-            raw_tiles.append(tile)
-    if not raw_tiles:
-        raise InputError(f"{path}: no tile has enough valid pixels to search with")
-    vectors, _ = catalog.compute(raw_tiles)
-    return records, vectors
 
 
 def search_vectors(catalog: Catalog, queries: Sequence[Query], top: int) -> list[SearchResult]:

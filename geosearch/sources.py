@@ -22,7 +22,7 @@ import rasterio
 import rasterio.windows
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pyproj import CRS, Transformer
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NodataShadowWarning, RasterioError
 from shapely.affinity import translate
 from shapely.geometry import MultiPolygon, Polygon
@@ -208,13 +208,30 @@ class GeoRasterSource:
     def read(self, window: Window, bands: Sequence[int]) -> RawTile:
         """Read ``bands`` (1-based) of ``window`` with the dataset's own nodata/mask/alpha."""
         try:
-            data = self._dataset.read(list(bands), window=window.as_rasterio(), masked=True)
+            if not self._nodata_only(bands):
+                data = self._dataset.read(list(bands), window=window.as_rasterio(), masked=True)
+                return _masked_to_tile(data)
+            # Fast path: validity follows from the values (one read instead of data + masks).
+            pixels = self._dataset.read(list(bands), window=window.as_rasterio())
         except (RasterioError, OSError) as exc:
             raise InputError(
                 f"{self.path}: pixels unreadable at row {window.row}, col {window.col} "
                 f"({_reason(exc)})"
             ) from None
-        return _masked_to_tile(data)
+        valid = np.ones(pixels.shape[1:], dtype=bool)
+        nodata = self._dataset.nodata
+        if nodata is not None:
+            valid &= ~(np.isnan(pixels) if np.isnan(nodata) else pixels == nodata).any(axis=0)
+        if pixels.dtype.kind == "f":
+            valid &= np.isfinite(pixels).all(axis=0)
+        return RawTile(pixels=pixels, valid=valid)
+
+    def _nodata_only(self, bands: Sequence[int]) -> bool:
+        """True when the bands' masks come from a nodata value or nothing (no mask, no alpha)."""
+        flags = self._dataset.mask_flag_enums
+        return all(
+            set(flags[b - 1]) <= {MaskFlags.nodata, MaskFlags.all_valid} for b in bands
+        )
 
     def overview(self, bands: Sequence[int], max_side: int) -> RawTile:
         """The whole raster decimated to at most ``max_side`` pixels (uses overviews if any)."""

@@ -1,58 +1,136 @@
-"""The local engine: read tiles window by window, extract features in batches, commit batches.
+"""The local engine: worker processes read and embed tiles; this process commits them.
 
-Each batch is one transaction (tiles with their vectors and the files they complete), then
-the in-memory index follows it; the index file is saved at the end, or on interruption for
-what was committed. A file that fails half-way loses the tiles it had written.
+Files are cut into chunks of windows (``batch_size`` each). Chunks go to ``workers``
+processes (or run here when ``workers`` is 1), at most two per worker in flight, so memory
+stays bounded whatever the archive size. Results are taken back in submission order and
+committed a batch at a time: one transaction holds tiles with their vectors and the files they
+complete, then the in-memory index follows. The index file is saved at the end, or on
+interruption for what was committed. A file that fails half-way loses the tiles it had written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from geosearch.catalog import Catalog
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
 from geosearch.errors import InputError
 from geosearch.index import IndexState, VectorIndex, index_path, open_index
 from geosearch.ingest import FilePlan, IngestProgress, IngestReport, Skipped, error_reason
-from geosearch.sources import RawTile, open_source
+from geosearch.sources import PLAIN_SUFFIXES, Window, tile_windows
 from geosearch.store import FileRecord, TileRecord
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Some windows of one file (None: all of them), and whether they start/end the file."""
+
+    plan: FilePlan
+    windows: list[Window] | None
+    first: bool
+    last: bool
+    share: float  # fraction of the file, for progress
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    reason: str
+
+
+def window_grid(path: str, tile_size: int) -> list[Window] | None:
+    """The file's tile windows from its header, or None (plain image, or unreadable here)."""
+    if Path(path).suffix.lower() in PLAIN_SUFFIXES:
+        return None
+    try:
+        with rasterio.open(path) as dataset:
+            return tile_windows(dataset.width, dataset.height, tile_size)
+    except (RasterioError, OSError):
+        return None  # the worker reads it and reports why
+
+
+_worker_catalog: Catalog | None = None
+
+
+def _start_worker(catalog: Catalog) -> None:
+    global _worker_catalog
+    _worker_catalog = catalog
+
+
+def embed_chunk(
+    catalog: Catalog, path: str, windows: list[Window] | None, select: Sequence[int] | None
+) -> EmbeddedTiles | ChunkFailure:
+    """Embed one chunk; an unreadable file becomes a ChunkFailure carrying the reason."""
+    try:
+        return catalog.embed(path, windows, select)
+    except InputError as exc:
+        return ChunkFailure(error_reason(exc, path))
+
+
+def _embed_in_worker(
+    path: str, windows: list[Window] | None, select: Sequence[int] | None
+) -> EmbeddedTiles | ChunkFailure:
+    assert _worker_catalog is not None
+    return embed_chunk(_worker_catalog, path, windows, select)
+
+
 class _BatchWriter:
-    """Collects tiles and file progress; ``flush`` computes vectors and commits them."""
+    """Collects embedded tiles and file progress; ``flush`` commits them in one transaction."""
 
     def __init__(self, catalog: Catalog, index: VectorIndex, report: IngestReport) -> None:
         self.catalog = catalog
         self.index = index
         self.report = report
-        self.tiles: list[tuple[TileRecord, RawTile]] = []
+        self.records: list[TileRecord] = []
+        self.vectors: list[np.ndarray] = []
+        self.raw: list[np.ndarray] = []
         self.started: list[FileRecord] = []
         self.finished: list[FileRecord] = []
         self.failed: list[str] = []
 
+    def add(self, embedded: EmbeddedTiles) -> None:
+        self.records += embedded.records
+        self.vectors += list(embedded.vectors)
+        self.raw += list(embedded.raw)
+
     def drop_file(self, path: str) -> None:
         """Forget a failed file's pending tiles; delete the ones already committed."""
-        self.tiles = [(record, tile) for record, tile in self.tiles if record.path != path]
+        keep = [i for i, record in enumerate(self.records) if record.path != path]
+        self.records = [self.records[i] for i in keep]
+        self.vectors = [self.vectors[i] for i in keep]
+        self.raw = [self.raw[i] for i in keep]
+        self.started = [f for f in self.started if f.path != path]
         self.failed.append(path)
 
     def flush(self) -> None:
-        if not (self.tiles or self.started or self.finished or self.failed):
+        if not (self.records or self.started or self.finished or self.failed):
             return
-        records = [record for record, _ in self.tiles]
-        if self.tiles:
-            vectors, raw = self.catalog.compute([tile for _, tile in self.tiles])
-        else:
-            vectors = raw = []
         result = self.catalog.store.write_batch(
-            list(zip(records, vectors, raw, strict=True)), self.started, self.finished, self.failed
+            list(zip(self.records, self.vectors, self.raw, strict=True)),
+            self.started,
+            self.finished,
+            self.failed,
         )
         self.index.remove(result.removed)
         if result.added:
-            self.index.add(result.added, vectors)
+            self.index.add(np.asarray(result.added), np.vstack(self.vectors))
         self.report.tiles_added += len(result.added)
         self.report.tiles_removed += len(result.removed)
-        self.tiles, self.started, self.finished, self.failed = [], [], [], []
+        self.records, self.vectors, self.raw = [], [], []
+        self.started, self.finished, self.failed = [], [], []
+
+
+def worker_count(settings: Settings) -> int:
+    return settings.workers or os.cpu_count() or 1
 
 
 def run_local(
@@ -63,100 +141,118 @@ def run_local(
     report: IngestReport,
     progress: IngestProgress,
 ) -> None:
-    """Ingest ``plans`` into ``catalog`` on this machine, committing every ``batch_size`` tiles."""
+    """Ingest ``plans`` into ``catalog`` on this machine."""
     store = catalog.store
     index = open_index(store)
     if index.dim != catalog.dim:
         index = VectorIndex(catalog.dim)
     writer = _BatchWriter(catalog, index, report)
+    workers = worker_count(settings)
+    pool = _pool(catalog, workers) if workers > 1 else None
+    in_flight: deque[tuple[Chunk, Future | EmbeddedTiles | ChunkFailure]] = deque()
+    failed: set[str] = set()
     try:
-        for plan in plans:
-            if plan.action == "unchanged":
-                report.files_unchanged += 1
-                progress.advance(1)
-                continue
-            _ingest_file(catalog, plan, bands, settings.batch_size, writer, report, progress)
+        for chunk in _chunks(catalog, plans, settings.batch_size, writer, report, progress):
+            if pool is None:
+                in_flight.append(
+                    (chunk, embed_chunk(catalog, chunk.plan.path, chunk.windows, bands))
+                )
+            else:
+                future = pool.submit(_embed_in_worker, chunk.plan.path, chunk.windows, bands)
+                in_flight.append((chunk, future))
+            while len(in_flight) > 2 * workers or (pool is None and in_flight):
+                _take(*in_flight.popleft(), writer, failed, report, progress, settings.batch_size)
+        while in_flight:
+            _take(*in_flight.popleft(), writer, failed, report, progress, settings.batch_size)
         writer.flush()
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         state = IndexState(store.generation, store.max_tile_id(), index.count, index.dim)
         index.save(index_path(store.path), state)
 
 
-def _ingest_file(
+def _pool(catalog: Catalog, workers: int) -> ProcessPoolExecutor:
+    """Worker processes, each with the catalog (no database) and its share of the CPU threads."""
+    per_worker = max(1, (os.cpu_count() or 1) // workers)
+    features = catalog.features.model_copy(deep=True)
+    features.cnn.threads = per_worker
+    worker_catalog = replace(catalog, features=features, _extractors=None)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["geosearch.engines.local"])
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(worker_catalog,)
+    )
+
+
+def _chunks(
     catalog: Catalog,
-    plan: FilePlan,
-    bands: Sequence[int] | None,
-    batch_size: int,
+    plans: Sequence[FilePlan],
+    size: int,
     writer: _BatchWriter,
     report: IngestReport,
     progress: IngestProgress,
-) -> None:
-    store = catalog.store
-    try:
-        source = open_source(Path(plan.path))
-    except InputError as exc:
-        _skip(plan, error_reason(exc, plan.path), writer, report, progress)
-        progress.advance(1)
-        return
-    with source:
-        try:
-            read_bands = catalog.manifest.bands_for(source, bands, catalog.name)
-        except InputError as exc:
-            _skip(plan, error_reason(exc, plan.path), writer, report, progress)
+) -> Iterator[Chunk]:
+    """Chunks of work, in file order; unchanged files are counted, changed ones cleared first."""
+    for plan in plans:
+        if plan.action == "unchanged":
+            report.files_unchanged += 1
             progress.advance(1)
-            return
+            continue
         if plan.action == "replace":
             writer.flush()
-            removed = store.remove_files([plan.path])
+            removed = catalog.store.remove_files([plan.path])
             writer.index.remove(removed)
             report.tiles_removed += len(removed)
             report.files_replaced += 1
-        done = store.windows_done(plan.path) if plan.action == "resume" else set()
         report.files_resumed += plan.action == "resume"
-        windows = [w for w in catalog.windows(source) if (w.row, w.col) not in done]
-        writer.started.append(plan.record())
-        step = 1.0 / max(1, len(windows))
-        try:
-            for window in windows:
-                tile = source.read(window, read_bands)
-                progress.advance(step, 1)
-                if not catalog.keeps(tile):
-                    report.tiles_nodata += 1
-                    continue
-                footprint = source.footprint(window)
-                record = TileRecord(
-                    id=None,
-                    path=plan.path,
-                    window=window,
-                    crs=source.crs_label,
-                    footprint_native=footprint.native_wkt if footprint else None,
-                    footprint=footprint.wgs84 if footprint else None,
-                    acquired=source.acquired,
-                    nodata_fraction=round(tile.nodata_fraction, 6),
-                )
-                writer.tiles.append((record, tile))
-                if len(writer.tiles) >= batch_size:
-                    writer.flush()
-        except InputError as exc:
-            writer.drop_file(plan.path)
-            _skip(plan, error_reason(exc, plan.path), writer, report, progress, drop=False)
-            return
-        if not windows:
-            progress.advance(1)
-        writer.finished.append(plan.record("done"))
-        report.files_ingested += 1
+        windows = window_grid(plan.path, catalog.tile_size)
+        if windows is None:
+            yield Chunk(plan, None, first=True, last=True, share=1.0)
+            continue
+        if plan.action == "resume":
+            done = catalog.store.windows_done(plan.path)
+            windows = [w for w in windows if (w.row, w.col) not in done]
+        pieces = [windows[i : i + size] for i in range(0, len(windows), size)] or [[]]
+        for number, piece in enumerate(pieces):
+            yield Chunk(
+                plan,
+                piece,
+                first=number == 0,
+                last=number == len(pieces) - 1,
+                share=1.0 / len(pieces),
+            )
 
 
-def _skip(
-    plan: FilePlan,
-    reason: str,
+def _take(
+    chunk: Chunk,
+    outcome: Future | EmbeddedTiles | ChunkFailure,
     writer: _BatchWriter,
+    failed: set[str],
     report: IngestReport,
     progress: IngestProgress,
-    drop: bool = True,
+    batch_size: int,
 ) -> None:
-    """Report a file as skipped; a file known to the database loses its stale tiles."""
-    if drop and plan.action in ("resume", "replace"):
-        writer.drop_file(plan.path)
-    report.skipped.append(Skipped(plan.path, reason))
-    progress.skipped(plan.path, reason)
+    """Hand one finished chunk to the writer (in file order), committing full batches."""
+    result = outcome.result() if isinstance(outcome, Future) else outcome
+    path = chunk.plan.path
+    tiles = len(result.records) + result.skipped if isinstance(result, EmbeddedTiles) else 0
+    progress.advance(chunk.share, tiles)
+    if path in failed:
+        return
+    if isinstance(result, ChunkFailure):
+        failed.add(path)
+        if not chunk.first or chunk.plan.action in ("resume", "replace"):
+            writer.drop_file(path)
+        report.skipped.append(Skipped(path, result.reason))
+        progress.skipped(path, result.reason)
+        return
+    if chunk.first:
+        writer.started.append(chunk.plan.record())
+    writer.add(result)
+    report.tiles_nodata += result.skipped
+    if chunk.last:
+        writer.finished.append(chunk.plan.record("done"))
+        report.files_ingested += 1
+    if len(writer.records) >= batch_size:
+        writer.flush()

@@ -7,6 +7,10 @@ import numpy as np
 from geosearch.features.base import TileBatch
 
 STATISTICS = ("mean", "std", "min", "max", "p10", "p50", "p90")
+# Values are binned at this resolution once; every statistic is read off the bins, which is
+# several times faster than sorting for percentiles and exact to 1/LEVELS of the 0..1 range.
+LEVELS = 1024
+_CENTRES = (np.arange(LEVELS) + 0.5) / LEVELS
 
 
 class BandStatsExtractor:
@@ -19,33 +23,37 @@ class BandStatsExtractor:
     name = "band_stats"
 
     def __init__(self, band_count: int, histogram_bins: int = 8) -> None:
+        if LEVELS % histogram_bins:
+            raise ValueError(f"histogram_bins must divide {LEVELS}")
         self.band_count = band_count
         self.histogram_bins = histogram_bins
-        self.version = f"1-bins{histogram_bins}"
+        self.version = f"2-bins{histogram_bins}"
         self.dim = band_count * (len(STATISTICS) + histogram_bins)
 
     def extract(self, batch: TileBatch) -> np.ndarray:
         out = np.zeros((len(batch), self.dim), dtype=np.float32)
         for i, (pixels, valid) in enumerate(zip(batch.pixels, batch.valid, strict=True)):
-            values = pixels[:, valid]  # (bands, n valid)
-            if values.shape[1] == 0:
-                continue
-            out[i] = self._describe(values)
+            if valid.any():
+                out[i] = self.describe(pixels, valid)
         return out
 
-    def _describe(self, values: np.ndarray) -> np.ndarray:
-        bins = self.histogram_bins
-        summary = np.column_stack(
-            [
-                values.mean(axis=1),
-                values.std(axis=1),
-                values.min(axis=1),
-                values.max(axis=1),
-                *np.percentile(values, [10, 50, 90], axis=1),
-            ]
-        )
-        index = np.minimum((values * bins).astype(np.int64), bins - 1)
-        offsets = np.arange(values.shape[0])[:, None] * bins
-        counts = np.bincount((index + offsets).ravel(), minlength=values.shape[0] * bins)
-        histogram = counts.reshape(values.shape[0], bins) / values.shape[1]
+    def describe(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The statistics of (bands, h, w) values in 0..1 where ``valid``, one row per band."""
+        bands = pixels.shape[0]
+        values = pixels.reshape(bands, -1) if valid.all() else pixels[:, valid]
+        levels = np.minimum((values * LEVELS).astype(np.int32), LEVELS - 1)
+        levels += np.arange(bands, dtype=np.int32)[:, None] * LEVELS
+        counts = np.bincount(levels.ravel(), minlength=bands * LEVELS).reshape(bands, LEVELS)
+        n = values.shape[1]
+        fractions = counts / n
+        mean = fractions @ _CENTRES
+        std = np.sqrt(np.maximum(fractions @ _CENTRES**2 - mean**2, 0.0))
+        cumulative = np.cumsum(fractions, axis=1)
+        low = np.argmax(counts > 0, axis=1)
+        high = LEVELS - 1 - np.argmax(counts[:, ::-1] > 0, axis=1)
+        percentiles = [
+            _CENTRES[np.argmax(cumulative >= q, axis=1)] for q in (0.10, 0.50, 0.90)
+        ]
+        summary = np.column_stack([mean, std, _CENTRES[low], _CENTRES[high], *percentiles])
+        histogram = fractions.reshape(bands, self.histogram_bins, -1).sum(axis=2)
         return np.hstack([summary, histogram]).ravel()
