@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from geosearch.api import info, ingest, load_settings, similar, write_results  # noqa: E402
+from geosearch.api import info, ingest, load_settings, remove, similar, write_results  # noqa: E402
 from geosearch.errors import (  # noqa: E402
     BandLayoutError,
     ConfigError,
@@ -36,6 +36,7 @@ __all__ = [
     "info",
     "ingest",
     "load_settings",
+    "remove",
     "similar",
     "write_results",
 ]

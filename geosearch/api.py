@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from geosearch.config import Settings, load_settings
-from geosearch.index import index_path, open_index
+from geosearch.errors import InputError
+from geosearch.index import IndexState, index_path, open_index
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
 from geosearch.render import ResultFiles
 from geosearch.render import write_results as _write_results
 from geosearch.search import SearchResult, open_database
 from geosearch.search import similar as _similar
+from geosearch.store import Store, normalise_path
 
 PathLike = str | Path
 
@@ -25,9 +28,42 @@ def ingest(
     *,
     bands: Sequence[int] | None = None,
     progress: IngestProgress | None = None,
+    verify: bool = False,
+    dry_run: bool = False,
 ) -> IngestReport:
     """Ingest every image under ``paths`` into ``db``; see ``geosearch.ingest.ingest``."""
-    return _ingest([Path(p) for p in paths], Path(db), settings, bands=bands, progress=progress)
+    return _ingest(
+        [Path(p) for p in paths],
+        Path(db),
+        settings,
+        bands=bands,
+        progress=progress,
+        verify=verify,
+        dry_run=dry_run,
+    )
+
+
+def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
+    """Delete files (or every file under folders) from ``db``: their tiles, vectors, index rows."""
+    with Store(Path(db)) as store, store.writer("remove"):
+        known = {record.path for record in store.files()}
+        chosen: list[str] = []
+        for path in paths:
+            stored = normalise_path(path)
+            under = [
+                p for p in known if p == stored or p.startswith(stored.rstrip(os.sep) + os.sep)
+            ]
+            if not under:
+                raise InputError(f"{path}: not in {Path(db).name}")
+            chosen += under
+        index = open_index(store)
+        removed = store.remove_files(sorted(set(chosen)))
+        index.remove(removed)
+        index.save(
+            index_path(store.path),
+            IndexState(store.generation, store.max_tile_id(), index.count, index.dim),
+        )
+    return {"files_removed": len(set(chosen)), "tiles_removed": len(removed)}
 
 
 def similar(
@@ -94,4 +130,4 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
         store.close()
 
 
-__all__ = ["info", "ingest", "load_settings", "similar", "write_results"]
+__all__ = ["info", "ingest", "load_settings", "remove", "similar", "write_results"]

@@ -113,19 +113,39 @@ def ingest(
     tile_size: Annotated[
         int | None, typer.Option("--tile-size", help="Tile size in pixels (new databases).")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Worker processes (0 = all cores).")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Judge changed files by content hash (SHA-256).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be ingested; write nothing.")
+    ] = False,
     json_output: JsonOption = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")
     ] = False,
 ) -> None:
-    """Ingest imagery into the database: tiles, features, footprints, index."""
-    settings, db_path = _settings(config, db, tile_size=tile_size)
+    """Ingest imagery into the database: tiles, features, footprints, index.
+
+    Re-running skips unchanged files, replaces changed ones and resumes interrupted ones.
+    """
+    settings, db_path = _settings(config, db, tile_size=tile_size, workers=workers)
     selected = _parse_bands(bands)
-    progress = _ProgressBar(enabled=not (json_output or quiet) and err.is_terminal, quiet=quiet)
+    show_bar = not (json_output or quiet or dry_run) and err.is_terminal
+    progress = _ProgressBar(enabled=show_bar, quiet=quiet)
     with progress.bar:
         report = _run(
-            lambda: api.ingest(paths, db_path, settings, bands=selected, progress=progress)
-        )
+            lambda: api.ingest(
+                paths, db_path, settings, bands=selected, progress=progress, verify=verify,
+                dry_run=dry_run,
+            )
+        )  # fmt: skip
+    if dry_run and not json_output:
+        for item in report.planned or []:
+            out.print(f"{item['action']:<9}  {item['path']}", markup=False)
+        return
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
@@ -139,6 +159,26 @@ def ingest(
             markup=False,
         )
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to take out.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove files (or all files under folders) and their tiles from the database."""
+    _, db_path = _settings(config, db)
+    summary = _run(lambda: api.remove(db_path, paths))
+    if json_output:
+        out.print(json.dumps(summary), markup=False)
+    else:
+        err.print(
+            f"removed {summary['tiles_removed']} tiles of {summary['files_removed']} files "
+            f"from {db_path}",
+            markup=False,
+        )
 
 
 @app.command()

@@ -6,6 +6,7 @@ manifest and fusion, and reporting are shared here; ``engines`` schedule the per
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -36,9 +37,10 @@ class FilePlan:
     size: int
     mtime_ns: int
     action: Action
+    sha256: str | None = None
 
     def record(self, status: str = "partial") -> FileRecord:
-        return FileRecord(self.path, self.size, self.mtime_ns, status)
+        return FileRecord(self.path, self.size, self.mtime_ns, status, sha256=self.sha256)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class IngestReport:
     tiles_nodata: int = 0
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
+    planned: list[dict] | None = None  # dry run only: {"path", "action"} per file
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,8 +102,12 @@ def discover(paths: Iterable[Path]) -> list[str]:
     return list(seen)
 
 
-def plan_files(files: Sequence[str], store: Store | None) -> list[FilePlan]:
-    """Decide per file: new, resume (half-done, unchanged), replace (changed) or unchanged."""
+def plan_files(files: Sequence[str], store: Store | None, verify: bool = False) -> list[FilePlan]:
+    """Decide per file: new, resume (half-done, unchanged), replace (changed) or unchanged.
+
+    "Changed" means another size or mtime; with ``verify``, another content hash (SHA-256),
+    and a file whose mtime alone changed is recorded as unchanged.
+    """
     plans = []
     for path in files:
         try:
@@ -108,17 +115,38 @@ def plan_files(files: Sequence[str], store: Store | None) -> list[FilePlan]:
             size, mtime_ns = stat.st_size, stat.st_mtime_ns
         except OSError:
             size, mtime_ns = -1, -1  # reported when read
+        digest = content_hash(path) if verify and size >= 0 else None
         known = store.file_record(path) if store is not None else None
         if known is None:
             action: Action = "new"
+        elif verify and known.sha256 is not None:
+            action = "replace" if digest != known.sha256 else _done_or_resume(known)
         elif (known.size, known.mtime_ns) != (size, mtime_ns):
             action = "replace"
-        elif known.status == "done":
-            action = "unchanged"
         else:
-            action = "resume"
-        plans.append(FilePlan(path, size, mtime_ns, action))
+            action = _done_or_resume(known)
+        plan = FilePlan(path, size, mtime_ns, action, digest)
+        touched = (known.size, known.mtime_ns, known.sha256) if known else None
+        if verify and action == "unchanged" and touched != (size, mtime_ns, digest):
+            store.touch_file(plan.record("done"))
+        plans.append(plan)
     return plans
+
+
+def _done_or_resume(known: FileRecord) -> Action:
+    return "unchanged" if known.status == "done" else "resume"
+
+
+def content_hash(path: str) -> str | None:
+    """SHA-256 of a file's bytes, or None if it can't be read (reported later)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def create_catalog(
@@ -163,12 +191,15 @@ def ingest(
     *,
     bands: Sequence[int] | None = None,
     progress: IngestProgress | None = None,
+    verify: bool = False,
+    dry_run: bool = False,
 ) -> IngestReport:
     """Ingest every image under ``paths`` into database ``db`` (created if needed).
 
     Unreadable files are reported through ``progress.skipped`` and listed in the report; they
     never stop the ingest. Re-running skips unchanged files, resumes half-done ones and
-    replaces changed ones.
+    replaces changed ones (``verify``: judged by content hash). ``dry_run`` only plans:
+    the report's ``planned`` lists each file with what ingest would do, nothing is written.
     """
     from geosearch.engines.local import run_local
 
@@ -179,8 +210,17 @@ def ingest(
     started = time.perf_counter()
     files = discover(paths)
     report = IngestReport(db=str(db), files_found=len(files))
+    if dry_run:
+        if Path(db).exists():
+            with Store(db) as store:
+                plans = plan_files(files, store, verify)
+        else:
+            plans = plan_files(files, None, verify)
+        report.planned = [{"path": plan.path, "action": plan.action} for plan in plans]
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
     with Store(db, create=True) as store, store.writer("ingest"):
-        plans = plan_files(files, store)
+        plans = plan_files(files, store, verify)
         catalog = open_catalog(store, settings)
         unreadable: dict[str, str] = {}
         if catalog is None:

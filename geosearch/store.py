@@ -21,7 +21,7 @@ import sqlite3
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class FileRecord:
     mtime_ns: int
     status: str  # "partial" while tiles are still coming, "done" when all are in
     tiles: int = 0
+    sha256: str | None = None  # content hash, when ingest ran with --verify
 
 
 @dataclass(frozen=True)
@@ -139,17 +140,28 @@ class Store:
                 f"no database at {self.path}: run 'geosearch ingest FOLDER --db {self.path}' first"
             )
         if not exists:
-            _create_geopackage(self.path)
-        self._connection = self._connect()
-        if not exists:
-            self._create_tables()
+            self._create_atomically()
+        self._connection = self._connect(self.path)
         self._check_is_ours()
+
+    def _create_atomically(self) -> None:
+        """Build the empty database beside its final name, then rename it into place, so a
+        crash or a concurrent reader never meets a half-made database."""
+        building = self.path.with_name(f".{self.path.stem}.{os.getpid()}.creating.gpkg")
+        _create_geopackage(building)
+        connection = self._connect(building)
+        try:
+            self._create_tables(connection)
+            connection.execute("PRAGMA journal_mode=DELETE")  # fold the WAL in before moving
+        finally:
+            connection.close()
+        os.replace(building, self.path)
 
     # -- connection and schema -------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, path: Path) -> sqlite3.Connection:
         try:
-            connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            connection = sqlite3.connect(path, timeout=60, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
@@ -162,8 +174,8 @@ class Store:
             )
         return connection
 
-    def _create_tables(self) -> None:
-        with self.transaction() as db:
+    def _create_tables(self, connection: sqlite3.Connection) -> None:
+        with _transaction(connection) as db:
             for column, kind in (
                 ("path", "TEXT NOT NULL"),
                 ("row", "INTEGER NOT NULL"),
@@ -182,7 +194,7 @@ class Store:
             db.execute(
                 "CREATE TABLE files (path TEXT PRIMARY KEY NOT NULL, size INTEGER NOT NULL, "
                 "mtime_ns INTEGER NOT NULL, status TEXT NOT NULL, tiles INTEGER NOT NULL, "
-                "ingested_at DATETIME NOT NULL)"
+                "ingested_at DATETIME NOT NULL, sha256 TEXT)"
             )
             db.execute(
                 "CREATE TABLE geosearch_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
@@ -224,17 +236,9 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-        db = self._connection
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        return _transaction(self._connection)
 
     @contextmanager
     def writer(self, command: str = "ingest") -> Iterator[Store]:
@@ -289,13 +293,13 @@ class Store:
 
     def file_record(self, path: str) -> FileRecord | None:
         row = self._connection.execute(
-            "SELECT path, size, mtime_ns, status, tiles FROM files WHERE path = ?", (path,)
+            "SELECT path, size, mtime_ns, status, tiles, sha256 FROM files WHERE path = ?", (path,)
         ).fetchone()
         return FileRecord(*row) if row else None
 
     def files(self) -> list[FileRecord]:
         rows = self._connection.execute(
-            "SELECT path, size, mtime_ns, status, tiles FROM files ORDER BY path"
+            "SELECT path, size, mtime_ns, status, tiles, sha256 FROM files ORDER BY path"
         )
         return [FileRecord(*row) for row in rows]
 
@@ -321,8 +325,9 @@ class Store:
         with self.transaction() as db:
             for record in started:
                 db.execute(
-                    "INSERT OR IGNORE INTO files VALUES (?, ?, ?, 'partial', 0, datetime('now'))",
-                    (record.path, record.size, record.mtime_ns),
+                    "INSERT OR IGNORE INTO files VALUES "
+                    "(?, ?, ?, 'partial', 0, datetime('now'), ?)",
+                    (record.path, record.size, record.mtime_ns, record.sha256),
                 )
             for tile, vector, features in tiles:
                 cursor = db.execute(
@@ -348,12 +353,20 @@ class Store:
             for record in finished:
                 db.execute(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, 'done', "
-                    f"(SELECT count(*) FROM {TILES} WHERE path = ?), datetime('now'))",
-                    (record.path, record.size, record.mtime_ns, record.path),
+                    f"(SELECT count(*) FROM {TILES} WHERE path = ?), datetime('now'), ?)",
+                    (record.path, record.size, record.mtime_ns, record.path, record.sha256),
                 )
             removed = [tid for path in failed for tid in self._delete_file(db, path)]
             self._bump_generation(db, deleted=bool(removed))
         return BatchResult(added=ids, removed=removed)
+
+    def touch_file(self, record: FileRecord) -> None:
+        """Record a file's size, mtime and hash when its content is unchanged (--verify)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE files SET size = ?, mtime_ns = ?, sha256 = ? WHERE path = ?",
+                (record.size, record.mtime_ns, record.sha256, record.path),
+            )
 
     def remove_files(self, paths: Iterable[str]) -> list[int]:
         """Delete files' tiles and records; returns the ids of the tiles removed."""
@@ -453,6 +466,17 @@ class Store:
         blobs = [row[1] for row in rows]
         dim = len(blobs[0]) // 4 if blobs else 0
         return found, blob_vectors(blobs, dim)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _create_geopackage(path: Path) -> None:
