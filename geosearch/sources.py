@@ -229,9 +229,7 @@ class GeoRasterSource:
     def _nodata_only(self, bands: Sequence[int]) -> bool:
         """True when the bands' masks come from a nodata value or nothing (no mask, no alpha)."""
         flags = self._dataset.mask_flag_enums
-        return all(
-            set(flags[b - 1]) <= {MaskFlags.nodata, MaskFlags.all_valid} for b in bands
-        )
+        return all(set(flags[b - 1]) <= {MaskFlags.nodata, MaskFlags.all_valid} for b in bands)
 
     def overview(self, bands: Sequence[int], max_side: int) -> RawTile:
         """The whole raster decimated to at most ``max_side`` pixels (uses overviews if any)."""

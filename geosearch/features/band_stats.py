@@ -51,9 +51,7 @@ class BandStatsExtractor:
         cumulative = np.cumsum(fractions, axis=1)
         low = np.argmax(counts > 0, axis=1)
         high = LEVELS - 1 - np.argmax(counts[:, ::-1] > 0, axis=1)
-        percentiles = [
-            _CENTRES[np.argmax(cumulative >= q, axis=1)] for q in (0.10, 0.50, 0.90)
-        ]
+        percentiles = [_CENTRES[np.argmax(cumulative >= q, axis=1)] for q in (0.10, 0.50, 0.90)]
         summary = np.column_stack([mean, std, _CENTRES[low], _CENTRES[high], *percentiles])
         histogram = fractions.reshape(bands, self.histogram_bins, -1).sum(axis=2)
         return np.hstack([summary, histogram]).ravel()
