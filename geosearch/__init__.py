@@ -13,7 +13,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from geosearch.api import info, ingest, load_settings, remove, similar, write_results  # noqa: E402
+from geosearch.api import (  # noqa: E402
+    check,
+    info,
+    ingest,
+    load_settings,
+    remove,
+    similar,
+    write_results,
+)
 from geosearch.errors import (  # noqa: E402
     BandLayoutError,
     ConfigError,
@@ -33,6 +41,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "__version__",
+    "check",
     "info",
     "ingest",
     "load_settings",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
 from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index
@@ -64,6 +65,11 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
             IndexState(store.generation, store.max_tile_id(), index.count, index.dim),
         )
     return {"files_removed": len(set(chosen)), "tiles_removed": len(removed)}
+
+
+def check(db: PathLike, repair: bool = False, settings: Settings | None = None) -> CheckReport:
+    """Verify ``db`` (counts, vectors, footprints, index); ``repair`` fixes what it can."""
+    return check_database(Path(db), repair, settings)
 
 
 def similar(
@@ -130,4 +136,4 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
         store.close()
 
 
-__all__ = ["info", "ingest", "load_settings", "remove", "similar", "write_results"]
+__all__ = ["check", "info", "ingest", "load_settings", "remove", "similar", "write_results"]

@@ -61,7 +61,7 @@ class Catalog:
             found = [(e.name, e.version) for e in extractors]
             if stored != found:
                 raise DatabaseError(
-                    f"{self.store.path} was made with extractors "
+                    f"{self.name} was made with extractors "
                     f"{', '.join(f'{n}[{v}]' for n, v in stored)}; this set-up has "
                     f"{', '.join(f'{n}[{v}]' for n, v in found)}: use the same model and "
                     "weights, or ingest into a new --db"

@@ -20,7 +20,14 @@ from rich.table import Table
 
 from geosearch import api
 from geosearch.config import Settings
-from geosearch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SKIPPED, ConfigError, GeosearchError
+from geosearch.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SKIPPED,
+    ConfigError,
+    DatabaseError,
+    GeosearchError,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -179,6 +186,30 @@ def remove(
             f"from {db_path}",
             markup=False,
         )
+
+
+@app.command()
+def check(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Fix what can be fixed without losing data.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Verify the database: counts, vectors finite and unit length, footprints, index in sync."""
+    settings, db_path = _settings(config, db)
+    report = _run(lambda: api.check(db_path, repair, settings))
+    if json_output:
+        out.print(json.dumps(report.to_dict()), markup=False)
+    else:
+        for problem in report.problems:
+            state = "fixed" if problem.fixed else "problem"
+            out.print(f"{state}: {problem.kind}: {problem.detail}", markup=False)
+        verdict = "ok" if report.ok else "NOT ok (geosearch check --repair fixes what it can)"
+        out.print(f"{db_path}: {report.tiles} tiles, {report.files} files: {verdict}", markup=False)
+    if not report.ok:
+        raise typer.Exit(DatabaseError.exit_code)
 
 
 @app.command()

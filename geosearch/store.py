@@ -409,6 +409,51 @@ class Store:
                 (TILES,),
             )
 
+    # -- checking --------------------------------------------------------------------------
+
+    def integrity(self) -> str:
+        """SQLite's own integrity check: "ok" or the first problem found."""
+        return str(self._connection.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def tile_blobs(self) -> Iterator[tuple[int, str, bytes, bytes, bytes | None]]:
+        """(id, path, vector, features, geometry) of every tile, as stored."""
+        yield from self._connection.execute(
+            f"SELECT id, path, vector, features, geom FROM {TILES} ORDER BY id"
+        )
+
+    def tile_counts(self) -> dict[str, int]:
+        """Tiles per file path, as found in the tiles layer."""
+        return dict(self._connection.execute(f"SELECT path, count(*) FROM {TILES} GROUP BY path"))
+
+    def repair(
+        self,
+        vectors: Sequence[tuple[int, bytes]],
+        delete: Sequence[int],
+        reingest: Iterable[str],
+        recount: Iterable[str],
+    ) -> None:
+        """Apply ``geosearch check --repair`` fixes in one transaction: replace vectors, delete
+        tiles, mark files for re-ingest (their missing windows are read again), recount."""
+        with self.transaction() as db:
+            for tile_id, blob in vectors:
+                db.execute(f"UPDATE {TILES} SET vector = ? WHERE id = ?", (blob, tile_id))
+            for tile_id in delete:
+                db.execute(f"DELETE FROM {TILES} WHERE id = ?", (tile_id,))
+            for path in reingest:
+                marked = db.execute("UPDATE files SET status = 'partial' WHERE path = ?", (path,))
+                if marked.rowcount == 0:  # unknown size/mtime: the next ingest replaces it
+                    db.execute(
+                        "INSERT INTO files VALUES (?, -1, -1, 'partial', 0, datetime('now'), NULL)",
+                        (path,),
+                    )
+            for path in recount:
+                db.execute(
+                    f"UPDATE files SET tiles = (SELECT count(*) FROM {TILES} WHERE path = ?) "
+                    "WHERE path = ?",
+                    (path, path),
+                )
+            self._bump_generation(db, deleted=True)
+
     # -- reading ---------------------------------------------------------------------------
 
     _TILE_COLUMNS = (

@@ -143,6 +143,7 @@ def run_local(
 ) -> None:
     """Ingest ``plans`` into ``catalog`` on this machine."""
     store = catalog.store
+    catalog.extractors()  # checks the database's extractor versions here, before any work
     index = open_index(store)
     if index.dim != catalog.dim:
         index = VectorIndex(catalog.dim)

@@ -1,0 +1,151 @@
+"""Verify a database, and repair what can be repaired without losing data.
+
+Checks: SQLite integrity; metadata present; every tile's vector and raw features the right
+length, finite, the vector of unit length; footprints valid; per-file tile counts; tiles of
+files the database doesn't list; the FAISS index in sync. Repairs: vectors re-fused from
+their raw features, tiles beyond repair deleted and their files marked for re-ingest (the
+next ``ingest`` reads those windows again), file counts corrected, the index rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geosearch.catalog import open_catalog
+from geosearch.config import Settings
+from geosearch.errors import DatabaseError
+from geosearch.index import IndexState, VectorIndex, index_path
+from geosearch.store import Store, decode_geometry, vector_blob
+
+UNIT_TOLERANCE = 1e-3
+
+
+@dataclass
+class Problem:
+    kind: str
+    detail: str
+    fixed: bool = False
+
+
+@dataclass
+class CheckReport:
+    db: str
+    tiles: int = 0
+    files: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(problem.fixed for problem in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ok": self.ok}
+
+
+def check_database(db: Path, repair: bool = False, settings: Settings | None = None) -> CheckReport:
+    """Check ``db``; with ``repair``, fix what can be fixed (holding the writer lock)."""
+    with Store(Path(db)) as store:
+        if not repair:
+            return _check(store, repair=False, settings=settings or Settings())
+        with store.writer("check --repair"):
+            return _check(store, repair=True, settings=settings or Settings())
+
+
+def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
+    report = CheckReport(db=str(store.path))
+    verdict = store.integrity()
+    if verdict != "ok":
+        report.problems.append(Problem("sqlite", f"integrity check: {verdict}"))
+        return report  # nothing else can be trusted
+    catalog = open_catalog(store, settings)
+    if catalog is None:
+        if store.tile_count():
+            report.problems.append(Problem("metadata", "tiles present but no band manifest"))
+        return report
+    dim = catalog.dim
+    refuse: list[int] = []  # tiles beyond repair
+    refuse_files: set[str] = set()
+    refused_vectors: list[tuple[int, bytes]] = []
+    for tile_id, path, vector_bytes, feature_bytes, geom in store.tile_blobs():
+        report.tiles += 1
+        vector = _floats(vector_bytes, dim)
+        raw = _floats(feature_bytes, dim)
+        if raw is None:
+            refuse.append(tile_id)
+            refuse_files.add(path)
+            report.problems.append(Problem("features", f"tile {tile_id}: raw features damaged"))
+        elif vector is None or abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
+            fused = catalog.fusion.fuse(raw[None, :])[0]
+            refused_vectors.append((tile_id, vector_blob(fused)))
+            report.problems.append(
+                Problem("vector", f"tile {tile_id}: vector damaged or not unit length")
+            )
+        if geom is not None:
+            try:
+                shape = decode_geometry(geom)
+                valid = shape is not None and shape.is_valid
+            except Exception:  # any decoding failure is damage
+                valid = False
+            if not valid:
+                report.problems.append(Problem("footprint", f"tile {tile_id}: invalid footprint"))
+    files = store.files()
+    report.files = len(files)
+    known = {f.path for f in files}
+    counts = store.tile_counts()
+    for path in sorted(set(counts) - known):
+        refuse_files.add(path)
+        report.problems.append(Problem("files", f"{path}: tiles without a files record"))
+    miscounted = [f for f in files if f.status == "done" and f.tiles != counts.get(f.path, 0)]
+    for record in miscounted:
+        report.problems.append(
+            Problem("files", f"{record.path}: recorded {record.tiles} tiles, has "
+                    f"{counts.get(record.path, 0)}")
+        )  # fmt: skip
+    index_ok = _index_in_sync(store)
+    if not index_ok:
+        report.problems.append(Problem("index", f"{index_path(store.path)} missing or out of sync"))
+    if repair:
+        _repair(store, refuse, refuse_files, refused_vectors, miscounted, report)
+    return report
+
+
+def _floats(blob: bytes | None, dim: int) -> np.ndarray | None:
+    if blob is None or len(blob) != dim * 4:
+        return None
+    values = np.frombuffer(blob, "<f4")
+    return values if np.isfinite(values).all() else None
+
+
+def _index_in_sync(store: Store) -> bool:
+    loaded = VectorIndex.load(index_path(store.path))
+    if loaded is None:
+        return False
+    index, state = loaded
+    return state.generation == store.generation and index.count == store.tile_count()
+
+
+def _repair(
+    store: Store,
+    refuse: list[int],
+    refuse_files: set[str],
+    refused_vectors: list[tuple[int, bytes]],
+    miscounted: list,
+    report: CheckReport,
+) -> None:
+    """Apply the fixes in one transaction, then rebuild the index from the result."""
+    store.repair(refused_vectors, refuse, refuse_files, [record.path for record in miscounted])
+    ids, vectors = store.vectors()
+    if len(ids) and vectors.shape[1] == 0:
+        raise DatabaseError(f"{store.path}: vectors unreadable; re-ingest into a new --db")
+    index = VectorIndex(vectors.shape[1] if len(ids) else 0)
+    index.add(ids, vectors)
+    index.save(
+        index_path(store.path),
+        IndexState(store.generation, int(ids.max()) if len(ids) else 0, index.count, index.dim),
+    )
+    for problem in report.problems:
+        problem.fixed = problem.kind in ("vector", "features", "files", "index")

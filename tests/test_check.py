@@ -1,0 +1,89 @@
+"""geosearch check: damage is found, --repair fixes it without losing tiles it can keep."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+
+import geosearch
+from geosearch.index import index_path
+from geosearch.store import Store
+from tests.conftest import run_cli, textured, write_geotiff
+
+
+def _db(tmp_path, stats_only):
+    folder = tmp_path / "in"
+    for i in range(3):
+        write_geotiff(folder / f"f{i}.tif", textured((3, 200, 300), seed=i))  # 2 tiles each
+    db = tmp_path / "db.gpkg"
+    geosearch.ingest([folder], db, stats_only)
+    return folder, db
+
+
+def test_a_fresh_database_checks_ok(tmp_path, stats_only):
+    _, db = _db(tmp_path, stats_only)
+    result = run_cli("check", "--db", str(db), "--json")
+    assert result.returncode == 0
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["tiles"] == 6 and report["files"] == 3 and not report["problems"]
+
+
+def test_damage_is_found_and_repaired(tmp_path, stats_only):
+    folder, db = _db(tmp_path, stats_only)
+    with Store(db) as store:  # its connection knows the GeoPackage R-tree trigger functions
+        connection = store._connection
+        ids = [row[0] for row in connection.execute("SELECT id FROM tiles ORDER BY id")]
+        bad_vector = np.full(len(geosearch.info(db)["bands"]["bands"]) * 15, np.nan, "<f4")
+        connection.execute(
+            "UPDATE tiles SET vector = ? WHERE id = ?", (bad_vector.tobytes(), ids[0])
+        )
+        connection.execute("UPDATE tiles SET features = x'00' WHERE id = ?", (ids[1],))
+        connection.execute("UPDATE files SET tiles = 7 WHERE path LIKE '%f2.tif'")
+    index_path(db).unlink()
+    result = run_cli("check", "--db", str(db))
+    assert result.returncode == 4
+    kinds = {line.split(":")[1].strip() for line in result.stdout.splitlines() if ":" in line}
+    assert {"vector", "features", "files", "index"} <= kinds and "NOT ok" in result.stdout
+    repaired = run_cli("check", "--db", str(db), "--repair", "--json")
+    assert repaired.returncode == 0, repaired.stdout
+    assert run_cli("check", "--db", str(db)).returncode == 0
+    with Store(db) as store:
+        _, vectors = store.vectors()
+        assert len(vectors) == 5 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    report = geosearch.ingest([folder], db, stats_only)  # the deleted tile comes back
+    assert report.files_resumed == 1 and report.tiles_added == 1
+    with Store(db) as store:
+        assert store.tile_count() == 6
+    assert run_cli("check", "--db", str(db)).returncode == 0
+
+
+def test_database_from_another_extractor_is_refused(tmp_path, stats_only):
+    folder, db = _db(tmp_path, stats_only)
+    with sqlite3.connect(db) as connection:
+        fusion = json.loads(
+            connection.execute("SELECT value FROM geosearch_meta WHERE key = 'fusion'").fetchone()[
+                0
+            ]
+        )
+        fusion["blocks"][0]["version"] = "0-old"
+        connection.execute(
+            "UPDATE geosearch_meta SET value = ? WHERE key = 'fusion'", (json.dumps(fusion),)
+        )
+    write_geotiff(folder / "new.tif", textured((3, 64, 64), seed=5))
+    result = run_cli("ingest", str(folder), "--db", str(db), "--config", "/dev/null")
+    assert result.returncode == 4
+    assert "was made with extractors band_stats[0-old]" in result.stderr
+
+
+def test_results_to_an_unwritable_place_is_a_clear_error_and_db_untouched(tmp_path, stats_only):
+    folder, db = _db(tmp_path, stats_only)
+    before = db.read_bytes()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    result = run_cli(
+        "similar", str(folder / "f0.tif"), "--db", str(db), "--out", str(blocker / "out")
+    )
+    assert result.returncode == 7 and result.stderr.startswith("error: cannot write results to")
+    assert db.read_bytes() == before
