@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 from geosearch.api import (  # noqa: E402
     check,
+    export_feedback,
+    feedback,
     info,
     ingest,
     load_settings,
@@ -31,6 +33,7 @@ from geosearch.errors import (  # noqa: E402
     ModelError,
     OutputError,
 )
+from geosearch.search import SearchFilters  # noqa: E402
 
 __all__ = [
     "BandLayoutError",
@@ -40,8 +43,11 @@ __all__ = [
     "InputError",
     "ModelError",
     "OutputError",
+    "SearchFilters",
     "__version__",
     "check",
+    "export_feedback",
+    "feedback",
     "info",
     "ingest",
     "load_settings",

@@ -13,10 +13,10 @@ from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
-from geosearch.render import ResultFiles
+from geosearch.render import ResultFiles, write_marks
 from geosearch.render import write_results as _write_results
-from geosearch.search import SearchResult, open_database
-from geosearch.search import similar as _similar
+from geosearch.search import SearchFilters, SearchResult, load_area, open_database
+from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.store import Store, normalise_path
 
 PathLike = str | Path
@@ -74,14 +74,59 @@ def check(db: PathLike, repair: bool = False, settings: Settings | None = None) 
 
 def similar(
     db: PathLike,
-    queries: Sequence[PathLike],
+    queries: Sequence[PathLike] = (),
     top: int = 5,
     *,
     tile: int | None = None,
+    lonlat: tuple[float, float] | None = None,
+    date: str | None = None,
+    filters: SearchFilters | None = None,
+    good: Sequence[int] = (),
+    bad: Sequence[int] = (),
+    session: str | None = None,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
-    """The ``top`` most similar tiles to each query file, best first."""
-    return _similar(Path(db), [Path(q) for q in queries], top, tile=tile, settings=settings)
+    """The ``top`` most similar tiles to each query (files, or the tile at ``lonlat``).
+
+    ``good``/``bad`` tile ids move the query (relevance feedback); each query is saved as a
+    feedback session (``result.session``) that ``feedback`` refines in later rounds.
+    """
+    return search_and_save(
+        Path(db),
+        [Path(q) for q in queries],
+        top,
+        tile=tile,
+        lonlat=lonlat,
+        date=date,
+        filters=filters,
+        good=good,
+        bad=bad,
+        session=session,
+        settings=settings,
+    )
+
+
+def feedback(
+    db: PathLike,
+    session: str,
+    good: Sequence[int] = (),
+    bad: Sequence[int] = (),
+    *,
+    by_rank: bool = True,
+    top: int | None = None,
+    settings: Settings | None = None,
+) -> SearchResult:
+    """Mark results of a session good/bad (by rank in its last results, or by tile id) and
+    search again with every mark so far."""
+    return refine(Path(db), session, good, bad, by_rank=by_rank, top=top, settings=settings)
+
+
+def export_feedback(
+    db: PathLike, session: str, out: PathLike, settings: Settings | None = None
+) -> Path:
+    """Write a GeoJSON of every tile marked in ``session``, with its label, time and user."""
+    saved = session_marks(Path(db), session, settings)
+    return write_marks(saved, Path(out))
 
 
 def write_results(
@@ -136,4 +181,15 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
         store.close()
 
 
-__all__ = ["check", "info", "ingest", "load_settings", "remove", "similar", "write_results"]
+__all__ = [
+    "check",
+    "export_feedback",
+    "feedback",
+    "info",
+    "ingest",
+    "load_area",
+    "load_settings",
+    "remove",
+    "similar",
+    "write_results",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from geosearch import api
+from geosearch import SearchFilters, api
 from geosearch.config import Settings
 from geosearch.errors import (
     EXIT_INTERRUPTED,
@@ -212,39 +213,55 @@ def check(
         raise typer.Exit(DatabaseError.exit_code)
 
 
-@app.command()
-def similar(
-    queries: Annotated[list[Path], typer.Argument(help="Query files (indexed or not).")],
-    db: DbOption = None,
-    config: ConfigOption = None,
-    top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
-    tile: Annotated[
-        int | None,
-        typer.Option(
-            "--tile",
-            help="Query with this tile of the file (0-based, row-major) "
-            "instead of the mean of all its tiles.",
-        ),
-    ] = None,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
-    ] = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Find the tiles most similar to each query; write GeoJSON, previews, contact sheet."""
-    settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
-    search = settings.search
-    results = _run(lambda: api.similar(db_path, queries, search.top, tile=tile, settings=settings))
-    files = _run(
-        lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
+def _numbers(text: str | None, option: str, kind: type = int) -> list:
+    """Comma-separated numbers of an option ("3,5" -> [3, 5]); a clear error otherwise."""
+    if not text:
+        return []
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        err.print(f"error: {option}: expected comma-separated numbers, got {text!r}", markup=False)
+        raise typer.Exit(ConfigError.exit_code) from None
+
+
+def _filters(
+    bbox: str | None,
+    within: Path | None,
+    after: str | None,
+    before: str | None,
+    exclude_near: float | None,
+    other_files: bool,
+) -> SearchFilters:
+    box = _numbers(bbox, "--bbox", float) or None
+    if box is not None and (len(box) != 4 or box[0] > box[2] or box[1] > box[3]):
+        err.print("error: --bbox: expected minx,miny,maxx,maxy in lon/lat degrees", markup=False)
+        raise typer.Exit(ConfigError.exit_code)
+    for option, value in (("--after", after), ("--before", before)):
+        if value is not None and not _is_date(value):
+            err.print(f"error: {option}: expected a date like 2014-07-20, got {value!r}")
+            raise typer.Exit(ConfigError.exit_code)
+    area = _run(lambda: api.load_area(within)) if within is not None else None
+    return SearchFilters(
+        tuple(box) if box else None, area, after, before, exclude_near, other_files
     )
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _print_results(results: list, files, json_output: bool) -> None:
     if json_output:
         for result in results:
             out.print(json.dumps(result.to_dict()), markup=False)
         return
     for result in results:
-        table = Table(title=f"similar to {result.query.label}", title_justify="left")
+        title = f"similar to {result.query.label}  (session {result.session})"
+        table = Table(title=title, title_justify="left")
         for column in ("rank", "score", "id", "file", "window (row,col size)", "acquired"):
             table.add_column(
                 column, justify="right" if column in ("rank", "score", "id") else "left"
@@ -265,6 +282,135 @@ def similar(
         f"{', '.join(str(p) for p in files.contact_sheets)}",
         markup=False,
     )
+
+
+@app.command()
+def similar(
+    queries: Annotated[
+        list[Path] | None, typer.Argument(help="Query files (indexed or not).")
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            "--tile",
+            help="Query with this tile of the file (0-based, row-major) "
+            "instead of the mean of all its tiles.",
+        ),
+    ] = None,
+    lonlat: Annotated[
+        str | None,
+        typer.Option("--lonlat", help="Query with the indexed tile containing LON,LAT."),
+    ] = None,
+    on_date: Annotated[
+        str | None, typer.Option("--date", help="With --lonlat: the tile acquired that day.")
+    ] = None,
+    bbox: Annotated[
+        str | None, typer.Option("--bbox", help="Only results meeting minx,miny,maxx,maxy (WGS84).")
+    ] = None,
+    within: Annotated[
+        Path | None,
+        typer.Option("--within", help="Only results meeting this area (GeoJSON, GPKG, SHP...)."),
+    ] = None,
+    after: Annotated[
+        str | None, typer.Option("--after", help="Only results acquired on/after this date.")
+    ] = None,
+    before: Annotated[
+        str | None, typer.Option("--before", help="Only results acquired on/before this date.")
+    ] = None,
+    exclude_near: Annotated[
+        float | None,
+        typer.Option("--exclude-near", help="Drop results within this many metres of the query."),
+    ] = None,
+    other_files: Annotated[
+        bool, typer.Option("--other-files", help="Only results from other files than the query's.")
+    ] = False,
+    good: Annotated[
+        str | None, typer.Option("--good", help="Tile ids that are relevant: 12,40.")
+    ] = None,
+    bad: Annotated[
+        str | None, typer.Option("--bad", help="Tile ids that are not relevant: 7.")
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", help="Name the feedback session. [default: time]")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Find the tiles most similar to each query; write GeoJSON, previews, contact sheet.
+
+    Each query is saved as a feedback session: refine it with 'geosearch feedback SESSION'.
+    """
+    settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
+    search = settings.search
+    point = _numbers(lonlat, "--lonlat", float) or None
+    if point is not None and len(point) != 2:
+        err.print("error: --lonlat: expected LON,LAT in degrees", markup=False)
+        raise typer.Exit(ConfigError.exit_code)
+    filters = _filters(bbox, within, after, before, exclude_near, other_files)
+    results = _run(
+        lambda: api.similar(
+            db_path, queries or [], search.top, tile=tile,
+            lonlat=tuple(point) if point else None, date=on_date, filters=filters,
+            good=_numbers(good, "--good"), bad=_numbers(bad, "--bad"), session=session,
+            settings=settings,
+        )
+    )  # fmt: skip
+    files = _run(
+        lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
+    )
+    _print_results(results, files, json_output)
+
+
+@app.command()
+def feedback(
+    session: Annotated[str, typer.Argument(help="Session name (printed by similar).")],
+    good: Annotated[
+        str | None, typer.Option("--good", help="Relevant results, by rank: 3,5.")
+    ] = None,
+    bad: Annotated[
+        str | None, typer.Option("--bad", help="Not relevant results, by rank: 2.")
+    ] = None,
+    by_id: Annotated[
+        bool, typer.Option("--ids", help="--good/--bad give tile ids instead of ranks.")
+    ] = False,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Write the marked tiles (with labels) to this GeoJSON."),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Mark a session's results good or bad and search again (or --export its marks)."""
+    settings, db_path = _settings(config, db, **{"search.out": out_dir})
+    if export is not None and not (good or bad):
+        written = _run(lambda: api.export_feedback(db_path, session, export, settings))
+        err.print(f"wrote {written}", markup=False)
+        return
+    result = _run(
+        lambda: api.feedback(
+            db_path, session, _numbers(good, "--good"), _numbers(bad, "--bad"),
+            by_rank=not by_id, top=top, settings=settings,
+        )
+    )  # fmt: skip
+    if export is not None:
+        _run(lambda: api.export_feedback(db_path, session, export, settings))
+    search = settings.search
+    files = _run(
+        lambda: api.write_results([result], db_path, search.out, search.preview_size, settings)
+    )
+    _print_results([result], files, json_output)
 
 
 def _shown_path(path: str) -> str:

@@ -84,6 +84,14 @@ class SearchSettings(_Section):
     preview_size: int = Field(256, ge=16, le=2048)
 
 
+class FeedbackSettings(_Section):
+    method: Literal["rocchio", "classifier", "both"] = "rocchio"
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(0.75, ge=0)
+    gamma: float = Field(0.25, ge=0)
+    candidates: int = Field(200, ge=10, le=100000)
+
+
 class Settings(_Section):
     db: Path = Path("geosearch.gpkg")
     tile_size: int = Field(256, ge=16, le=8192)
@@ -93,6 +101,7 @@ class Settings(_Section):
     bands: BandSettings = BandSettings()
     features: FeatureSettings = FeatureSettings()
     search: SearchSettings = SearchSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys (``"features.cnn.model"``) replaced; ``None`` values ignored."""

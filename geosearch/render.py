@@ -151,6 +151,38 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
+def write_marks(session: dict[str, Any], path: Path) -> Path:
+    """GeoJSON of a feedback session's marked tiles: label (good/bad), when, by whom."""
+    features = []
+    for mark in session["marks"]:
+        tile = mark["tile"]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": _lonlat_geometry(tile.footprint) if tile else None,
+                "properties": {
+                    "session": session["name"],
+                    "id": mark["tile_id"],
+                    "label": "good" if mark["label"] > 0 else "bad",
+                    "marked_at": mark["marked_at"],
+                    "marked_by": mark["marked_by"],
+                    "path": tile.path if tile else None,
+                    "row": tile.window.row if tile else None,
+                    "col": tile.window.col if tile else None,
+                    "acquired": tile.acquired if tile else None,
+                },
+            }
+        )
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    collection = {"type": "FeatureCollection", "features": features}
+    _write_bytes(path, json.dumps(collection, indent=1).encode())
+    return path
+
+
 def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> bytes:
     """PNG of labelled previews side by side (query first, then results in rank order)."""
     label_height = max(16, cell // 10)

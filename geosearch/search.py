@@ -1,9 +1,11 @@
-"""Similarity search: resolve queries to vectors, search the index, return ranked tiles.
+"""Similarity search: resolve queries to vectors, search the index, filter, return ranked tiles.
 
-A query is a file. If the database holds it (unchanged since ingest), its stored vectors are
-used and no model is loaded; otherwise it is read and embedded exactly as ingest would. A
-multi-tile file is queried by the mean of its tiles unless one tile is picked. The query's own
-tiles never appear among its results.
+A query is a file or a place. A file the database holds (unchanged since ingest) is searched
+with its stored vectors and no model is loaded; another file is read and embedded exactly as
+ingest would. A multi-tile file is queried by the mean of its tiles unless one tile is picked.
+A place (lon, lat) is the indexed tile that contains it. The query's own tiles never appear
+among its results. Filters (box, area, dates, distance, other files) and relevance feedback
+(tiles marked good or bad) shape what comes back.
 """
 
 from __future__ import annotations
@@ -11,19 +13,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shapely.geometry import mapping
+import shapely
+from pyproj import Transformer
+from shapely.geometry import Point, mapping
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from geosearch.catalog import Catalog, open_catalog
-from geosearch.config import Settings
+from geosearch.config import FeedbackSettings, Settings
 from geosearch.errors import DatabaseError, InputError
+from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import open_index
-from geosearch.store import Store, TileRecord, normalise_path
+from geosearch.store import FileRecord, Store, TileRecord, normalise_path
+
+# With a filter leaving at most this many tiles, they are scored exactly, directly.
+EXACT_SUBSET_LIMIT = 50_000
 
 
 @dataclass
@@ -36,10 +45,13 @@ class Query:
     vector: np.ndarray
     indexed: bool
     tile: int | None = None  # which of the file's tiles, if one was picked
+    lonlat: tuple[float, float] | None = None
+
+    also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
 
     @property
     def exclude(self) -> set[int]:
-        return {t.id for t in self.tiles if t.id is not None}
+        return {t.id for t in self.tiles if t.id is not None} | self.also_exclude
 
     @property
     def footprint(self) -> BaseGeometry | None:
@@ -52,6 +64,7 @@ class Query:
             "input": self.label,
             "indexed": self.indexed,
             "tile": self.tile,
+            "lonlat": list(self.lonlat) if self.lonlat else None,
             "tiles": len(self.tiles),
             "ids": sorted(self.exclude),
             "acquired": self.tiles[0].acquired if self.tiles else None,
@@ -60,7 +73,7 @@ class Query:
 
 @dataclass
 class Match:
-    """One result: its rank (1 = most similar), cosine score and tile."""
+    """One result: its rank (1 = most similar), score and tile."""
 
     rank: int
     score: float
@@ -87,29 +100,79 @@ class Match:
 
 @dataclass
 class SearchResult:
-    """A query and its ranked matches."""
+    """A query and its ranked matches (and the feedback session that holds them)."""
 
     query: Query
     matches: list[Match] = field(default_factory=list)
     query_preview: str | None = None
+    session: str | None = None
+    feedback: dict[str, list[int]] | None = None  # {"good": ids, "bad": ids} applied
 
     def to_dict(self) -> dict[str, Any]:
         query = self.query.to_dict() | {"preview": self.query_preview}
-        return {"query": query, "results": [m.to_dict() for m in self.matches]}
+        return {
+            "query": query,
+            "session": self.session,
+            "feedback": self.feedback,
+            "results": [m.to_dict() for m in self.matches],
+        }
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """What results may be: inside a lon/lat box or area, in a date range, far enough from the
+    query, from other files than the query's."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    within: BaseGeometry | None = None  # lon/lat
+    after: str | None = None
+    before: str | None = None
+    exclude_near: float | None = None  # metres
+    other_files: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bbox": list(self.bbox) if self.bbox else None,
+            "within": shapely.to_wkt(self.within, rounding_precision=7) if self.within else None,
+            "after": self.after,
+            "before": self.before,
+            "exclude_near": self.exclude_near,
+            "other_files": self.other_files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchFilters:
+        within = shapely.from_wkt(data["within"]) if data.get("within") else None
+        bbox = tuple(data["bbox"]) if data.get("bbox") else None
+        return cls(
+            bbox, within, data.get("after"), data.get("before"), data.get("exclude_near"),
+            bool(data.get("other_files")),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Tile ids marked relevant (good) and not relevant (bad)."""
+
+    good: tuple[int, ...] = ()
+    bad: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.good or self.bad)
+
+
+# -- resolving queries ---------------------------------------------------------------------
 
 
 def resolve_query(catalog: Catalog, path: Path, tile: int | None = None) -> Query:
     """The vector for a query file: stored if the database holds it unchanged, else computed."""
     stored_path = normalise_path(path)
     record = catalog.store.file_record(stored_path)
-    tiles: list[TileRecord]
     if record is not None and record.status == "done" and _unchanged(stored_path, record):
         tiles = catalog.store.tiles_of_file(stored_path)
         if not tiles:
             raise InputError(f"{path}: indexed, but none of its tiles had enough valid pixels")
-        ids, vectors = catalog.store.vectors([t.id for t in tiles])
-        order = {tid: i for i, tid in enumerate(ids)}
-        vectors = vectors[[order[t.id] for t in tiles]]
+        vectors = _stored_vectors(catalog.store, [t.id for t in tiles])
         indexed = True
     else:
         embedded = catalog.embed(stored_path)
@@ -121,12 +184,31 @@ def resolve_query(catalog: Catalog, path: Path, tile: int | None = None) -> Quer
         if not 0 <= tile < len(tiles):
             raise InputError(f"{path}: has {len(tiles)} tiles; --tile must be 0..{len(tiles) - 1}")
         tiles, vectors = [tiles[tile]], vectors[tile : tile + 1]
-    vector = vectors.mean(axis=0)
-    vector /= max(float(np.linalg.norm(vector)), 1e-12)
-    return Query(str(path), stored_path, tiles, vector.astype(np.float32), indexed, tile)
+    return Query(str(path), stored_path, tiles, _unit(vectors.mean(axis=0)), indexed, tile)
 
 
-def _unchanged(path: str, record: Any) -> bool:
+def resolve_point(catalog: Catalog, lon: float, lat: float, date: str | None = None) -> Query:
+    """The indexed tile containing a lon/lat point (on ``date`` if given, else the latest)."""
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise InputError(f"--lonlat {lon},{lat}: longitude must be -180..180, latitude -90..90")
+    store = catalog.store
+    point = Point(lon, lat)
+    candidates = store.tiles(sorted(store.ids_in_bbox(lon, lat, lon, lat)))
+    containing = [t for t in candidates if t.footprint is not None and t.footprint.covers(point)]
+    if not containing:
+        raise InputError(f"no indexed tile contains {lon},{lat} in {store.path.name}")
+    if date is not None:
+        dated = [t for t in containing if t.acquired == date]
+        if not dated:
+            found = ", ".join(sorted({t.acquired or "undated" for t in containing}))
+            raise InputError(f"no tile at {lon},{lat} acquired on {date} (there are: {found})")
+        containing = dated
+    chosen = max(containing, key=lambda t: (t.acquired or "", t.id))
+    vector = _stored_vectors(store, [chosen.id])[0]
+    return Query(f"{lon},{lat}", chosen.path, [chosen], vector, True, None, (lon, lat))
+
+
+def _unchanged(path: str, record: FileRecord) -> bool:
     try:
         stat = os.stat(path)
     except OSError:
@@ -134,28 +216,221 @@ def _unchanged(path: str, record: Any) -> bool:
     return (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
 
 
-def search_vectors(catalog: Catalog, queries: Sequence[Query], top: int) -> list[SearchResult]:
-    """Top-``top`` matches of each query, its own tiles left out; one batched FAISS search."""
-    index = open_index(catalog.store)
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+
+
+def _stored_vectors(store: Store, ids: Sequence[int]) -> np.ndarray:
+    """Vectors of ``ids`` in the order given."""
+    found, vectors = store.vectors(list(ids))
+    order = {tile_id: row for row, tile_id in enumerate(found.tolist())}
+    return vectors[[order[i] for i in ids]]
+
+
+def load_area(path: Path) -> BaseGeometry:
+    """The union of a vector file's geometries (GeoJSON, GeoPackage, Shapefile...) in lon/lat."""
+    from pyogrio.errors import DataSourceError
+    from pyogrio.raw import read
+
+    try:
+        meta, _, geometries, _ = read(str(path))
+    except (DataSourceError, OSError) as exc:
+        raise InputError(f"{path}: not a readable vector file ({exc})") from None
+    shapes = [shapely.from_wkb(g) for g in geometries if g is not None]
+    if not shapes:
+        raise InputError(f"{path}: holds no geometry")
+    area = unary_union(shapes)
+    crs = meta.get("crs") or "EPSG:4326"
+    if crs != "EPSG:4326":
+        to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        area = shapely.transform(
+            area, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1]))
+        )
+    return area
+
+
+# -- searching -----------------------------------------------------------------------------
+
+
+def allowed_ids(store: Store, filters: SearchFilters) -> set[int] | None:
+    """Tiles the box/area/date filters allow, or None when none of them is set."""
+    allowed: set[int] | None = None
+
+    def narrow(ids: set[int]) -> None:
+        nonlocal allowed
+        allowed = ids if allowed is None else allowed & ids
+
+    if filters.bbox is not None:
+        narrow(store.ids_in_bbox(*filters.bbox))
+    if filters.within is not None:
+        candidates = store.tiles(sorted(store.ids_in_bbox(*filters.within.bounds)))
+        area = filters.within
+        shapely.prepare(area)
+        narrow(
+            {t.id for t in candidates if t.footprint is not None and area.intersects(t.footprint)}
+        )
+    if filters.after is not None or filters.before is not None:
+        narrow(store.ids_acquired(filters.after, filters.before))
+    return allowed
+
+
+def _far_enough(query: Query, minimum_metres: float):
+    """A predicate on tiles: footprint at least ``minimum_metres`` from the query's."""
+    origin = query.footprint
+    if origin is None:
+        return lambda tile: True
+    centre = origin.centroid
+    local = Transformer.from_crs(
+        "EPSG:4326", f"+proj=aeqd +lat_0={centre.y} +lon_0={centre.x} +units=m", always_xy=True
+    )
+    project = partial(
+        shapely.transform,
+        transformation=lambda xy: np.column_stack(local.transform(xy[:, 0], xy[:, 1])),
+    )
+    origin_m = project(origin)
+    return lambda tile: (
+        tile.footprint is None or origin_m.distance(project(tile.footprint)) >= minimum_metres
+    )
+
+
+def search_vectors(
+    catalog: Catalog,
+    queries: Sequence[Query],
+    top: int,
+    filters: SearchFilters | None = None,
+    feedback: Feedback | None = None,
+    feedback_settings: FeedbackSettings | None = None,
+) -> list[SearchResult]:
+    """Top-``top`` matches of each query under the filters and feedback; own tiles left out.
+
+    Unfiltered searches go to FAISS in one batch; when filters leave few tiles they are scored
+    exactly; otherwise FAISS is asked for more until enough results pass the filters.
+    """
+    filters = filters or SearchFilters()
+    feedback = feedback or Feedback()
+    feedback_settings = feedback_settings or FeedbackSettings()
+    store = catalog.store
+    index = open_index(store)
     if index.count == 0:
-        raise DatabaseError(f"{catalog.store.path} holds no tiles yet")
-    extra = max(len(q.exclude) for q in queries)
-    matrix = np.vstack([q.vector for q in queries])
-    scores, ids = index.search(matrix, top + extra)
+        raise DatabaseError(f"{store.path} holds no tiles yet")
+    good = _stored_vectors(store, feedback.good) if feedback.good else np.zeros((0, index.dim))
+    bad = _stored_vectors(store, feedback.bad) if feedback.bad else np.zeros((0, index.dim))
+    vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
+    allowed = allowed_ids(store, filters)
+    reranking = bool(feedback) and feedback_settings.method != "rocchio" and len(bad) > 0
+    wanted = max(top, feedback_settings.candidates) if reranking else top
+
+    def passes(query: Query) -> Any:
+        near = _far_enough(query, filters.exclude_near) if filters.exclude_near else None
+
+        def check(tile: TileRecord) -> bool:
+            if filters.other_files and tile.path == query.path:
+                return False
+            return near is None or near(tile)
+
+        return check
+
+    checks = [passes(q) for q in queries]
+    if allowed is not None and len(allowed) <= EXACT_SUBSET_LIMIT:
+        ranked = _exact_subset(store, vectors, queries, sorted(allowed), checks, wanted)
+    else:
+        ranked = _faiss_with_growing_k(index, store, vectors, queries, allowed, checks, wanted)
     results = []
-    for query, row_scores, row_ids in zip(queries, scores, ids, strict=True):
-        kept = [
-            (float(s), int(i))
-            for s, i in zip(row_scores, row_ids, strict=True)
-            if i >= 0 and int(i) not in query.exclude
-        ][:top]
-        records = catalog.store.tiles([tid for _, tid in kept])
+    for query, vector, pairs in zip(queries, vectors, ranked, strict=True):
+        if reranking and pairs:
+            ids = [tile_id for _, tile_id in pairs]
+            cosine = np.asarray([score for score, _ in pairs])
+            scores = rerank_scores(
+                vector, good, bad, _stored_vectors(store, ids), cosine, feedback_settings
+            )
+            order = np.argsort(-scores, kind="stable")
+            pairs = [(float(scores[i]), ids[i]) for i in order]
+        pairs = pairs[:top]
+        records = store.tiles([tile_id for _, tile_id in pairs])
         matches = [
             Match(rank, score, record)
-            for rank, ((score, _), record) in enumerate(zip(kept, records, strict=True), start=1)
+            for rank, ((score, _), record) in enumerate(zip(pairs, records, strict=True), start=1)
         ]
-        results.append(SearchResult(query, matches))
+        applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
+        results.append(SearchResult(query, matches, feedback=applied))
     return results
+
+
+def _exact_subset(
+    store: Store,
+    vectors: np.ndarray,
+    queries: Sequence[Query],
+    ids: list[int],
+    checks: list,
+    wanted: int,
+) -> list[list[tuple[float, int]]]:
+    """Score every allowed tile directly (the filters left few)."""
+    if not ids:
+        return [[] for _ in queries]
+    found, stored = store.vectors(ids)
+    scores = vectors @ stored.T
+    out = []
+    for query, row, check in zip(queries, scores, checks, strict=True):
+        order = np.argsort(-row, kind="stable")
+        pairs = []
+        for i in order:
+            tile_id = int(found[i])
+            if tile_id in query.exclude:
+                continue
+            pairs.append((float(row[i]), tile_id))
+            if len(pairs) >= wanted * 4 + 16:
+                break
+        out.append(_keep_passing(store, pairs, check, wanted))
+    return out
+
+
+def _faiss_with_growing_k(
+    index: Any,
+    store: Store,
+    vectors: np.ndarray,
+    queries: Sequence[Query],
+    allowed: set[int] | None,
+    checks: list,
+    wanted: int,
+) -> list[list[tuple[float, int]]]:
+    """One batched FAISS search; queries short of results after filtering ask again for more."""
+    out: list[list[tuple[float, int]] | None] = [None] * len(queries)
+    pending = list(range(len(queries)))
+    k = wanted + max(len(q.exclude) for q in queries)
+    while pending:
+        k = min(k, index.count)
+        scores, ids = index.search(vectors[pending], k)
+        still = []
+        for slot, row_scores, row_ids in zip(pending, scores, ids, strict=True):
+            query = queries[slot]
+            pairs = [
+                (float(s), int(i))
+                for s, i in zip(row_scores, row_ids, strict=True)
+                if i >= 0 and int(i) not in query.exclude and (allowed is None or int(i) in allowed)
+            ]
+            kept = _keep_passing(store, pairs, checks[slot], wanted)
+            if len(kept) >= wanted or k >= index.count:
+                out[slot] = kept
+            else:
+                still.append(slot)
+        pending = still
+        k *= 4
+    return [pairs or [] for pairs in out]
+
+
+def _keep_passing(
+    store: Store, pairs: list[tuple[float, int]], check, wanted: int
+) -> list[tuple[float, int]]:
+    """The first ``wanted`` (score, id) pairs whose tiles pass the per-query check."""
+    kept = []
+    records = {t.id: t for t in store.tiles([tile_id for _, tile_id in pairs])}
+    for score, tile_id in pairs:
+        tile = records.get(tile_id)
+        if tile is not None and check(tile):
+            kept.append((score, tile_id))
+            if len(kept) >= wanted:
+                break
+    return kept
 
 
 def open_database(db: Path, settings: Settings | None = None) -> Catalog:
@@ -168,18 +443,15 @@ def open_database(db: Path, settings: Settings | None = None) -> Catalog:
     return catalog
 
 
-def similar(
-    db: Path,
-    queries: Sequence[Path],
-    top: int = 5,
-    *,
-    tile: int | None = None,
-    settings: Settings | None = None,
-) -> list[SearchResult]:
-    """The ``top`` tiles most similar to each query file, best first."""
-    catalog = open_database(db, settings)
-    try:
-        resolved = [resolve_query(catalog, Path(q), tile) for q in queries]
-        return search_vectors(catalog, resolved, top)
-    finally:
-        catalog.store.close()
+__all__ = [
+    "Feedback",
+    "Match",
+    "Query",
+    "SearchFilters",
+    "SearchResult",
+    "load_area",
+    "open_database",
+    "resolve_point",
+    "resolve_query",
+    "search_vectors",
+]

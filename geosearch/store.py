@@ -409,6 +409,109 @@ class Store:
                 (TILES,),
             )
 
+    # -- spatial and date look-ups ----------------------------------------------------------
+
+    def ids_in_bbox(self, minx: float, miny: float, maxx: float, maxy: float) -> set[int]:
+        """Tiles whose footprint's bounding box meets the lon/lat box (GeoPackage R-tree)."""
+        rows = self._connection.execute(
+            "SELECT id FROM rtree_tiles_geom WHERE maxx >= ? AND minx <= ? AND maxy >= ? "
+            "AND miny <= ?",
+            (minx, maxx, miny, maxy),
+        )
+        return {row[0] for row in rows}
+
+    def ids_acquired(self, after: str | None, before: str | None) -> set[int]:
+        """Tiles acquired on or after ``after`` and on or before ``before`` (ISO dates)."""
+        rows = self._connection.execute(
+            f"SELECT id FROM {TILES} WHERE acquired IS NOT NULL "
+            "AND (? IS NULL OR acquired >= ?) AND (? IS NULL OR acquired <= ?)",
+            (after, after, before, before),
+        )
+        return {row[0] for row in rows}
+
+    # -- feedback ---------------------------------------------------------------------------
+
+    def _ensure_feedback_tables(self, db: sqlite3.Connection) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS feedback_sessions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "name TEXT UNIQUE NOT NULL, created DATETIME NOT NULL, created_by TEXT, "
+            "query TEXT NOT NULL, last_results TEXT NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS feedback_marks (session_id INTEGER NOT NULL, "
+            "tile_id INTEGER NOT NULL, label INTEGER NOT NULL, marked_at DATETIME NOT NULL, "
+            "marked_by TEXT, PRIMARY KEY (session_id, tile_id))"
+        )
+        for table, text in (
+            ("feedback_sessions", "geosearch relevance-feedback sessions"),
+            ("feedback_marks", "tiles marked relevant (1) or not (-1), per session"),
+        ):
+            db.execute(
+                "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, "
+                "description) VALUES (?, 'attributes', ?, ?)",
+                (table, table, text),
+            )
+
+    def save_session(self, name: str, user: str, query: dict, last_results: list[int]) -> None:
+        """Create or update a feedback session: its query and the ids of its last results."""
+        with self.transaction() as db:
+            self._ensure_feedback_tables(db)
+            db.execute(
+                "INSERT INTO feedback_sessions (name, created, created_by, query, last_results) "
+                "VALUES (?, datetime('now'), ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "query = excluded.query, last_results = excluded.last_results",
+                (name, user, json.dumps(query), json.dumps(last_results)),
+            )
+
+    def session(self, name: str) -> dict[str, Any] | None:
+        """A session's query, last results and marks ({tile id: +1 or -1}), or None."""
+        try:
+            row = self._connection.execute(
+                "SELECT id, name, created, created_by, query, last_results "
+                "FROM feedback_sessions WHERE name = ?",
+                (name,),
+            ).fetchone()
+        except sqlite3.OperationalError:  # no session was ever saved
+            return None
+        if row is None:
+            return None
+        marks = self._connection.execute(
+            "SELECT tile_id, label, marked_at, marked_by FROM feedback_marks "
+            "WHERE session_id = ? ORDER BY marked_at, tile_id",
+            (row[0],),
+        ).fetchall()
+        return {
+            "name": row[1],
+            "created": row[2],
+            "created_by": row[3],
+            "query": json.loads(row[4]),
+            "last_results": json.loads(row[5]),
+            "marks": [
+                {"tile_id": t, "label": label, "marked_at": at, "marked_by": by}
+                for t, label, at, by in marks
+            ],
+        }
+
+    def sessions(self) -> list[str]:
+        try:
+            rows = self._connection.execute("SELECT name FROM feedback_sessions ORDER BY id")
+        except sqlite3.OperationalError:
+            return []
+        return [row[0] for row in rows]
+
+    def mark(self, name: str, labels: dict[int, int], user: str) -> None:
+        """Record tiles as relevant (+1) or not (-1) in a session; a new mark replaces an old."""
+        with self.transaction() as db:
+            self._ensure_feedback_tables(db)
+            (session_id,) = db.execute(
+                "SELECT id FROM feedback_sessions WHERE name = ?", (name,)
+            ).fetchone()
+            for tile_id, label in labels.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO feedback_marks VALUES (?, ?, ?, datetime('now'), ?)",
+                    (session_id, tile_id, label, user),
+                )
+
     # -- checking --------------------------------------------------------------------------
 
     def integrity(self) -> str:
