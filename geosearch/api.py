@@ -13,7 +13,7 @@ from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
-from geosearch.render import ResultFiles, write_marks
+from geosearch.render import ResultFiles, prepare_output, write_marks
 from geosearch.render import write_results as _write_results
 from geosearch.search import SearchFilters, SearchResult, load_area, open_database
 from geosearch.sessions import refine, search_and_save, session_marks
@@ -189,6 +189,7 @@ __all__ = [
     "ingest",
     "load_area",
     "load_settings",
+    "prepare_output",
     "remove",
     "similar",
     "write_results",

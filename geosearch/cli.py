@@ -353,6 +353,7 @@ def similar(
         err.print("error: --lonlat: expected LON,LAT in degrees", markup=False)
         raise typer.Exit(ConfigError.exit_code)
     filters = _filters(bbox, within, after, before, exclude_near, other_files)
+    _run(lambda: api.prepare_output(search.out))
     results = _run(
         lambda: api.similar(
             db_path, queries or [], search.top, tile=tile,
@@ -398,6 +399,7 @@ def feedback(
         written = _run(lambda: api.export_feedback(db_path, session, export, settings))
         err.print(f"wrote {written}", markup=False)
         return
+    _run(lambda: api.prepare_output(settings.search.out))
     result = _run(
         lambda: api.feedback(
             db_path, session, _numbers(good, "--good"), _numbers(bad, "--bad"),

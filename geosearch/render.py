@@ -204,6 +204,16 @@ def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> byte
     return buffer.getvalue()
 
 
+def prepare_output(out_dir: Path) -> Path:
+    """Create the results folder (and its previews/) or fail with OutputError, before any work."""
+    previews_dir = Path(out_dir) / "previews"
+    try:
+        previews_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
+    return previews_dir
+
+
 def write_results(
     results: Sequence[SearchResult], catalog: Catalog, out_dir: Path, preview_size: int
 ) -> ResultFiles:
@@ -213,11 +223,7 @@ def write_results(
     longer be read gets no preview (``preview: null``); the rest are written.
     """
     out_dir = Path(out_dir)
-    previews_dir = out_dir / "previews"
-    try:
-        previews_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
+    previews_dir = prepare_output(out_dir)
     written: list[Path] = []
     sheets: list[Path] = []
     for number, result in enumerate(results, start=1):
