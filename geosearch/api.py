@@ -13,7 +13,7 @@ from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
-from geosearch.render import ResultFiles, prepare_output, write_marks
+from geosearch.render import ResultFiles, prepare_output, write_marks, write_parquet
 from geosearch.render import write_results as _write_results
 from geosearch.search import SearchFilters, SearchResult, load_area, open_database
 from geosearch.sessions import refine, search_and_save, session_marks
@@ -31,6 +31,8 @@ def ingest(
     progress: IngestProgress | None = None,
     verify: bool = False,
     dry_run: bool = False,
+    engine: str = "local",
+    master: str | None = None,
 ) -> IngestReport:
     """Ingest every image under ``paths`` into ``db``; see ``geosearch.ingest.ingest``."""
     return _ingest(
@@ -41,6 +43,8 @@ def ingest(
         progress=progress,
         verify=verify,
         dry_run=dry_run,
+        engine=engine,
+        master=master,
     )
 
 
@@ -129,17 +133,40 @@ def export_feedback(
     return write_marks(saved, Path(out))
 
 
+def similar_batch(
+    db: PathLike,
+    queries: Sequence[PathLike] = (),
+    top: int = 5,
+    *,
+    all_tiles: bool = False,
+    master: str | None = None,
+    settings: Settings | None = None,
+) -> list[SearchResult]:
+    """Many queries at once on Apache Spark: files/folders, or every tile (``all_tiles``)."""
+    from geosearch.batch import similar_spark
+
+    paths = [Path(q) for q in queries]
+    return similar_spark(
+        Path(db), paths, top, all_tiles=all_tiles, master=master, settings=settings
+    )
+
+
 def write_results(
     results: Sequence[SearchResult],
     db: PathLike,
     out: PathLike = "results",
     preview_size: int = 256,
     settings: Settings | None = None,
+    previews: bool = True,
+    parquet: bool = False,
 ) -> ResultFiles:
-    """Write GeoJSON, previews and contact sheets for ``results`` under ``out``."""
+    """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``."""
     catalog = open_database(Path(db), settings)
     try:
-        return _write_results(results, catalog, Path(out), preview_size)
+        files = _write_results(results, catalog, Path(out), preview_size, previews)
+        if parquet:
+            files.parquet = write_parquet(results, Path(out) / "similar.parquet")
+        return files
     finally:
         catalog.store.close()
 
@@ -192,5 +219,6 @@ __all__ = [
     "prepare_output",
     "remove",
     "similar",
+    "similar_batch",
     "write_results",
 ]

@@ -48,6 +48,13 @@ ConfigOption = Annotated[
     typer.Option("--config", help="Settings file. [default: ./config.yaml if present]"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="local (this machine) or spark (geosearch[spark]).")
+]
+MasterOption = Annotated[
+    str | None,
+    typer.Option("--master", help="Spark master: local[2], spark://host:7077, yarn. [config]"),
+]
 
 
 def _run(action: Callable[[], T]) -> T:
@@ -130,6 +137,8 @@ def ingest(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List what would be ingested; write nothing.")
     ] = False,
+    engine: EngineOption = "local",
+    master: MasterOption = None,
     json_output: JsonOption = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")
@@ -147,7 +156,7 @@ def ingest(
         report = _run(
             lambda: api.ingest(
                 paths, db_path, settings, bands=selected, progress=progress, verify=verify,
-                dry_run=dry_run,
+                dry_run=dry_run, engine=engine, master=master,
             )
         )  # fmt: skip
     if dry_run and not json_output:
@@ -340,6 +349,12 @@ def similar(
         Path | None,
         typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
     ] = None,
+    engine: EngineOption = "local",
+    master: MasterOption = None,
+    all_tiles: Annotated[
+        bool,
+        typer.Option("--all-tiles", help="With --engine spark: every indexed tile is a query."),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Find the tiles most similar to each query; write GeoJSON, previews, contact sheet.
@@ -354,6 +369,12 @@ def similar(
         raise typer.Exit(ConfigError.exit_code)
     filters = _filters(bbox, within, after, before, exclude_near, other_files)
     _run(lambda: api.prepare_output(search.out))
+    if engine == "spark":
+        _similar_on_spark(queries or [], db_path, settings, master, all_tiles, json_output)
+        return
+    if engine != "local":
+        err.print(f"error: --engine: expected local or spark, got {engine!r}", markup=False)
+        raise typer.Exit(ConfigError.exit_code)
     results = _run(
         lambda: api.similar(
             db_path, queries or [], search.top, tile=tile,
@@ -366,6 +387,35 @@ def similar(
         lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
     )
     _print_results(results, files, json_output)
+
+
+def _similar_on_spark(
+    queries: list[Path],
+    db_path: Path,
+    settings: Settings,
+    master: str | None,
+    all_tiles: bool,
+    json_output: bool,
+) -> None:
+    """Batch search on Spark: results as Parquet and the same GeoJSON (previews if few)."""
+    search = settings.search
+    results = _run(
+        lambda: api.similar_batch(
+            db_path, queries, search.top, all_tiles=all_tiles, master=master, settings=settings
+        )
+    )
+    files = _run(
+        lambda: api.write_results(
+            results, db_path, search.out, search.preview_size, settings,
+            previews=len(results) <= 20, parquet=True,
+        )
+    )  # fmt: skip
+    if json_output:
+        for result in results:
+            out.print(json.dumps(result.to_dict()), markup=False)
+    err.print(
+        f"{len(results)} queries on Spark: wrote {files.geojson} and {files.parquet}", markup=False
+    )
 
 
 @app.command()

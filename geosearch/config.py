@@ -92,6 +92,13 @@ class FeedbackSettings(_Section):
     candidates: int = Field(200, ge=10, le=100000)
 
 
+class SparkSettings(_Section):
+    master: str = "local[*]"
+    executor_memory: str = "2g"
+    driver_memory: str = "2g"
+    partitions: int = Field(0, ge=0)
+
+
 class Settings(_Section):
     db: Path = Path("geosearch.gpkg")
     tile_size: int = Field(256, ge=16, le=8192)
@@ -102,6 +109,7 @@ class Settings(_Section):
     features: FeatureSettings = FeatureSettings()
     search: SearchSettings = SearchSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    spark: SparkSettings = SparkSettings()
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys (``"features.cnn.model"``) replaced; ``None`` values ignored."""

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from geosearch.bands import build_manifest
 from geosearch.catalog import Catalog, initialise_catalog, open_catalog
 from geosearch.config import Settings
-from geosearch.errors import GeosearchError, InputError
+from geosearch.errors import ConfigError, GeosearchError, InputError
 from geosearch.sources import RawTile, find_images, open_source
 from geosearch.store import FileRecord, Store, normalise_path
 
@@ -65,6 +65,8 @@ class IngestReport:
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
     planned: list[dict] | None = None  # dry run only: {"path", "action"} per file
+    engine: str = "local"
+    remote_chunks: int = 0  # Spark: chunks computed by executors, outside the driver
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +195,8 @@ def ingest(
     progress: IngestProgress | None = None,
     verify: bool = False,
     dry_run: bool = False,
+    engine: str = "local",
+    master: str | None = None,
 ) -> IngestReport:
     """Ingest every image under ``paths`` into database ``db`` (created if needed).
 
@@ -200,8 +204,10 @@ def ingest(
     never stop the ingest. Re-running skips unchanged files, resumes half-done ones and
     replaces changed ones (``verify``: judged by content hash). ``dry_run`` only plans:
     the report's ``planned`` lists each file with what ingest would do, nothing is written.
+    ``engine="spark"`` runs the per-tile work on Apache Spark (``master``, else config).
     """
-    from geosearch.engines.local import run_local
+    if engine not in ("local", "spark"):
+        raise ConfigError(f"--engine: expected local or spark, got {engine!r}")
 
     settings = settings or Settings()
     if bands:
@@ -232,7 +238,14 @@ def ingest(
         else:
             todo = [plan for plan in plans if plan.path not in unreadable]
             progress.advance(len(plans) - len(todo))
-            run_local(catalog, todo, settings, bands, report, progress)
+            if engine == "spark":
+                from geosearch.engines.spark import run_spark
+
+                run_spark(catalog, todo, settings, bands, report, progress, master)
+            else:
+                from geosearch.engines.local import run_local
+
+                run_local(catalog, todo, settings, bands, report, progress)
         store.update_extent()
     report.seconds = round(time.perf_counter() - started, 3)
     return report

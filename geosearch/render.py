@@ -38,6 +38,7 @@ class ResultFiles:
     geojson: Path
     previews: list[Path]
     contact_sheets: list[Path]
+    parquet: Path | None = None
 
 
 def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
@@ -151,6 +152,35 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
+def write_parquet(results: Sequence[SearchResult], path: Path) -> Path:
+    """One row per (query, result): query path and tile, rank, score, tile, footprint as WKB."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows: dict[str, list] = {key: [] for key in (
+        "query", "query_path", "query_tile_ids", "rank", "score", "id", "path", "row", "col",
+        "width", "height", "acquired", "geometry",
+    )}  # fmt: skip
+    for number, result in enumerate(results, start=1):
+        for match in result.matches:
+            tile = match.tile
+            for key, value in (
+                ("query", number), ("query_path", result.query.path),
+                ("query_tile_ids", sorted(result.query.exclude)), ("rank", match.rank),
+                ("score", match.score), ("id", tile.id), ("path", tile.path),
+                ("row", tile.window.row), ("col", tile.window.col), ("width", tile.window.width),
+                ("height", tile.window.height), ("acquired", tile.acquired),
+                ("geometry", shapely.to_wkb(tile.footprint) if tile.footprint else None),
+            ):  # fmt: skip
+                rows[key].append(value)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(rows), str(path))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return Path(path)
+
+
 def write_marks(session: dict[str, Any], path: Path) -> Path:
     """GeoJSON of a feedback session's marked tiles: label (good/bad), when, by whom."""
     features = []
@@ -215,7 +245,11 @@ def prepare_output(out_dir: Path) -> Path:
 
 
 def write_results(
-    results: Sequence[SearchResult], catalog: Catalog, out_dir: Path, preview_size: int
+    results: Sequence[SearchResult],
+    catalog: Catalog,
+    out_dir: Path,
+    preview_size: int,
+    previews: bool = True,
 ) -> ResultFiles:
     """Write previews, contact sheets and similar.geojson under ``out_dir``.
 
@@ -226,7 +260,7 @@ def write_results(
     previews_dir = prepare_output(out_dir)
     written: list[Path] = []
     sheets: list[Path] = []
-    for number, result in enumerate(results, start=1):
+    for number, result in enumerate(results if previews else [], start=1):
         query = result.query
         window = query.tiles[0].window if len(query.tiles) == 1 else None
         query_png = _try_preview(catalog, query.path, window, preview_size)

@@ -1,0 +1,102 @@
+"""Batch similarity search on Apache Spark: many queries at once (``similar --engine spark``).
+
+Queries are files (a folder's worth, say) or every indexed tile (``all_tiles``: near-duplicate
+detection). Files the database holds use their stored vectors; other files are embedded on the
+executors with the ingest code. The search itself is exact and sharded (``engines.spark``).
+Results are the same ``SearchResult`` objects as the local search, so the same GeoJSON and
+the Parquet table can be written from them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from geosearch.config import Settings
+from geosearch.engines.base import Chunk, ChunkFailure
+from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
+from geosearch.errors import InputError
+from geosearch.ingest import FilePlan, discover
+from geosearch.search import Match, Query, SearchResult, open_database, resolve_query
+from geosearch.store import normalise_path
+
+
+def similar_spark(
+    db: Path,
+    queries: Sequence[Path],
+    top: int,
+    *,
+    all_tiles: bool = False,
+    master: str | None = None,
+    settings: Settings | None = None,
+) -> list[SearchResult]:
+    """The ``top`` most similar tiles to each query file (folders expanded) or to every tile."""
+    settings = settings or Settings()
+    catalog = open_database(db, settings)
+    store = catalog.store
+    try:
+        session = spark_session(settings.spark, master)
+        resolved: list[Query] = []
+        if all_tiles:
+            ids, vectors = store.vectors()
+            for tile, vector in zip(store.tiles(ids.tolist()), vectors, strict=True):
+                resolved.append(Query(str(tile.id), tile.path, [tile], vector, True))
+        files = discover(queries) if queries else []
+        new_files = []
+        for path in files:
+            record = store.file_record(path)
+            if record is not None and record.status == "done":
+                resolved.append(resolve_query(catalog, Path(path)))
+            else:
+                new_files.append(path)
+        resolved += _embed_on_executors(catalog, new_files, settings, master)
+        if not resolved:
+            raise InputError("no query: give query files or folders, or --all-tiles")
+        ids, vectors = store.vectors()
+        matrix = np.vstack([query.vector for query in resolved])
+        extra = max(len(query.exclude) for query in resolved)
+        scores, found = spark_top_k(
+            session, ids, vectors, matrix, top + extra, settings.spark.partitions
+        )
+        results = []
+        for query, row_scores, row_ids in zip(resolved, scores, found, strict=True):
+            pairs = [
+                (float(score), int(tile_id))
+                for score, tile_id in zip(row_scores, row_ids, strict=True)
+                if tile_id >= 0 and int(tile_id) not in query.exclude
+            ][:top]
+            records = store.tiles([tile_id for _, tile_id in pairs])
+            matches = [
+                Match(rank, score, record)
+                for rank, ((score, _), record) in enumerate(zip(pairs, records, strict=True), 1)
+            ]
+            results.append(SearchResult(query, matches))
+        return results
+    finally:
+        store.close()
+
+
+def _embed_on_executors(
+    catalog, paths: list[str], settings: Settings, master: str | None
+) -> list[Query]:
+    """Queries for files the database doesn't hold, embedded by Spark executors."""
+    if not paths:
+        return []
+    chunks = [
+        Chunk(FilePlan(normalise_path(path), 0, 0, "new"), None, first=True, last=True, share=1.0)
+        for path in paths
+    ]
+    queries = []
+    for chunk, result in SparkScheduler(settings.spark, master).run(catalog, iter(chunks), None):
+        path = chunk.plan.path
+        if isinstance(result, ChunkFailure):
+            raise InputError(f"{path}: {result.reason}")
+        if not result.records:
+            raise InputError(f"{path}: no tile has enough valid pixels to search with")
+        mean = result.vectors.mean(axis=0)
+        vector = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        queries.append(Query(os.path.relpath(path), path, result.records, vector, False))
+    return queries

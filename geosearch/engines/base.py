@@ -1,0 +1,218 @@
+"""What every engine shares: chunks of work, the per-chunk function, and the ordered writer.
+
+Files are cut into chunks of windows (``batch_size`` each). An engine (a scheduler) runs
+``embed_chunk`` on each chunk somewhere — worker processes, Spark executors — and hands the
+results back in chunk order to ``ingest_chunks``, which commits them a batch at a time: one
+transaction holds tiles with their vectors and the files they complete, then the in-memory
+index follows. The index file is saved at the end, or on interruption for what was committed.
+A file that fails half-way loses the tiles it had written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from geosearch.catalog import Catalog, EmbeddedTiles
+from geosearch.config import Settings
+from geosearch.errors import InputError
+from geosearch.index import IndexState, VectorIndex, index_path, open_index
+from geosearch.ingest import FilePlan, IngestProgress, IngestReport, Skipped, error_reason
+from geosearch.sources import PLAIN_SUFFIXES, Window, tile_windows
+from geosearch.store import FileRecord, TileRecord
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Some windows of one file (None: all of them), and whether they start/end the file."""
+
+    plan: FilePlan
+    windows: list[Window] | None
+    first: bool
+    last: bool
+    share: float  # fraction of the file, for progress
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    reason: str
+
+
+class Scheduler(Protocol):
+    """Runs ``embed_chunk`` on chunks and yields (chunk, result) back in the chunks' order."""
+
+    def run(
+        self, catalog: Catalog, chunks: Iterator[Chunk], bands: Sequence[int] | None
+    ) -> Iterator[tuple[Chunk, EmbeddedTiles | ChunkFailure]]: ...
+
+
+def window_grid(path: str, tile_size: int) -> list[Window] | None:
+    """The file's tile windows from its header, or None (plain image, or unreadable here)."""
+    if Path(path).suffix.lower() in PLAIN_SUFFIXES:
+        return None
+    try:
+        with rasterio.open(path) as dataset:
+            return tile_windows(dataset.width, dataset.height, tile_size)
+    except (RasterioError, OSError):
+        return None  # the worker reads it and reports why
+
+
+def embed_chunk(
+    catalog: Catalog, path: str, windows: list[Window] | None, select: Sequence[int] | None
+) -> EmbeddedTiles | ChunkFailure:
+    """Embed one chunk; an unreadable file becomes a ChunkFailure carrying the reason."""
+    try:
+        return catalog.embed(path, windows, select)
+    except InputError as exc:
+        return ChunkFailure(error_reason(exc, path))
+
+
+class _BatchWriter:
+    """Collects embedded tiles and file progress; ``flush`` commits them in one transaction."""
+
+    def __init__(self, catalog: Catalog, index: VectorIndex, report: IngestReport) -> None:
+        self.catalog = catalog
+        self.index = index
+        self.report = report
+        self.records: list[TileRecord] = []
+        self.vectors: list[np.ndarray] = []
+        self.raw: list[np.ndarray] = []
+        self.started: list[FileRecord] = []
+        self.finished: list[FileRecord] = []
+        self.failed: list[str] = []
+
+    def add(self, embedded: EmbeddedTiles) -> None:
+        self.records += embedded.records
+        self.vectors += list(embedded.vectors)
+        self.raw += list(embedded.raw)
+
+    def drop_file(self, path: str) -> None:
+        """Forget a failed file's pending tiles; delete the ones already committed."""
+        keep = [i for i, record in enumerate(self.records) if record.path != path]
+        self.records = [self.records[i] for i in keep]
+        self.vectors = [self.vectors[i] for i in keep]
+        self.raw = [self.raw[i] for i in keep]
+        self.started = [f for f in self.started if f.path != path]
+        self.failed.append(path)
+
+    def flush(self) -> None:
+        if not (self.records or self.started or self.finished or self.failed):
+            return
+        result = self.catalog.store.write_batch(
+            list(zip(self.records, self.vectors, self.raw, strict=True)),
+            self.started,
+            self.finished,
+            self.failed,
+        )
+        self.index.remove(result.removed)
+        if result.added:
+            self.index.add(np.asarray(result.added), np.vstack(self.vectors))
+        self.report.tiles_added += len(result.added)
+        self.report.tiles_removed += len(result.removed)
+        self.records, self.vectors, self.raw = [], [], []
+        self.started, self.finished, self.failed = [], [], []
+
+
+def ingest_chunks(
+    catalog: Catalog,
+    plans: Sequence[FilePlan],
+    settings: Settings,
+    bands: Sequence[int] | None,
+    report: IngestReport,
+    progress: IngestProgress,
+    scheduler: Scheduler,
+) -> None:
+    """Ingest ``plans`` into ``catalog``, the per-chunk work done by ``scheduler``."""
+    store = catalog.store
+    catalog.extractors()  # checks the database's extractor versions here, before any work
+    index = open_index(store)
+    if index.dim != catalog.dim:
+        index = VectorIndex(catalog.dim)
+    writer = _BatchWriter(catalog, index, report)
+    failed: set[str] = set()
+    chunks = _chunks(catalog, plans, settings.batch_size, writer, report, progress)
+    try:
+        for chunk, result in scheduler.run(catalog, chunks, bands):
+            _take(chunk, result, writer, failed, report, progress, settings.batch_size)
+        writer.flush()
+    finally:
+        state = IndexState(store.generation, store.max_tile_id(), index.count, index.dim)
+        index.save(index_path(store.path), state)
+
+
+def _chunks(
+    catalog: Catalog,
+    plans: Sequence[FilePlan],
+    size: int,
+    writer: _BatchWriter,
+    report: IngestReport,
+    progress: IngestProgress,
+) -> Iterator[Chunk]:
+    """Chunks of work, in file order; unchanged files are counted, changed ones cleared first."""
+    for plan in plans:
+        if plan.action == "unchanged":
+            report.files_unchanged += 1
+            progress.advance(1)
+            continue
+        if plan.action == "replace":
+            writer.flush()
+            removed = catalog.store.remove_files([plan.path])
+            writer.index.remove(removed)
+            report.tiles_removed += len(removed)
+            report.files_replaced += 1
+        report.files_resumed += plan.action == "resume"
+        windows = window_grid(plan.path, catalog.tile_size)
+        if windows is None:
+            yield Chunk(plan, None, first=True, last=True, share=1.0)
+            continue
+        if plan.action == "resume":
+            done = catalog.store.windows_done(plan.path)
+            windows = [w for w in windows if (w.row, w.col) not in done]
+        pieces = [windows[i : i + size] for i in range(0, len(windows), size)] or [[]]
+        for number, piece in enumerate(pieces):
+            yield Chunk(
+                plan,
+                piece,
+                first=number == 0,
+                last=number == len(pieces) - 1,
+                share=1.0 / len(pieces),
+            )
+
+
+def _take(
+    chunk: Chunk,
+    result: EmbeddedTiles | ChunkFailure,
+    writer: _BatchWriter,
+    failed: set[str],
+    report: IngestReport,
+    progress: IngestProgress,
+    batch_size: int,
+) -> None:
+    """Hand one finished chunk to the writer (in file order), committing full batches."""
+    path = chunk.plan.path
+    tiles = len(result.records) + result.skipped if isinstance(result, EmbeddedTiles) else 0
+    progress.advance(chunk.share, tiles)
+    if path in failed:
+        return
+    if isinstance(result, ChunkFailure):
+        failed.add(path)
+        if not chunk.first or chunk.plan.action in ("resume", "replace"):
+            writer.drop_file(path)
+        report.skipped.append(Skipped(path, result.reason))
+        progress.skipped(path, result.reason)
+        return
+    if chunk.first:
+        writer.started.append(chunk.plan.record())
+    writer.add(result)
+    report.tiles_nodata += result.skipped
+    if chunk.last:
+        writer.finished.append(chunk.plan.record("done"))
+        report.files_ingested += 1
+    if len(writer.records) >= batch_size:
+        writer.flush()

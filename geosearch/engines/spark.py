@@ -1,0 +1,201 @@
+"""The Spark engine: the same per-chunk work on Apache Spark executors (``geosearch[spark]``).
+
+Ingest: the driver plans files and windows exactly as the local engine does; chunks are
+spread over Spark partitions, executors run ``embed_chunk`` (the catalog — manifest, fusion,
+extractor settings — is broadcast once; each Python worker loads the model once and reuses
+it), and results stream back in chunk order to the same writer, so the GeoPackage and index
+are the ones the local engine makes.
+
+Batch search: the database's vectors are written as a Parquet dataset of shards; executors
+build an exact FAISS index per shard and search a broadcast block of query vectors; the
+driver merges the per-shard top-k. Queries the database holds use their stored vectors; new
+query files are embedded on the executors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geosearch.catalog import Catalog, EmbeddedTiles
+from geosearch.config import Settings, SparkSettings
+from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
+from geosearch.errors import ConfigError
+from geosearch.ingest import FilePlan, IngestProgress, IngestReport
+
+# Rows per Parquet shard of database vectors in batch search, and query rows per broadcast.
+SHARD_ROWS = 200_000
+QUERY_BLOCK_ROWS = 50_000
+
+
+def spark_session(settings: SparkSettings, master: str | None = None) -> Any:
+    """A SparkSession for geosearch (pyspark imported here only); clear error without it."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError(
+            "the Spark engine needs pyspark (and Java 17): pip install 'geosearch[spark]'"
+        ) from None
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(master or settings.master)
+        .appName("geosearch")
+        .config("spark.executor.memory", settings.executor_memory)
+        .config("spark.driver.memory", settings.driver_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # Java missing, bad master URL...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"Spark could not start with master {master or settings.master!r}: {first} "
+            "(is Java 17 installed and JAVA_HOME set?)"
+        ) from None
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+class SparkScheduler:
+    """Runs chunks on Spark executors; yields results back in chunk order."""
+
+    def __init__(self, settings: SparkSettings, master: str | None = None) -> None:
+        self.settings = settings
+        self.master = master or settings.master
+        self.remote_chunks = 0  # chunks whose work ran outside this (driver) process
+
+    def run(
+        self, catalog: Catalog, chunks: Iterator[Chunk], bands: Sequence[int] | None
+    ) -> Iterator[tuple[Chunk, EmbeddedTiles | ChunkFailure]]:
+        planned = list(chunks)
+        if not planned:
+            return
+        session = spark_session(self.settings, self.master)
+        context = session.sparkContext
+        features = catalog.features.model_copy(deep=True)
+        features.cnn.threads = 1  # one task per executor core
+        shared = context.broadcast(replace(catalog, features=features, _extractors=None))
+        partitions = self.settings.partitions or min(len(planned), 4 * context.defaultParallelism)
+        work = [(i, c.plan.path, c.windows) for i, c in enumerate(planned)]
+        select = list(bands) if bands else None
+
+        def embed_partition(items: Iterator[tuple]) -> Iterator[tuple]:
+            worker_catalog = shared.value
+            for i, path, windows in items:
+                yield i, embed_chunk(worker_catalog, path, windows, select), os.getpid()
+
+        driver = os.getpid()
+        rdd = context.parallelize(work, max(1, partitions)).mapPartitions(embed_partition)
+        for i, result, pid in _ordered_results(context, rdd):
+            self.remote_chunks += pid != driver
+            yield planned[i], result
+
+
+def _ordered_results(context: Any, rdd: Any) -> Iterator[Any]:
+    """An RDD's elements in order, computed a group of partitions at a time in parallel (one
+    Spark job per group), so the driver holds at most one group's results."""
+    group = max(1, 2 * context.defaultParallelism)
+    count = rdd.getNumPartitions()
+    for start in range(0, count, group):
+        partitions = list(range(start, min(start + group, count)))
+        yield from context.runJob(rdd, lambda items: items, partitions)
+
+
+def run_spark(
+    catalog: Catalog,
+    plans: Sequence[FilePlan],
+    settings: Settings,
+    bands: Sequence[int] | None,
+    report: IngestReport,
+    progress: IngestProgress,
+    master: str | None = None,
+) -> None:
+    """Ingest ``plans`` into ``catalog`` with Spark executors doing the per-tile work."""
+    scheduler = SparkScheduler(settings.spark, master)
+    report.engine = f"spark {scheduler.master}"
+    ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
+    report.remote_chunks = scheduler.remote_chunks
+
+
+def spark_top_k(
+    session: Any,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    partitions: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product search of ``queries`` over sharded ``vectors`` on Spark.
+
+    Returns (scores, ids), each (len(queries), k), best first (-1 ids where fewer exist).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    context = session.sparkContext
+    dim = vectors.shape[1]
+    with tempfile.TemporaryDirectory(prefix="geosearch-shards-") as folder:
+        shard_paths = []
+        for number, start in enumerate(range(0, len(ids), SHARD_ROWS)):
+            table = pa.table(
+                {
+                    "id": pa.array(ids[start : start + SHARD_ROWS], pa.int64()),
+                    "vector": pa.array(
+                        [row.tobytes() for row in vectors[start : start + SHARD_ROWS]],
+                        pa.binary(),
+                    ),
+                }
+            )
+            path = str(Path(folder) / f"shard-{number:05d}.parquet")
+            pq.write_table(table, path)
+            shard_paths.append(path)
+        best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(queries), QUERY_BLOCK_ROWS):
+            block = np.ascontiguousarray(queries[start : start + QUERY_BLOCK_ROWS], np.float32)
+            shared = context.broadcast(block)
+
+            def search_shard(paths: Iterator[str], shared: Any = shared) -> Iterator[tuple]:
+                import faiss
+                import pyarrow.parquet as parquet
+
+                for shard in paths:
+                    table = parquet.read_table(shard)
+                    shard_ids = table.column("id").to_numpy()
+                    blobs = table.column("vector").to_pylist()
+                    matrix = np.frombuffer(b"".join(blobs), np.float32).reshape(-1, dim)
+                    index = faiss.IndexFlatIP(dim)
+                    index.add(matrix)
+                    scores, rows = index.search(shared.value, min(k, len(shard_ids)))
+                    found = np.where(rows >= 0, shard_ids[np.maximum(rows, 0)], -1)
+                    yield scores, found
+
+            count = partitions or len(shard_paths)
+            searched = context.parallelize(shard_paths, count).mapPartitions(search_shard)
+            for scores, found in _ordered_results(context, searched):
+                _merge_top_k(best_scores[start : start + len(block)],
+                             best_ids[start : start + len(block)], scores, found)  # fmt: skip
+            shared.unpersist()
+    return best_scores, best_ids
+
+
+def _merge_top_k(
+    best_scores: np.ndarray, best_ids: np.ndarray, scores: np.ndarray, ids: np.ndarray
+) -> None:
+    """Merge a shard's (scores, ids) into the running best, in place."""
+    k = best_scores.shape[1]
+    all_scores = np.hstack([best_scores, scores])
+    all_ids = np.hstack([best_ids, ids])
+    order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+    best_scores[:] = np.take_along_axis(all_scores, order, axis=1)
+    best_ids[:] = np.take_along_axis(all_ids, order, axis=1)
