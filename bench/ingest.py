@@ -1,4 +1,4 @@
-"""Ingest throughput on real imagery: tiles/s and peak memory, against a one-tile-at-a-time baseline.
+"""Ingest throughput on real imagery: tiles/s and peak memory against a one-tile-at-a-time baseline.
 
 Corpus: the five NAIP years in ../shared/data/naip (4-band uint8, 934 x 723 px), linked
 ``--copies`` times under distinct names so the ingest has enough tiles to measure. Prints
@@ -70,8 +70,7 @@ def run_one(mode: str, corpus: str, db: str, tile_size: int, workers: int, cnn: 
 
 def _one_tile_at_a_time(corpus: Path, db: Path, settings) -> int:
     """The naive recipe: read a tile, run the features on it alone, commit it, repeat."""
-    from geosearch.ingest import create_catalog, discover, plan_files
-    from geosearch.ingest import SilentProgress
+    from geosearch.ingest import SilentProgress, create_catalog, discover, plan_files
     from geosearch.sources import open_source
     from geosearch.store import Store
 

@@ -88,12 +88,15 @@ def similar(
     good: Sequence[int] = (),
     bad: Sequence[int] = (),
     session: str | None = None,
+    any_orientation: bool | None = None,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
     """The ``top`` most similar tiles to each query (files, or the tile at ``lonlat``).
 
     ``good``/``bad`` tile ids move the query (relevance feedback); each query is saved as a
     feedback session (``result.session``) that ``feedback`` refines in later rounds.
+    ``any_orientation`` finds places however rotated or mirrored (config:
+    ``search.orientations``); it embeds the query 8 times, with the CNN even for indexed tiles.
     """
     return search_and_save(
         Path(db),
@@ -106,6 +109,7 @@ def similar(
         good=good,
         bad=bad,
         session=session,
+        any_orientation=any_orientation,
         settings=settings,
     )
 

@@ -26,6 +26,7 @@ from geosearch.features import (
     prepare_batch,
     raw_features,
 )
+from geosearch.orientation import ALL_ORIENTATIONS, turned
 from geosearch.sources import ImageSource, RawTile, Window, open_source
 from geosearch.store import Store, TileRecord
 
@@ -85,17 +86,14 @@ class Catalog:
     def windows(self, source: ImageSource) -> list[Window]:
         return source.windows(self.tile_size)
 
-    def embed(
+    def read(
         self,
         path: str,
         windows: Sequence[Window] | None = None,
         select: Sequence[int] | None = None,
-    ) -> EmbeddedTiles:
-        """Read ``windows`` of a file (all by default) and embed the tiles worth indexing.
-
-        Used by ingest (in worker processes, a chunk of windows at a time) and by queries with
-        files the database doesn't hold. Raises ``InputError`` if the file can't be read.
-        """
+    ) -> tuple[list[TileRecord], list[RawTile], int]:
+        """Read ``windows`` of a file (all by default): the records and pixels of the tiles worth
+        indexing, and how many were too empty. ``InputError`` if the file can't be read."""
         with open_source(Path(path)) as source:
             bands = self.manifest.bands_for(source, select, self.name)
             records, tiles, skipped = [], [], 0
@@ -118,11 +116,32 @@ class Catalog:
                     )
                 )
                 tiles.append(tile)
+        return records, tiles, skipped
+
+    def embed(
+        self,
+        path: str,
+        windows: Sequence[Window] | None = None,
+        select: Sequence[int] | None = None,
+    ) -> EmbeddedTiles:
+        """Read and embed the tiles of a file worth indexing (see ``read``).
+
+        Used by ingest (in worker processes, a chunk of windows at a time) and by queries with
+        files the database doesn't hold.
+        """
+        records, tiles, skipped = self.read(path, windows, select)
         if not tiles:
             empty = np.zeros((0, self.dim), dtype=np.float32)
             return EmbeddedTiles(records, empty, empty, skipped)
         vectors, raw = self.compute(tiles)
         return EmbeddedTiles(records, vectors, raw, skipped)
+
+    def compute_orientations(self, tiles: Sequence[RawTile]) -> np.ndarray:
+        """(8, len(tiles), dim) vectors of the tiles under the eight dihedral orientations,
+        computed as one batch."""
+        turned_tiles = [turned(tile, o) for o in ALL_ORIENTATIONS for tile in tiles]
+        vectors, _ = self.compute(turned_tiles)
+        return vectors.reshape(len(ALL_ORIENTATIONS), len(tiles), -1)
 
 
 @dataclass
@@ -172,6 +191,9 @@ def initialise_catalog(
     store: Store, settings: Settings, manifest: BandManifest, sample: Sequence[RawTile]
 ) -> Catalog:
     """Fit the fusion's standardisation on ``sample`` tiles; write manifest, fusion, settings."""
+    if manifest.kind == "plain":  # photos: content matters, where things lie in frame does not
+        layout = settings.features.layout
+        settings = settings.with_overrides({"features.layout.weight": layout.plain_weight})
     extractors = build_extractors(settings.features, manifest)
     pad_to = settings.tile_size if manifest.kind == "geo" else None
     if sample:

@@ -349,6 +349,14 @@ def similar(
         Path | None,
         typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
     ] = None,
+    any_orientation: Annotated[
+        bool | None,
+        typer.Option(
+            "--any-orientation/--as-is",
+            help="Also match places rotated or mirrored (the query is embedded under 8 "
+            "orientations: this loads the CNN even for an indexed tile). [config]",
+        ),
+    ] = None,
     engine: EngineOption = "local",
     master: MasterOption = None,
     all_tiles: Annotated[
@@ -380,7 +388,7 @@ def similar(
             db_path, queries or [], search.top, tile=tile,
             lonlat=tuple(point) if point else None, date=on_date, filters=filters,
             good=_numbers(good, "--good"), bad=_numbers(bad, "--bad"), session=session,
-            settings=settings,
+            any_orientation=any_orientation, settings=settings,
         )
     )  # fmt: skip
     files = _run(

@@ -64,6 +64,12 @@ class BandStatsSettings(_Section):
         return value
 
 
+class LayoutSettings(_Section):
+    weight: float = Field(1.5, ge=0)
+    plain_weight: float = Field(0.0, ge=0)  # the weight in plain-image (JPEG/PNG) databases
+    side: int = Field(16, ge=2, le=64)
+
+
 class CnnSettings(_Section):
     weight: float = Field(1.0, ge=0)
     model: Literal["mobilenet_v1", "vgg16", "resnet50", "efficientnetb0"] = "mobilenet_v1"
@@ -75,6 +81,7 @@ class CnnSettings(_Section):
 
 class FeatureSettings(_Section):
     band_stats: BandStatsSettings = BandStatsSettings()
+    layout: LayoutSettings = LayoutSettings()
     cnn: CnnSettings = CnnSettings()
 
 
@@ -82,6 +89,8 @@ class SearchSettings(_Section):
     top: int = Field(5, ge=1, le=10000)
     out: Path = Path("results")
     preview_size: int = Field(256, ge=16, le=2048)
+    orientations: Literal["as_is", "any"] = "as_is"
+    orientation_bonus: float = Field(0.05, ge=0, le=1)
 
 
 class FeedbackSettings(_Section):

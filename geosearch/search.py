@@ -48,6 +48,7 @@ class Query:
     lonlat: tuple[float, float] | None = None
 
     also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
+    turned: np.ndarray | None = None  # (8, dim): the query under the 8 orientations
 
     @property
     def exclude(self) -> set[int]:
@@ -66,6 +67,7 @@ class Query:
             "tile": self.tile,
             "lonlat": list(self.lonlat) if self.lonlat else None,
             "tiles": len(self.tiles),
+            "any_orientation": self.turned is not None,
             "ids": sorted(self.exclude),
             "acquired": self.tiles[0].acquired if self.tiles else None,
         }
@@ -164,10 +166,17 @@ class Feedback:
 # -- resolving queries ---------------------------------------------------------------------
 
 
-def resolve_query(catalog: Catalog, path: Path, tile: int | None = None) -> Query:
-    """The vector for a query file: stored if the database holds it unchanged, else computed."""
+def resolve_query(
+    catalog: Catalog, path: Path, tile: int | None = None, any_orientation: bool = False
+) -> Query:
+    """The vector for a query file: stored if the database holds it unchanged, else computed.
+
+    ``any_orientation`` also embeds it under the 8 orientations (pixels read again, even for an
+    indexed file: the one case where a query by indexed tiles runs the CNN).
+    """
     stored_path = normalise_path(path)
     record = catalog.store.file_record(stored_path)
+    pixels = None
     if record is not None and record.status == "done" and _unchanged(stored_path, record):
         tiles = catalog.store.tiles_of_file(stored_path)
         if not tiles:
@@ -175,19 +184,39 @@ def resolve_query(catalog: Catalog, path: Path, tile: int | None = None) -> Quer
         vectors = _stored_vectors(catalog.store, [t.id for t in tiles])
         indexed = True
     else:
-        embedded = catalog.embed(stored_path)
-        if not embedded.records:
+        tiles, pixels, _ = catalog.read(stored_path)
+        if not tiles:
             raise InputError(f"{path}: no tile has enough valid pixels to search with")
-        tiles, vectors = embedded.records, embedded.vectors
+        vectors = None
         indexed = False
     if tile is not None:
         if not 0 <= tile < len(tiles):
             raise InputError(f"{path}: has {len(tiles)} tiles; --tile must be 0..{len(tiles) - 1}")
-        tiles, vectors = [tiles[tile]], vectors[tile : tile + 1]
-    return Query(str(path), stored_path, tiles, _unit(vectors.mean(axis=0)), indexed, tile)
+        tiles = [tiles[tile]]
+        vectors = vectors[tile : tile + 1] if vectors is not None else None
+        pixels = pixels[tile : tile + 1] if pixels is not None else None
+    turned = None
+    if any_orientation:
+        if pixels is None:
+            _, pixels, _ = catalog.read(stored_path, [t.window for t in tiles])
+        all_turns = catalog.compute_orientations(pixels)  # (8, tiles, dim); 0 = as it lies
+        turned = np.vstack([_unit(turn.mean(axis=0)) for turn in all_turns])
+        if vectors is None:
+            vectors = all_turns[0]
+    elif vectors is None:
+        vectors, _ = catalog.compute(pixels)
+    query = Query(str(path), stored_path, tiles, _unit(vectors.mean(axis=0)), indexed, tile)
+    query.turned = turned
+    return query
 
 
-def resolve_point(catalog: Catalog, lon: float, lat: float, date: str | None = None) -> Query:
+def resolve_point(
+    catalog: Catalog,
+    lon: float,
+    lat: float,
+    date: str | None = None,
+    any_orientation: bool = False,
+) -> Query:
     """The indexed tile containing a lon/lat point (on ``date`` if given, else the latest)."""
     if not (-180 <= lon <= 180 and -90 <= lat <= 90):
         raise InputError(f"--lonlat {lon},{lat}: longitude must be -180..180, latitude -90..90")
@@ -205,7 +234,11 @@ def resolve_point(catalog: Catalog, lon: float, lat: float, date: str | None = N
         containing = dated
     chosen = max(containing, key=lambda t: (t.acquired or "", t.id))
     vector = _stored_vectors(store, [chosen.id])[0]
-    return Query(f"{lon},{lat}", chosen.path, [chosen], vector, True, None, (lon, lat))
+    query = Query(f"{lon},{lat}", chosen.path, [chosen], vector, True, None, (lon, lat))
+    if any_orientation:
+        _, pixels, _ = catalog.read(chosen.path, [chosen.window])
+        query.turned = catalog.compute_orientations(pixels)[:, 0, :]
+    return query
 
 
 def _unchanged(path: str, record: FileRecord) -> bool:
@@ -300,8 +333,13 @@ def search_vectors(
     filters: SearchFilters | None = None,
     feedback: Feedback | None = None,
     feedback_settings: FeedbackSettings | None = None,
+    orientation_bonus: float = 0.05,
 ) -> list[SearchResult]:
     """Top-``top`` matches of each query under the filters and feedback; own tiles left out.
+
+    A query with ``turned`` vectors is searched under all 8 orientations in the same batch;
+    each candidate tile scores max(as it lies + ``orientation_bonus``, best orientation): the
+    best turn wins, unless the tile as it lies is nearly as good (bench/quality.py measured).
 
     Unfiltered searches go to FAISS in one batch; when filters leave few tiles they are scored
     exactly; otherwise FAISS is asked for more until enough results pass the filters.
@@ -316,6 +354,19 @@ def search_vectors(
     good = _stored_vectors(store, feedback.good) if feedback.good else np.zeros((0, index.dim))
     bad = _stored_vectors(store, feedback.bad) if feedback.bad else np.zeros((0, index.dim))
     vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
+    # One row per query and orientation searched (8 for any-orientation queries, else 1).
+    parents = [
+        i
+        for i, q in enumerate(queries)
+        for _ in range(len(q.turned) if q.turned is not None else 1)
+    ]
+    row_vectors = np.vstack(
+        [
+            rocchio(v, good, bad, feedback_settings)
+            for q in queries
+            for v in (q.turned if q.turned is not None else [q.vector])
+        ]
+    )
     allowed = allowed_ids(store, filters)
     reranking = bool(feedback) and feedback_settings.method != "rocchio" and len(bad) > 0
     wanted = max(top, feedback_settings.candidates) if reranking else top
@@ -330,11 +381,17 @@ def search_vectors(
 
         return check
 
-    checks = [passes(q) for q in queries]
+    checks = [passes(queries[p]) for p in parents]
+    row_queries = [queries[p] for p in parents]
     if allowed is not None and len(allowed) <= EXACT_SUBSET_LIMIT:
-        ranked = _exact_subset(store, vectors, queries, sorted(allowed), checks, wanted)
+        ranked_rows = _exact_subset(
+            store, row_vectors, row_queries, sorted(allowed), checks, wanted
+        )
     else:
-        ranked = _faiss_with_growing_k(index, store, vectors, queries, allowed, checks, wanted)
+        ranked_rows = _faiss_with_growing_k(
+            index, store, row_vectors, row_queries, allowed, checks, wanted
+        )
+    ranked = _merge_orientations(store, parents, row_vectors, ranked_rows, orientation_bonus)
     results = []
     for query, vector, pairs in zip(queries, vectors, ranked, strict=True):
         if reranking and pairs:
@@ -354,6 +411,31 @@ def search_vectors(
         applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
         results.append(SearchResult(query, matches, feedback=applied))
     return results
+
+
+def _merge_orientations(
+    store: Store,
+    parents: list[int],
+    row_vectors: np.ndarray,
+    ranked_rows: list[list[tuple[float, int]]],
+    bonus: float,
+) -> list[list[tuple[float, int]]]:
+    """Per query: its rows' candidates, rescored exactly under every orientation, merged."""
+    merged = []
+    for parent in sorted(set(parents)):
+        rows = [i for i, p in enumerate(parents) if p == parent]
+        if len(rows) == 1:
+            merged.append(ranked_rows[rows[0]])
+            continue
+        candidates = sorted({tile_id for i in rows for _, tile_id in ranked_rows[i]})
+        if not candidates:
+            merged.append([])
+            continue
+        scores = row_vectors[rows] @ _stored_vectors(store, candidates).T  # (8, n)
+        combined = np.maximum(scores[0] + bonus, scores.max(axis=0))
+        order = np.argsort(-combined, kind="stable")
+        merged.append([(float(combined[j]), candidates[j]) for j in order])
+    return merged
 
 
 def _exact_subset(

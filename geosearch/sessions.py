@@ -37,15 +37,17 @@ def current_user() -> str:
 
 def _spec(query: Query, date: str | None) -> dict[str, Any]:
     """How to find a query again: its file (and tile), or its place (and date)."""
+    turned = query.turned is not None
     if query.lonlat is not None:
-        return {"lonlat": list(query.lonlat), "date": date}
-    return {"path": query.path, "tile": query.tile}
+        return {"lonlat": list(query.lonlat), "date": date, "any_orientation": turned}
+    return {"path": query.path, "tile": query.tile, "any_orientation": turned}
 
 
 def _resolve(catalog: Catalog, spec: dict[str, Any]) -> Query:
+    turned = bool(spec.get("any_orientation"))
     if spec.get("lonlat"):
-        return resolve_point(catalog, *spec["lonlat"], spec.get("date"))
-    return resolve_query(catalog, Path(spec["path"]), spec.get("tile"))
+        return resolve_point(catalog, *spec["lonlat"], spec.get("date"), turned)
+    return resolve_query(catalog, Path(spec["path"]), spec.get("tile"), turned)
 
 
 def _search(
@@ -61,7 +63,10 @@ def _search(
         bad=tuple(t for t, label in marks.items() if label < 0),
     )
     query.also_exclude = frozenset(marks)
-    [result] = search_vectors(catalog, [query], top, filters, feedback, settings.feedback)
+    [result] = search_vectors(
+        catalog, [query], top, filters, feedback, settings.feedback,
+        settings.search.orientation_bonus,
+    )  # fmt: skip
     return result
 
 
@@ -77,17 +82,23 @@ def search_and_save(
     good: Sequence[int] = (),
     bad: Sequence[int] = (),
     session: str | None = None,
+    any_orientation: bool | None = None,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
-    """Search (files and/or a place) and save each query as a session with its marks."""
+    """Search (files and/or a place) and save each query as a session with its marks.
+
+    ``any_orientation`` (default: config ``search.orientations``) matches tiles however turned.
+    """
     settings = settings or Settings()
+    if any_orientation is None:
+        any_orientation = settings.search.orientations == "any"
     filters = filters or SearchFilters()
     catalog = open_database(db, settings)
     store = catalog.store
     try:
-        resolved = [resolve_query(catalog, Path(q), tile) for q in queries]
+        resolved = [resolve_query(catalog, Path(q), tile, any_orientation) for q in queries]
         if lonlat is not None:
-            resolved.append(resolve_point(catalog, *lonlat, date))
+            resolved.append(resolve_point(catalog, *lonlat, date, any_orientation))
         if not resolved:
             raise InputError("give a query file or --lonlat LON,LAT")
         marks = {int(t): 1 for t in good} | {int(t): -1 for t in bad}

@@ -123,8 +123,8 @@ def test_info_reports_what_the_database_holds(naip_db):
     result = runner.invoke(app, ["info", "--db", str(naip_db), "--json"])
     facts = json.loads(result.stdout)
     assert facts["tiles"] == 20 and facts["files"] == 5 and facts["kind"] == "geo"
-    assert [e["name"] for e in facts["extractors"]] == ["band_stats", "cnn"]
-    assert facts["dim"] == 4 * 15 + 1024 and facts["index"]["vectors"] == 20
+    assert [e["name"] for e in facts["extractors"]] == ["band_stats", "layout", "cnn"]
+    assert facts["dim"] == 4 * 15 + 4 * 16 * 16 + 1024 and facts["index"]["vectors"] == 20
     text = runner.invoke(app, ["info", "--db", str(naip_db)]).stdout
     assert "20 from 5 files" in text and "mobilenet_v1" in text
 

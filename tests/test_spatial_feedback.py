@@ -73,8 +73,8 @@ def test_exclude_near_and_other_files(spread, tmp_path):
 
 def test_date_range(spread):
     folder, db = spread
-    [result] = geosearch.similar(db, [folder / "scene_20200101.tif"], top=20,
-                                 filters=SearchFilters(after="2020-01-02", before="2020-01-03"))  # fmt: skip
+    dates = SearchFilters(after="2020-01-02", before="2020-01-03")
+    [result] = geosearch.similar(db, [folder / "scene_20200101.tif"], top=20, filters=dates)
     assert sorted(set(_paths(result))) == ["scene_20200102.tif", "scene_20200103.tif"]
     bad = run_cli("similar", str(folder / "scene_20200101.tif"), "--db", str(db), "--after", "May")
     assert bad.returncode == 2 and "--after: expected a date" in bad.stderr

@@ -22,9 +22,10 @@ from geosearch.errors import ConfigError
 from geosearch.features.band_stats import BandStatsExtractor
 from geosearch.features.base import Extractor, TileBatch
 from geosearch.features.cnn import cnn_extractor
+from geosearch.features.layout import LayoutExtractor
 from geosearch.sources import RawTile
 
-EXTRACTOR_NAMES = ("band_stats", "cnn")
+EXTRACTOR_NAMES = ("band_stats", "layout", "cnn")
 _EPSILON = 1e-12
 
 
@@ -35,6 +36,8 @@ def build_extractors(settings: FeatureSettings, manifest: BandManifest) -> list[
         extractors.append(
             BandStatsExtractor(len(manifest.bands), settings.band_stats.histogram_bins)
         )
+    if settings.layout.weight > 0:
+        extractors.append(LayoutExtractor(len(manifest.bands), settings.layout.side))
     if settings.cnn.weight > 0:
         cnn = settings.cnn
         extractors.append(
@@ -46,7 +49,11 @@ def build_extractors(settings: FeatureSettings, manifest: BandManifest) -> list[
 
 
 def block_weights(settings: FeatureSettings) -> dict[str, float]:
-    return {"band_stats": settings.band_stats.weight, "cnn": settings.cnn.weight}
+    return {
+        "band_stats": settings.band_stats.weight,
+        "layout": settings.layout.weight,
+        "cnn": settings.cnn.weight,
+    }
 
 
 @dataclass(frozen=True)
