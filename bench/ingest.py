@@ -1,4 +1,4 @@
-"""Ingest throughput on real imagery: tiles/s and peak memory against a one-tile-at-a-time baseline.
+"""Ingest throughput on real imagery (tiles/s, peak memory) against one-tile-at-a-time.
 
 Corpus: the five NAIP years in ../shared/data/naip (4-band uint8, 934 x 723 px), linked
 ``--copies`` times under distinct names so the ingest has enough tiles to measure. Prints
