@@ -144,14 +144,20 @@ def similar_batch(
     *,
     all_tiles: bool = False,
     master: str | None = None,
+    any_orientation: bool = False,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
     """Many queries at once on Apache Spark: files/folders, or every tile (``all_tiles``)."""
     from geosearch.batch import similar_spark
 
-    paths = [Path(q) for q in queries]
     return similar_spark(
-        Path(db), paths, top, all_tiles=all_tiles, master=master, settings=settings
+        Path(db),
+        [Path(q) for q in queries],
+        top,
+        all_tiles=all_tiles,
+        master=master,
+        any_orientation=any_orientation,
+        settings=settings,
     )
 
 

@@ -20,7 +20,15 @@ from geosearch.engines.base import Chunk, ChunkFailure
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
 from geosearch.errors import InputError
 from geosearch.ingest import FilePlan, discover
-from geosearch.search import Match, Query, SearchResult, open_database, resolve_query
+from geosearch.search import (
+    Match,
+    Query,
+    SearchResult,
+    merge_orientations,
+    open_database,
+    orientation_rows,
+    resolve_query,
+)
 from geosearch.store import normalise_path
 
 
@@ -31,9 +39,13 @@ def similar_spark(
     *,
     all_tiles: bool = False,
     master: str | None = None,
+    any_orientation: bool = False,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
-    """The ``top`` most similar tiles to each query file (folders expanded) or to every tile."""
+    """The ``top`` most similar tiles to each query file (folders expanded) or to every tile.
+
+    ``any_orientation``: each query file is searched under its 8 orientations (as locally).
+    """
     settings = settings or Settings()
     catalog = open_database(db, settings)
     store = catalog.store
@@ -48,26 +60,32 @@ def similar_spark(
         new_files = []
         for path in files:
             record = store.file_record(path)
-            if record is not None and record.status == "done":
-                resolved.append(resolve_query(catalog, Path(path)))
+            if record is not None and record.status == "done" or any_orientation:
+                resolved.append(resolve_query(catalog, Path(path), None, any_orientation))
             else:
                 new_files.append(path)
         resolved += _embed_on_executors(catalog, new_files, settings, master)
         if not resolved:
             raise InputError("no query: give query files or folders, or --all-tiles")
         ids, vectors = store.vectors()
-        matrix = np.vstack([query.vector for query in resolved])
+        parents, matrix = orientation_rows(resolved)
         extra = max(len(query.exclude) for query in resolved)
         scores, found = spark_top_k(
             session, ids, vectors, matrix, top + extra, settings.spark.partitions
         )
-        results = []
-        for query, row_scores, row_ids in zip(resolved, scores, found, strict=True):
-            pairs = [
+        ranked_rows = [
+            [
                 (float(score), int(tile_id))
                 for score, tile_id in zip(row_scores, row_ids, strict=True)
-                if tile_id >= 0 and int(tile_id) not in query.exclude
-            ][:top]
+                if tile_id >= 0 and int(tile_id) not in resolved[parent].exclude
+            ]
+            for parent, row_scores, row_ids in zip(parents, scores, found, strict=True)
+        ]
+        bonus = settings.search.orientation_bonus
+        ranked = merge_orientations(store, parents, matrix, ranked_rows, bonus)
+        results = []
+        for query, pairs in zip(resolved, ranked, strict=True):
+            pairs = pairs[:top]
             records = store.tiles([tile_id for _, tile_id in pairs])
             matches = [
                 Match(rank, score, record)

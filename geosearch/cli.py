@@ -378,7 +378,8 @@ def similar(
     filters = _filters(bbox, within, after, before, exclude_near, other_files)
     _run(lambda: api.prepare_output(search.out))
     if engine == "spark":
-        _similar_on_spark(queries or [], db_path, settings, master, all_tiles, json_output)
+        turned = bool(any_orientation) or settings.search.orientations == "any"
+        _similar_on_spark(queries or [], db_path, settings, master, all_tiles, turned, json_output)
         return
     if engine != "local":
         err.print(f"error: --engine: expected local or spark, got {engine!r}", markup=False)
@@ -403,15 +404,17 @@ def _similar_on_spark(
     settings: Settings,
     master: str | None,
     all_tiles: bool,
+    any_orientation: bool,
     json_output: bool,
 ) -> None:
     """Batch search on Spark: results as Parquet and the same GeoJSON (previews if few)."""
     search = settings.search
     results = _run(
         lambda: api.similar_batch(
-            db_path, queries, search.top, all_tiles=all_tiles, master=master, settings=settings
+            db_path, queries, search.top, all_tiles=all_tiles, master=master,
+            any_orientation=any_orientation, settings=settings,
         )
-    )
+    )  # fmt: skip
     files = _run(
         lambda: api.write_results(
             results, db_path, search.out, search.preview_size, settings,

@@ -354,18 +354,8 @@ def search_vectors(
     good = _stored_vectors(store, feedback.good) if feedback.good else np.zeros((0, index.dim))
     bad = _stored_vectors(store, feedback.bad) if feedback.bad else np.zeros((0, index.dim))
     vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
-    # One row per query and orientation searched (8 for any-orientation queries, else 1).
-    parents = [
-        i
-        for i, q in enumerate(queries)
-        for _ in range(len(q.turned) if q.turned is not None else 1)
-    ]
-    row_vectors = np.vstack(
-        [
-            rocchio(v, good, bad, feedback_settings)
-            for q in queries
-            for v in (q.turned if q.turned is not None else [q.vector])
-        ]
+    parents, row_vectors = orientation_rows(
+        queries, lambda v: rocchio(v, good, bad, feedback_settings)
     )
     allowed = allowed_ids(store, filters)
     reranking = bool(feedback) and feedback_settings.method != "rocchio" and len(bad) > 0
@@ -391,7 +381,7 @@ def search_vectors(
         ranked_rows = _faiss_with_growing_k(
             index, store, row_vectors, row_queries, allowed, checks, wanted
         )
-    ranked = _merge_orientations(store, parents, row_vectors, ranked_rows, orientation_bonus)
+    ranked = merge_orientations(store, parents, row_vectors, ranked_rows, orientation_bonus)
     results = []
     for query, vector, pairs in zip(queries, vectors, ranked, strict=True):
         if reranking and pairs:
@@ -413,7 +403,18 @@ def search_vectors(
     return results
 
 
-def _merge_orientations(
+def orientation_rows(queries: Sequence[Query], adjust: Any = None) -> tuple[list[int], np.ndarray]:
+    """One search row per query and orientation (8 for any-orientation queries, else 1): the
+    query each row belongs to, and the row vectors (``adjust``-ed, e.g. by feedback)."""
+    parents, rows = [], []
+    for number, query in enumerate(queries):
+        for vector in query.turned if query.turned is not None else [query.vector]:
+            parents.append(number)
+            rows.append(adjust(vector) if adjust else vector)
+    return parents, np.vstack(rows).astype(np.float32)
+
+
+def merge_orientations(
     store: Store,
     parents: list[int],
     row_vectors: np.ndarray,
@@ -532,6 +533,8 @@ __all__ = [
     "SearchFilters",
     "SearchResult",
     "load_area",
+    "merge_orientations",
+    "orientation_rows",
     "open_database",
     "resolve_point",
     "resolve_query",

@@ -68,6 +68,12 @@ def test_spark_batch_search_matches_local_search(naip_pair, tmp_path):
         assert [m.tile.id for m in a.matches] == [m.tile.id for m in b.matches]
         np.testing.assert_allclose([m.score for m in a.matches], [m.score for m in b.matches],
                                    atol=1e-5)  # fmt: skip
+    [turned_local] = geosearch.similar(spark_db, queries[:1], top=4, any_orientation=True)
+    [turned_batch] = geosearch.api.similar_batch(
+        spark_db, queries[:1], top=4, master=MASTER, any_orientation=True
+    )
+    assert turned_batch.query.turned is not None
+    assert [m.tile.id for m in turned_batch.matches] == [m.tile.id for m in turned_local.matches]
     new_file = tmp_path / "chip.tif"
     new_file.symlink_to(SAMPLE_TILES / "naip" / "m_4709963_se_14_1_20120731.tif")
     [embedded] = geosearch.api.similar_batch(spark_db, [new_file], top=3, master=MASTER)
