@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean setup
+.PHONY: demo test lint bench clean setup serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,keras,spark]'
+	$(BIN)/pip install --quiet -e '.[dev,keras,spark,serve]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check geosearch tests bench
 	$(BIN)/python -m pytest -q
+
+serve: $(STAMP)
+	test -f demo.gpkg || $(MAKE) demo
+	$(BIN)/geosearch serve --db demo.gpkg --allow-feedback
 
 lint: $(STAMP)
 	$(BIN)/ruff check geosearch tests bench

@@ -476,6 +476,31 @@ def feedback(
     _print_results([result], files, json_output)
 
 
+@app.command()
+def serve(
+    db: DbOption = None,
+    config: ConfigOption = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on. Anything but loopback opens the service, without "
+            "authentication, to the network.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port.")] = 8000,
+    allow_feedback: Annotated[
+        bool,
+        typer.Option("--allow-feedback", help="Save feedback sessions and marks (else read-only)."),
+    ] = False,
+) -> None:
+    """Serve the database over HTTP: a map page at / and a JSON API (/api/openapi.json)."""
+    settings, db_path = _settings(config, db)
+    from geosearch.serve import run  # FastAPI/uvicorn are imported only here (serve extra)
+
+    _run(lambda: run(db_path, host, port, allow_feedback, settings))
+
+
 def _shown_path(path: str) -> str:
     """A stored (absolute) path, shortened to its name (the full path is in the GeoJSON)."""
     return Path(path).name

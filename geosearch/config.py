@@ -108,6 +108,20 @@ class SparkSettings(_Section):
     partitions: int = Field(0, ge=0)
 
 
+class ServeSettings(_Section):
+    basemap: str | None = None
+
+    @field_validator("basemap")
+    @classmethod
+    def _xyz_template(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            value.startswith(("http://", "https://"))
+            and all(k in value for k in ("{z}", "{x}", "{y}"))
+        ):
+            raise ValueError("expected an http(s) XYZ tile URL with {z}, {x} and {y}")
+        return value
+
+
 class Settings(_Section):
     db: Path = Path("geosearch.gpkg")
     tile_size: int = Field(256, ge=16, le=8192)
@@ -119,6 +133,7 @@ class Settings(_Section):
     search: SearchSettings = SearchSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     spark: SparkSettings = SparkSettings()
+    serve: ServeSettings = ServeSettings()
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         """A copy with dotted keys (``"features.cnn.model"``) replaced; ``None`` values ignored."""

@@ -72,7 +72,7 @@ def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: i
     return render_png(_rgb(tile, catalog.manifest), tile.valid, max_side)
 
 
-def _lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
+def lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
     """RFC 7946 geometry: counter-clockwise exterior rings, 7 decimals, Polygon if one part."""
     if geometry is None or geometry.is_empty:
         return None
@@ -120,7 +120,7 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
         features.append(
             {
                 "type": "Feature",
-                "geometry": _lonlat_geometry(query.footprint),
+                "geometry": lonlat_geometry(query.footprint),
                 "properties": properties,
             }
         )
@@ -145,7 +145,7 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
             features.append(
                 {
                     "type": "Feature",
-                    "geometry": _lonlat_geometry(tile.footprint),
+                    "geometry": lonlat_geometry(tile.footprint),
                     "properties": properties,
                 }
             )
@@ -181,7 +181,7 @@ def write_parquet(results: Sequence[SearchResult], path: Path) -> Path:
     return Path(path)
 
 
-def write_marks(session: dict[str, Any], path: Path) -> Path:
+def marks_collection(session: dict[str, Any]) -> dict[str, Any]:
     """GeoJSON of a feedback session's marked tiles: label (good/bad), when, by whom."""
     features = []
     for mark in session["marks"]:
@@ -189,7 +189,7 @@ def write_marks(session: dict[str, Any], path: Path) -> Path:
         features.append(
             {
                 "type": "Feature",
-                "geometry": _lonlat_geometry(tile.footprint) if tile else None,
+                "geometry": lonlat_geometry(tile.footprint) if tile else None,
                 "properties": {
                     "session": session["name"],
                     "id": mark["tile_id"],
@@ -203,13 +203,17 @@ def write_marks(session: dict[str, Any], path: Path) -> Path:
                 },
             }
         )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_marks(session: dict[str, Any], path: Path) -> Path:
+    """Write ``marks_collection`` of a session to ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    collection = {"type": "FeatureCollection", "features": features}
-    _write_bytes(path, json.dumps(collection, indent=1).encode())
+    _write_bytes(path, json.dumps(marks_collection(session), indent=1).encode())
     return path
 
 

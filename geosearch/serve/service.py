@@ -1,0 +1,427 @@
+"""What the HTTP service does, without HTTP: list tiles, search, sessions, previews.
+
+Every call opens the database for itself and closes it before returning, so many requests run
+at once (SQLite WAL readers) while an ingest writes elsewhere, and each sees what the last
+committed batch left: new tiles without a restart (``open_index`` catches the index up). Nothing
+here takes a path from a caller: tiles are named by id, uploads come as a file this module
+writes into a private temporary folder of its own and deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image
+
+from geosearch import api
+from geosearch.catalog import Catalog
+from geosearch.config import Settings
+from geosearch.errors import ConfigError, InputError
+from geosearch.render import marks_collection, tile_preview
+from geosearch.search import (
+    Feedback,
+    Query,
+    SearchFilters,
+    SearchResult,
+    open_database,
+    resolve_point,
+    resolve_query,
+    search_vectors,
+)
+from geosearch.sessions import session_marks
+from geosearch.sources import open_source
+from geosearch.store import TileRecord
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 40_000_000  # a PNG/JPEG is decoded whole: 40 MP is 120 MB of RGB
+MAX_UPLOAD_TILES = 64  # an uploaded raster is embedded tile by tile: 64 tiles of 256 px = 2048²
+PREVIEW_CACHE_BYTES = 64 * 1024 * 1024
+SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class NotFoundError(InputError):
+    """A tile id or session name the database does not hold (HTTP 404)."""
+
+
+class ConflictError(InputError):
+    """The request can't be carried out in the database's present state (HTTP 409)."""
+
+
+class UnsupportedUploadError(InputError):
+    """An upload that is not a PNG, JPEG or TIFF (HTTP 415)."""
+
+
+class UploadTooLargeError(InputError):
+    """An upload over the size or tile limit (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class TilePage:
+    """One page of tiles (in a box, or all) and how many there are in all."""
+
+    tiles: list[TileRecord]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A tile's preview PNG (None when the caller's copy, named by ``etag``, is current)."""
+
+    etag: str
+    png: bytes | None
+
+
+@dataclass(frozen=True)
+class QueryTile:
+    """A query by stored tile (stateless searches and new sessions)."""
+
+    tile_id: int
+
+
+@dataclass(frozen=True)
+class QueryPoint:
+    """A query by place: the indexed tile containing lon/lat (on ``date`` if given)."""
+
+    lon: float
+    lat: float
+    date: str | None = None
+
+
+class _PngCache:
+    """Least-recently-used PNG bytes, bounded by their total size; safe across threads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            png = self._items.get(key)
+            if png is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return png
+
+    def put(self, key: str, png: bytes) -> None:
+        if len(png) > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = png
+            self._bytes += len(png)
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+class SearchService:
+    """The service's operations on one database, each opening and closing it."""
+
+    def __init__(self, db: Path, settings: Settings | None = None) -> None:
+        self.db = Path(db)
+        self.settings = settings or Settings()
+        self.previews = _PngCache(PREVIEW_CACHE_BYTES)
+
+    @contextmanager
+    def catalog(self) -> Iterator[Catalog]:
+        catalog = open_database(self.db, self.settings)
+        try:
+            yield catalog
+        finally:
+            catalog.store.close()
+
+    # -- the database ------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return api.info(self.db, self.settings)
+
+    def summary(self) -> dict[str, Any]:
+        """Kind and tile count, without touching the index (cheap, for the page)."""
+        with self.catalog() as catalog:
+            return {"kind": catalog.manifest.kind, "tiles": catalog.store.tile_count()}
+
+    def tiles_page(
+        self, bbox: tuple[float, float, float, float] | None, limit: int, offset: int
+    ) -> TilePage:
+        """Tiles meeting a lon/lat box (GeoPackage R-tree), or all tiles by file, paged."""
+        with self.catalog() as catalog:
+            store = catalog.store
+            if bbox is not None:
+                ids = sorted(store.ids_in_bbox(*bbox))
+                return TilePage(store.tiles(ids[offset : offset + limit]), len(ids), limit, offset)
+            counts = sorted(store.tile_counts().items())
+            total = sum(count for _, count in counts)
+            tiles: list[TileRecord] = []
+            skip = offset
+            for path, count in counts:
+                if len(tiles) >= limit:
+                    break
+                if skip >= count:
+                    skip -= count
+                    continue
+                tiles += store.tiles_of_file(path)[skip : skip + limit - len(tiles)]
+                skip = 0
+            return TilePage(tiles, total, limit, offset)
+
+    def tile(self, tile_id: int) -> TileRecord:
+        with self.catalog() as catalog:
+            return _tile(catalog, tile_id)
+
+    def preview(self, tile_id: int, size: int, etag_held: str | None = None) -> Preview:
+        """A tile's preview PNG, cached in memory by what it shows (tile, file version, size)."""
+        with self.catalog() as catalog:
+            record = _tile(catalog, tile_id)
+            stored = catalog.store.file_record(record.path)
+            version = (stored.size, stored.mtime_ns) if stored else None
+            key = repr((catalog.name, record.id, record.path, record.window, version, size))
+            etag = hashlib.sha256(key.encode()).hexdigest()[:32]
+            if etag_held == etag:
+                return Preview(etag, None)
+            png = self.previews.get(etag)
+            if png is None:
+                try:
+                    png = tile_preview(catalog, record.path, record.window, size)
+                except InputError as exc:
+                    raise NotFoundError(f"tile {tile_id} has no preview: {exc}") from None
+                self.previews.put(etag, png)
+            return Preview(etag, png)
+
+    # -- searching without saving ---------------------------------------------------------
+
+    def similar(
+        self,
+        query: QueryTile | QueryPoint,
+        top: int,
+        filters: SearchFilters,
+        good: Sequence[int] = (),
+        bad: Sequence[int] = (),
+    ) -> SearchResult:
+        """Search with a stored tile or a place; nothing is written to the database."""
+        with self.catalog() as catalog:
+            if isinstance(query, QueryTile):
+                resolved = _tile_query(catalog, query.tile_id)
+            else:
+                resolved = resolve_point(catalog, query.lon, query.lat, query.date)
+            return _search(catalog, resolved, top, filters, good, bad, self.settings)
+
+    def similar_to_upload(
+        self,
+        upload: IO[bytes],
+        name: str,
+        top: int,
+        filters: SearchFilters,
+        good: Sequence[int] = (),
+        bad: Sequence[int] = (),
+        tile: int | None = None,
+    ) -> SearchResult:
+        """Search with an uploaded image (embedded like a file the database doesn't hold)."""
+        with self.catalog() as catalog, _saved_upload(upload) as path:
+            _check_upload(catalog, path)
+            query = resolve_query(catalog, path, tile)
+            query.label = query.path = Path(name).name or "upload"  # not the temporary path
+            return _search(catalog, query, top, filters, good, bad, self.settings)
+
+    # -- feedback sessions ------------------------------------------------------------------
+
+    def create_session(
+        self,
+        query: QueryTile | QueryPoint,
+        top: int,
+        filters: SearchFilters,
+        good: Sequence[int] = (),
+        bad: Sequence[int] = (),
+        name: str | None = None,
+    ) -> SearchResult:
+        """Search and save the query as a feedback session (``api.similar`` with a name)."""
+        if name is None:
+            name = f"web-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        elif not SESSION_NAME.fullmatch(name):
+            raise ConfigError(
+                f"session name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        with self.catalog() as catalog:
+            if catalog.store.session(name) is not None:
+                raise ConflictError(f"feedback session '{name}' exists already; pick a new name")
+            if isinstance(query, QueryTile):
+                record = _tile(catalog, query.tile_id)
+                position = _position_in_file(catalog, record)
+        common = {"filters": filters, "good": good, "bad": bad, "session": name}
+        if isinstance(query, QueryTile):
+            [result] = api.similar(
+                self.db, [record.path], top, tile=position, settings=self.settings, **common
+            )
+        else:
+            [result] = api.similar(
+                self.db, [], top, lonlat=(query.lon, query.lat), date=query.date,
+                settings=self.settings, **common,
+            )  # fmt: skip
+        return result
+
+    def session(self, name: str) -> dict[str, Any]:
+        with self.catalog() as catalog:
+            saved = catalog.store.session(name)
+        if saved is None:
+            raise NotFoundError(f"no feedback session '{name}' in {self.db.name}")
+        return saved
+
+    def sessions(self) -> list[str]:
+        with self.catalog() as catalog:
+            return catalog.store.sessions()
+
+    def mark(
+        self, name: str, good: Sequence[int], bad: Sequence[int], top: int | None = None
+    ) -> SearchResult:
+        """Mark tiles (by id) good or bad in a session and search again with every mark."""
+        self.session(name)
+        return api.feedback(
+            self.db, name, good, bad, by_rank=False, top=top, settings=self.settings
+        )
+
+    def marks_geojson(self, name: str) -> bytes:
+        """The session's marked tiles as GeoJSON (``render.marks_collection``)."""
+        self.session(name)
+        saved = session_marks(self.db, name, self.settings)
+        return json.dumps(marks_collection(saved), indent=1).encode()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _tile(catalog: Catalog, tile_id: int) -> TileRecord:
+    found = catalog.store.tiles([tile_id])
+    if not found:
+        raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
+    return found[0]
+
+
+def _tile_query(catalog: Catalog, tile_id: int) -> Query:
+    """A query with one stored tile's stored vector (no file is read, no model loaded)."""
+    record = _tile(catalog, tile_id)
+    found, vectors = catalog.store.vectors([tile_id])
+    if not len(found):
+        raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
+    return Query(f"tile {tile_id}", record.path, [record], vectors[0], True)
+
+
+def _position_in_file(catalog: Catalog, record: TileRecord) -> int:
+    """Which of its file's tiles a tile is (``--tile N``), for a session that can be resolved
+    again; refused when the file changed on disk since ingest (it would be embedded anew)."""
+    stored = catalog.store.file_record(record.path)
+    try:
+        stat = os.stat(record.path)
+    except OSError:
+        stat = None  # gone from disk: the database still knows its tiles
+    if stored is None or stored.status != "done" or (
+        stat is not None and (stat.st_size, stat.st_mtime_ns) != (stored.size, stored.mtime_ns)
+    ):  # fmt: skip
+        raise ConflictError(
+            f"tile {record.id}: its file changed since it was ingested; run 'geosearch ingest' "
+            "on it again before starting a feedback session with it"
+        )
+    ids = [t.id for t in catalog.store.tiles_of_file(record.path)]
+    return ids.index(record.id)
+
+
+def _search(
+    catalog: Catalog,
+    query: Query,
+    top: int,
+    filters: SearchFilters,
+    good: Sequence[int],
+    bad: Sequence[int],
+    settings: Settings,
+) -> SearchResult:
+    """As a session round does: marked tiles move the query and are not shown again."""
+    marked = [int(t) for t in (*good, *bad)]
+    known = {t.id for t in catalog.store.tiles(sorted(set(marked)))}
+    missing = [t for t in marked if t not in known]
+    if missing:
+        raise InputError(f"tile id {missing[0]} is not in {catalog.name}")
+    query.also_exclude = frozenset(marked)
+    feedback = Feedback(tuple(int(t) for t in good), tuple(int(t) for t in bad))
+    [result] = search_vectors(catalog, [query], top, filters, feedback, settings.feedback)
+    return result
+
+
+_MAGIC_SUFFIXES = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+    (b"II+\x00", ".tif"),  # BigTIFF
+    (b"MM\x00+", ".tif"),
+)
+
+
+@contextmanager
+def _saved_upload(upload: IO[bytes]) -> Iterator[Path]:
+    """The upload copied into a new private folder (named by its content type, not by the
+    client), at most ``MAX_UPLOAD_BYTES``; the folder is removed afterwards."""
+    head = upload.read(16)
+    suffix = next((s for magic, s in _MAGIC_SUFFIXES if head.startswith(magic)), None)
+    if suffix is None:
+        raise UnsupportedUploadError("upload: not a PNG, JPEG or TIFF image")
+    folder = tempfile.mkdtemp(prefix="geosearch-upload-")  # mode 0700
+    try:
+        path = Path(folder) / f"query{suffix}"
+        written = len(head)
+        with open(path, "wb") as out:
+            out.write(head)
+            while chunk := upload.read(1 << 20):
+                written += len(chunk)
+                if written > MAX_UPLOAD_BYTES:
+                    raise UploadTooLargeError(
+                        f"upload: larger than {MAX_UPLOAD_BYTES // 2**20} MB; crop or downsample it"
+                    )
+                out.write(chunk)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_upload(catalog: Catalog, path: Path) -> None:
+    """Open the upload as ingest would (a clear InputError if it can't be read) and refuse
+    pictures too large to decode in memory and rasters with more tiles than a query should
+    embed."""
+    width = height = 0
+    if path.suffix in (".png", ".jpg"):
+        with contextlib.suppress(OSError, ValueError), Image.open(path) as image:  # header only
+            width, height = image.size  # (an unreadable file is open_source's to report)
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise UploadTooLargeError(
+            f"upload: {width}x{height} px is more than "
+            f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels; downsample it"
+        )
+    with open_source(path) as source:
+        tiles = len(catalog.windows(source))
+        width, height = source.width, source.height
+    if tiles > MAX_UPLOAD_TILES:
+        raise UploadTooLargeError(
+            f"upload: {width}x{height} px is {tiles} tiles of {catalog.tile_size} px; a query "
+            f"image may have at most {MAX_UPLOAD_TILES} (crop it)"
+        )

@@ -1,0 +1,520 @@
+// geosearch map page: tiles on a Leaflet map (or a gallery for plain images); click one to
+// list the most similar with scores and previews; thumbs up/down refine; results download
+// as GeoJSON. Plain browser JavaScript, no build step; talks only to this server's /api.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  config: null,
+  query: null, // {kind: "tile", id} or {kind: "upload", file}
+  result: null, // the last FeatureCollection from the API
+  session: null, // feedback session name, once one is saved
+  good: [],
+  bad: [],
+  tiles: new Map(), // id -> GeoJSON feature, as loaded for the map
+  here: [], // tiles under the last map click
+  galleryOffset: 0,
+};
+const map = { leaflet: null, footprints: null, previews: null, outlines: null, byId: new Map() };
+const MAX_PREVIEW_OVERLAYS = 400;
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = null;
+  }
+  if (!response.ok) {
+    throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  }
+  return body;
+}
+
+function say(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function element(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function thumbSize() {
+  return state.config.kind === "plain" ? 256 : 128;
+}
+
+function previewSrc(url) {
+  return url ? `${url}?size=${thumbSize()}` : null;
+}
+
+function baseName(path) {
+  return path ? path.split(/[\\/]/).pop() : "";
+}
+
+// -- start ------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    state.config = await api("api/config");
+  } catch (error) {
+    say(`Cannot reach the database: ${error.message}`, true);
+    return;
+  }
+  const config = state.config;
+  const kind = config.kind === "plain" ? "plain images" : "georeferenced tiles";
+  $("db-info").textContent = `${config.tiles} ${kind}`;
+  $("mode").textContent = config.allow_feedback
+    ? "feedback sessions are saved"
+    : "read-only: marks refine the search but are not saved";
+  $("top").value = config.top;
+  $("top").max = config.max_top;
+  $("top").addEventListener("change", newRound);
+  $("other-files").addEventListener("change", newRound);
+  $("upload").addEventListener("change", onUpload);
+  $("download").addEventListener("click", download);
+  $("controls").addEventListener("submit", (event) => event.preventDefault());
+  if (config.kind === "plain") await startGallery();
+  else await startMap();
+  document.body.dataset.ready = "true";
+}
+
+// -- searching --------------------------------------------------------------------------
+
+function searchParams() {
+  const params = new URLSearchParams();
+  params.set("top", $("top").value || state.config.top);
+  if ($("other-files").checked) params.set("other_files", "true");
+  for (const id of state.good) params.append("good", id);
+  for (const id of state.bad) params.append("bad", id);
+  return params;
+}
+
+async function searchTile(id) {
+  state.query = { kind: "tile", id };
+  await newRound();
+}
+
+async function onUpload(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  if (file.size > state.config.max_upload_bytes) {
+    say(`${file.name} is larger than ${state.config.max_upload_bytes / 2 ** 20} MB`, true);
+    return;
+  }
+  state.query = { kind: "upload", file };
+  state.here = [];
+  renderHere();
+  await newRound();
+}
+
+async function newRound() {
+  if (!state.query) return;
+  state.session = null;
+  state.good = [];
+  state.bad = [];
+  await search();
+}
+
+async function search() {
+  const query = state.query;
+  say("Searching…");
+  try {
+    const params = searchParams();
+    let result;
+    if (query.kind === "tile") {
+      params.set("tile", query.id);
+      result = await api(`api/similar?${params}`);
+    } else {
+      const form = new FormData();
+      form.append("file", query.file, query.file.name);
+      result = await api(`api/similar/upload?${params}`, { method: "POST", body: form });
+    }
+    if (query === state.query) show(result);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function mark(id, label) {
+  state.good = state.good.filter((t) => t !== id);
+  state.bad = state.bad.filter((t) => t !== id);
+  (label > 0 ? state.good : state.bad).push(id);
+  const query = state.query;
+  if (!(state.config.allow_feedback && query.kind === "tile")) {
+    await search(); // read-only, or an upload: the marks travel with the search
+    return;
+  }
+  say("Saving the mark and searching again…");
+  const json = { "Content-Type": "application/json" };
+  try {
+    let result;
+    if (!state.session) {
+      const body = {
+        tile: query.id,
+        top: Number($("top").value) || state.config.top,
+        other_files: $("other-files").checked,
+        good: state.good,
+        bad: state.bad,
+      };
+      result = await api("api/sessions", { method: "POST", headers: json, body: JSON.stringify(body) });
+    } else {
+      const body = label > 0 ? { good: [id] } : { bad: [id] };
+      const url = `api/sessions/${encodeURIComponent(state.session)}/marks`;
+      result = await api(url, { method: "POST", headers: json, body: JSON.stringify(body) });
+    }
+    state.session = result.session;
+    if (query === state.query) show(result);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+// -- results ----------------------------------------------------------------------------
+
+function show(result) {
+  state.result = result;
+  const queryFeature = result.features.find((f) => f.properties.role === "query");
+  const matches = result.features.filter((f) => f.properties.role === "result");
+  renderQuery(queryFeature);
+  const list = $("results");
+  list.replaceChildren(...matches.map(resultItem));
+  const marks = [];
+  if (state.good.length) marks.push(`${state.good.length} good`);
+  if (state.bad.length) marks.push(`${state.bad.length} bad`);
+  $("marks").replaceChildren();
+  if (marks.length) $("marks").append(`marked ${marks.join(", ")}`);
+  if (state.session) {
+    $("marks").append(" · session ");
+    const link = element("a", {
+      href: `api/sessions/${encodeURIComponent(state.session)}/marks.geojson`,
+      text: state.session,
+      title: "Download the marked tiles as GeoJSON",
+    });
+    $("marks").append(link);
+  }
+  $("actions").hidden = false;
+  $("hint").hidden = true;
+  const noun = state.config.kind === "plain" ? "images" : "tiles";
+  const refined = state.good.length + state.bad.length ? ", re-ranked with your marks" : "";
+  say(`${matches.length} most similar ${noun}${refined}`);
+  if (map.leaflet) drawOutlines(queryFeature, matches);
+  else highlightGallery(queryFeature, matches);
+}
+
+function renderQuery(feature) {
+  const props = feature.properties;
+  let src = previewSrc(props.preview);
+  if (!src && state.query.kind === "upload" && /^image\/(png|jpeg)$/.test(state.query.file.type)) {
+    src = URL.createObjectURL(state.query.file);
+  }
+  const noun = state.config.kind === "plain" ? "image" : "tile";
+  const title = state.query.kind === "upload" ? `your image ${props.name}` : `${noun} ${props.id}`;
+  const card = element(
+    "div",
+    { class: "card" },
+    src ? element("img", { src, alt: `query ${title}` }) : element("span", { text: "(no preview)" }),
+    element(
+      "div",
+      {},
+      element("strong", { text: `Query: ${title}` }),
+      element("div", { class: "name", text: props.name || "" }),
+      element("div", { class: "muted", text: props.acquired || "" }),
+    ),
+  );
+  $("query").replaceChildren(card);
+}
+
+// A thumb (up, or down when turned), drawn here: no icon font is needed.
+function thumb(down) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  if (down) svg.style.transform = "rotate(180deg)";
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute(
+    "d",
+    "M2 10h4v11H2zM8 10l4-7c1.6 0 2.6 1.1 2.2 3L13.4 10H20c1.2 0 2.1 1.1 1.8 2.2l-2 7.1" +
+      "c-.3 1-1.1 1.7-2.1 1.7H8z",
+  );
+  svg.append(path);
+  return svg;
+}
+
+function resultItem(feature) {
+  const props = feature.properties;
+  const votes = element(
+    "div",
+    { class: "votes" },
+    element("button", {
+      type: "button",
+      class: "good",
+      title: "Relevant: more like this",
+      "aria-label": `mark tile ${props.id} good`,
+      onclick: (event) => {
+        event.stopPropagation();
+        mark(props.id, 1);
+      },
+    }, thumb(false)),
+    element("button", {
+      type: "button",
+      class: "bad",
+      title: "Not relevant: less like this",
+      "aria-label": `mark tile ${props.id} bad`,
+      onclick: (event) => {
+        event.stopPropagation();
+        mark(props.id, -1);
+      },
+    }, thumb(true)),
+  );
+  const window = `${props.width}×${props.height} px at row ${props.row}, col ${props.col}`;
+  const item = element(
+    "li",
+    {
+      "data-id": props.id,
+      "data-rank": props.rank,
+      onmouseenter: () => emphasise(props.id, true),
+      onmouseleave: () => emphasise(props.id, false),
+      onclick: () => focusTile(feature),
+    },
+    element("img", { src: previewSrc(props.preview), alt: `result ${props.rank}`, loading: "lazy" }),
+    element(
+      "div",
+      {},
+      element("span", { class: "rank", text: `#${props.rank}` }),
+      element("span", { class: "score", text: `score ${props.score.toFixed(3)}` }),
+      element("div", { class: "name", text: props.name }),
+      element("div", { class: "muted", text: [props.acquired, window].filter(Boolean).join(" · ") }),
+    ),
+    votes,
+  );
+  return item;
+}
+
+function download() {
+  if (!state.result) return;
+  const text = JSON.stringify(state.result, null, 1);
+  const url = URL.createObjectURL(new Blob([text], { type: "application/geo+json" }));
+  const label = state.query.kind === "tile" ? `tile${state.query.id}` : "upload";
+  const link = element("a", { href: url, download: `similar-${label}.geojson` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// -- map mode ---------------------------------------------------------------------------
+
+async function startMap() {
+  $("map").hidden = false;
+  const leaflet = L.map("map", { zoomSnap: 0.25, worldCopyJump: true });
+  map.leaflet = leaflet;
+  if (state.config.basemap) {
+    L.tileLayer(state.config.basemap, { maxZoom: 20, attribution: "basemap" }).addTo(leaflet);
+  }
+  leaflet.createPane("previews").style.zIndex = 350; // under the outlines
+  map.previews = L.layerGroup().addTo(leaflet);
+  map.footprints = L.geoJSON(null, {
+    style: () => ({ color: "#37474f", weight: 1, fillOpacity: 0.03, className: "tile-footprint" }),
+    onEachFeature: (feature, layer) => layer.on("click", (event) => pickAt(event.latlng)),
+  }).addTo(leaflet);
+  map.outlines = L.layerGroup().addTo(leaflet);
+  L.control.scale().addTo(leaflet);
+  try {
+    addTiles(await api("api/tiles?limit=1000"));
+  } catch (error) {
+    say(error.message, true);
+  }
+  const bounds = map.footprints.getBounds();
+  if (bounds.isValid()) leaflet.fitBounds(bounds, { padding: [20, 20] });
+  else {
+    leaflet.setView([0, 0], 2);
+    say("No tile has a footprint to show on the map (rasters without a CRS).");
+  }
+  leaflet.on("moveend", loadVisible);
+}
+
+function addTiles(collection) {
+  const fresh = collection.features.filter((f) => f.geometry && !state.tiles.has(f.id));
+  fresh.sort((a, b) => (a.properties.acquired || "").localeCompare(b.properties.acquired || ""));
+  for (const feature of fresh) {
+    state.tiles.set(feature.id, feature);
+    map.footprints.addData(feature);
+    if (map.previews.getLayers().length < MAX_PREVIEW_OVERLAYS) {
+      const box = L.geoJSON(feature).getBounds();
+      L.imageOverlay(previewSrc(feature.properties.preview), box, { pane: "previews" }).addTo(
+        map.previews,
+      );
+    }
+  }
+}
+
+async function loadVisible() {
+  const b = map.leaflet.getBounds();
+  const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
+  const box = [
+    clamp(b.getWest(), 180),
+    clamp(b.getSouth(), 90),
+    clamp(b.getEast(), 180),
+    clamp(b.getNorth(), 90),
+  ].map((v) => v.toFixed(6));
+  try {
+    addTiles(await api(`api/tiles?bbox=${box.join(",")}&limit=1000`));
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+function inRing(ring, x, y) {
+  let inside = false;
+  for (let i = 0, j = ring.length - 1; i < ring.length; j = i++) {
+    const [xi, yi] = ring[i];
+    const [xj, yj] = ring[j];
+    if (yi > y !== yj > y && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) inside = !inside;
+  }
+  return inside;
+}
+
+function contains(geometry, latlng) {
+  const polygons = geometry.type === "Polygon" ? [geometry.coordinates] : geometry.coordinates;
+  return polygons.some(
+    ([outer, ...holes]) =>
+      inRing(outer, latlng.lng, latlng.lat) && !holes.some((h) => inRing(h, latlng.lng, latlng.lat)),
+  );
+}
+
+function pickAt(latlng) {
+  const here = [...state.tiles.values()].filter((f) => contains(f.geometry, latlng));
+  here.sort(
+    (a, b) =>
+      (b.properties.acquired || "").localeCompare(a.properties.acquired || "") || b.id - a.id,
+  );
+  if (!here.length) return;
+  state.here = here;
+  searchTile(here[0].id);
+  renderHere();
+}
+
+function renderHere() {
+  const box = $("here");
+  box.replaceChildren();
+  if (state.here.length < 2) return;
+  box.append(element("span", { class: "muted", text: `${state.here.length} tiles here:` }));
+  for (const feature of state.here) {
+    const props = feature.properties;
+    const current = state.query && state.query.kind === "tile" && state.query.id === feature.id;
+    box.append(
+      element("button", {
+        type: "button",
+        class: current ? "current" : "",
+        title: `${props.name}, row ${props.row}, col ${props.col}`,
+        text: props.acquired || `tile ${feature.id}`,
+        onclick: () => {
+          searchTile(feature.id).then(renderHere);
+          renderHere();
+        },
+      }),
+    );
+  }
+}
+
+function drawOutlines(queryFeature, matches) {
+  map.outlines.clearLayers();
+  map.byId.clear();
+  const labels = []; // one label per place: results of other dates share it
+  for (const feature of matches) {
+    if (!feature.geometry) continue;
+    const layer = L.geoJSON(feature, {
+      interactive: false,
+      style: { color: "#ef6c00", weight: 2.5, fill: false, className: "result-outline" },
+    });
+    layer.addTo(map.outlines);
+    map.byId.set(feature.properties.id, layer);
+    const centre = layer.getBounds().getCenter();
+    const point = map.leaflet.latLngToLayerPoint(centre);
+    let label = labels.find((l) => l.point.distanceTo(point) < 24);
+    if (!label) {
+      label = { centre, point, ranks: [] };
+      labels.push(label);
+    }
+    label.ranks.push(feature.properties.rank);
+  }
+  for (const { centre, ranks } of labels) {
+    L.tooltip({ permanent: true, direction: "center", className: "rank-label" })
+      .setLatLng(centre)
+      .setContent(ranks.join(" · "))
+      .addTo(map.outlines);
+  }
+  if (queryFeature.geometry) {
+    L.geoJSON(queryFeature, {
+      interactive: false,
+      style: { color: "#1565c0", weight: 4, fill: false, className: "query-outline" },
+    }).addTo(map.outlines);
+  }
+}
+
+function emphasise(id, on) {
+  const layer = map.byId.get(id);
+  if (layer) layer.setStyle({ weight: on ? 5 : 2.5 });
+  const item = document.querySelector(`#results li[data-id="${id}"]`);
+  if (item) item.classList.toggle("hover", on);
+}
+
+function focusTile(feature) {
+  if (map.leaflet && feature.geometry) {
+    map.leaflet.flyToBounds(L.geoJSON(feature).getBounds(), { maxZoom: map.leaflet.getZoom() });
+  } else {
+    const figure = document.querySelector(`#grid figure[data-id="${feature.properties.id}"]`);
+    if (figure) figure.scrollIntoView({ behavior: "smooth", block: "center" });
+  }
+}
+
+// -- gallery mode (plain images) --------------------------------------------------------
+
+async function startGallery() {
+  $("gallery").hidden = false;
+  $("hint").textContent = "Click an image to find the images most like it.";
+  $("more").addEventListener("click", loadGalleryPage);
+  await loadGalleryPage();
+}
+
+async function loadGalleryPage() {
+  try {
+    const page = await api(`api/tiles?limit=120&offset=${state.galleryOffset}`);
+    for (const feature of page.features) {
+      const props = feature.properties;
+      $("grid").append(
+        element(
+          "figure",
+          { "data-id": feature.id, title: props.path, onclick: () => searchTile(feature.id) },
+          element("img", { src: previewSrc(props.preview), alt: props.name, loading: "lazy" }),
+          element("figcaption", { text: props.name }),
+        ),
+      );
+    }
+    state.galleryOffset += page.features.length;
+    $("more").hidden = state.galleryOffset >= page.total;
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+function highlightGallery(queryFeature, matches) {
+  const results = new Set(matches.map((f) => String(f.properties.id)));
+  for (const figure of document.querySelectorAll("#grid figure")) {
+    figure.classList.toggle("query", figure.dataset.id === String(queryFeature.properties.id));
+    figure.classList.toggle("result", results.has(figure.dataset.id));
+  }
+}
+
+start();

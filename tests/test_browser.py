@@ -1,0 +1,173 @@
+"""The map page end to end in real headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright's Python package) against a real uvicorn server on 127.0.0.1.
+
+Needs ``apt-get install -y chromium chromium-driver`` and ``pip install playwright`` (never
+``playwright install``: the browser is Debian's). Without them the tests skip, except in CI
+(CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import geosearch
+from geosearch.config import Settings
+from geosearch.serve import create_app
+from geosearch.sessions import session_marks
+from tests.conftest import shared
+from tests.test_serve import copy_database, running_server
+
+CHROMIUM = Path(os.environ.get("GEOSEARCH_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must install it: see tests/test_browser.py)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not (CHROMIUM.exists() and os.access(CHROMIUM, os.X_OK)):
+        _unavailable(f"no Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright's Python package is missing: pip install playwright")
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'geosearch[serve]'")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, request, tmp_path):
+    """A fresh page; its console errors and failed requests fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    tab.on(
+        "console",
+        lambda message: message.type == "error" and problems.append(f"console: {message.text}"),
+    )
+    tab.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    yield tab
+    context.close()
+    assert not problems, problems
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    """Save a screenshot as the test's artefact and print where it is."""
+    folder = Path(os.environ.get("GEOSEARCH_TEST_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=False)
+    print(f"screenshot: {path}")
+    return path
+
+
+def listed_ids(page) -> list[int]:
+    return [
+        int(i) for i in page.locator("#results li").evaluate_all("l => l.map(e => e.dataset.id)")
+    ]
+
+
+def test_click_a_tile_see_similar_mark_one_good_get_a_reranked_list(page, naip_db, tmp_path):
+    from playwright.sync_api import expect
+
+    db = copy_database(naip_db, tmp_path / "db")
+    app = create_app(db, Settings(), allow_feedback=True)
+    with running_server(app) as url:
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+        expect(page.locator("#db-info")).to_have_text("20 georeferenced tiles")
+        expect(page.locator("#mode")).to_have_text("feedback sessions are saved")
+        assert page.locator("path.tile-footprint").count() == 20
+        page.locator("#top").fill("6")
+
+        page.locator("path.tile-footprint").last.click()  # the top-most: the latest year
+        results = page.locator("#results li")
+        expect(results).to_have_count(6)
+        expect(page.locator("#status")).to_have_text("6 most similar tiles")
+        expect(page.locator("#query")).to_contain_text("2015-09-26")
+        expect(page.locator("#here")).to_contain_text("5 tiles here:")
+        expect(page.locator("path.result-outline")).to_have_count(6)
+        expect(page.locator("path.query-outline")).to_have_count(1)
+        for image in page.locator("#results li img").all():  # previews really loaded
+            expect(image).to_have_js_property("complete", True)
+            assert image.evaluate("i => i.naturalWidth") == 128
+        before = listed_ids(page)
+        ranks = results.locator(".rank").all_text_contents()
+        assert ranks == ["#1", "#2", "#3", "#4", "#5", "#6"]
+        scores = [float(s.split()[1]) for s in results.locator(".score").all_text_contents()]
+        assert scores == sorted(scores, reverse=True)
+        screenshot(page, tmp_path, "serve-map-results.png")
+
+        with page.expect_download() as download:
+            page.locator("#download").click()
+        saved = json.loads(Path(download.value.path()).read_text())
+        assert saved["type"] == "FeatureCollection" and len(saved["features"]) == 7
+
+        good = before[1]
+        results.nth(1).locator("button.good").click()
+        expect(page.locator("#status")).to_have_text(
+            "6 most similar tiles, re-ranked with your marks"
+        )
+        expect(page.locator("#marks")).to_contain_text("marked 1 good")
+        after = listed_ids(page)
+        assert len(after) == 6 and good not in after and after != before
+        session = page.locator("#marks a").text_content()
+        path = screenshot(page, tmp_path, "serve-map-reranked.png")
+        assert path.stat().st_size > 20_000
+
+    saved_session = session_marks(db, session)
+    assert [(m["tile_id"], m["label"]) for m in saved_session["marks"]] == [(good, 1)]
+    assert saved_session["last_results"] == after
+
+
+def test_gallery_of_plain_images_read_only(page, tmp_path):
+    from playwright.sync_api import expect
+
+    images = tmp_path / "images"
+    shutil.copytree(shared("images"), images)
+    db = tmp_path / "gallery.gpkg"
+    assert geosearch.ingest([images], db).tiles_added == 8
+    with running_server(create_app(db, Settings())) as url:
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+        expect(page.locator("#map")).to_be_hidden()
+        figures = page.locator("#grid figure")
+        expect(figures).to_have_count(8)
+        page.locator("#grid figure", has_text="hotdog.jpg").click()
+        expect(page.locator("#results li")).to_have_count(5)
+        expect(page.locator("#results li").first).to_contain_text("hotdog_2.jpg")
+        expect(page.locator("#grid figure.query")).to_have_count(1)
+        expect(page.locator("#grid figure.result")).to_have_count(5)
+        first = listed_ids(page)[0]
+        page.locator("#results li").first.locator("button.bad").click()
+        expect(page.locator("#marks")).to_contain_text("marked 1 bad")
+        assert first not in listed_ids(page)
+        screenshot(page, tmp_path, "serve-gallery.png")
+        with urllib.request.urlopen(url + "/api/sessions") as response:
+            assert json.loads(response.read()) == []  # read-only: nothing was saved
