@@ -19,6 +19,8 @@ from geosearch.sources import ImageSource, RawTile
 
 # Largest side of the overview read to measure percentiles when a database is created.
 PERCENTILE_SAMPLE_SIDE = 512
+# Scaling bounds beyond this (in absolute value) are computed in float64: float32 would overflow.
+FLOAT32_SAFE = 1e30
 
 _RGB_NAME_SETS = (
     ("red", "green", "blue"),
@@ -78,17 +80,27 @@ class BandManifest:
 
     def scale(self, tile: RawTile) -> np.ndarray:
         """(bands, h, w) float32 in 0..1; invalid pixels set to 0."""
-        low = np.asarray(self.low, dtype=np.float32)[:, None, None]
-        span = np.asarray(self.high, dtype=np.float32)[:, None, None] - low
-        scaled = tile.pixels.astype(np.float32)
-        scaled -= low
-        scaled /= np.where(span > 0, span, 1.0)
-        if scaled.dtype.kind == "f" and tile.pixels.dtype.kind == "f":
+        low = np.asarray(self.low, dtype=np.float64)[:, None, None]
+        high = np.asarray(self.high, dtype=np.float64)[:, None, None]
+        bound = float(np.abs(np.concatenate([low, high])).max(initial=0.0))
+        if tile.pixels.dtype == np.float64 or bound > FLOAT32_SAFE:
+            # Beyond float32 (or high - low beyond float64): work in float64, scaled down.
+            factor = max(bound, 1.0)
+            low, high = low / factor, high / factor
+            scaled = tile.pixels / factor
+        else:
+            low, high = low.astype(np.float32), high.astype(np.float32)
+            scaled = tile.pixels.astype(np.float32)
+        span = high - low
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are mapped just below
+            scaled -= low
+            scaled /= np.where(span > 0, span, 1.0)
+        if tile.pixels.dtype.kind == "f":
             np.nan_to_num(scaled, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         np.clip(scaled, 0.0, 1.0, out=scaled)
         if not tile.valid.all():
             scaled[:, ~tile.valid] = 0.0
-        return scaled
+        return scaled.astype(np.float32, copy=False)
 
 
 def build_manifest(source: ImageSource, settings: BandSettings) -> BandManifest:
@@ -141,12 +153,23 @@ def _percentile_range(
         if values.size == 0:
             low, high = _dtype_range(str(band.dtype))
         else:
-            low, high = (float(v) for v in np.percentile(values, percentiles))
+            low, high = _percentiles(values, percentiles)
             if high <= low:
                 high = low + 1.0
         lows.append(low)
         highs.append(high)
     return tuple(lows), tuple(highs)
+
+
+def _percentiles(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Two percentiles of finite values; near the float64 limits numpy's interpolation
+    overflows to inf, so such values are scaled down first."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        low, high = np.percentile(values, percentiles)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        peak = float(np.abs(values).max())
+        low, high = np.percentile(values / peak, percentiles) * peak
+    return float(low), float(high)
 
 
 def _rgb_positions(

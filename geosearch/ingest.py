@@ -18,7 +18,7 @@ from geosearch.bands import build_manifest
 from geosearch.catalog import Catalog, initialise_catalog, open_catalog
 from geosearch.config import Settings
 from geosearch.errors import ConfigError, GeosearchError, InputError
-from geosearch.sources import RawTile, find_images, open_source
+from geosearch.sources import RawTile, file_name_problem, find_images, open_source
 from geosearch.store import FileRecord, Store, normalise_path
 
 # Tiles read to fit the fusion's standardisation when a database is created.
@@ -141,6 +141,8 @@ def _done_or_resume(known: FileRecord) -> Action:
 
 def content_hash(path: str) -> str | None:
     """SHA-256 of a file's bytes, or None if it can't be read (reported later)."""
+    if not os.path.isfile(path):  # a FIFO would block; anything else is reported when read
+        return None
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
@@ -168,16 +170,22 @@ def create_catalog(
             break
         try:
             with open_source(Path(plan.path)) as source:
-                if manifest is None:
-                    manifest = build_manifest(source, settings.bands)
-                bands = manifest.bands_for(source, settings.bands.select, store.path.name)
+                # A file decides the layout only once its sample tiles have read cleanly.
+                layout = manifest or build_manifest(source, settings.bands)
+                bands = layout.bands_for(source, settings.bands.select, store.path.name)
                 windows = source.windows(settings.tile_size)
                 step = max(1, len(windows) // FIT_SAMPLE_TILES_PER_FILE)
-                for window in windows[::step][:FIT_SAMPLE_TILES_PER_FILE]:
-                    tile = source.read(window, bands)
-                    if tile.valid.any() and tile.nodata_fraction <= settings.max_nodata_fraction:
-                        sample.append(tile)
-                files_sampled += 1
+                tiles = [
+                    source.read(window, bands)
+                    for window in windows[::step][:FIT_SAMPLE_TILES_PER_FILE]
+                ]
+            manifest = layout
+            sample += [
+                tile
+                for tile in tiles
+                if tile.valid.any() and tile.nodata_fraction <= settings.max_nodata_fraction
+            ]
+            files_sampled += 1
         except InputError as exc:
             unreadable[plan.path] = error_reason(exc, plan.path)
             progress.skipped(plan.path, unreadable[plan.path])
@@ -216,6 +224,10 @@ def ingest(
     started = time.perf_counter()
     files = discover(paths)
     report = IngestReport(db=str(db), files_found=len(files))
+    for path in [f for f in files if file_name_problem(Path(f))]:
+        files.remove(path)
+        report.skipped.append(Skipped(path, file_name_problem(Path(path))))
+        progress.skipped(path, report.skipped[-1].reason)
     if dry_run:
         if Path(db).exists():
             with Store(db) as store:

@@ -29,6 +29,7 @@ from geosearch.config import FeedbackSettings, Settings
 from geosearch.errors import DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import open_index
+from geosearch.sources import file_name_problem
 from geosearch.store import FileRecord, Store, TileRecord, normalise_path
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
@@ -174,6 +175,9 @@ def resolve_query(
     ``any_orientation`` also embeds it under the 8 orientations (pixels read again, even for an
     indexed file: the one case where a query by indexed tiles runs the CNN).
     """
+    problem = file_name_problem(Path(path))
+    if problem:
+        raise InputError(f"{path}: {problem}")
     stored_path = normalise_path(path)
     record = catalog.store.file_record(stored_path)
     pixels = None

@@ -8,8 +8,10 @@ that the rest of the pipeline treats alike.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,9 +25,9 @@ import rasterio.windows
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pyproj import CRS, Transformer
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import NodataShadowWarning, RasterioError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from shapely.affinity import translate
-from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from geosearch.errors import InputError
@@ -86,17 +88,23 @@ def find_images(root: Path) -> Iterator[Path]:
     """Image files under ``root`` (or ``root`` itself), recursively, in sorted order.
 
     Directories are not followed through symlinks, so a symlink loop cannot trap the walk;
-    symlinked files are yielded and judged when read.
+    symlinked files are yielded and judged when read. A folder that can't be listed is
+    yielded too, so that reading it reports why its images are missing.
     """
     root = Path(root)
     if not root.is_dir():
         yield root
         return
-    for folder, dirnames, filenames in os.walk(root):
+    unlisted: list[OSError] = []
+    for folder, dirnames, filenames in os.walk(root, onerror=unlisted.append):
         dirnames.sort()
+        while unlisted:
+            yield Path(unlisted.pop(0).filename)
         for name in sorted(filenames):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield Path(folder) / name
+    for error in unlisted:
+        yield Path(error.filename)
 
 
 def tile_windows(width: int, height: int, tile_size: int) -> list[Window]:
@@ -145,19 +153,34 @@ def _ring_on_edges(width: int, height: int) -> np.ndarray:
 
 
 def _lonlat_geometry(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry | None:
-    """A valid lon/lat polygon, split in two where it crosses the antimeridian."""
+    """A valid lon/lat polygon, split in two where it crosses the antimeridian.
+
+    Longitudes are first brought into [-180, 180] (a raster in EPSG:4326 may run past 180);
+    the ring crosses the antimeridian where two consecutive points jump by more than 180.
+    """
     if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat))):
         return None
-    if np.ptp(lon) > 180:  # crosses the antimeridian: shift west part, then cut at +180
-        shifted = np.where(lon < 0, lon + 360.0, lon)
-        polygon = Polygon(np.column_stack([shifted, lat]))
+    if np.ptp(lon) >= 360.0:  # all the way round (a global grid in one tile): a latitude band
+        return box(-180.0, float(lat.min()), 180.0, float(lat.max()))
+    lon = np.where(lon > 180.0, lon - 360.0, np.where(lon < -180.0, lon + 360.0, lon))
+    if np.abs(np.diff(lon)).max(initial=0.0) > 180.0:
+        shifted = np.where(lon < 0, lon + 360.0, lon)  # continuous in [0, 360)
+        polygon = _valid(Polygon(np.column_stack([shifted, lat])))
         east = polygon.intersection(Polygon([(-180, -90), (180, -90), (180, 90), (-180, 90)]))
         west = polygon.intersection(Polygon([(180, -90), (540, -90), (540, 90), (180, 90)]))
-        parts = [east, translate(west, xoff=-360.0)]
-        polygons = [p for part in parts for p in getattr(part, "geoms", [part]) if not p.is_empty]
-        return MultiPolygon(polygons)
-    polygon = Polygon(np.column_stack([lon, lat]))
+        parts = [_polygons(east), [translate(p, xoff=-360.0) for p in _polygons(west)]]
+        return MultiPolygon([p for part in parts for p in part])
+    return _valid(Polygon(np.column_stack([lon, lat])))
+
+
+def _valid(polygon: Polygon) -> BaseGeometry:
     return polygon if polygon.is_valid else polygon.buffer(0)
+
+
+def _polygons(geometry: BaseGeometry) -> list[Polygon]:
+    """The non-empty polygons of an intersection (which may also hold lines or points)."""
+    parts = getattr(geometry, "geoms", [geometry])
+    return [p for p in parts if isinstance(p, Polygon) and not p.is_empty]
 
 
 class GeoRasterSource:
@@ -168,12 +191,23 @@ class GeoRasterSource:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self._dataset = rasterio.open(self.path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NotGeoreferencedWarning)
+                self._dataset = rasterio.open(self.path)
         except (RasterioError, OSError) as exc:
-            raise InputError(f"{self.path}: not a readable raster ({_reason(exc)})") from None
+            raise InputError(
+                f"{self.path}: not a readable raster ({_reason(exc, self.path)})"
+            ) from None
         ds = self._dataset
         if ds.width < 1 or ds.height < 1 or ds.count < 1:
+            self.close()
             raise InputError(f"{self.path}: raster has no pixels or no bands")
+        if np.dtype(ds.dtypes[0]).kind == "c":
+            self.close()
+            raise InputError(
+                f"{self.path}: complex pixel values ({ds.dtypes[0]}) are not supported; "
+                "convert to amplitude or intensity first"
+            )
         interps = list(ds.colorinterp)
         self.alpha_band = next(
             (i + 1 for i, ci in enumerate(interps) if ci == ColorInterp.alpha), None
@@ -183,8 +217,10 @@ class GeoRasterSource:
         self.band_names = tuple(self._band_name(i) for i in range(1, ds.count + 1))
         self.width, self.height = ds.width, ds.height
         self.dtype = str(np.dtype(ds.dtypes[0]))
-        self.crs_wkt = ds.crs.to_wkt() if ds.crs else None
-        self.crs_label = _crs_label(ds.crs) if ds.crs else None
+        # Without a geotransform rasterio returns the identity: a CRS alone places nothing.
+        located = bool(ds.crs) and not any(w.category is NotGeoreferencedWarning for w in caught)
+        self.crs_wkt = ds.crs.to_wkt() if located else None
+        self.crs_label = _crs_label(ds.crs) if located else None
         self.acquired = acquisition_date(self.path, ds.tags())
 
     def _band_name(self, index: int) -> str:
@@ -215,8 +251,8 @@ class GeoRasterSource:
             pixels = self._dataset.read(list(bands), window=window.as_rasterio())
         except (RasterioError, OSError) as exc:
             raise InputError(
-                f"{self.path}: pixels unreadable at row {window.row}, col {window.col} "
-                f"({_reason(exc)})"
+                f"{self.path}: pixels unreadable at row {window.row}, col {window.col}; "
+                f"the file may be truncated or damaged ({_reason(exc, self.path)})"
             ) from None
         valid = np.ones(pixels.shape[1:], dtype=bool)
         nodata = self._dataset.nodata
@@ -238,7 +274,10 @@ class GeoRasterSource:
         try:
             data = self._dataset.read(list(bands), out_shape=shape, masked=True)
         except (RasterioError, OSError) as exc:
-            raise InputError(f"{self.path}: pixels unreadable ({_reason(exc)})") from None
+            raise InputError(
+                f"{self.path}: pixels unreadable; the file may be truncated or damaged "
+                f"({_reason(exc, self.path)})"
+            ) from None
         return _masked_to_tile(data)
 
     def footprint(self, window: Window) -> Footprint | None:
@@ -287,17 +326,18 @@ class PlainImageSource:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            with Image.open(self.path) as image:
-                exif = image.getexif()
-                image.draft("RGB", (PLAIN_MAX_SIDE, PLAIN_MAX_SIDE))
-                image = ImageOps.exif_transpose(image)
-                rgb, valid = _to_rgb(image)
+            with warnings.catch_warnings():
+                # Pillow warns of what it tolerates ("Truncated File Read"); decoding decides.
+                warnings.simplefilter("ignore", UserWarning)
+                rgb, valid, exif = _decode_plain(self.path)
         except Image.DecompressionBombError:
             raise InputError(
                 f"{self.path}: image too large to decode safely (Pillow's decompression-bomb limit)"
             ) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise InputError(f"{self.path}: not a readable image ({_reason(exc)})") from None
+            raise InputError(
+                f"{self.path}: not a readable image ({_reason(exc, self.path)})"
+            ) from None
         self._pixels = rgb
         self._valid = valid
         self.height, self.width = valid.shape
@@ -335,18 +375,66 @@ ImageSource = GeoRasterSource | PlainImageSource
 def open_source(path: Path) -> ImageSource:
     """Open ``path`` with the reader its suffix calls for; ``InputError`` if it can't be read."""
     path = Path(path)
-    if path.is_dir():
+    problem = file_name_problem(path)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise InputError(f"{path}: {_stat_reason(path, exc)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(
+                f"{path}: folder can't be read (permission denied); its images are left out"
+            )
         raise InputError(f"{path}: is a directory, not an image file")
-    if not path.exists():
-        reason = "broken symbolic link" if path.is_symlink() else "no such file"
-        raise InputError(f"{path}: {reason}")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: not a regular file (a named pipe, socket or device)")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
     if path.suffix.lower() in PLAIN_SUFFIXES:
         return PlainImageSource(path)
     return GeoRasterSource(path)
+
+
+def file_name_problem(path: Path) -> str | None:
+    """Why a path can't be used as a file's name in the database, or None if it can.
+
+    The database stores paths as SQLite TEXT, which is UTF-8; a name made of other bytes
+    (decoded by Python with surrogate escapes) can't be stored, nor opened by GDAL.
+    """
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename it"
+    return None
+
+
+def _stat_reason(path: Path, exc: OSError) -> str:
+    """Why ``stat`` failed, in words: broken link, link loop, missing, no permission."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT and path.is_symlink():
+        try:
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        except OSError:
+            return "broken symbolic link"
+    if exc.errno == errno.ENOENT:
+        return "no such file"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or type(exc).__name__
+
+
+def _decode_plain(path: Path) -> tuple[np.ndarray, np.ndarray, Image.Exif]:
+    """RGB pixels, validity and EXIF of a picture, EXIF orientation applied."""
+    with Image.open(path) as image:
+        exif = image.getexif()
+        image.draft("RGB", (PLAIN_MAX_SIDE, PLAIN_MAX_SIDE))
+        rgb, valid = _to_rgb(ImageOps.exif_transpose(image))
+    return rgb, valid, exif
 
 
 def _to_rgb(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -381,9 +469,20 @@ def _crs_label(crs: rasterio.crs.CRS) -> str:
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message, without the path repeated."""
+def _reason(exc: BaseException, path: Path | None = None) -> str:
+    """The first line of an exception's message, without the path repeated.
+
+    rasterio's read errors say only "See previous exception for details": GDAL's own message
+    (e.g. "got 4284 bytes, expected 8100") is the last in the exception's chain.
+    """
+    if "previous exception" in str(exc):
+        while exc.__cause__ or exc.__context__:
+            exc = exc.__cause__ or exc.__context__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if path is not None:
+        for shown in (f"'{path}' ", f"{path}: ", f"{path.name}, ", str(path)):
+            text = text.replace(shown, "")
+    text = text.strip() or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -395,6 +494,7 @@ __all__ = [
     "RawTile",
     "Window",
     "acquisition_date",
+    "file_name_problem",
     "find_images",
     "open_source",
     "tile_windows",

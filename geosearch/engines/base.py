@@ -10,6 +10,8 @@ A file that fails half-way loses the tiles it had written.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
@@ -54,13 +56,15 @@ class Scheduler(Protocol):
 
 def window_grid(path: str, tile_size: int) -> list[Window] | None:
     """The file's tile windows from its header, or None (plain image, or unreadable here)."""
-    if Path(path).suffix.lower() in PLAIN_SUFFIXES:
-        return None
+    if Path(path).suffix.lower() in PLAIN_SUFFIXES or not os.path.isfile(path):
+        return None  # the worker reads it and reports why (a FIFO would block GDAL here)
     try:
-        with rasterio.open(path) as dataset:
-            return tile_windows(dataset.width, dataset.height, tile_size)
-    except (RasterioError, OSError):
-        return None  # the worker reads it and reports why
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as dataset:
+                return tile_windows(dataset.width, dataset.height, tile_size)
+    except (RasterioError, OSError, ValueError):
+        return None
 
 
 def embed_chunk(
