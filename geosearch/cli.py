@@ -35,7 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example.",
 )
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
