@@ -65,7 +65,7 @@ class BandStatsSettings(_Section):
 
 
 class LayoutSettings(_Section):
-    weight: float = Field(1.5, ge=0)
+    weight: float = Field(1.0, ge=0)
     plain_weight: float = Field(0.0, ge=0)  # the weight in plain-image (JPEG/PNG) databases
     side: int = Field(16, ge=2, le=64)
 
@@ -94,7 +94,7 @@ class SearchSettings(_Section):
 
 
 class FeedbackSettings(_Section):
-    method: Literal["rocchio", "classifier", "both"] = "rocchio"
+    method: Literal["rocchio", "classifier", "both"] = "both"
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(0.75, ge=0)
     gamma: float = Field(0.25, ge=0)

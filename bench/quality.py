@@ -1,0 +1,595 @@
+"""Retrieval quality on real imagery with honest ground truth: one JSON line per measurement.
+
+NAIP (``../shared/data/naip``): the same quarter-quad in five years, cut into one grid. A full
+tile of one year should find the tile at the same grid position in the four other years
+(4 relevant items per query). Candidates are the tiles of the other years (edge tiles
+included); queries and relevant items are full tiles only (width == height == tile_size).
+Measured per feature set (block weights) and tile size: top-1 and precision@4 from the stored
+unit vectors (cosine = dot product), ms/query through the real search path (``resolve_query``
++ ``search_vectors``) for a sample of queries, and whether that path returns the same top 4.
+Full runs repeat it with queries off the grid: each year shifted by a quarter tile (and at
+128 px by 1/32 and 1/8) is ingested too; its tiles query the other years' unshifted tiles,
+relevant = the 16 they overlap, top-1 target = the tile overlapping most in any other year.
+
+Relevance feedback (simulated, residual ranking): the top 4 results are marked good/bad from
+the ground truth, then the query is searched again through ``search_vectors`` with that
+feedback and the marked tiles excluded; P@4 is scored on the new results and compared with the
+query searched without feedback on the same residual collection.
+
+Sentinel-2 (one date, so no other-year truth): the 12 spectral bands stacked on the 10 m grid;
+copies shifted by a quarter tile (as is, with 1 % noise, darkened 10 %, both) are the queries;
+the tiles of the original scene that overlap a query tile are relevant, the one overlapping
+most is the top-1 target. Compares all 12 bands with RGB only for band statistics.
+
+    .venv/bin/python bench/quality.py --quick    # 128 px, each block alone + default (< 60 s)
+    .venv/bin/python bench/quality.py            # 128 and 256 px, every config (~10 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from geosearch import GeosearchError, ingest  # noqa: E402
+from geosearch.config import CnnSettings, FeedbackSettings, Settings  # noqa: E402
+from geosearch.search import Feedback, open_database, resolve_query, search_vectors  # noqa: E402
+from geosearch.store import Store, normalise_path  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+NAIP = DATA / "naip"
+SENTINEL2 = DATA / "sentinel2" / "S2A_29RKH_20200219_L2A"
+S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+S2_RGB = [4, 3, 2]  # B04, B03, B02 in S2_BANDS (1-based)
+K = 4
+TIMED_QUERIES = 30
+
+
+@dataclass
+class GroundTruth:
+    """Every stored tile (ids, unit vectors, records) and, per query tile, what may be returned
+    (candidates), what counts as a hit (relevant) and what counts as the right first result."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    tiles: list
+    queries: list[int]  # row numbers in ids
+    candidates: list[np.ndarray]  # per query: bool mask over rows
+    relevant: list[set[int]]  # per query: rows
+    best: list[set[int]]  # per query: rows that make a correct top-1
+
+    def excluded_ids(self, query: int) -> frozenset[int]:
+        """Tile ids a search for query ``query`` must leave out to see only its candidates."""
+        return frozenset(self.ids[~self.candidates[query]].tolist())
+
+
+# -- ground truth ---------------------------------------------------------------------------
+
+
+def _stored(store: Store) -> tuple[np.ndarray, np.ndarray, list, int]:
+    ids, vectors = store.vectors()
+    tiles = store.tiles(ids.tolist())
+    return ids, vectors, tiles, int(store.meta("settings")["tile_size"])
+
+
+def naip_truth(store: Store) -> GroundTruth:
+    """Same grid position in another year = relevant; candidates = every other-year tile."""
+    ids, vectors, tiles, tile_size = _stored(store)
+    years = np.array([t.acquired[:4] if t.acquired else t.path for t in tiles])
+    places = np.array([f"{t.window.row},{t.window.col}" for t in tiles])
+    full = np.array([t.window.width == t.window.height == tile_size for t in tiles])
+    truth = GroundTruth(ids, vectors, tiles, [], [], [], [])
+    for row in np.flatnonzero(full):
+        candidates = years != years[row]
+        relevant = set(np.flatnonzero(candidates & full & (places == places[row])).tolist())
+        if relevant:
+            truth.queries.append(int(row))
+            truth.candidates.append(candidates)
+            truth.relevant.append(relevant)
+            truth.best.append(relevant)
+    return truth
+
+
+def _overlap(start: int, other: int, size: int) -> int:
+    """Pixels shared by [start, start + size) and [other, other + size)."""
+    return max(0, size - abs(start - other))
+
+
+def shifted_truth(store: Store, copies: dict[Path, list[Path]], offset: int) -> GroundTruth:
+    """Queries: full tiles of each copy (a file shifted by ``offset`` px right and down), whose
+    candidates are the tiles of the unshifted files ``copies[copy]``. Relevant: the full
+    candidate tiles the query overlaps; top-1 targets: in each candidate file, the tile it
+    overlaps most. A query is kept only if it overlaps four full tiles in every candidate file.
+    """
+    ids, vectors, tiles, tile_size = _stored(store)
+    paths = np.array([t.path for t in tiles])
+    full = np.array([t.window.width == t.window.height == tile_size for t in tiles])
+    grid = {(t.path, t.window.row, t.window.col): row for row, t in enumerate(tiles) if full[row]}
+    truth = GroundTruth(ids, vectors, tiles, [], [], [], [])
+    for copy, sources in copies.items():
+        sources = [normalise_path(source) for source in sources]
+        candidates = np.isin(paths, sources)
+        for row in np.flatnonzero(full & (paths == normalise_path(copy))):
+            top, left = tiles[row].window.row + offset, tiles[row].window.col + offset
+            relevant, best = set(), set()
+            for source in sources:
+                overlaps = {}
+                for grid_top in (top - top % tile_size, top - top % tile_size + tile_size):
+                    for grid_left in (left - left % tile_size, left - left % tile_size + tile_size):
+                        match = grid.get((source, grid_top, grid_left))
+                        area = _overlap(top, grid_top, tile_size) * _overlap(
+                            left, grid_left, tile_size
+                        )
+                        if match is not None and area > 0:
+                            overlaps[match] = area
+                if len(overlaps) < 4:
+                    break
+                relevant |= set(overlaps)
+                best.add(max(overlaps, key=overlaps.get))
+            else:
+                truth.queries.append(int(row))
+                truth.candidates.append(candidates)
+                truth.relevant.append(relevant)
+                truth.best.append(best)
+    return truth
+
+
+def naip_shifted(folder: Path, offset: int) -> dict[Path, list[Path]]:
+    """Each NAIP year shifted by ``offset`` px right and down, written in ``folder`` once (same
+    name + ``_shift``): copy -> the other years' files, its candidates."""
+    import rasterio
+
+    folder.mkdir(exist_ok=True)
+    originals = sorted(NAIP.glob("*.tif"))
+    copies = {}
+    for source in originals:
+        copy = folder / f"{source.stem}_shift.tif"
+        copies[copy] = [other for other in originals if other != source]
+        if copy.exists():
+            continue
+        with rasterio.open(source) as src:
+            data = src.read()[:, offset:, offset:]
+            profile = src.profile | {
+                "height": data.shape[1],
+                "width": data.shape[2],
+                "transform": src.transform * rasterio.Affine.translation(offset, offset),
+                "photometric": "MINISBLACK",  # as the source: 4 plain bands, no alpha
+            }
+        with rasterio.open(copy, "w", **profile) as dst:
+            dst.write(data)
+    return copies
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def ranking_metrics(truth: GroundTruth, k: int = K) -> tuple[dict[str, Any], list[list[int]]]:
+    """Top-1, P@k, their values for a random ranking (chance) over the truth's queries, and
+    each query's top-k tile ids."""
+    similarity = truth.vectors[truth.queries] @ truth.vectors.T
+    hits1, precision, chance, chance_p, top_ids = [], [], [], [], []
+    for n, scores in enumerate(similarity):
+        masked = np.where(truth.candidates[n], scores, -np.inf)
+        order = np.argsort(-masked, kind="stable")[:k]
+        hits1.append(int(order[0]) in truth.best[n])
+        precision.append(len(set(order.tolist()) & truth.relevant[n]) / k)
+        chance.append(len(truth.best[n]) / int(truth.candidates[n].sum()))
+        chance_p.append(len(truth.relevant[n]) / int(truth.candidates[n].sum()))
+        top_ids.append(truth.ids[order].tolist())
+    metrics = {
+        "top1": round(float(np.mean(hits1)), 4),
+        f"p_at_{k}": round(float(np.mean(precision)), 4),
+        "queries": len(truth.queries),
+        "candidates_per_query": int(np.median([c.sum() for c in truth.candidates])),
+        "chance_top1": round(float(np.mean(chance)), 4),
+        f"chance_p_at_{k}": round(float(np.mean(chance_p)), 4),
+    }
+    return metrics, top_ids
+
+
+def evaluate(db: Path | str, k: int = K) -> dict[str, Any]:
+    """NAIP same place, other year: top-1 and P@k of the database's stored vectors."""
+    with Store(Path(db)) as store:
+        metrics, _ = ranking_metrics(naip_truth(store), k)
+    return metrics
+
+
+def _tile_positions(store: Store) -> dict[int, tuple[str, int]]:
+    """Tile id -> (file, index among the file's indexed tiles): what ``--tile N`` names."""
+    positions = {}
+    for record in store.files():
+        for n, tile in enumerate(store.tiles_of_file(record.path)):
+            positions[tile.id] = (record.path, n)
+    return positions
+
+
+def timed_search(
+    db: Path, truth: GroundTruth, expected: list[list[int]], k: int = K, sample: int = 30
+) -> dict[str, Any]:
+    """ms/query of resolve_query + search_vectors (stored vectors, index loaded by the search)
+    for an even sample of queries, and the share whose top k equals the benchmark's."""
+    catalog = open_database(db)
+    try:
+        positions = _tile_positions(catalog.store)
+        picks = np.linspace(0, len(truth.queries) - 1, min(sample, len(truth.queries))).astype(int)
+        picks = sorted(set(picks.tolist()))
+
+        def search(n: int) -> list[int]:
+            path, position = positions[int(truth.ids[truth.queries[n]])]
+            query = resolve_query(catalog, Path(path), tile=position)
+            query.also_exclude = truth.excluded_ids(n)
+            return [m.tile.id for m in search_vectors(catalog, [query], k)[0].matches]
+
+        search(picks[0])  # warm-up: imports, page cache
+        times, agree = [], []
+        for n in picks:
+            started = time.perf_counter()
+            found = search(n)
+            times.append((time.perf_counter() - started) * 1000)
+            agree.append(found == expected[n])
+    finally:
+        catalog.store.close()
+    return {
+        "ms_per_query": round(float(np.mean(times)), 2),
+        "ms_p50": round(float(np.median(times)), 2),
+        "timed_queries": len(picks),
+        "search_agrees": round(float(np.mean(agree)), 3),
+    }
+
+
+def feedback_rounds(
+    db: Path | str,
+    feedback: FeedbackSettings,
+    rounds: int = 2,
+    k: int = K,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Simulated relevance feedback on NAIP (residual ranking), through ``search_vectors``.
+
+    Round 0 is the plain search. In each round the user marks every shown result good
+    (same place, other year) or bad; the next search uses all marks so far and excludes the
+    marked tiles. Its P@k is compared with the plain query on the same residual collection
+    (the marked tiles excluded too), over the queries with a relevant tile left to find.
+    """
+    catalog = open_database(Path(db))
+    try:
+        truth = naip_truth(catalog.store)
+        positions = _tile_positions(catalog.store)
+        picks = range(len(truth.queries))[:limit]
+        initial = []
+        per_round: list[list[tuple[float, float]]] = [[] for _ in range(rounds)]
+        seconds: list[list[float]] = [[] for _ in range(rounds)]
+        for n in picks:
+            relevant = {int(truth.ids[row]) for row in truth.relevant[n]}
+            path, position = positions[int(truth.ids[truth.queries[n]])]
+            query = resolve_query(catalog, Path(path), tile=position)
+            outside = truth.excluded_ids(n)
+            query.also_exclude = outside
+            shown = [m.tile.id for m in search_vectors(catalog, [query], k)[0].matches]
+            initial.append(len(relevant & set(shown)) / k)
+            good, bad = [], []
+            for r in range(rounds):
+                good += [i for i in shown if i in relevant]
+                bad += [i for i in shown if i not in relevant]
+                if not relevant - set(good):
+                    break  # nothing left to find: this query leaves the residual collection
+                query.also_exclude = outside | frozenset(good + bad)
+                marks = Feedback(good=tuple(good), bad=tuple(bad))
+                started = time.perf_counter()
+                found = search_vectors(catalog, [query], k, None, marks, feedback)[0]
+                seconds[r].append(time.perf_counter() - started)
+                shown = [m.tile.id for m in found.matches]
+                plain = [m.tile.id for m in search_vectors(catalog, [query], k)[0].matches]
+                per_round[r].append(
+                    (len(relevant & set(shown)) / k, len(relevant & set(plain)) / k)
+                )
+    finally:
+        catalog.store.close()
+    lines = [{"rounds": 0, f"p_at_{k}": round(float(np.mean(initial)), 4), "queries": len(initial)}]
+    for r, pairs in enumerate(per_round, start=1):
+        if not pairs:  # every query found all its relevant tiles before this round
+            lines.append({"rounds": r, "queries": 0})
+            continue
+        with_feedback, plain = (np.array(values) for values in zip(*pairs, strict=True))
+        lines.append(
+            {
+                "rounds": r,
+                f"p_at_{k}": round(float(with_feedback.mean()), 4),
+                f"baseline_p_at_{k}": round(float(plain.mean()), 4),
+                "gain": round(float((with_feedback - plain).mean()), 4),
+                "queries": len(pairs),
+                "worse": int((with_feedback < plain).sum()),
+                "better": int((with_feedback > plain).sum()),
+                "ms_per_search": round(float(np.mean(seconds[r - 1])) * 1000, 2),
+            }
+        )
+    return lines
+
+
+# -- datasets -------------------------------------------------------------------------------
+
+
+def ingest_into(db: Path, sources: list[Path], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Ingest through the public API; returns tiles and seconds."""
+    settings = Settings().with_overrides(overrides)
+    started = time.perf_counter()
+    report = ingest(sources, db, settings)
+    if report.skipped:
+        raise RuntimeError(f"ingest skipped files: {report.skipped}")
+    return {"tiles": report.tiles_added, "ingest_s": round(time.perf_counter() - started, 2)}
+
+
+def sentinel2_scenes(folder: Path, tile_size: int) -> tuple[Path, dict[str, Path], int]:
+    """The 12 spectral bands stacked on the 10 m grid (bilinear), band descriptions B01..,
+    and copies shifted by a quarter tile right and down: as they are, with noise (sigma 1 % of
+    each band's median), darkened 10 %, and both (a crude second acquisition).
+    Returns the original, the copies by protocol name, and the offset in pixels."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(SENTINEL2 / "B02.tif") as grid:
+        profile = grid.profile | {"count": len(S2_BANDS), "driver": "GTiff", "tiled": False}
+        shape = (grid.height, grid.width)
+        transform = grid.transform
+    stack = np.empty((len(S2_BANDS), *shape), dtype=np.uint16)
+    for n, band in enumerate(S2_BANDS):
+        with rasterio.open(SENTINEL2 / f"{band}.tif") as src:
+            stack[n] = src.read(1, out_shape=shape, resampling=Resampling.bilinear)
+    offset = tile_size // 4
+    shifted = stack[:, offset:, offset:].astype(np.float64)
+    medians = np.median(shifted.reshape(len(S2_BANDS), -1), axis=1)[:, None, None]
+    noise = np.random.default_rng(0).normal(0, 1, shifted.shape) * medians * 0.01
+    moved = transform * rasterio.Affine.translation(offset, offset)
+    scenes = {
+        "original": (stack, transform),
+        "shift": (shifted, moved),
+        "shift+noise": (shifted + noise, moved),
+        "shift+gain": (shifted * 0.9, moved),
+        "shift+gain+noise": (shifted * 0.9 + noise, moved),
+    }
+    paths = {}
+    for name, (data, where) in scenes.items():
+        path = folder / f"S2A_29RKH_20200219_{name.replace('+', '_')}.tif"
+        layout = profile | {"height": data.shape[1], "width": data.shape[2], "transform": where}
+        with rasterio.open(path, "w", **layout) as dst:
+            dst.write(np.clip(np.rint(data), 1, 65535).astype(np.uint16))
+            for n, band in enumerate(S2_BANDS, start=1):
+                dst.set_band_description(n, band)
+        paths[name] = path
+    original = paths.pop("original")
+    return original, paths, offset
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def _blocks() -> dict[str, float]:
+    """Every feature block the settings know (those with a weight) and its default weight."""
+    defaults = Settings().features
+    return {
+        name: getattr(defaults, name).weight
+        for name in type(defaults).model_fields
+        if hasattr(getattr(defaults, name), "weight")
+    }
+
+
+DEFAULT_WEIGHTS = _blocks()
+
+
+def weights_of(**given: float) -> dict[str, float]:
+    """Every block's weight: the given ones (blocks this version lacks dropped), others 0."""
+    return {name: float(given.get(name, 0.0)) for name in DEFAULT_WEIGHTS}
+
+
+def label_of(weights: dict[str, float]) -> str:
+    """e.g. "band_stats=0.25 layout=1.5 cnn=1", with " (default)" for the default fusion."""
+    text = " ".join(f"{name}={w:g}" for name, w in weights.items() if w > 0)
+    return text + (" (default)" if weights == DEFAULT_WEIGHTS else "")
+
+
+def weight_overrides(weights: dict[str, float]) -> dict[str, float]:
+    return {f"features.{name}.weight": w for name, w in weights.items()}
+
+
+# Weights tried around the default, per block (full runs); the CNN stays at 1.
+VARIED = {"band_stats": (0.0, 0.1, 0.5, 1.0), "layout": (0.0, 0.5, 0.75, 1.0, 3.0)}
+
+
+def feature_sets(quick: bool) -> list[dict[str, float]]:
+    """Block weights to measure: each block alone, the default fusion and (full runs) each
+    weight varied around the default, plus CNN + band statistics alone (the fusion before
+    the layout block)."""
+    sets = [weights_of(**{name: 1.0}) for name in DEFAULT_WEIGHTS] + [DEFAULT_WEIGHTS]
+    if not quick:
+        sets += [weights_of(cnn=1.0, band_stats=w) for w in (0.1, 0.25, 0.5, 1.0, 2.0)]
+        for name, values in VARIED.items():
+            if name in DEFAULT_WEIGHTS:
+                sets += [DEFAULT_WEIGHTS | {name: value} for value in values]
+    unique = []
+    for weights in sets:
+        if weights not in unique and any(weights.values()):
+            unique.append(weights)
+    return unique
+
+
+def keras_backbones() -> list[tuple[str, str | None]]:
+    """(model, None if its weights are available offline, else why not) for Keras models."""
+    from geosearch.features.cnn import cnn_extractor
+
+    models = typing.get_args(CnnSettings.model_fields["model"].annotation)
+    found = []
+    for model in models:
+        if model == "mobilenet_v1":
+            continue
+        try:
+            cnn_extractor(model, None, False, 0, 32)
+            found.append((model, None))
+        except GeosearchError as exc:
+            found.append((model, str(exc)))
+    return found
+
+
+def feedback_settings(quick: bool) -> list[FeedbackSettings]:
+    """Every feedback method with the default weights; in full runs, other Rocchio weights
+    (alone and under the classifier + cosine blend)."""
+    methods = typing.get_args(FeedbackSettings.model_fields["method"].annotation)
+    default = FeedbackSettings()
+    chosen = [default.model_copy(update={"method": m}) for m in methods]
+    if not quick:
+        for method, alpha, beta, gamma in (
+            ("rocchio", 1.0, 0.5, 0.1),
+            ("rocchio", 1.0, 1.0, 0.5),
+            ("rocchio", 1.0, 0.75, 0.0),
+            ("both", 1.0, 1.0, 0.5),
+        ):
+            update = {"method": method, "alpha": alpha, "beta": beta, "gamma": gamma}
+            if default.model_copy(update=update) not in chosen:
+                chosen.append(default.model_copy(update=update))
+    return chosen
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "_", label.lower())
+
+
+def emit(line: dict[str, Any]) -> None:
+    print(json.dumps({"bench": "quality"} | line), flush=True)
+
+
+def shifts(tile_size: int, weights: dict[str, float]) -> list[int]:
+    """Offsets (px) of the off-grid NAIP protocol: a quarter tile for every feature set; at
+    128 px also 1/32 and 1/8 of a tile for each block alone and the default fusion."""
+    offsets = [tile_size // 4]
+    alone = sum(w > 0 for w in weights.values()) == 1
+    if tile_size == 128 and (alone or weights == DEFAULT_WEIGHTS):
+        offsets = [tile_size // 32, tile_size // 8, *offsets]
+    return offsets
+
+
+def run_naip(work: Path, tile_size: int, quick: bool) -> None:
+    """Every NAIP feature set, the Keras backbones (or why not), then feedback on the default."""
+    naip = {"dataset": "naip", "protocol": "same place, other year", "tile_size": tile_size}
+    runs = [(label_of(w), w, weight_overrides(w)) for w in feature_sets(quick)]
+    if not quick:
+        for model, reason in keras_backbones():
+            label = f"{label_of(DEFAULT_WEIGHTS)} cnn model {model}"
+            if reason:
+                emit(naip | {"features": label, "skipped": reason})
+            else:
+                cnn = {"features.cnn.model": model, "features.cnn.download": False}
+                runs.append((label, DEFAULT_WEIGHTS, cnn))
+    # Feedback runs on the default fusion; full runs also on CNN + band statistics alone.
+    feedback_on = [DEFAULT_WEIGHTS]
+    plain = weights_of(band_stats=DEFAULT_WEIGHTS["band_stats"], cnn=DEFAULT_WEIGHTS["cnn"])
+    if not quick and plain != DEFAULT_WEIGHTS:
+        feedback_on.append(plain)
+    feedback_dbs = {}
+    for label, weights, overrides in runs:
+        db = work / f"naip{tile_size}_{_slug(label)}.gpkg"
+        try:
+            ingested = ingest_into(db, [NAIP], {"tile_size": tile_size} | overrides)
+        except GeosearchError as exc:  # e.g. a Keras model without TensorFlow
+            emit(naip | {"features": label, "skipped": str(exc)})
+            continue
+        with Store(db) as store:
+            truth = naip_truth(store)
+        emit(naip | {"features": label, "weights": weights} | measure(db, truth) | ingested)
+        if label in map(label_of, feedback_on):
+            feedback_dbs[label] = db
+        for offset in [] if quick else shifts(tile_size, weights):
+            folder = work / f"naip_shifted_{offset}px"
+            copies = naip_shifted(folder, offset)
+            shifted_db = work / f"naip{tile_size}_{_slug(label)}_shift{offset}.gpkg"
+            ingested = ingest_into(shifted_db, [NAIP, folder], {"tile_size": tile_size} | overrides)
+            with Store(shifted_db) as store:
+                truth = shifted_truth(store, copies, offset)
+            emit(
+                naip
+                | {"protocol": f"same place, other year, query shifted {offset} px"}
+                | {"features": label, "weights": weights}
+                | measure(shifted_db, truth)
+                | ingested
+            )
+    for label, db in feedback_dbs.items():
+        for settings in feedback_settings(quick):
+            method = {
+                "feedback_method": settings.method,
+                "alpha": settings.alpha,
+                "beta": settings.beta,
+                "gamma": settings.gamma,
+            }
+            for line in feedback_rounds(db, settings, rounds=2):
+                feedback = {"features": label, "protocol": "feedback, residual ranking"}
+                emit(naip | feedback | method | line)
+
+
+def run_sentinel2(work: Path, tile_size: int, quick: bool) -> None:
+    """Band statistics on 12 bands and on RGB (in full runs also the other blocks and
+    fusions on 12 bands), each scored against every shifted copy."""
+    folder = work / f"s2_{tile_size}"
+    folder.mkdir()
+    original, copies, offset = sentinel2_scenes(folder, tile_size)
+    band_stats = weights_of(band_stats=1.0)
+    runs = [
+        (band_stats, "12 bands", {}),
+        (band_stats, "rgb", {"bands.select": S2_RGB}),
+    ]
+    if not quick:
+        runs += [(weights, "12 bands", {}) for weights in feature_sets(quick)[1:]]
+    for weights, bands, overrides in runs:
+        label = label_of(weights)
+        db = work / f"s2_{tile_size}_{_slug(label)}_{_slug(bands)}.gpkg"
+        settings = {"tile_size": tile_size} | weight_overrides(weights) | overrides
+        ingested = ingest_into(db, [folder], settings)
+        for protocol, copy in copies.items():
+            with Store(db) as store:
+                truth = shifted_truth(store, {copy: [original]}, offset)
+            emit(
+                {"dataset": "sentinel2", "protocol": protocol, "tile_size": tile_size}
+                | {"features": label, "weights": weights, "bands": bands}
+                | measure(db, truth)
+                | ingested
+            )
+
+
+def measure(db: Path, truth: GroundTruth) -> dict[str, Any]:
+    """Ranking metrics from the stored vectors, and timing through the real search path."""
+    metrics, top_ids = ranking_metrics(truth)
+    return metrics | timed_search(db, truth, top_ids, sample=TIMED_QUERIES)
+
+
+def run(work: Path, quick: bool) -> None:
+    for tile_size in (128,) if quick else (128, 256):
+        run_naip(work, tile_size, quick)
+        run_sentinel2(work, tile_size, quick)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="128 px only, fewer configs")
+    parser.add_argument("--workdir", type=Path, help="keep the databases here (default: temp)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        run(args.workdir, args.quick)
+    else:
+        with tempfile.TemporaryDirectory(prefix="geosearch-quality-") as work:
+            run(Path(work), args.quick)
+    emit({"done": True, "quick": args.quick, "seconds": round(time.perf_counter() - started, 1)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Retrieval quality regressions, measured by bench/quality.py on the five NAIP years:
+a full 128 px tile of one year should find the same grid cell in the other four years."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+import geosearch
+from geosearch.config import Settings
+from tests.conftest import ROOT, shared
+
+# Measured 2026-11-25 at 128 px, full tiles only, 175 queries (chance 4/192 = 0.021): default
+# features (band_stats 0.25, layout 1.5, cnn 1) top-1 0.971, P@4 0.773. Without the layout
+# block (band_stats 0.25 + cnn) it was 0.566 (0.625 over every tile, edge tiles included, as
+# tests/test_retrieval.py counts: partial edge tiles are easy to match).
+MIN_TOP1 = 0.90
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+quality = _bench()
+
+
+@pytest.fixture(scope="module")
+def naip128(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("quality") / "naip128.gpkg"
+    report = geosearch.ingest([shared("naip")], db, Settings().with_overrides({"tile_size": 128}))
+    assert report.tiles_added == 240 and not report.skipped
+    return db
+
+
+def test_default_features_find_the_same_place_in_other_years(naip128):
+    measured = quality.evaluate(naip128)
+    assert measured["queries"] == 175  # 7 x 5 full tiles in each of 5 years
+    assert measured["top1"] >= MIN_TOP1, measured
+    assert measured["p_at_4"] > 10 * measured["chance_p_at_4"], measured
+
+
+def test_one_round_of_feedback_does_not_lower_precision(naip128):
+    settings = Settings().feedback
+    rounds = quality.feedback_rounds(naip128, settings, rounds=1)
+    first = rounds[1]
+    assert first["rounds"] == 1 and first["queries"] >= 50  # queries with a tile left to find
+    # Residual ranking: marked tiles are excluded from both the feedback and the plain search.
+    assert first["p_at_4"] >= first["baseline_p_at_4"], (settings.method, first)
