@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	rm -f demo.gpkg demo.gpkg.faiss demo.gpkg.faiss.json
+	rm -f demo.gpkg demo.gpkg.*
 	$(BIN)/geosearch ingest sample_tiles/ --db demo.gpkg
 	$(BIN)/geosearch info --db demo.gpkg
 	$(BIN)/geosearch similar sample_tiles/naip/m_4709963_se_14_1_20090818.tif --tile 3 --db demo.gpkg --top 5 --out demo-results

@@ -10,7 +10,7 @@ from typing import Any
 from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
 from geosearch.errors import InputError
-from geosearch.index import IndexState, index_path, open_index
+from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
 from geosearch.render import ResultFiles, prepare_output, write_marks, write_parquet
@@ -187,6 +187,7 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
     store = catalog.store
     try:
         index = open_index(store)
+        described = index.describe()
         files = store.files()
         path = index_path(store.path)
         return {
@@ -205,11 +206,13 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
             "dim": catalog.dim,
             "fusion_fitted_on_tiles": store.meta("fusion_fitted_on_tiles"),
             "index": {
-                "type": "flat inner product (exact)",
+                "type": described["type"],
+                "settings": described["settings"],
                 "vectors": index.count,
                 "file": str(path),
-                "bytes": path.stat().st_size if path.exists() else None,
-                "bytes_per_million_tiles": catalog.dim * 4 * 1_000_000,
+                "bytes": sum(p.stat().st_size for p in (path, vectors_path(path)) if p.exists()),
+                "bytes_per_million_tiles": described["bytes_per_million"],
+                "disk_bytes_per_million_tiles": described["disk_bytes_per_million"],
             },
             "geosearch_version": store.meta("geosearch_version"),
             "created": store.meta("created"),

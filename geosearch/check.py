@@ -141,8 +141,7 @@ def _repair(
     ids, vectors = store.vectors()
     if len(ids) and vectors.shape[1] == 0:
         raise DatabaseError(f"{store.path}: vectors unreadable; re-ingest into a new --db")
-    index = VectorIndex(vectors.shape[1] if len(ids) else 0)
-    index.add(ids, vectors)
+    index = VectorIndex.build(ids, vectors)
     index.save(
         index_path(store.path),
         IndexState(store.generation, int(ids.max()) if len(ids) else 0, index.count, index.dim),

@@ -543,7 +543,7 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
             "index",
             f"{index['type']}, {index['vectors']} vectors, "
             f"{(index['bytes'] or 0) / 1e6:.1f} MB; "
-            f"{index['bytes_per_million_tiles'] / 1e9:.1f} GB per million tiles",
+            f"memory {index['bytes_per_million_tiles'] / 1e9:.1f} GB per million tiles",
         ),
     ]
     width = max(len(label) for label, _ in lines)

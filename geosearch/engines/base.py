@@ -148,6 +148,7 @@ def ingest_chunks(
     finally:
         state = IndexState(store.generation, store.max_tile_id(), index.count, index.dim)
         index.save(index_path(store.path), state)
+    open_index(store)  # the kind that suits the new size (a rebuild here, not at the next query)
 
 
 def _chunks(
