@@ -660,6 +660,26 @@ def open_index(
     return index
 
 
+# Indexes kept loaded between searches in one process (``geosearch serve``), per database.
+_SEARCH_CACHE: dict[str, tuple[int, VectorIndex]] = {}
+_SEARCH_CACHE_SIZE = 4
+
+
+def index_for_search(store: Store) -> VectorIndex:
+    """``open_index`` for searching: kept in memory while the database's generation is the same,
+    so a long-running process does not reload the index file for every query."""
+    key = f"{Path(store.path).resolve()}:{os.stat(store.path).st_ino}"  # a new file: a new key
+    generation = store.generation
+    cached = _SEARCH_CACHE.get(key)
+    if cached is not None and cached[0] == generation:
+        return cached[1]
+    index = open_index(store)
+    if key not in _SEARCH_CACHE and len(_SEARCH_CACHE) >= _SEARCH_CACHE_SIZE:
+        _SEARCH_CACHE.pop(next(iter(_SEARCH_CACHE)))
+    _SEARCH_CACHE[key] = (generation, index)
+    return index
+
+
 def _save_quietly(index: VectorIndex, path: Path, state: IndexState, save: bool) -> None:
     """Save if allowed and possible; a read-only folder only costs a rebuild next time."""
     if save:

@@ -28,7 +28,7 @@ from geosearch.catalog import Catalog, open_catalog
 from geosearch.config import FeedbackSettings, Settings
 from geosearch.errors import DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
-from geosearch.index import open_index
+from geosearch.index import index_for_search
 from geosearch.sources import file_name_problem
 from geosearch.store import FileRecord, Store, TileRecord, normalise_path
 
@@ -352,7 +352,7 @@ def search_vectors(
     feedback = feedback or Feedback()
     feedback_settings = feedback_settings or FeedbackSettings()
     store = catalog.store
-    index = open_index(store)
+    index = index_for_search(store)
     if index.count == 0:
         raise DatabaseError(f"{store.path} holds no tiles yet")
     good = _stored_vectors(store, feedback.good) if feedback.good else np.zeros((0, index.dim))
