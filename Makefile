@@ -30,6 +30,15 @@ serve: $(STAMP)
 	test -f demo.gpkg || $(MAKE) demo
 	$(BIN)/geosearch serve --db demo.gpkg --allow-feedback
 
+# Benchmarks (need ../shared/data beside the project): the quick set, a few minutes.
+# Full runs: bench/README.md (bench/query.py with 1M vectors takes ~10 min and 9 GB).
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py --copies 20
+	$(BIN)/python bench/query.py --sizes 10000,100000
+	$(BIN)/python bench/quality.py --quick
+	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python bench/spark.py --copies 10
+	$(BIN)/python bench/serve_load.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check geosearch tests bench
 	$(BIN)/ruff format --check geosearch tests bench
