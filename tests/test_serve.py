@@ -313,6 +313,15 @@ def test_similar_to_a_tile_matches_the_library(read_only, naip_db):
     assert scores == [round(m.score, 6) for m in library.matches]
 
 
+def test_similar_any_orientation_parameter_matches_the_library(read_only, naip_db):
+    query_id = tile_ids_of(read_only, NAIP_2009)[3]
+    params = {"tile": query_id, "top": 4, "any_orientation": "true"}
+    body = read_only.get("/api/similar", params=params).json()
+    [library] = geosearch.similar(naip_db, [NAIP_2009], top=4, tile=3, any_orientation=True)
+    assert library.query.turned is not None
+    assert result_ids(body) == [m.tile.id for m in library.matches]
+
+
 def test_similar_takes_the_cli_options(read_only):
     query_id = tile_ids_of(read_only, NAIP_2009)[0]
     other = read_only.get("/api/similar", params={"tile": query_id, "other_files": True})

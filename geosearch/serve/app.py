@@ -329,16 +329,23 @@ def search_options(
     other_files: Annotated[bool, Query(description="only results from other files")] = False,
     good: Annotated[list[int], Query(description="relevant tile ids (repeat the key)")] = [],  # noqa: B006
     bad: Annotated[list[int], Query(description="not relevant tile ids")] = [],  # noqa: B006
+    any_orientation: Annotated[
+        bool | None,
+        Query(description="also match places rotated or mirrored [default: config]"),
+    ] = None,
     *,
     request: Request,
 ) -> dict[str, Any]:
     """The options every search takes, as ``geosearch similar`` does."""
     settings: Settings = request.app.state.service.settings
+    if any_orientation is None:
+        any_orientation = settings.search.orientations == "any"
     return {
         "top": top or min(settings.search.top, MAX_TOP),
         "filters": _filters(parse_bbox(bbox), exclude_near, after, before, other_files),
         "good": list(good),
         "bad": list(bad),
+        "any_orientation": any_orientation,
     }
 
 

@@ -219,13 +219,14 @@ class SearchService:
         filters: SearchFilters,
         good: Sequence[int] = (),
         bad: Sequence[int] = (),
+        any_orientation: bool = False,
     ) -> SearchResult:
         """Search with a stored tile or a place; nothing is written to the database."""
         with self.catalog() as catalog:
             if isinstance(query, QueryTile):
-                resolved = _tile_query(catalog, query.tile_id)
+                resolved = _tile_query(catalog, query.tile_id, any_orientation)
             else:
-                resolved = resolve_point(catalog, query.lon, query.lat, query.date)
+                resolved = resolve_point(catalog, query.lon, query.lat, query.date, any_orientation)
             return _search(catalog, resolved, top, filters, good, bad, self.settings)
 
     def similar_to_upload(
@@ -237,11 +238,12 @@ class SearchService:
         good: Sequence[int] = (),
         bad: Sequence[int] = (),
         tile: int | None = None,
+        any_orientation: bool = False,
     ) -> SearchResult:
         """Search with an uploaded image (embedded like a file the database doesn't hold)."""
         with self.catalog() as catalog, _saved_upload(upload) as path:
             _check_upload(catalog, path)
-            query = resolve_query(catalog, path, tile)
+            query = resolve_query(catalog, path, tile, any_orientation)
             query.label = query.path = Path(name).name or "upload"  # not the temporary path
             return _search(catalog, query, top, filters, good, bad, self.settings)
 
@@ -255,6 +257,7 @@ class SearchService:
         good: Sequence[int] = (),
         bad: Sequence[int] = (),
         name: str | None = None,
+        any_orientation: bool = False,
     ) -> SearchResult:
         """Search and save the query as a feedback session (``api.similar`` with a name)."""
         if name is None:
@@ -270,7 +273,10 @@ class SearchService:
             if isinstance(query, QueryTile):
                 record = _tile(catalog, query.tile_id)
                 position = _position_in_file(catalog, record)
-        common = {"filters": filters, "good": good, "bad": bad, "session": name}
+        common = {
+            "filters": filters, "good": good, "bad": bad, "session": name,
+            "any_orientation": any_orientation,
+        }  # fmt: skip
         if isinstance(query, QueryTile):
             [result] = api.similar(
                 self.db, [record.path], top, tile=position, settings=self.settings, **common
@@ -319,13 +325,19 @@ def _tile(catalog: Catalog, tile_id: int) -> TileRecord:
     return found[0]
 
 
-def _tile_query(catalog: Catalog, tile_id: int) -> Query:
-    """A query with one stored tile's stored vector (no file is read, no model loaded)."""
+def _tile_query(catalog: Catalog, tile_id: int, any_orientation: bool = False) -> Query:
+    """A query with one stored tile's stored vector (no file is read, no model loaded), and
+    with ``any_orientation`` its pixels read again and embedded under the 8 turns."""
     record = _tile(catalog, tile_id)
     found, vectors = catalog.store.vectors([tile_id])
     if not len(found):
         raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
-    return Query(f"tile {tile_id}", record.path, [record], vectors[0], True)
+    query = Query(f"tile {tile_id}", record.path, [record], vectors[0], True)
+    if any_orientation:
+        _, pixels, _ = catalog.read(record.path, [record.window])
+        if pixels:
+            query.turned = catalog.compute_orientations(pixels)[:, 0, :]
+    return query
 
 
 def _position_in_file(catalog: Catalog, record: TileRecord) -> int:
@@ -364,7 +376,10 @@ def _search(
         raise InputError(f"tile id {missing[0]} is not in {catalog.name}")
     query.also_exclude = frozenset(marked)
     feedback = Feedback(tuple(int(t) for t in good), tuple(int(t) for t in bad))
-    [result] = search_vectors(catalog, [query], top, filters, feedback, settings.feedback)
+    [result] = search_vectors(
+        catalog, [query], top, filters, feedback, settings.feedback,
+        settings.search.orientation_bonus,
+    )  # fmt: skip
     return result
 
 
