@@ -25,7 +25,6 @@ from geosearch.features.cnn import cnn_extractor
 from geosearch.features.layout import LayoutExtractor
 from geosearch.sources import RawTile
 
-EXTRACTOR_NAMES = ("band_stats", "layout", "cnn")
 _EPSILON = 1e-12
 
 
@@ -178,7 +177,6 @@ def raw_features(batch: TileBatch, extractors: Sequence[Extractor]) -> np.ndarra
 
 
 __all__ = [
-    "EXTRACTOR_NAMES",
     "Block",
     "Extractor",
     "Fusion",
