@@ -16,6 +16,14 @@ the ground truth, then the query is searched again through ``search_vectors`` wi
 feedback and the marked tiles excluded; P@4 is scored on the new results and compared with the
 query searched without feedback on the same residual collection.
 
+Orientation (NAIP 128 px, same protocol): the query chip as it lies ("plain") or turned 90
+degrees and mirrored ("turned"; the database as it lies), scored by four rules from the chip's
+8 orientation vectors, every stored tile scored exactly: as it lies; any orientation (the
+search's merge: max(as it lies + orientation bonus, best turn)); best turn (bonus 0); the
+D4-mean query vector. For the default fusion, the thumbnail (layout) alone and (full runs, if
+Keras imports) a random-weights EfficientNetB0 alone. ms/query through resolve_query +
+search_vectors for chips written as new GeoTIFFs, and its ratio to the as-it-lies query.
+
 Sentinel-2 (one date, so no other-year truth): the 12 spectral bands stacked on the 10 m grid;
 copies shifted by a quarter tile (as is, with 1 % noise, darkened 10 %, both) are the queries;
 the tiles of the original scene that overlap a query tile are relevant, the one overlapping
@@ -23,6 +31,7 @@ most is the top-1 target. Compares all 12 bands with RGB only for band statistic
 
     .venv/bin/python bench/quality.py --quick    # 128 px, each block alone + default (< 60 s)
     .venv/bin/python bench/quality.py            # 128 and 256 px, every config (~10 min)
+    .venv/bin/python bench/quality.py --only orientation  # that part alone (~2 min)
 """
 
 from __future__ import annotations
@@ -44,8 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geosearch import GeosearchError, ingest  # noqa: E402
+from geosearch.catalog import Catalog  # noqa: E402
 from geosearch.config import CnnSettings, FeedbackSettings, Settings  # noqa: E402
+from geosearch.orientation import Orientation, turned  # noqa: E402
 from geosearch.search import Feedback, open_database, resolve_query, search_vectors  # noqa: E402
+from geosearch.sources import RawTile  # noqa: E402
 from geosearch.store import Store, normalise_path  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -175,10 +187,14 @@ def naip_shifted(folder: Path, offset: int) -> dict[Path, list[Path]]:
 # -- measuring ------------------------------------------------------------------------------
 
 
-def ranking_metrics(truth: GroundTruth, k: int = K) -> tuple[dict[str, Any], list[list[int]]]:
+def ranking_metrics(
+    truth: GroundTruth, k: int = K, similarity: np.ndarray | None = None
+) -> tuple[dict[str, Any], list[list[int]]]:
     """Top-1, P@k, their values for a random ranking (chance) over the truth's queries, and
-    each query's top-k tile ids."""
-    similarity = truth.vectors[truth.queries] @ truth.vectors.T
+    each query's top-k tile ids. ``similarity``: (queries, tiles) scores to rank by instead of
+    the stored query vectors' cosines."""
+    if similarity is None:
+        similarity = truth.vectors[truth.queries] @ truth.vectors.T
     hits1, precision, chance, chance_p, top_ids = [], [], [], [], []
     for n, scores in enumerate(similarity):
         masked = np.where(truth.candidates[n], scores, -np.inf)
@@ -370,6 +386,251 @@ def sentinel2_scenes(folder: Path, tile_size: int) -> tuple[Path, dict[str, Path
         paths[name] = path
     original = paths.pop("original")
     return original, paths, offset
+
+
+# -- orientation ----------------------------------------------------------------------------
+
+QUERY_TURN = Orientation(1, True)  # the "turned" protocol: 90 degrees and mirrored
+ORIENTATION_RULES = ("as_is", "any_orientation", "best_turn", "d4_mean_query")
+ORIENTATION_TIMED = 20
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def query_chips(catalog: Catalog, truth: GroundTruth) -> list[RawTile]:
+    """The pixels of every query tile of ``truth``, read again from its file (one read per
+    file), in query order."""
+    rows_of: dict[str, list[int]] = {}
+    for n, row in enumerate(truth.queries):
+        rows_of.setdefault(truth.tiles[row].path, []).append(n)
+    chips: list[RawTile | None] = [None] * len(truth.queries)
+    for path, numbers in rows_of.items():
+        windows = [truth.tiles[truth.queries[n]].window for n in numbers]
+        _, tiles, skipped = catalog.read(path, windows)
+        if skipped:
+            raise RuntimeError(f"{path}: {skipped} query tiles too empty on a second read")
+        for n, tile in zip(numbers, tiles, strict=True):
+            chips[n] = tile
+    return typing.cast(list[RawTile], chips)
+
+
+def rule_scores(turns: np.ndarray, stored: np.ndarray, bonus: float) -> dict[str, np.ndarray]:
+    """(queries, tiles) scores per rule from the queries' 8 orientation vectors (8, q, dim),
+    every stored tile scored exactly (no FAISS shortlist): as it lies; the search's merge
+    (max(as it lies + bonus, best turn)); the best turn (bonus 0); the D4-mean query."""
+    turns = _unit_rows(turns)
+    per_turn = np.einsum("oqd,td->oqt", turns, stored)
+    best = per_turn.max(axis=0)
+    return {
+        "as_is": per_turn[0],
+        "any_orientation": np.maximum(per_turn[0] + bonus, best),
+        "best_turn": best,
+        "d4_mean_query": _unit_rows(turns.mean(axis=0)) @ stored.T,
+    }
+
+
+def write_chip(path: Path, source: str, window: Any, pixels: np.ndarray) -> None:
+    """A query chip as a small GeoTIFF: the source's profile and georeferencing at ``window``
+    (the same footprint for a turned chip: square tiles only)."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    with rasterio.open(source) as src:
+        where = RioWindow(window.col, window.row, window.width, window.height)
+        profile = src.profile | {
+            "height": pixels.shape[1],
+            "width": pixels.shape[2],
+            "transform": src.window_transform(where),
+            "photometric": "MINISBLACK",
+            "tiled": False,
+        }
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(pixels.astype(profile["dtype"]))
+
+
+def timed_orientation_queries(
+    catalog: Catalog,
+    truth: GroundTruth,
+    folder: Path,
+    turn: Orientation | None,
+    expected: dict[str, list[list[int]]],
+    bonus: float,
+    sample: int,
+) -> dict[str, dict[str, Any]]:
+    """Per rule: ms/query through the real path for new files (a query chip, turned by ``turn``
+    if given, written as a GeoTIFF): ``resolve_query`` + ``search_vectors`` for top K over the
+    whole database (as a user would), the same restricted to the benchmark's candidates, and
+    the share of restricted searches whose top K equals the exact scoring's (``expected``).
+    d4_mean_query has no search option: it is timed as resolve_query(any_orientation) + a
+    search with the mean vector."""
+    import rasterio
+
+    folder.mkdir(exist_ok=True)
+    picks = np.linspace(0, len(truth.queries) - 1, min(sample, len(truth.queries))).astype(int)
+    picks = sorted(set(picks.tolist()))
+    files = {}
+    for n in picks:
+        record = truth.tiles[truth.queries[n]]
+        window = record.window
+        with rasterio.open(record.path) as src:
+            from rasterio.windows import Window as RioWindow
+
+            data = src.read(window=RioWindow(window.col, window.row, window.width, window.height))
+        if turn is not None:
+            data = turn.apply(data)
+        files[n] = folder / f"query_{n:03d}.tif"
+        write_chip(files[n], record.path, window, data)
+
+    def search(n: int, rule: str, restricted: bool) -> list[int]:
+        query = resolve_query(catalog, files[n], None, rule != "as_is")
+        if rule == "d4_mean_query":
+            query.vector = _unit_rows(query.turned.mean(axis=0))
+            query.turned = None
+        if restricted:  # the benchmark's candidates only (other years)
+            query.also_exclude = truth.excluded_ids(n)
+        rule_bonus = 0.0 if rule == "best_turn" else bonus
+        found = search_vectors(catalog, [query], K, orientation_bonus=rule_bonus)[0]
+        return [m.tile.id for m in found.matches]
+
+    def timed(n: int, rule: str, restricted: bool) -> tuple[float, list[int]]:
+        started = time.perf_counter()
+        found = search(n, rule, restricted)
+        return (time.perf_counter() - started) * 1000, found
+
+    out = {}
+    for rule in ORIENTATION_RULES:
+        search(picks[0], rule, False)  # warm-up: models, page cache
+        # As a user's query (nothing excluded), then restricted to the candidates, whose top K
+        # must equal the exact scoring's. Restricting excludes ~1/5 of the tiles, so FAISS is
+        # asked for more rows and the orientation merge rescores many more candidates.
+        plain = [timed(n, rule, False)[0] for n in picks]
+        restricted = [timed(n, rule, True) for n in picks]
+        out[rule] = {
+            "ms_per_query": round(float(np.mean(plain)), 2),
+            "ms_p50": round(float(np.median(plain)), 2),
+            "ms_per_query_restricted": round(float(np.mean([t for t, _ in restricted])), 2),
+            "timed_queries": len(picks),
+            "search_agrees": round(
+                float(
+                    np.mean(
+                        [
+                            found == expected[rule][n]
+                            for n, (_, found) in zip(picks, restricted, strict=True)
+                        ]
+                    )
+                ),
+                3,
+            ),
+        }
+    return out
+
+
+def random_cnn_weights(folder: Path) -> Path:
+    """EfficientNetB0 without ImageNet weights (seeded random init), saved for
+    ``features.cnn.weights``: what the CNN block gives with no training at all."""
+    import keras
+
+    from geosearch.features.cnn import INPUT_SIZE
+
+    path = folder / "efficientnetb0_random.weights.h5"
+    if not path.exists():
+        keras.utils.set_random_seed(0)
+        network = keras.applications.EfficientNetB0(
+            include_top=False, weights=None, pooling="avg", input_shape=(INPUT_SIZE, INPUT_SIZE, 3)
+        )
+        network.save_weights(str(path))
+    return path
+
+
+def orientation_feature_sets(work: Path, quick: bool) -> list[tuple[str, dict[str, Any] | str]]:
+    """(label, overrides or why skipped): the default fusion; the thumbnail (pixel layout)
+    alone; in full runs a CNN with random weights alone (if Keras imports)."""
+    sets: list[tuple[str, dict[str, Any] | str]] = [
+        (label_of(DEFAULT_WEIGHTS), weight_overrides(DEFAULT_WEIGHTS)),
+        (
+            f"thumbnail only: {label_of(weights_of(layout=1.0))}",
+            weight_overrides(weights_of(layout=1.0)),
+        ),
+    ]
+    if quick:
+        return sets
+    label = "cnn random weights: efficientnetb0 (weights=None), layout=0 band_stats=0"
+    try:
+        import keras  # noqa: F401
+    except ImportError as exc:
+        sets.append((label, f"keras does not import: {exc}"))
+        return sets
+    overrides = weight_overrides(weights_of(cnn=1.0)) | {
+        "features.cnn.model": "efficientnetb0",
+        "features.cnn.weights": str(random_cnn_weights(work)),
+        "features.cnn.download": False,
+    }
+    sets.append((label, overrides))
+    return sets
+
+
+def run_orientation(work: Path, quick: bool) -> None:
+    """NAIP 128 px, same place other year: the query chip as it lies ("plain") or turned by
+    QUERY_TURN ("turned"; the database as it lies), scored by each orientation rule."""
+    tile_size = 128
+    bonus = Settings().search.orientation_bonus
+    base = {"dataset": "naip", "tile_size": tile_size, "part": "orientation"}
+    base |= {"query_turn": QUERY_TURN.name, "orientation_bonus": bonus}
+    sample = 8 if quick else ORIENTATION_TIMED
+    for label, overrides in orientation_feature_sets(work, quick):
+        if isinstance(overrides, str):
+            emit(base | {"features": label, "skipped": overrides})
+            continue
+        # run_naip names its databases by the weights' label: reuse one if it made it.
+        weights_label = label.split(": ", 1)[-1]
+        db = work / f"naip{tile_size}_{_slug(weights_label)}.gpkg"
+        ingested: dict[str, Any] = {}
+        try:
+            if not db.exists():
+                ingested = ingest_into(db, [NAIP], {"tile_size": tile_size} | overrides)
+            catalog = open_database(db, Settings().with_overrides(overrides))
+        except GeosearchError as exc:
+            emit(base | {"features": label, "skipped": str(exc)})
+            continue
+        try:
+            truth = naip_truth(catalog.store)
+            chips = query_chips(catalog, truth)
+            ratios = {}
+            for protocol, turn in (("plain", None), ("turned", QUERY_TURN)):
+                oriented = chips if turn is None else [turned(chip, turn) for chip in chips]
+                turns = catalog.compute_orientations(oriented)
+                scores = rule_scores(turns, truth.vectors, bonus)
+                measured, expected = {}, {}
+                for rule, similarity in scores.items():
+                    measured[rule], expected[rule] = ranking_metrics(truth, K, similarity)
+                folder = work / f"orientation_{_slug(weights_label)}_{protocol}"
+                timing = timed_orientation_queries(
+                    catalog, truth, folder, turn, expected, bonus, sample
+                )
+                as_is_ms = timing["as_is"]["ms_per_query"]
+                for rule in ORIENTATION_RULES:
+                    ratio = round(timing[rule]["ms_per_query"] / as_is_ms, 2)
+                    emit(
+                        base
+                        | {"features": label, "protocol": protocol, "rule": rule}
+                        | measured[rule]
+                        | timing[rule]
+                        | {"time_vs_as_is": ratio}
+                        | ingested
+                    )
+                ratios[protocol] = round(timing["any_orientation"]["ms_per_query"] / as_is_ms, 2)
+            emit(
+                base
+                | {"features": label, "summary": "any_orientation ms / as_is ms (new files)"}
+                | {"ratio": ratios, "target_max": 3.0, "meets_target": max(ratios.values()) <= 3}
+            )
+        finally:
+            catalog.store.close()
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -570,25 +831,34 @@ def measure(db: Path, truth: GroundTruth) -> dict[str, Any]:
     return metrics | timed_search(db, truth, top_ids, sample=TIMED_QUERIES)
 
 
-def run(work: Path, quick: bool) -> None:
+def run(work: Path, quick: bool, only: str | None = None) -> None:
+    if only == "orientation":
+        run_orientation(work, quick)
+        return
     for tile_size in (128,) if quick else (128, 256):
         run_naip(work, tile_size, quick)
         run_sentinel2(work, tile_size, quick)
+        if tile_size == 128:
+            run_orientation(work, quick)  # reuses the 128 px databases run_naip made
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="128 px only, fewer configs")
     parser.add_argument("--workdir", type=Path, help="keep the databases here (default: temp)")
+    parser.add_argument(
+        "--only", choices=["orientation"], help="run only this part (NAIP 128 px orientation)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        run(args.workdir, args.quick)
+        run(args.workdir, args.quick, args.only)
     else:
         with tempfile.TemporaryDirectory(prefix="geosearch-quality-") as work:
-            run(Path(work), args.quick)
-    emit({"done": True, "quick": args.quick, "seconds": round(time.perf_counter() - started, 1)})
+            run(Path(work), args.quick, args.only)
+    done = {"done": True, "quick": args.quick, "only": args.only}
+    emit(done | {"seconds": round(time.perf_counter() - started, 1)})
 
 
 if __name__ == "__main__":
