@@ -33,11 +33,18 @@ class LayoutExtractor:
     def describe(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(bands * side * side,) standardised cell means; cells with no valid pixel are 0."""
         height, width = valid.shape
-        rows = np.linspace(0, height, self.side + 1).astype(int)[:-1]
-        cols = np.linspace(0, width, self.side + 1).astype(int)[:-1]
         weights = valid.astype(np.float32)
-        counts = np.add.reduceat(np.add.reduceat(weights, rows, axis=0), cols, axis=1)
-        sums = np.add.reduceat(np.add.reduceat(pixels * weights, rows, axis=1), cols, axis=2)
+        side = self.side
+        if height % side == 0 and width % side == 0:  # whole cells: sum through a reshape
+            bands, cell_h, cell_w = pixels.shape[0], height // side, width // side
+            counts = weights.reshape(side, cell_h, side, cell_w).sum(axis=(1, 3))
+            masked = pixels * weights
+            sums = masked.reshape(bands, side, cell_h, side, cell_w).sum(axis=(2, 4))
+        else:
+            rows = np.linspace(0, height, side + 1).astype(int)[:-1]
+            cols = np.linspace(0, width, side + 1).astype(int)[:-1]
+            counts = np.add.reduceat(np.add.reduceat(weights, rows, axis=0), cols, axis=1)
+            sums = np.add.reduceat(np.add.reduceat(pixels * weights, rows, axis=1), cols, axis=2)
         filled = counts > 0
         means = np.where(filled, sums / np.maximum(counts, 1.0), 0.0)
         out = np.zeros_like(means)
