@@ -13,8 +13,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
@@ -24,6 +22,7 @@ from geosearch.search import (
     Match,
     Query,
     SearchResult,
+    mean_vector,
     merge_orientations,
     open_database,
     orientation_rows,
@@ -114,7 +113,6 @@ def _embed_on_executors(
             raise InputError(f"{path}: {result.reason}")
         if not result.records:
             raise InputError(f"{path}: no tile has enough valid pixels to search with")
-        mean = result.vectors.mean(axis=0)
-        vector = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        vector = mean_vector(result.vectors)
         queries.append(Query(os.path.relpath(path), path, result.records, vector, False))
     return queries

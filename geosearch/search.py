@@ -204,12 +204,12 @@ def resolve_query(
         if pixels is None:
             _, pixels, _ = catalog.read(stored_path, [t.window for t in tiles])
         all_turns = catalog.compute_orientations(pixels)  # (8, tiles, dim); 0 = as it lies
-        turned = np.vstack([_unit(turn.mean(axis=0)) for turn in all_turns])
+        turned = np.vstack([mean_vector(turn) for turn in all_turns])
         if vectors is None:
             vectors = all_turns[0]
     elif vectors is None:
         vectors, _ = catalog.compute(pixels)
-    query = Query(str(path), stored_path, tiles, _unit(vectors.mean(axis=0)), indexed, tile)
+    query = Query(str(path), stored_path, tiles, mean_vector(vectors), indexed, tile)
     query.turned = turned
     return query
 
@@ -255,6 +255,11 @@ def _unchanged(path: str, record: FileRecord) -> bool:
 
 def _unit(vector: np.ndarray) -> np.ndarray:
     return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+
+
+def mean_vector(vectors: np.ndarray) -> np.ndarray:
+    """The query vector of several tiles: their mean, at unit length."""
+    return _unit(vectors.mean(axis=0))
 
 
 def _stored_vectors(store: Store, ids: Sequence[int]) -> np.ndarray:
@@ -537,6 +542,7 @@ __all__ = [
     "SearchFilters",
     "SearchResult",
     "load_area",
+    "mean_vector",
     "merge_orientations",
     "orientation_rows",
     "open_database",
