@@ -13,9 +13,17 @@ from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
-from geosearch.render import ResultFiles, prepare_output, write_marks, write_parquet
+from geosearch.render import (
+    LocationFiles,
+    ResultFiles,
+    prepare_output,
+    write_marks,
+    write_parquet,
+)
+from geosearch.render import write_location as _write_location
 from geosearch.render import write_results as _write_results
-from geosearch.search import SearchFilters, SearchResult, load_area, open_database
+from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area, open_database
+from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.store import Store, normalise_path
 
@@ -112,6 +120,38 @@ def similar(
         any_orientation=any_orientation,
         settings=settings,
     )
+
+
+def locate(
+    db: PathLike,
+    query: PathLike,
+    *,
+    tile: int | None = None,
+    any_orientation: bool | None = None,
+    settings: Settings | None = None,
+) -> LocateResult:
+    """Where a query picture (a chip, an upload, a screenshot) lies in the database's scenes:
+    its placements, best first, each with the transform from its pixels to the scene's CRS."""
+    settings = settings or Settings()
+    if any_orientation is None:
+        any_orientation = settings.search.orientations == "any"
+    catalog = open_database(Path(db), settings)
+    try:
+        return _locate(catalog, Path(query), settings.search, tile, any_orientation)
+    finally:
+        catalog.store.close()
+
+
+def write_location(
+    result: LocateResult, db: PathLike, out: PathLike, settings: Settings | None = None
+) -> LocationFiles:
+    """Write ``located.geojson`` (every placement) and a copy of the query georeferenced by
+    the best one (a GeoTIFF, or a PNG with a world file) in ``out``."""
+    catalog = open_database(Path(db), settings)
+    try:
+        return _write_location(result, catalog, Path(out))
+    finally:
+        catalog.store.close()
 
 
 def feedback(
@@ -229,9 +269,11 @@ __all__ = [
     "ingest",
     "load_area",
     "load_settings",
+    "locate",
     "prepare_output",
     "remove",
     "similar",
     "similar_batch",
+    "write_location",
     "write_results",
 ]

@@ -28,6 +28,7 @@ from geosearch.errors import (
     ConfigError,
     DatabaseError,
     GeosearchError,
+    InputError,
 )
 
 app = typer.Typer(
@@ -264,6 +265,8 @@ def _is_date(text: str) -> bool:
 
 
 def _print_results(results: list, files, json_output: bool) -> None:
+    for result in results:
+        _say_compared_on(result.query)
     if json_output:
         for result in results:
             out.print(json.dumps(result.to_dict()), markup=False)
@@ -271,12 +274,14 @@ def _print_results(results: list, files, json_output: bool) -> None:
     for result in results:
         title = f"similar to {result.query.label}  (session {result.session})"
         table = Table(title=title, title_justify="left")
-        for column in ("rank", "score", "id", "file", "window (row,col size)", "acquired"):
+        columns = ("rank", "score", "id", "file", "window (row,col size)", "acquired", "place")
+        for column in columns:
             table.add_column(
                 column, justify="right" if column in ("rank", "score", "id") else "left"
             )
         for match in result.matches:
             w = match.tile.window
+            located = match.located
             table.add_row(
                 str(match.rank),
                 f"{match.score:.4f}",
@@ -284,8 +289,11 @@ def _print_results(results: list, files, json_output: bool) -> None:
                 _shown_path(match.tile.path),
                 f"{w.row},{w.col} {w.width}x{w.height}",
                 match.tile.acquired or "",
+                f"{located.coverage:.0%} of the query" if located else "",
             )
         out.print(table)
+        if result.location is not None:
+            out.print(f"found at: {_placement_line(result.location)}", markup=False)
     err.print(
         f"wrote {files.geojson}, {len(files.previews)} previews, "
         f"{', '.join(str(p) for p in files.contact_sheets)}",
@@ -396,6 +404,72 @@ def similar(
         lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
     )
     _print_results(results, files, json_output)
+
+
+def _say_compared_on(query) -> None:
+    """One line on stderr for a query lacking some of the database's bands."""
+    shared = query.compared_on
+    if shared:
+        err.print(
+            f"{query.label}: compared on bands {','.join(shared['bands'])} "
+            f"({', '.join(shared['blocks'])}); it has no {','.join(shared['missing'])}",
+            markup=False,
+        )
+
+
+def _placement_line(placement) -> str:
+    turn = f", turned {90 * placement.orientation.quarter_turns} degrees" * bool(
+        placement.orientation.quarter_turns
+    )
+    mirrored = ", mirrored" if placement.orientation.mirrored else ""
+    return (
+        f"{_shown_path(placement.path)} at col {placement.query_to_scene.c:.0f}, "
+        f"row {placement.query_to_scene.f:.0f}, scale {placement.scale:.2f}{turn}{mirrored} "
+        f"(correlation {placement.correlation:.2f}, margin {placement.margin:.2f})"
+    )
+
+
+@app.command()
+def locate(
+    query: Annotated[Path, typer.Argument(help="A picture: a chip, an upload, a screenshot.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    tile: Annotated[
+        int | None, typer.Option("--tile", help="Locate this tile of the file (0-based).")
+    ] = None,
+    any_orientation: Annotated[
+        bool | None,
+        typer.Option("--any-orientation/--as-is", help="Also try it rotated or mirrored."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for located.geojson and the georeferenced copy."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Say where a picture lies in the database's scenes, and georeference a copy of it.
+
+    Writes located.geojson (every scene it was found in) and the query georeferenced by the
+    best fit: a GeoTIFF, or a PNG with a world file. Exit 3 when it is found nowhere.
+    """
+    settings, db_path = _settings(config, db, **{"search.out": out_dir})
+    _run(lambda: api.prepare_output(settings.search.out, previews=False))
+    result = _run(
+        lambda: api.locate(
+            db_path, query, tile=tile, any_orientation=any_orientation, settings=settings
+        )
+    )
+    _say_compared_on(result.query)
+    files = _run(lambda: api.write_location(result, db_path, settings.search.out, settings))
+    if json_output:
+        out.print(json.dumps(result.to_dict()), markup=False)
+    elif result.placements:
+        for placement in result.placements:
+            out.print(_placement_line(placement), markup=False)
+    if not result.placements:
+        err.print(f"{query}: not found in {db_path.name}", markup=False)
+        raise typer.Exit(InputError.exit_code)
+    err.print(f"wrote {files.geojson} and {files.georeferenced}", markup=False)
 
 
 def _similar_on_spark(

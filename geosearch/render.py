@@ -20,13 +20,14 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
-from geosearch.bands import BandManifest
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
-from geosearch.search import SearchResult
-from geosearch.sources import RawTile, Window, open_source
+from geosearch.locate import Placement
+from geosearch.search import LocateResult, Query, SearchResult
+from geosearch.sources import Window, open_source
 
 GEOJSON_NAME = "similar.geojson"
+LOCATED_GEOJSON_NAME = "located.geojson"
 COORDINATE_DECIMALS = 7
 STRETCH_PERCENTILES = (2.0, 98.0)
 
@@ -39,6 +40,7 @@ class ResultFiles:
     previews: list[Path]
     contact_sheets: list[Path]
     parquet: Path | None = None
+    located: Path | None = None  # where queries were found (second stage), if any
 
 
 def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
@@ -59,17 +61,15 @@ def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
     return buffer.getvalue()
 
 
-def _rgb(tile: RawTile, manifest: BandManifest) -> np.ndarray:
-    return manifest.scale(tile)[list(manifest.rgb)]
-
-
 def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: int) -> bytes:
-    """PNG of one tile (``window``) or of a whole file (``window=None``) of the database."""
+    """PNG of one tile (``window``) or of a whole file (``window=None``): a file of the database
+    or a query (its RGB bands, or its first band where it lacks one)."""
     with open_source(Path(path)) as source:
-        bands = catalog.manifest.bands_for(source, None, catalog.name)
-        whole = window is None
-        tile = source.overview(bands, max_side) if whole else source.read(window, bands)
-    return render_png(_rgb(tile, catalog.manifest), tile.valid, max_side)
+        bands = catalog.manifest.query_bands(source, catalog.name)
+        shown = bands.shown()
+        read = [bands.read[slot] for slot in shown]
+        tile = source.overview(read, max_side) if window is None else source.read(window, read)
+    return render_png(bands.manifest.scale(tile, shown), tile.valid, max_side)
 
 
 def lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
@@ -126,11 +126,15 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
         )
         for match in result.matches:
             tile = match.tile
+            located = match.located
             properties = {
                 "role": "result",
                 "query": number,
                 "rank": match.rank,
                 "score": round(match.score, 6),
+                "cosine": round(match.cosine, 6) if match.cosine is not None else None,
+                "correlation": round(located.placement.correlation, 4) if located else None,
+                "coverage": round(located.coverage, 4) if located else None,
                 "id": tile.id,
                 "path": tile.path,
                 "tiles": 1,
@@ -150,6 +154,83 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
                 }
             )
     return {"type": "FeatureCollection", "features": features}
+
+
+def location_feature(placement: Placement, number: int = 1, rank: int = 0) -> dict[str, Any]:
+    """Where a query lies (``role: location``): the placed picture's outline and how it fits."""
+    properties = {
+        "role": "location",
+        "query": number,
+        "rank": rank,
+        "path": placement.path,
+        "correlation": round(placement.correlation, 4),
+        "margin": round(placement.margin, 4),
+        "scale": round(placement.scale, 4),
+        "rotation": 90 * placement.orientation.quarter_turns,
+        "mirrored": placement.orientation.mirrored,
+    }
+    return {
+        "type": "Feature",
+        "geometry": lonlat_geometry(placement.footprint),
+        "properties": properties,
+    }
+
+
+@dataclass
+class LocationFiles:
+    """Paths written by ``locate``: the placements and the georeferenced copy of the query."""
+
+    geojson: Path
+    georeferenced: Path | None
+
+
+def write_location(result: LocateResult, catalog: Catalog, out_dir: Path) -> LocationFiles:
+    """``located.geojson`` (every placement, best first) and, if the query was placed, a copy
+    of it georeferenced by the best placement: a GeoTIFF of its bands for a raster, a PNG with
+    a world file (``.wld``) and the CRS (``.aux.xml``, GDAL's) for a picture."""
+    prepare_output(out_dir, previews=False)
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            location_feature(placement, 1, rank)
+            for rank, placement in enumerate(result.placements, start=1)
+        ],
+    }
+    geojson = out_dir / LOCATED_GEOJSON_NAME
+    _write_bytes(geojson, json.dumps(collection, indent=1).encode())
+    copy = None
+    if result.placements:
+        copy = _georeferenced_copy(result.query, result.placements[0], out_dir)
+    return LocationFiles(geojson, copy)
+
+
+def _georeferenced_copy(query: Query, placement: Placement, out_dir: Path) -> Path:
+    """The query's pixels (its window, as read for registration) with the placement's
+    transform and CRS."""
+    import rasterio
+
+    with open_source(Path(query.path)) as source:
+        window = query.window or Window(0, 0, source.width, source.height)
+        tile = source.read(window, source.data_bands)
+        plain = source.kind == "plain"
+    name = Path(query.path).stem + "_located" + (".png" if plain else ".tif")
+    path = out_dir / name
+    profile = {
+        "driver": "PNG" if plain else "GTiff",
+        "width": window.width,
+        "height": window.height,
+        "count": tile.pixels.shape[0],
+        "dtype": tile.pixels.dtype,
+        "crs": placement.crs_wkt,
+        "transform": placement.query_transform,
+    }
+    options = {"WORLDFILE": "YES"} if plain else {"COMPRESS": "DEFLATE"}
+    try:
+        with rasterio.open(path, "w", **profile, **options) as dst:
+            dst.write(tile.pixels)
+    except (OSError, rasterio.errors.RasterioError) as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    return path
 
 
 def write_parquet(results: Sequence[SearchResult], path: Path) -> Path:
@@ -238,11 +319,12 @@ def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> byte
     return buffer.getvalue()
 
 
-def prepare_output(out_dir: Path) -> Path:
-    """Create the results folder (and its previews/) or fail with OutputError, before any work."""
+def prepare_output(out_dir: Path, previews: bool = True) -> Path:
+    """Create the results folder (and its previews/) or fail with OutputError, before any work;
+    returns the folder previews go in."""
     previews_dir = Path(out_dir) / "previews"
     try:
-        previews_dir.mkdir(parents=True, exist_ok=True)
+        (previews_dir if previews else Path(out_dir)).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
     return previews_dir
@@ -284,7 +366,17 @@ def write_results(
         sheets.append(sheet_path)
     geojson = out_dir / GEOJSON_NAME
     _write_bytes(geojson, json.dumps(feature_collection(results), indent=1).encode())
-    return ResultFiles(geojson, written, sheets)
+    located = [
+        location_feature(result.location, number)
+        for number, result in enumerate(results, start=1)
+        if result.location is not None
+    ]
+    located_path = out_dir / LOCATED_GEOJSON_NAME
+    located_path.unlink(missing_ok=True)  # not an earlier run's
+    if located:
+        collection = {"type": "FeatureCollection", "features": located}
+        _write_bytes(located_path, json.dumps(collection, indent=1).encode())
+    return ResultFiles(geojson, written, sheets, located=located_path if located else None)
 
 
 def _try_preview(catalog: Catalog, path: str, window: Window | None, size: int) -> bytes | None:

@@ -65,7 +65,7 @@ def _search(
     query.also_exclude = frozenset(marks)
     [result] = search_vectors(
         catalog, [query], top, filters, feedback, settings.feedback,
-        settings.search.orientation_bonus,
+        settings.search.orientation_bonus, settings.search,
     )  # fmt: skip
     return result
 

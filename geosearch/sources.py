@@ -183,6 +183,23 @@ def _polygons(geometry: BaseGeometry) -> list[Polygon]:
     return [p for p in parts if isinstance(p, Polygon) and not p.is_empty]
 
 
+def pixel_footprint(ring: np.ndarray, transform: rasterio.Affine, crs_wkt: str) -> Footprint | None:
+    """The footprint of a closed ring of pixel (col, row) points under ``transform`` in
+    ``crs_wkt``: native WKT and lon/lat geometry; None where it can't be projected."""
+    t = transform
+    px, py = ring[:, 0], ring[:, 1]
+    xs, ys = t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f
+    native = _valid(Polygon(np.column_stack([xs, ys])))
+    try:
+        lon, lat = _to_wgs84(crs_wkt).transform(np.asarray(xs), np.asarray(ys))
+    except Exception:  # pyproj raises several types for points off the projection
+        return None
+    wgs84 = _lonlat_geometry(np.asarray(lon), np.asarray(lat))
+    if wgs84 is None or wgs84.is_empty:
+        return None
+    return Footprint(native_wkt=native.wkt, wgs84=wgs84)
+
+
 class GeoRasterSource:
     """A raster opened with rasterio; tiles are read window by window, never the whole scene."""
 
@@ -238,6 +255,11 @@ class GeoRasterSource:
                 return match.group(1).upper()
         return f"band{index}"
 
+    @property
+    def transform(self) -> rasterio.Affine | None:
+        """Pixel (col, row) to the CRS's coordinates; None without a CRS."""
+        return self._dataset.transform if self.crs_wkt else None
+
     def windows(self, tile_size: int) -> list[Window]:
         return tile_windows(self.width, self.height, tile_size)
 
@@ -284,19 +306,9 @@ class GeoRasterSource:
         """The window's outline in the file's CRS and in lon/lat; None without a CRS."""
         if self.crs_wkt is None:
             return None
-        t = self._dataset.transform
         ring = _ring_on_edges(window.width, window.height)
-        px, py = ring[:, 0] + window.col, ring[:, 1] + window.row
-        xs, ys = t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f
-        native = Polygon(np.column_stack([xs, ys]))
-        try:
-            lon, lat = _to_wgs84(self.crs_wkt).transform(np.asarray(xs), np.asarray(ys))
-        except Exception:  # pyproj raises several types for points off the projection
-            return None
-        wgs84 = _lonlat_geometry(np.asarray(lon), np.asarray(lat))
-        if wgs84 is None or wgs84.is_empty:
-            return None
-        return Footprint(native_wkt=native.wkt, wgs84=wgs84)
+        ring += (window.col, window.row)
+        return pixel_footprint(ring, self._dataset.transform, self.crs_wkt)
 
     def close(self) -> None:
         self._dataset.close()
@@ -322,6 +334,7 @@ class PlainImageSource:
     dtype = "uint8"
     crs_wkt = None
     crs_label = None
+    transform = None
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -497,5 +510,6 @@ __all__ = [
     "file_name_problem",
     "find_images",
     "open_source",
+    "pixel_footprint",
     "tile_windows",
 ]

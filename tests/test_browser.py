@@ -171,3 +171,23 @@ def test_gallery_of_plain_images_read_only(page, tmp_path):
         screenshot(page, tmp_path, "serve-gallery.png")
         with urllib.request.urlopen(url + "/api/sessions") as response:
             assert json.loads(response.read()) == []  # read-only: nothing was saved
+
+
+def test_search_by_a_screenshot_draws_where_it_was_found(page, naip_db, tmp_path):
+    import rasterio
+    from PIL import Image
+    from playwright.sync_api import expect
+    from rasterio.windows import Window
+
+    with rasterio.open(shared("naip", "m_4709963_se_14_1_20150926.tif")) as src:
+        pixels = src.read([1, 2, 3], window=Window(500, 300, 150, 120))  # inside sample_tiles/
+    shot = tmp_path / "screenshot.png"
+    Image.fromarray(pixels.transpose(1, 2, 0)).save(shot)
+    with running_server(create_app(naip_db, Settings())) as url:
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+        page.locator("#upload").set_input_files(str(shot))
+        expect(page.locator("#results li")).to_have_count(5)
+        expect(page.locator("#query .found")).to_contain_text("found in m_4709963_se_14_1_")
+        expect(page.locator("path.location-outline")).to_have_count(1)
+        screenshot(page, tmp_path, "serve-located-screenshot.png")
