@@ -50,7 +50,8 @@ SHORTLIST_STEP = 16
 # query's side, plus a few pixels for georeferencing differences).
 EXPAND_MARGIN = 0.25
 EXPAND_PIXELS = 8
-# There, a query without a georeference is tried at these factors of the first fit's scale.
+# There, a query without a georeference is first tried at these factors of the first fit's
+# scale.
 RESCALE_AROUND = tuple(float(2 ** (k / 8)) for k in range(-4, 5))  # 0.71 .. 1.41
 # No fit with a lower correlation counts, however distinct.
 MIN_CORRELATION = 0.4
@@ -191,8 +192,12 @@ class Locator:
     def place(self, shortlist: Sequence[TileRecord]) -> list[Placement]:
         """Placements of the query, best first: the best distinct fit around the shortlisted
         tiles (see ``_fits``), then every other scene covering that place, registered again
-        there (kept if it fits distinctly too, or lands where the first placement says, within
-        ``CONSISTENT_PIXELS``: the same ground seen another time)."""
+        there (kept if it fits distinctly too, or lands where the best placement says, within
+        ``CONSISTENT_PIXELS``: the same ground seen another time).
+
+        A query without a georeference is first looked for at scales around the first fit's in
+        the other scenes; the best fit of all then sets the ground scale every scene is placed
+        at (one query has one ground size, however much the place changed between dates)."""
         anchor = None
         for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while nothing fits
             for path, region, scales in self._regions(shortlist[start : start + SHORTLIST_STEP]):
@@ -204,10 +209,17 @@ class Locator:
                 break
         if anchor is None:
             return []
+        others = self._other_scenes(anchor)
+        if not self.georeferenced:  # the best fit anywhere sets the scale
+            for path in others:
+                found = self._place_again(anchor, path, RESCALE_AROUND)
+                if self._fits(found) and found.correlation > anchor.correlation:
+                    anchor = found
+            others = [path for path in [anchor.path, *others] if path != anchor.path]
         placed = [anchor]
-        for path in self._other_scenes(anchor):
+        for path in others:
+            found = self._place_again(anchor, path)
             expected = _in_scene_pixels(anchor, self._scenes[path])
-            found = self._place_again(anchor, path, expected)
             if found is not None and (self._fits(found) or _lands_on(found, expected)):
                 placed.append(found)
         return sorted(placed, key=lambda p: -p.correlation)
@@ -283,18 +295,16 @@ class Locator:
         return paths
 
     def _place_again(
-        self, placement: Placement, path: str, expected: np.ndarray | None
+        self, placement: Placement, path: str, factors: Sequence[float] = (1.0,)
     ) -> Placement | None:
-        """The query registered in another scene around ``expected`` (the placement's corners
-        in its pixels), in the same orientation and at the same ground scale; for a query
-        without a georeference, at scales around it too (the first fit's may be off: a place
-        seen another year can look like itself a little larger)."""
+        """The query registered in another scene around where ``placement`` puts it, in the
+        same orientation, at the same ground scale (times each of ``factors``)."""
         scene = self._scene(path)
-        if scene is None or expected is None:
+        expected = _in_scene_pixels(placement, scene) if scene is not None else None
+        if expected is None:
             return None
         ground = placement.scale * _pixel_side(placement.scene_transform)
-        scale = ground / _pixel_side(scene.transform)
-        scales = [scale] if self.georeferenced else [scale * f for f in RESCALE_AROUND]
+        scales = [ground / _pixel_side(scene.transform) * factor for factor in factors]
         pad = EXPAND_MARGIN * max(self.image.shape) * max(scales) + EXPAND_PIXELS
         (left, top), (right, bottom) = expected.min(axis=0) - pad, expected.max(axis=0) + pad
         region = _clipped(scene, left, top, right - left, bottom - top)
