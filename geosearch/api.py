@@ -33,8 +33,12 @@ def ingest(
     dry_run: bool = False,
     engine: str = "local",
     master: str | None = None,
+    kind: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> IngestReport:
-    """Ingest every image under ``paths`` into ``db``; see ``geosearch.ingest.ingest``."""
+    """Ingest every image and scene under ``paths`` into ``db``; see
+    ``geosearch.ingest.ingest``."""
     return _ingest(
         [Path(p) for p in paths],
         Path(db),
@@ -45,6 +49,9 @@ def ingest(
         dry_run=dry_run,
         engine=engine,
         master=master,
+        kind=kind,
+        include=include,
+        exclude=exclude,
     )
 
 

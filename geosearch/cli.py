@@ -29,6 +29,7 @@ from geosearch.errors import (
     DatabaseError,
     GeosearchError,
 )
+from geosearch.formats import KINDS
 
 app = typer.Typer(
     add_completion=False,
@@ -135,8 +136,27 @@ def ingest(
         bool, typer.Option("--verify", help="Judge changed files by content hash (SHA-256).")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List what would be ingested; write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Say what the database will be and what would be done; write nothing."
+        ),
     ] = False,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="geo (georeferenced rasters, scenes) or plain (JPEG/PNG) for a new database; "
+            "files of the other kind are skipped. [default: most inputs' kind]",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help="Only inputs matching this glob (repeatable): '*.tif'."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Leave out inputs matching this glob (repeatable)."),
+    ] = None,
     engine: EngineOption = "local",
     master: MasterOption = None,
     json_output: JsonOption = False,
@@ -156,19 +176,23 @@ def ingest(
         report = _run(
             lambda: api.ingest(
                 paths, db_path, settings, bands=selected, progress=progress, verify=verify,
-                dry_run=dry_run, engine=engine, master=master,
+                dry_run=dry_run, engine=engine, master=master, kind=kind,
+                include=include or (), exclude=exclude or (),
             )
         )  # fmt: skip
     if dry_run and not json_output:
+        state = "existing" if db_path.exists() else "new"
+        out.print(f"{db_path}: {state} database of {KINDS[report.kind]} ({report.kind_reason})")
         for item in report.planned or []:
-            out.print(f"{item['action']:<9}  {item['path']}", markup=False)
+            detail = f"  ({item['detail']})" if item.get("detail") else ""
+            out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
         return
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
         rate = report.tiles_added / report.seconds if report.seconds else 0.0
         err.print(
-            f"{report.tiles_added} tiles added from {report.files_ingested} files "
+            f"{report.tiles_added} tiles added from {_inputs(report)} "
             f"({report.files_unchanged} unchanged, {report.files_replaced} replaced, "
             f"{report.files_resumed} resumed, {len(report.skipped)} skipped; "
             f"{report.tiles_nodata} tiles mostly nodata) in {report.seconds:.1f} s "
@@ -176,6 +200,15 @@ def ingest(
             markup=False,
         )
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+
+
+def _inputs(report: Any) -> str:
+    """What an ingest read: "3 files", "1 scene", "2 scenes and 4 files"."""
+    scenes, files = report.scenes_ingested, report.files_ingested - report.scenes_ingested
+    parts = [f"{scenes} scene{'s' * (scenes != 1)}"] if scenes else []
+    if files or not scenes:
+        parts.append(f"{files} files")
+    return " and ".join(parts)
 
 
 @app.command()

@@ -10,7 +10,6 @@ among its results. Filters (box, area, dates, distance, other files) and relevan
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,8 +28,8 @@ from geosearch.config import FeedbackSettings, Settings
 from geosearch.errors import DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import index_for_search
-from geosearch.sources import file_name_problem
-from geosearch.store import FileRecord, Store, TileRecord, normalise_path
+from geosearch.sources import canonical_path, file_identity, file_name_problem
+from geosearch.store import FileRecord, Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
 EXACT_SUBSET_LIMIT = 50_000
@@ -178,7 +177,7 @@ def resolve_query(
     problem = file_name_problem(Path(path))
     if problem:
         raise InputError(f"{path}: {problem}")
-    stored_path = normalise_path(path)
+    stored_path = canonical_path(path)  # a scene's folder, MTL or STAC item: the scene
     record = catalog.store.file_record(stored_path)
     pixels = None
     if record is not None and record.status == "done" and _unchanged(stored_path, record):
@@ -247,10 +246,10 @@ def resolve_point(
 
 def _unchanged(path: str, record: FileRecord) -> bool:
     try:
-        stat = os.stat(path)
+        identity = file_identity(path)  # a scene: its member files'
     except OSError:
         return True  # gone from disk: the database still knows it
-    return (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
+    return identity == (record.size, record.mtime_ns)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
