@@ -221,6 +221,8 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
                 "bytes_per_million_tiles": described["bytes_per_million"],
                 "disk_bytes_per_million_tiles": described["disk_bytes_per_million"],
             },
+            "dates": store.date_sources(),  # tiles per date source; "undated": without
+            "read_only": store.readonly,
             "geosearch_version": store.meta("geosearch_version"),
             "created": store.meta("created"),
         }

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from geosearch import SearchFilters, api
 from geosearch.config import Settings
+from geosearch.dates import DATE_SOURCES
 from geosearch.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -297,12 +298,15 @@ def _is_date(text: str) -> bool:
 
 
 def _print_results(results: list, files, json_output: bool) -> None:
+    for note in dict.fromkeys(note for result in results for note in result.notes):
+        err.print(f"note: {note}", markup=False)
     if json_output:
         for result in results:
             out.print(json.dumps(result.to_dict()), markup=False)
         return
     for result in results:
-        title = f"similar to {result.query.label}  (session {result.session})"
+        title = f"similar to {result.query.label}"
+        title += f"  (session {result.session})" if result.session else ""
         table = Table(title=title, title_justify="left")
         for column in ("rank", "score", "id", "file", "window (row,col size)", "acquired"):
             table.add_column(
@@ -564,6 +568,7 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
             f"{','.join(bands['names'][i] for i in bands['rgb'])}",
         ),
         ("tile size", f"{facts['tile_size']} px"),
+        ("dates", _dates_line(facts["dates"])),
         (
             "extractors",
             " + ".join(
@@ -582,6 +587,13 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         out.print(f"{label:<{width}}  {value}", markup=False)
+
+
+def _dates_line(sources: dict[str, int]) -> str:
+    """Tiles per date source, undated last: "20 from names, 3 from metadata, 5 undated"."""
+    words = DATE_SOURCES
+    shown = [f"{n} from {words.get(k, k)}" for k, n in sources.items() if k != "undated"]
+    return ", ".join([*shown, f"{sources.get('undated', 0)} undated"])
 
 
 def main() -> None:

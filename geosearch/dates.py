@@ -19,13 +19,15 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
 
+# Where a date was read (the ``acquired_source`` column), in the words ``geosearch info`` uses.
 DATE_SOURCES = {
-    "metadata": "the product's metadata (Landsat MTL, Sentinel-2 SAFE, STAC item)",
-    "imagery": "GDAL IMAGERY metadata ACQUISITIONDATETIME",
+    "metadata": "product metadata",  # Landsat MTL, Sentinel-2 SAFE, STAC item
+    "imagery": "IMAGERY tags",  # GDAL IMAGERY metadata ACQUISITIONDATETIME
     "exif": "EXIF DateTimeOriginal",
-    "name": "a date or product id in the file or folder name",
-    "year": "a bare year in the file or folder name (year precision, stored as YYYY-01-01)",
-    "datetime-tag": "the TIFF/EXIF DateTime tag (when the file was written)",
+    "name": "file names",  # a date or product id in the file or folder name
+    "year": "a year in file names",  # year precision, stored as YYYY-01-01
+    "datetime-tag": "TIFF DateTime tags",  # when the file was written
+    "unknown": "an older geosearch (source not recorded)",
 }
 
 # YYYYMMDD, YYYY-MM-DD, YYYY_MM_DD, YYYY.MM.DD: not inside a longer number.

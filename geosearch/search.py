@@ -94,6 +94,7 @@ class Match:
             "width": tile.window.width,
             "height": tile.window.height,
             "acquired": tile.acquired,
+            "acquired_source": tile.acquired_source,
             "crs": tile.crs,
             "geometry": mapping(tile.footprint) if tile.footprint is not None else None,
             "preview": self.preview,
@@ -109,6 +110,7 @@ class SearchResult:
     query_preview: str | None = None
     session: str | None = None
     feedback: dict[str, list[int]] | None = None  # {"good": ids, "bad": ids} applied
+    notes: list[str] = field(default_factory=list)  # one line each, for stderr
 
     def to_dict(self) -> dict[str, Any]:
         query = self.query.to_dict() | {"preview": self.query_preview}
@@ -116,6 +118,7 @@ class SearchResult:
             "query": query,
             "session": self.session,
             "feedback": self.feedback,
+            "notes": self.notes,
             "results": [m.to_dict() for m in self.matches],
         }
 

@@ -75,7 +75,7 @@ class TileRecord:
     footprint: BaseGeometry | None  # lon/lat, EPSG:4326
     acquired: str | None
     nodata_fraction: float
-    acquired_source: str | None = None  # where the date was read: see sources.DATE_SOURCES
+    acquired_source: str | None = None  # where the date was read: see dates.DATE_SOURCES
 
 
 @dataclass(frozen=True)
