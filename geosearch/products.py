@@ -176,7 +176,7 @@ def folder_products(folder: Path, names: Sequence[str] | None = None) -> FolderS
     ``names`` lists the folder's files (read from disk when None). A product that is the
     folder's only image content takes the folder's path.
     """
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))
     if names is None:
         try:
             names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())

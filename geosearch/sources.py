@@ -96,24 +96,28 @@ def find_images(root: Path) -> Iterator[Path]:
     """Images and scenes under ``root`` (or ``root`` itself), recursively, in sorted order.
 
     A product (a Landsat or Sentinel-2 scene, a STAC item, band files of one scene) is yielded
-    once, by the path that names it, and its band files are not yielded on their own.
-    Directories are not followed through symlinks, so a symlink loop cannot trap the walk;
-    symlinked files are yielded and judged when read. A folder that can't be listed is
-    yielded too, so that reading it reports why its images are missing.
+    once, by the path that names it, and its files (wherever they are under ``root``) are not
+    yielded on their own. Directories are not followed through symlinks, so a symlink loop
+    cannot trap the walk; symlinked files are yielded and judged when read. A folder that can't
+    be listed is yielded too, so that reading it reports why its images are missing.
     """
     root = Path(root)
     if not root.is_dir() or is_safe_folder(root):
         yield root
         return
     unlisted: list[OSError] = []
+    found: list[Path] = []
+    claimed: set[str] = set()  # files of the scenes found (a STAC item's assets may be afar)
     for folder, dirnames, filenames in os.walk(root, onerror=unlisted.append):
         dirnames.sort()
         while unlisted:
-            yield Path(unlisted.pop(0).filename)
+            found.append(Path(unlisted.pop(0).filename))
         here = Path(folder)
         units = [here / d for d in dirnames if is_safe_folder(here / d)]
         dirnames[:] = [d for d in dirnames if here / d not in units]
         scan = folder_products(here, sorted(filenames))
+        claimed.update(path for product in scan.products for path in product.claimed)
+        claimed.difference_update(product.path for product in scan.products)
         units += [Path(product.path) for product in scan.products]
         units += [Path(path) for path in scan.unreadable]
         units += [
@@ -121,9 +125,9 @@ def find_images(root: Path) -> Iterator[Path]:
             for name in filenames
             if name not in scan.claimed and Path(name).suffix.lower() in IMAGE_SUFFIXES
         ]
-        yield from sorted(dict.fromkeys(units))
-    for error in unlisted:
-        yield Path(error.filename)
+        found += sorted(dict.fromkeys(units))
+    found += [Path(error.filename) for error in unlisted]
+    yield from (path for path in found if os.path.abspath(path) not in claimed)
 
 
 def tile_windows(width: int, height: int, tile_size: int) -> list[Window]:
