@@ -185,6 +185,7 @@ def refine(
     catalog = open_database(db, settings)
     store = catalog.store
     try:
+        store.refuse_if_readonly()  # a round is saved: say so before anything else
         saved = store.session(session)
         if saved is None:
             known = ", ".join(store.sessions()[-5:]) or "none yet"
