@@ -17,7 +17,8 @@ from geosearch.render import ResultFiles, prepare_output, write_marks, write_par
 from geosearch.render import write_results as _write_results
 from geosearch.search import SearchFilters, SearchResult, load_area, open_database
 from geosearch.sessions import refine, search_and_save, session_marks
-from geosearch.store import Store, normalise_path
+from geosearch.sources import canonical_path
+from geosearch.store import Store
 
 PathLike = str | Path
 
@@ -61,7 +62,7 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
         known = {record.path for record in store.files()}
         chosen: list[str] = []
         for path in paths:
-            stored = normalise_path(path)
+            stored = canonical_path(path)  # a scene's MTL or STAC item: the scene
             under = [
                 p for p in known if p == stored or p.startswith(stored.rstrip(os.sep) + os.sep)
             ]

@@ -140,9 +140,13 @@ class _Grid:
 
 def is_safe_folder(path: Path) -> bool:
     """A Sentinel-2 SAFE folder: named *.SAFE or holding its MTD_MSIL1C/2A.xml."""
-    return path.is_dir() and (
-        path.suffix.upper() == ".SAFE" or any((path / name).is_file() for name in _SAFE_METADATA)
-    )
+    try:
+        return path.is_dir() and (
+            path.suffix.upper() == ".SAFE"
+            or any((path / name).is_file() for name in _SAFE_METADATA)
+        )
+    except OSError:  # a folder we may not enter: reported when read
+        return False
 
 
 def is_safe_zip(path: Path) -> bool:
@@ -233,9 +237,18 @@ def product_at(path: Path) -> Product | None:
     zip, or a band-file pattern — or None if it names none (an ordinary file or folder).
 
     ``InputError`` for a folder holding several products (which one is meant?) and for a
-    product whose files can't be read.
+    product whose files can't be read; None for a path that can't even be looked at (its
+    reader says why).
     """
-    path = Path(os.path.abspath(path))
+    try:
+        return _product_at(Path(os.path.abspath(path)))
+    except InputError:
+        raise
+    except OSError:  # permission denied on the way, a link loop...
+        return None
+
+
+def _product_at(path: Path) -> Product | None:
     if is_safe_folder(path) or is_safe_zip(path):
         return safe_product(path)
     if path.is_dir():
