@@ -301,6 +301,12 @@ def test_a_sentinel2_safe_folder_and_its_zip_are_one_scene_on_the_10m_grid(tmp_p
     assert (report.scenes_ingested, report.tiles_added, report.tiles_nodata) == (1, 2, 2)
     with Store(db) as store:
         assert store.file_record(str(safe)).status == "done"
+    [result] = geosearch.similar(db, [zipped], top=1, tile=0, settings=settings)
+    assert not result.query.indexed  # read and embedded like any new file
+    [best] = result.matches  # the same pixels, ingested from the folder
+    assert (best.tile.path, best.tile.window, best.score) == (
+        str(safe), result.query.tiles[0].window, pytest.approx(1.0, abs=1e-5),
+    )  # fmt: skip
 
 
 # -- band files ---------------------------------------------------------------------------------
