@@ -182,7 +182,7 @@ def ingest(
             )
         )  # fmt: skip
     if dry_run and not json_output:
-        state = "existing" if db_path.exists() else "new"
+        state = "new" if report.new_database else "existing"
         out.print(f"{db_path}: {state} database of {KINDS[report.kind]} ({report.kind_reason})")
         for item in report.planned or []:
             detail = f"  ({item['detail']})" if item.get("detail") else ""
@@ -191,6 +191,8 @@ def ingest(
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
+        if report.new_database:
+            err.print(f"new database of {KINDS[report.kind]} ({report.kind_reason})", markup=False)
         rate = report.tiles_added / report.seconds if report.seconds else 0.0
         err.print(
             f"{report.tiles_added} tiles added from {_inputs(report)} "

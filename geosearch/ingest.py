@@ -81,6 +81,7 @@ class IngestReport:
     planned: list[dict] | None = None  # dry run: {"path", "action", "detail"} per file
     kind: str | None = None  # what the database holds: "geo" or "plain"
     kind_reason: str = ""  # why: the database's own kind, --kind, or the inputs' majority
+    new_database: bool = False  # the kind was decided by this run
     engine: str = "local"
     remote_chunks: int = 0  # Spark: chunks computed by executors, outside the driver
 
@@ -382,6 +383,7 @@ def _of_kind(
     name = store.path.name if store is not None else Path(report.db).name
     stored = manifest["kind"] if manifest else None
     report.kind, report.kind_reason = choose_kind(files, requested, stored, name)
+    report.new_database = stored is None
     kept = []
     for path in files:
         if kind_of(path) == report.kind:

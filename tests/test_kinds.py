@@ -54,6 +54,9 @@ def test_the_majority_decides_and_pictures_are_skipped_one_line_each(tmp_path, f
 def test_excluded_files_are_left_out_quietly(tmp_path, folder):
     result = cli(tmp_path, "ingest", str(folder), "--exclude", "*.jpg", "--exclude", "browse/*")
     assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(
+        "new database of georeferenced rasters (4 of 4 inputs are georeferenced rasters"
+    )
     assert "4 tiles added from 4 files" in result.stderr
     assert not [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     only = cli(tmp_path, "ingest", str(folder), "--include", "rgb[12].TIF", "--json")
