@@ -59,19 +59,16 @@ MAX_ITEM_BYTES = 4 * 1024 * 1024
 #     confidence; unused before Landsat 8), 3 cloud, 4 cloud shadow.
 #   sentinel2-scl (L2A scene classification): 0 no data, 1 saturated or defective, 3 cloud
 #     shadows, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus.
-MASK_RULES = {
-    "landsat-bqa": "Landsat Collection 1 BQA: fill, cloud, high-confidence shadow and cirrus",
-    "landsat-qa-pixel": "Landsat Collection 2 QA_PIXEL: fill, cloud, dilated cloud, cirrus, shadow",
-    "sentinel2-scl": "Sentinel-2 SCL: no data, defective, cloud shadow, cloud, thin cirrus",
-}
 _SCL_MASKED = (0, 1, 3, 8, 9, 10)
 
 _MTL_NAME = re.compile(r"(?:^|_)MTL\.(?:txt|json)$", re.IGNORECASE)
 _SAFE_ZIP_NAME = re.compile(r"^S2[A-D]_MSIL(?:1C|2A)_.*\.zip$", re.IGNORECASE)
 _SAFE_METADATA = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
-# A band file: prefix, a band token (B01, B1, B8A, band1) or a quality band, optional _10m.
+# A band file: a prefix and separator, a band token (B01, B1, B8A, band1) or a quality band,
+# an optional resolution (_10m). rgb1.tif is no band file: the token must start the name or
+# follow _ . or -.
 _BAND_FILE = re.compile(
-    r"^(?P<prefix>.*?)(?P<sep>[_.-]?)(?P<token>B\d{1,2}A?|BAND\d{1,2}|SCL|BQA|QA_PIXEL)"
+    r"^(?:(?P<prefix>.*?)(?P<sep>[_.-]))?(?P<token>B\d{1,2}A?|BAND\d{1,2}|SCL|BQA|QA_PIXEL)"
     r"(?:_\d{2}m)?$",
     re.IGNORECASE,
 )
@@ -129,6 +126,7 @@ class _Grid:
 
     width: int
     height: int
+    count: int
     transform: rasterio.Affine
     crs: rasterio.crs.CRS | None
     dtype: str
@@ -555,7 +553,7 @@ def band_file_products(folder: Path, names: Iterable[str]) -> list[Product]:
             continue
         match = _BAND_FILE.match(stem)
         if match:
-            key = (match["prefix"].lower(), match["sep"], suffix.lower())
+            key = ((match["prefix"] or "").lower(), match["sep"] or "", suffix.lower())
             groups.setdefault(key, []).append((match["token"].upper(), name))
             continue
         for token in _AUXILIARY_TOKENS:
@@ -570,8 +568,10 @@ def band_file_products(folder: Path, names: Iterable[str]) -> list[Product]:
         if len(data) < 2 or not _one_grid([folder / name for _, name in data]):
             continue
         data.sort(key=lambda pair: _band_order(pair[0]))
-        first = _BAND_FILE.match(os.path.splitext(files[0][1])[0])
-        pattern = f"{first['prefix']}{first['sep']}B*{os.path.splitext(files[0][1])[1]}"
+        stem, suffix_as_written = os.path.splitext(data[0][1])
+        first = _BAND_FILE.match(stem)
+        letters = re.match(r"[A-Za-z]+", first["token"]).group()  # B, b, band
+        pattern = f"{first['prefix'] or ''}{first['sep'] or ''}{letters}*{suffix_as_written}"
         refs = tuple(BandRef(_band_name(token), str(folder / name)) for token, name in data)
         mask = BandRef(masks[0][0], str(folder / masks[0][1])) if masks else None
         names_here = [name for _, name in files] + auxiliary.get((prefix, suffix), [])
@@ -611,7 +611,7 @@ def _scene_rgb(prefix: str, names: Sequence[str]) -> tuple[str, str, str] | None
 
 
 def _one_grid(paths: Sequence[Path]) -> bool:
-    """Whether single-band rasters share a CRS and an extent (resolutions may differ)."""
+    """Whether rasters are single-band and share a CRS and an extent (not a resolution)."""
     try:
         grids = [_grid(str(path)) for path in paths]
     except InputError:
@@ -619,7 +619,7 @@ def _one_grid(paths: Sequence[Path]) -> bool:
     first = grids[0]
     coarsest = max(abs(g.transform.a) for g in grids)
     for grid in grids:
-        if grid.crs != first.crs or grid.transform.b or grid.transform.d:
+        if grid.count != 1 or grid.crs != first.crs or grid.transform.b or grid.transform.d:
             return False
         extent = np.array(_extent(grid))
         if np.abs(extent - np.array(_extent(first))).max() > coarsest:
@@ -641,7 +641,7 @@ def _grid(dataset: str) -> _Grid:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(dataset) as opened:
                 return _Grid(
-                    opened.width, opened.height, opened.transform, opened.crs,
+                    opened.width, opened.height, opened.count, opened.transform, opened.crs,
                     str(np.dtype(opened.dtypes[0])), opened.nodata,
                 )  # fmt: skip
     except (RasterioError, OSError) as exc:
