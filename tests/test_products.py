@@ -80,6 +80,58 @@ def test_a_landsat_folder_is_one_scene_with_its_quality_band_as_mask(tmp_path, s
     assert max(t.nodata_fraction for t in tiles) > 0.5  # clouds masked
 
 
+def test_quality_values_mean_what_their_products_document():
+    """Values from USGS's and ESA's tables: clear pixels stay, fill and clouds are masked."""
+    assert masked_pixels("landsat-bqa", [2720, 2752, 1, 2800, 6816]).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]  # fmt: skip  (clear, medium-confidence cloud only, fill, cloud, high-confidence cirrus)
+    assert masked_pixels("landsat-qa-pixel", [21824, 21952, 1, 22280, 23888]).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]  # fmt: skip  (clear, water, fill, high-confidence cloud, cloud shadow)
+    assert np.flatnonzero(masked_pixels("sentinel2-scl", range(12))).tolist() == [0, 1, 3, 8, 9, 10]
+
+
+def test_a_collection_2_scene_with_mtl_json_and_qa_pixel(tmp_path, settings):
+    """Landsat Collection 2 Level-2 as delivered: SR_B1..SR_B7, ST_B10, QA_PIXEL, MTL.json
+    (bands copied from the Collection 1 scene; QA_PIXEL: cloud over the top 100 rows)."""
+    product_id = "LC08_L2SP_016037_20170813_20200903_02_T1"
+    folder = tmp_path / product_id
+    folder.mkdir()
+    contents = {"LANDSAT_PRODUCT_ID": product_id, "PROCESSING_LEVEL": "L2SP",
+                "COLLECTION_NUMBER": "02"}  # fmt: skip
+    for number in (1, 2, 3, 4, 5, 6, 7, 10):
+        name = f"{product_id}_{'ST' if number == 10 else 'SR'}_B{number}.TIF"
+        shutil.copy(shared(*LANDSAT, f"B{number}.TIF"), folder / name)
+        contents["FILE_NAME_BAND_ST_B10" if number == 10 else f"FILE_NAME_BAND_{number}"] = name
+    with rasterio.open(shared(*LANDSAT, "BQA.TIF")) as quality:
+        profile, shape = quality.profile, quality.shape
+    pixel_qa = np.full((1, *shape), 21824, "uint16")  # clear
+    pixel_qa[0, :100] = 22280  # cloud, high confidence
+    with rasterio.open(folder / f"{product_id}_QA_PIXEL.TIF", "w", **profile) as target:
+        target.write(pixel_qa)
+    contents["FILE_NAME_QUALITY_L1_PIXEL"] = f"{product_id}_QA_PIXEL.TIF"
+    attributes = {"SPACECRAFT_ID": "LANDSAT_8", "DATE_ACQUIRED": "2017-08-13"}
+    metadata = {"PRODUCT_CONTENTS": contents, "IMAGE_ATTRIBUTES": attributes}
+    (folder / f"{product_id}_MTL.json").write_text(json.dumps({"LANDSAT_METADATA_FILE": metadata}))
+
+    product = product_at(folder)
+    assert product.kind == "Landsat 8 Collection 2 L2SP" and product.mask.name == "QA_PIXEL"
+    assert product.names == ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B10")
+    with open_source(folder / f"{product_id}_MTL.json") as source:
+        tile = source.read(source.windows(512)[0], list(range(1, 9)))
+    image = (tile.pixels != 0).all(axis=0)  # the scene's fill: DN 0 (documented, untagged)
+    assert not tile.valid[:100].any()
+    assert (tile.valid[100:] == image[100:]).all() and image[100:].mean() > 0.5
+
+
 def test_a_scene_is_a_query_by_its_folder_or_its_mtl(tmp_path, settings):
     folder = shared(*LANDSAT)
     db = tmp_path / "landsat.gpkg"
