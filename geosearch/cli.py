@@ -31,6 +31,7 @@ from geosearch.errors import (
     GeosearchError,
 )
 from geosearch.formats import KINDS
+from geosearch.ingest import IngestReport
 
 app = typer.Typer(
     add_completion=False,
@@ -183,7 +184,8 @@ def ingest(
         )  # fmt: skip
     if dry_run and not json_output:
         state = "new" if report.new_database else "existing"
-        out.print(f"{db_path}: {state} database of {KINDS[report.kind]} ({report.kind_reason})")
+        kind = KINDS[report.kind]
+        out.print(f"{db_path}: {state} database of {kind} ({report.kind_reason})", markup=False)
         for item in report.planned or []:
             detail = f"  ({item['detail']})" if item.get("detail") else ""
             out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
@@ -205,7 +207,7 @@ def ingest(
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
 
 
-def _inputs(report: Any) -> str:
+def _inputs(report: IngestReport) -> str:
     """What an ingest read: "3 files", "1 scene", "2 scenes and 4 files"."""
     scenes, files = report.scenes_ingested, report.files_ingested - report.scenes_ingested
     parts = [f"{scenes} scene{'s' * (scenes != 1)}"] if scenes else []
