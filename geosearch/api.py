@@ -25,7 +25,8 @@ from geosearch.render import write_results as _write_results
 from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area, open_database
 from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
-from geosearch.store import Store, normalise_path
+from geosearch.sources import canonical_path
+from geosearch.store import Store
 
 PathLike = str | Path
 
@@ -41,8 +42,12 @@ def ingest(
     dry_run: bool = False,
     engine: str = "local",
     master: str | None = None,
+    kind: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> IngestReport:
-    """Ingest every image under ``paths`` into ``db``; see ``geosearch.ingest.ingest``."""
+    """Ingest every image and scene under ``paths`` into ``db``; see
+    ``geosearch.ingest.ingest``."""
     return _ingest(
         [Path(p) for p in paths],
         Path(db),
@@ -53,6 +58,9 @@ def ingest(
         dry_run=dry_run,
         engine=engine,
         master=master,
+        kind=kind,
+        include=include,
+        exclude=exclude,
     )
 
 
@@ -62,7 +70,7 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
         known = {record.path for record in store.files()}
         chosen: list[str] = []
         for path in paths:
-            stored = normalise_path(path)
+            stored = canonical_path(path)  # a scene's MTL or STAC item: the scene
             under = [
                 p for p in known if p == stored or p.startswith(stored.rstrip(os.sep) + os.sep)
             ]
@@ -254,6 +262,8 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
                 "bytes_per_million_tiles": described["bytes_per_million"],
                 "disk_bytes_per_million_tiles": described["disk_bytes_per_million"],
             },
+            "dates": store.date_sources(),  # tiles per date source; "undated": without
+            "read_only": store.readonly,
             "geosearch_version": store.meta("geosearch_version"),
             "created": store.meta("created"),
         }

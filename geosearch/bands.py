@@ -235,8 +235,14 @@ def build_manifest(source: ImageSource, settings: BandSettings) -> BandManifest:
         scaling=scaling,
         low=lows,
         high=highs,
-        rgb=_rgb_positions(bands, names, settings.rgb),
+        rgb=_rgb_positions(bands, names, settings.rgb or _product_rgb(source, names)),
     )
+
+
+def _product_rgb(source: ImageSource, names: Sequence[str]) -> tuple[str, ...] | None:
+    """The RGB bands a product's metadata names (Landsat 7: B3,B2,B1), if all are selected."""
+    rgb = getattr(source, "rgb_names", None)
+    return tuple(rgb) if rgb and set(rgb) <= set(names) else None
 
 
 def _dtype_range(dtype: str) -> tuple[float, float]:

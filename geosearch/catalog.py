@@ -148,6 +148,7 @@ class Catalog:
                     footprint=footprint.wgs84 if footprint else None,
                     acquired=source.acquired,
                     nodata_fraction=round(tile.nodata_fraction, 6),
+                    acquired_source=source.acquired_source,
                 )
             )
             tiles.append(tile)

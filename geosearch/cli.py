@@ -21,6 +21,7 @@ from rich.table import Table
 
 from geosearch import SearchFilters, api
 from geosearch.config import Settings
+from geosearch.dates import DATE_SOURCES
 from geosearch.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -30,6 +31,8 @@ from geosearch.errors import (
     GeosearchError,
     InputError,
 )
+from geosearch.formats import KINDS
+from geosearch.ingest import IngestReport
 
 app = typer.Typer(
     add_completion=False,
@@ -136,8 +139,27 @@ def ingest(
         bool, typer.Option("--verify", help="Judge changed files by content hash (SHA-256).")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List what would be ingested; write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Say what the database will be and what would be done; write nothing."
+        ),
     ] = False,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="geo (georeferenced rasters, scenes) or plain (JPEG/PNG) for a new database; "
+            "files of the other kind are skipped. [default: most inputs' kind]",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help="Only inputs matching this glob (repeatable): '*.tif'."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Leave out inputs matching this glob (repeatable)."),
+    ] = None,
     engine: EngineOption = "local",
     master: MasterOption = None,
     json_output: JsonOption = False,
@@ -157,19 +179,26 @@ def ingest(
         report = _run(
             lambda: api.ingest(
                 paths, db_path, settings, bands=selected, progress=progress, verify=verify,
-                dry_run=dry_run, engine=engine, master=master,
+                dry_run=dry_run, engine=engine, master=master, kind=kind,
+                include=include or (), exclude=exclude or (),
             )
         )  # fmt: skip
     if dry_run and not json_output:
+        state = "new" if report.new_database else "existing"
+        kind = KINDS[report.kind]
+        out.print(f"{db_path}: {state} database of {kind} ({report.kind_reason})", markup=False)
         for item in report.planned or []:
-            out.print(f"{item['action']:<9}  {item['path']}", markup=False)
+            detail = f"  ({item['detail']})" if item.get("detail") else ""
+            out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
         return
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
+        if report.new_database:
+            err.print(f"new database of {KINDS[report.kind]} ({report.kind_reason})", markup=False)
         rate = report.tiles_added / report.seconds if report.seconds else 0.0
         err.print(
-            f"{report.tiles_added} tiles added from {report.files_ingested} files "
+            f"{report.tiles_added} tiles added from {_inputs(report)} "
             f"({report.files_unchanged} unchanged, {report.files_replaced} replaced, "
             f"{report.files_resumed} resumed, {len(report.skipped)} skipped; "
             f"{report.tiles_nodata} tiles mostly nodata) in {report.seconds:.1f} s "
@@ -177,6 +206,15 @@ def ingest(
             markup=False,
         )
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+
+
+def _inputs(report: IngestReport) -> str:
+    """What an ingest read: "3 files", "1 scene", "2 scenes and 4 files"."""
+    scenes, files = report.scenes_ingested, report.files_ingested - report.scenes_ingested
+    parts = [f"{scenes} scene{'s' * (scenes != 1)}"] if scenes else []
+    if files or not scenes:
+        parts.append(f"{files} files")
+    return " and ".join(parts)
 
 
 @app.command()
@@ -267,12 +305,15 @@ def _is_date(text: str) -> bool:
 def _print_results(results: list, files, json_output: bool) -> None:
     for result in results:
         _say_compared_on(result.query)
+    for note in dict.fromkeys(note for result in results for note in result.notes):
+        err.print(f"note: {note}", markup=False)
     if json_output:
         for result in results:
             out.print(json.dumps(result.to_dict()), markup=False)
         return
     for result in results:
-        title = f"similar to {result.query.label}  (session {result.session})"
+        title = f"similar to {result.query.label}"
+        title += f"  (session {result.session})" if result.session else ""
         table = Table(title=title, title_justify="left")
         columns = ("rank", "score", "id", "file", "window (row,col size)", "acquired", "place")
         for column in columns:
@@ -605,6 +646,7 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
             f"{','.join(bands['names'][i] for i in bands['rgb'])}",
         ),
         ("tile size", f"{facts['tile_size']} px"),
+        ("dates", _dates_line(facts["dates"])),
         (
             "extractors",
             " + ".join(
@@ -623,6 +665,13 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         out.print(f"{label:<{width}}  {value}", markup=False)
+
+
+def _dates_line(sources: dict[str, int]) -> str:
+    """Tiles per date source, undated last: "20 from names, 3 from metadata, 5 undated"."""
+    words = DATE_SOURCES
+    shown = [f"{n} from {words.get(k, k)}" for k, n in sources.items() if k != "undated"]
+    return ", ".join([*shown, f"{sources.get('undated', 0)} undated"])
 
 
 def main() -> None:

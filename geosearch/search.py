@@ -13,7 +13,6 @@ shortlisted scenes: where its place is found, the tiles covering it lead the res
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -34,8 +33,8 @@ from geosearch.errors import DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
-from geosearch.sources import Window, file_name_problem
-from geosearch.store import FileRecord, Store, TileRecord, normalise_path
+from geosearch.sources import Window, canonical_path, file_identity, file_name_problem
+from geosearch.store import FileRecord, Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
 EXACT_SUBSET_LIMIT = 50_000
@@ -118,6 +117,7 @@ class Match:
             "width": tile.window.width,
             "height": tile.window.height,
             "acquired": tile.acquired,
+            "acquired_source": tile.acquired_source,
             "crs": tile.crs,
             "geometry": mapping(tile.footprint) if tile.footprint is not None else None,
             "preview": self.preview,
@@ -134,6 +134,7 @@ class SearchResult:
     session: str | None = None
     feedback: dict[str, list[int]] | None = None  # {"good": ids, "bad": ids} applied
     location: Placement | None = None  # where the query lies, best found (second stage)
+    notes: list[str] = field(default_factory=list)  # one line each, for stderr
 
     def to_dict(self) -> dict[str, Any]:
         query = self.query.to_dict() | {"preview": self.query_preview}
@@ -142,6 +143,7 @@ class SearchResult:
             "session": self.session,
             "feedback": self.feedback,
             "location": self.location.to_dict() if self.location is not None else None,
+            "notes": self.notes,
             "results": [m.to_dict() for m in self.matches],
         }
 
@@ -203,7 +205,7 @@ def resolve_query(
     problem = file_name_problem(Path(path))
     if problem:
         raise InputError(f"{path}: {problem}")
-    stored_path = normalise_path(path)
+    stored_path = canonical_path(path)  # a scene's folder, MTL or STAC item: the scene
     record = catalog.store.file_record(stored_path)
     pixels = None
     if record is not None and record.status == "done" and _unchanged(stored_path, record):
@@ -298,10 +300,10 @@ def resolve_tile(
 
 def _unchanged(path: str, record: FileRecord) -> bool:
     try:
-        stat = os.stat(path)
+        identity = file_identity(path)  # a scene: its member files'
     except OSError:
         return True  # gone from disk: the database still knows it
-    return (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
+    return identity == (record.size, record.mtime_ns)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

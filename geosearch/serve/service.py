@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import secrets
 import shutil
@@ -45,7 +44,7 @@ from geosearch.search import (
     search_vectors,
 )
 from geosearch.sessions import session_marks
-from geosearch.sources import open_source
+from geosearch.sources import file_identity, open_source
 from geosearch.store import TileRecord
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -338,11 +337,11 @@ def _position_in_file(catalog: Catalog, record: TileRecord) -> int:
     again; refused when the file changed on disk since ingest (it would be embedded anew)."""
     stored = catalog.store.file_record(record.path)
     try:
-        stat = os.stat(record.path)
+        identity = file_identity(record.path)  # a scene: its member files'
     except OSError:
-        stat = None  # gone from disk: the database still knows its tiles
+        identity = None  # gone from disk: the database still knows its tiles
     if stored is None or stored.status != "done" or (
-        stat is not None and (stat.st_size, stat.st_mtime_ns) != (stored.size, stored.mtime_ns)
+        identity is not None and identity != (stored.size, stored.mtime_ns)
     ):  # fmt: skip
         raise ConflictError(
             f"tile {record.id}: its file changed since it was ingested; run 'geosearch ingest' "
