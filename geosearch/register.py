@@ -23,7 +23,9 @@ from geosearch.orientation import IDENTITY, Orientation
 # misalignments and resampling differences between two acquisitions of a place.
 BLUR_SIGMA = 1.5
 # Templates smaller than this (pixels per side, after scaling) say too little to be placed.
-MIN_TEMPLATE_SIDE = 12
+MIN_TEMPLATE_SIDE = 24
+# A placement counts only over at least this share of valid scene pixels (not over nodata).
+MIN_VALID_SHARE = 0.5
 # When several scales or orientations are tried, they are first compared at this fraction of
 # the resolution; only the best is matched again at full resolution.
 COARSE_FACTOR = 0.5
@@ -71,17 +73,31 @@ def _resized(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=interpolation)
 
 
-def _best(template: np.ndarray, scene: np.ndarray) -> tuple[float, float, int, int]:
+def _best(
+    template: np.ndarray, scene: np.ndarray, valid: np.ndarray | None
+) -> tuple[float, float, int, int]:
     """(correlation, margin, row, col) of the best placement of ``template`` in ``scene``; the
     margin is how much better it is than the best placement away from it (more than a quarter
-    of the template's side off): a true match stands out, chance resemblance does not."""
+    of the template's side off): a true match stands out, chance resemblance does not.
+    Placements over less than ``MIN_VALID_SHARE`` valid scene pixels don't count."""
     scores = cv2.matchTemplate(scene, template, cv2.TM_CCOEFF_NORMED)
     np.nan_to_num(scores, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    if valid is not None and not valid.all():
+        scores[_valid_share(valid, template.shape) < MIN_VALID_SHARE] = -1.0
     _, peak, _, (col, row) = cv2.minMaxLoc(scores)
     radius = max(4, min(template.shape) // 4)
     scores[max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1] = -1.0
     elsewhere = cv2.minMaxLoc(scores)[1] if (scores > -1.0).any() else 0.0
     return float(peak), float(peak - elsewhere), row, col
+
+
+def _valid_share(valid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """For every placement of a ``shape`` window in ``valid``, the share of valid pixels under
+    it (the layout of ``matchTemplate``'s result)."""
+    height, width = shape
+    total = cv2.integral(valid.astype(np.uint8)).astype(np.float64)
+    inside = total[height:, width:] - total[:-height, width:] - total[height:, :-width]
+    return (inside + total[:-height, :-width]) / (height * width)
 
 
 def register(
@@ -95,32 +111,38 @@ def register(
     """The best placement of the grey ``query`` in the grey ``scene`` over ``scales`` (scene
     pixels per query pixel) and ``orientations``; None if the query can't fit at any scale.
 
-    Several scales or orientations are first compared at ``COARSE_FACTOR`` of the resolution;
-    the best scale is then refined at full resolution around where it matched."""
+    Several scales or orientations are first compared at ``COARSE_FACTOR`` of the resolution
+    by their margin; the best scale is then refined at full resolution around where it
+    matched."""
     scene_gradient = gradient_image(scene, scene_valid)
     trials = [(s, o) for s in scales for o in orientations]
     if len(trials) > 1:
         coarse_scene = _resized(scene_gradient, COARSE_FACTOR)
+        coarse_valid = None
+        if scene_valid is not None:
+            coarse_valid = _resized(scene_valid.astype(np.float32), COARSE_FACTOR) > 0.5
         ranked = []
         for scale, orientation in trials:
             template = _template(query, query_valid, scale * COARSE_FACTOR, orientation)
             if template is None or not _fits(template, coarse_scene):
                 continue
-            correlation, _, row, col = _best(template, coarse_scene)
+            _, margin, row, col = _best(template, coarse_scene, coarse_valid)
             centre = ((row + template.shape[0] / 2), (col + template.shape[1] / 2))
-            ranked.append((correlation, scale, orientation, centre))
+            ranked.append((margin, scale, orientation, centre))
         if not ranked:
             return None
+        # By margin, not correlation: a smaller template correlates well in more places.
         _, scale, orientation, (row, col) = max(ranked, key=lambda trial: trial[0])
         centre = (row / COARSE_FACTOR, col / COARSE_FACTOR)
         if len(scales) > 1:
-            scale = _refined_scale(query, query_valid, scene_gradient, scale, orientation, centre)
+            scene_part = (scene_gradient, scene_valid)
+            scale = _refined_scale(query, query_valid, scene_part, scale, orientation, centre)
     else:
         [(scale, orientation)] = trials
     template = _template(query, query_valid, scale, orientation)
     if template is None or not _fits(template, scene_gradient):
         return None
-    correlation, margin, row, col = _best(template, scene_gradient)
+    correlation, margin, row, col = _best(template, scene_gradient, scene_valid)
     height, width = template.shape
     return Registration(row, col, scale, orientation, correlation, margin, height, width)
 
@@ -128,13 +150,15 @@ def register(
 def _refined_scale(
     query: np.ndarray,
     valid: np.ndarray | None,
-    scene: np.ndarray,
+    scene: tuple[np.ndarray, np.ndarray | None],
     scale: float,
     orientation: Orientation,
     centre: tuple[float, float],
 ) -> float:
     """The scale among ``REFINE_STEPS`` around ``scale`` that matches best at full resolution
-    near ``centre`` (scene pixels) where the coarse comparison put the query."""
+    near ``centre`` (scene pixels) where the coarse comparison put the query. ``scene``: its
+    gradient image and validity."""
+    gradient, scene_valid = scene
     best, best_scale = -2.0, scale
     for step in REFINE_STEPS:
         trial = scale * step
@@ -145,12 +169,13 @@ def _refined_scale(
         pad = 0.1 * max(height, width) + 8
         top = max(0, round(centre[0] - height / 2 - pad))
         left = max(0, round(centre[1] - width / 2 - pad))
-        crop = scene[
-            top : round(centre[0] + height / 2 + pad), left : round(centre[1] + width / 2 + pad)
-        ]
+        rows = slice(top, round(centre[0] + height / 2 + pad))
+        cols = slice(left, round(centre[1] + width / 2 + pad))
+        crop = gradient[rows, cols]
         if not _fits(template, crop):
             continue
-        correlation = _best(template, crop)[0]
+        crop_valid = scene_valid[rows, cols] if scene_valid is not None else None
+        correlation = _best(template, crop, crop_valid)[0]
         if correlation > best:
             best, best_scale = correlation, trial
     return best_scale
