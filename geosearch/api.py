@@ -14,6 +14,7 @@ from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
 from geosearch.render import (
+    PARQUET_NAME,
     LocationFiles,
     ResultFiles,
     prepare_output,
@@ -223,7 +224,7 @@ def write_results(
     try:
         files = _write_results(results, catalog, Path(out), preview_size, previews)
         if parquet:
-            files.parquet = write_parquet(results, Path(out) / "similar.parquet")
+            files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
         return files
     finally:
         catalog.store.close()

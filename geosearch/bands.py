@@ -71,12 +71,19 @@ class BandManifest:
                 f"{what[source.kind]}; use another --db"
             )
         bands = list(select) if select else list(self.bands)
-        if not select and len(source.data_bands) != self.source_count:
-            raise BandLayoutError(f"{source.path}: {expected}, {found}; use --bands to select")
-        if len(bands) != len(self.bands) or max(bands) > len(source.band_names):
-            raise BandLayoutError(f"{source.path}: {expected}, {found}; use --bands to select")
-        if source.dtype != self.dtype:
-            raise BandLayoutError(f"{source.path}: {expected}, {found}")
+        fits = (select or len(source.data_bands) == self.source_count) and (
+            len(bands) == len(self.bands) and max(bands) <= len(source.band_names)
+        )
+        if not fits or source.dtype != self.dtype:
+            hint = ""
+            if source.dtype == self.dtype and len(source.data_bands) > len(self.bands):
+                hint = "; use --bands to select"  # choosing some of its bands can fit
+            elif source.alpha_band and len(source.data_bands) + 1 == self.source_count:
+                hint = (
+                    f"; its band {source.alpha_band} is flagged alpha (a mask, never data): "
+                    "write it with photometric MINISBLACK to use it as data"
+                )
+            raise BandLayoutError(f"{source.path}: {expected}, {found}{hint}")
         return bands
 
     def query_bands(self, source: ImageSource, db_name: str) -> QueryBands:

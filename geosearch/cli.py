@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from geosearch import SearchFilters, api
+from geosearch import SearchFilters, __version__, api
 from geosearch.config import Settings
 from geosearch.dates import DATE_SOURCES
 from geosearch.errors import (
@@ -33,16 +33,40 @@ from geosearch.errors import (
 )
 from geosearch.formats import KINDS
 from geosearch.ingest import IngestReport
+from geosearch.sources import gdal_messages
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help text as written: "[default: x]" and "geosearch[spark]" stay
     help="Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example.",
 )
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        out.print(f"geosearch {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show GDAL's and rasterio's warnings too."),
+    ] = False,
+) -> None:
+    """Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example."""
+    gdal_messages(verbose)
+
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="Database (GeoPackage). [default: geosearch.gpkg]")
@@ -191,6 +215,9 @@ def ingest(
             detail = f"  ({item['detail']})" if item.get("detail") else ""
             out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
         return
+    if not (json_output or quiet):
+        for note in report.notes:
+            err.print(f"note: {note}", markup=False)
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
@@ -315,17 +342,17 @@ def _print_results(results: list, files, json_output: bool) -> None:
         title = f"similar to {result.query.label}"
         title += f"  (session {result.session})" if result.session else ""
         table = Table(title=title, title_justify="left")
-        columns = ("rank", "score", "id", "file", "window (row,col size)", "acquired", "place")
+        columns = ("rank", "similarity", "id", "file", "window (row,col size)", "acquired", "place")
         for column in columns:
             table.add_column(
-                column, justify="right" if column in ("rank", "score", "id") else "left"
+                column, justify="right" if column in ("rank", "similarity", "id") else "left"
             )
         for match in result.matches:
             w = match.tile.window
             located = match.located
             table.add_row(
                 str(match.rank),
-                f"{match.score:.4f}",
+                f"{match.similarity:.3f}",
                 str(match.tile.id),
                 _shown_path(match.tile.path),
                 f"{w.row},{w.col} {w.width}x{w.height}",
@@ -380,7 +407,9 @@ def similar(
     ] = None,
     exclude_near: Annotated[
         float | None,
-        typer.Option("--exclude-near", help="Drop results within this many metres of the query."),
+        typer.Option(
+            "--exclude-near", min=0, help="Drop results within this many metres of the query."
+        ),
     ] = None,
     other_files: Annotated[
         bool, typer.Option("--other-files", help="Only results from other files than the query's.")

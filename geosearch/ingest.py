@@ -78,6 +78,7 @@ class IngestReport:
     tiles_nodata: int = 0
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. a file left empty
     planned: list[dict] | None = None  # dry run: {"path", "action", "detail"} per file
     kind: str | None = None  # what the database holds: "geo" or "plain"
     kind_reason: str = ""  # why: the database's own kind, --kind, or the inputs' majority
@@ -325,6 +326,11 @@ def ingest(
     progress = progress or SilentProgress()
     started = time.perf_counter()
     files, excluded = select_inputs(paths, include, exclude)
+    if not files:
+        left_out = f" ({excluded} left out by --include/--exclude)" if excluded else ""
+        raise InputError(
+            f"nothing to ingest: no image file or scene in {', '.join(map(str, paths))}{left_out}"
+        )
     report = IngestReport(db=str(db), files_found=len(files), files_excluded=excluded)
     for path in [f for f in files if file_name_problem(Path(f))]:
         files.remove(path)

@@ -23,11 +23,12 @@ from shapely.geometry.polygon import orient
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
 from geosearch.locate import Placement
-from geosearch.search import LocateResult, Query, SearchResult
+from geosearch.search import LocateResult, Match, Query, SearchResult
 from geosearch.sources import Window, open_source
 
 GEOJSON_NAME = "similar.geojson"
 LOCATED_GEOJSON_NAME = "located.geojson"
+PARQUET_NAME = "similar.parquet"
 COORDINATE_DECIMALS = 7
 STRETCH_PERCENTILES = (2.0, 98.0)
 
@@ -132,6 +133,7 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
                 "query": number,
                 "rank": match.rank,
                 "score": round(match.score, 6),
+                "similarity": round(match.similarity, 4),
                 "cosine": round(match.cosine, 6) if match.cosine is not None else None,
                 "correlation": round(located.placement.correlation, 4) if located else None,
                 "coverage": round(located.coverage, 4) if located else None,
@@ -298,11 +300,22 @@ def write_marks(session: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> bytes:
-    """PNG of labelled previews side by side (query first, then results in rank order)."""
-    label_height = max(16, cell // 10)
-    font = ImageFont.load_default(size=max(10, label_height - 4))
-    sheet = Image.new("RGB", (cell * len(images), cell + label_height), "white")
+def _label(match: Match) -> list[str]:
+    """A result's lines on the contact sheet: rank, similarity (and the share of the query it
+    shows, where the second stage placed it), date, file."""
+    first = f"#{match.rank}  similarity {match.similarity:.2f}"
+    if match.located is not None:
+        first += f"  · {match.located.coverage:.0%} of query"
+    return [first, match.tile.acquired or "undated", Path(match.tile.path).name]
+
+
+def contact_sheet(images: Sequence[tuple[bytes | None, Sequence[str]]], cell: int) -> bytes:
+    """PNG of labelled previews side by side (query first, then results in rank order); each
+    label's lines are cut to the cell's width."""
+    line_height = max(14, cell // 14)
+    font = ImageFont.load_default(size=max(10, line_height - 3))
+    lines = max(len(label) for _, label in images)
+    sheet = Image.new("RGB", (cell * len(images), cell + lines * line_height + 4), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (png, label) in enumerate(images):
         if png is not None:
@@ -313,10 +326,23 @@ def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> byte
                 sheet.paste(picture, offset, picture)
         else:
             draw.text((i * cell + 4, cell // 2), "(missing)", fill="gray", font=font)
-        draw.text((i * cell + 4, cell + 2), label, fill="black", font=font)
+        for n, text in enumerate(label):
+            shown = _fitted(text, font, cell - 8)
+            colour = "black" if n == 0 else "dimgray"
+            draw.text((i * cell + 4, cell + 2 + n * line_height), shown, fill=colour, font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _fitted(text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """``text``, cut in the middle with an ellipsis if wider than ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    keep = len(text)
+    while keep > 3 and font.getlength(f"{text[: keep // 2]}…{text[-(keep // 2) :]}") > width:
+        keep -= 2
+    return f"{text[: keep // 2]}…{text[-(keep // 2) :]}"
 
 
 def prepare_output(out_dir: Path, previews: bool = True) -> Path:
@@ -344,6 +370,7 @@ def write_results(
     """
     out_dir = Path(out_dir)
     previews_dir = prepare_output(out_dir)
+    _clear_earlier_results(out_dir)
     written: list[Path] = []
     sheets: list[Path] = []
     for number, result in enumerate(results if previews else [], start=1):
@@ -353,12 +380,12 @@ def write_results(
         result.query_preview = _save(
             query_png, previews_dir / f"query{number}.png", out_dir, written
         )
-        cells = [(query_png, "query")]
+        cells = [(query_png, ["query", query.tiles[0].acquired or "", Path(query.path).name])]
         for match in result.matches:
             png = _try_preview(catalog, match.tile.path, match.tile.window, preview_size)
             name = f"query{number}_rank{match.rank}_tile{match.tile.id}.png"
             match.preview = _save(png, previews_dir / name, out_dir, written)
-            cells.append((png, f"#{match.rank} {match.score:.3f}"))
+            cells.append((png, _label(match)))
         sheet_path = out_dir / (
             "contact_sheet.png" if len(results) == 1 else f"contact_sheet_{number}.png"
         )
@@ -372,11 +399,25 @@ def write_results(
         if result.location is not None
     ]
     located_path = out_dir / LOCATED_GEOJSON_NAME
-    located_path.unlink(missing_ok=True)  # not an earlier run's
     if located:
         collection = {"type": "FeatureCollection", "features": located}
         _write_bytes(located_path, json.dumps(collection, indent=1).encode())
     return ResultFiles(geojson, written, sheets, located=located_path if located else None)
+
+
+def _clear_earlier_results(out_dir: Path) -> None:
+    """Delete what an earlier search wrote in ``out_dir`` (only the names searches write), so
+    the folder holds this run's results alone."""
+    earlier = [
+        *(out_dir / "previews").glob("query*.png"),
+        *out_dir.glob("contact_sheet*.png"),
+        *(out_dir / name for name in (GEOJSON_NAME, LOCATED_GEOJSON_NAME, PARQUET_NAME)),
+    ]
+    for path in earlier:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot replace {path}: {exc.strerror or exc}") from None
 
 
 def _try_preview(catalog: Catalog, path: str, window: Window | None, size: int) -> bytes | None:

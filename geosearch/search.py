@@ -29,7 +29,7 @@ from shapely.ops import unary_union
 from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog, open_catalog
 from geosearch.config import FeedbackSettings, SearchSettings, Settings
-from geosearch.errors import DatabaseError, InputError
+from geosearch.errors import ConfigError, DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
@@ -38,6 +38,8 @@ from geosearch.store import FileRecord, Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
 EXACT_SUBSET_LIMIT = 50_000
+# A query of several tiles looks at this many nearest tiles of each of its tiles.
+SCENE_NEIGHBOURS = 100
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Query:
 
     also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
     turned: np.ndarray | None = None  # (8, dim): the query under the 8 orientations
+    tile_vectors: np.ndarray | None = None  # (tiles, dim) of a query of several tiles
     bands: QueryBands | None = None  # how the file's bands map onto the database's
     window: Window | None = None  # the part of the file that is the query (None: all of it)
     compared_on: dict[str, Any] | None = None  # blocks and bands of a partial query
@@ -88,6 +91,7 @@ class Match:
 
     ``score`` orders the results: the vectors' cosine, or for a tile where the second stage
     found the query's place (``located``), 1 + correlation x the share of the query it covers.
+    ``similarity`` is what people read: the cosine mapped to 0..1.
     """
 
     rank: int
@@ -97,6 +101,12 @@ class Match:
     cosine: float | None = None
     located: PlacedTile | None = None
 
+    @property
+    def similarity(self) -> float:
+        """The vectors' cosine as 0..1 for people: 1 the same, about 0.5 unrelated."""
+        cosine = self.cosine if self.cosine is not None else self.score
+        return min(1.0, max(0.0, (1.0 + cosine) / 2.0))
+
     def to_dict(self) -> dict[str, Any]:
         tile = self.tile
         located = self.located
@@ -105,6 +115,7 @@ class Match:
             "id": tile.id,
             "rank": self.rank,
             "score": round(self.score, 6),
+            "similarity": round(self.similarity, 4),
             "cosine": round(self.cosine if self.cosine is not None else self.score, 6),
             "located": {
                 "correlation": round(located.placement.correlation, 4),
@@ -223,7 +234,9 @@ def resolve_query(
         indexed = False
     if tile is not None:
         if not 0 <= tile < len(tiles):
-            raise InputError(f"{path}: has {len(tiles)} tiles; --tile must be 0..{len(tiles) - 1}")
+            raise ConfigError(
+                f"--tile {tile}: {path} has {len(tiles)} tiles; --tile must be 0..{len(tiles) - 1}"
+            )
         tiles = [tiles[tile]]
         vectors = vectors[tile : tile + 1] if vectors is not None else None
         pixels = pixels[tile : tile + 1] if pixels is not None else None
@@ -239,6 +252,7 @@ def resolve_query(
         vectors, _ = catalog.compute(pixels, bands)
     query = Query(str(path), stored_path, tiles, mean_vector(vectors), indexed, tile)
     query.turned = turned
+    query.tile_vectors = vectors if len(tiles) > 1 else None
     query.bands = bands
     query.window = tiles[0].window if tile is not None else None
     query.compared_on = _compared_on(catalog, bands)
@@ -264,7 +278,7 @@ def resolve_point(
 ) -> Query:
     """The indexed tile containing a lon/lat point (on ``date`` if given, else the latest)."""
     if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-        raise InputError(f"--lonlat {lon},{lat}: longitude must be -180..180, latitude -90..90")
+        raise ConfigError(f"--lonlat {lon},{lat}: longitude must be -180..180, latitude -90..90")
     store = catalog.store
     point = Point(lon, lat)
     candidates = store.tiles(sorted(store.ids_in_bbox(lon, lat, lon, lat)))
@@ -459,6 +473,10 @@ def search_vectors(
             index, store, row_vectors, row_queries, allowed, checks, wanted
         )
     ranked = merge_orientations(store, parents, row_vectors, ranked_rows, orientation_bonus)
+    for number, query in enumerate(queries):
+        if is_scene_query(query) and not feedback:
+            unplaced = replace(query, also_exclude=query.also_exclude | placed_ids[number])
+            ranked[number] = _scene_pairs(index, store, unplaced, allowed, passes(query), wanted)
     results = []
     for query, vector, pairs, (placed, placements) in zip(
         queries, vectors, ranked, located, strict=True
@@ -488,6 +506,55 @@ def search_vectors(
         location = placements[0] if placements else None
         results.append(SearchResult(query, matches, feedback=applied, location=location))
     return results
+
+
+def is_scene_query(query: Query) -> bool:
+    """A query of several tiles (a whole scene) searched tile by tile (not any-orientation)."""
+    return query.tile_vectors is not None and query.turned is None
+
+
+def _scene_pairs(
+    index: VectorIndex,
+    store: Store,
+    query: Query,
+    allowed: set[int] | None,
+    check: Any,
+    wanted: int,
+) -> list[tuple[float, int]]:
+    """A scene query's ranking of scenes (``scene_ranking``) from each of its tiles' nearest
+    ``SCENE_NEIGHBOURS`` tiles that the filters allow."""
+    k = min(index.count, SCENE_NEIGHBOURS + len(query.exclude))
+    scores, ids = index.search(query.tile_vectors.astype(np.float32), k)
+    found = sorted({int(i) for i in ids.ravel() if i >= 0} - query.exclude)
+    if allowed is not None:
+        found = [i for i in found if i in allowed]
+    records = {t.id: t for t in store.tiles(found) if check(t)}
+    return scene_ranking(scores, ids, records)[:wanted]
+
+
+def scene_ranking(
+    scores: np.ndarray, ids: np.ndarray, tiles: dict[int, TileRecord]
+) -> list[tuple[float, int]]:
+    """Scenes (files) ranked for a query of several tiles, from each query tile's nearest
+    tiles (row r of ``scores``/``ids``; only those in ``tiles`` count): a scene scores the mean,
+    over the query's tiles, of its best tile's cosine to that tile (a query tile none of its
+    tiles is near contributes that row's farthest score); one (score, tile id) per scene, its
+    best-matching tile, best scene first."""
+    best: dict[str, dict[int, tuple[float, int]]] = {}
+    for row, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
+        for score, tile_id in zip(row_scores, row_ids, strict=True):
+            tile = tiles.get(int(tile_id))
+            if tile is None:
+                continue
+            per_row = best.setdefault(tile.path, {})
+            if row not in per_row or score > per_row[row][0]:
+                per_row[row] = (float(score), int(tile_id))
+    floor = scores[:, -1]
+    ranked = []
+    for per_row in best.values():
+        score = np.mean([per_row[r][0] if r in per_row else floor[r] for r in range(len(floor))])
+        ranked.append((float(score), max(per_row.values())[1]))
+    return sorted(ranked, reverse=True)
 
 
 def _located(
@@ -712,5 +779,7 @@ __all__ = [
     "resolve_point",
     "resolve_query",
     "resolve_tile",
+    "scene_ranking",
+    "is_scene_query",
     "search_vectors",
 ]

@@ -102,7 +102,7 @@ def search_and_save(
         if lonlat is not None:
             resolved.append(resolve_point(catalog, *lonlat, date, any_orientation))
         if not resolved:
-            raise InputError("give a query file or --lonlat LON,LAT")
+            raise ConfigError("no query: give a query file or --lonlat LON,LAT")
         marks = {int(t): 1 for t in good} | {int(t): -1 for t in bad}
         _check_ids(catalog, marks)
         base = session or time.strftime("%Y%m%d-%H%M%S")
@@ -197,7 +197,7 @@ def refine(
                 return [int(v) for v in values]
             wrong = [v for v in values if not 1 <= v <= len(last)]
             if wrong:
-                raise InputError(
+                raise ConfigError(
                     f"rank {wrong[0]} is not among the {len(last)} results of session {session}"
                 )
             return [last[v - 1] for v in values]
@@ -237,4 +237,4 @@ def _check_ids(catalog: Catalog, marks: dict[int, int]) -> None:
     found = {t.id for t in catalog.store.tiles(sorted(marks))}
     missing = sorted(set(marks) - found)
     if missing:
-        raise InputError(f"tile id {missing[0]} is not in {catalog.name}")
+        raise ConfigError(f"tile id {missing[0]} is not in {catalog.name}")

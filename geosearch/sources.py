@@ -11,6 +11,7 @@ pipeline treats alike.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import stat
@@ -53,6 +54,8 @@ FOOTPRINT_EDGE_POINTS = 4
 
 # A nodata value beside an alpha band: rasterio uses the nodata value, as we want; no warning.
 warnings.filterwarnings("ignore", category=NodataShadowWarning)
+# Set by ``gdal_messages`` so that worker processes show GDAL's messages alike.
+VERBOSE_VARIABLE = "GEOSEARCH_VERBOSE"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,16 @@ class Footprint:
 
     native_wkt: str
     wgs84: BaseGeometry
+
+
+def gdal_messages(verbose: bool | None = None) -> None:
+    """Show GDAL's warnings (which rasterio logs) and rasterio's Python warnings only when
+    ``verbose``; None: as ``$GEOSEARCH_VERBOSE`` says (in worker processes, as their parent)."""
+    if verbose is None:
+        verbose = bool(os.environ.get(VERBOSE_VARIABLE))
+    os.environ[VERBOSE_VARIABLE] = "1" if verbose else ""
+    logging.getLogger("rasterio").setLevel(logging.WARNING if verbose else logging.ERROR)
+    warnings.filterwarnings("default" if verbose else "ignore", module="rasterio")
 
 
 def find_images(root: Path) -> Iterator[Path]:
@@ -613,6 +626,7 @@ __all__ = [
     "file_identity",
     "file_name_problem",
     "find_images",
+    "gdal_messages",
     "identity_files",
     "kind_of",
     "open_source",

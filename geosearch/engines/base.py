@@ -72,6 +72,7 @@ class _BatchWriter:
         self.started: list[FileRecord] = []
         self.finished: list[FileRecord] = []
         self.failed: list[str] = []
+        self.kept: dict[str, int] = {}  # tiles kept so far of each file under way
 
     def add(self, embedded: EmbeddedTiles) -> None:
         self.records += embedded.records
@@ -198,9 +199,16 @@ def _take(
         writer.started.append(chunk.plan.record())
     writer.add(result)
     report.tiles_nodata += result.skipped
+    writer.kept[path] = writer.kept.get(path, 0) + len(result.records)
     if chunk.last:
         writer.finished.append(chunk.plan.record("done"))
         report.files_ingested += 1
         report.scenes_ingested += chunk.plan.scene is not None
+        if not writer.kept.pop(path) and chunk.plan.action != "resume":
+            limit = writer.catalog.max_nodata_fraction
+            report.notes.append(
+                f"{path}: no tile indexed: every tile is more than {limit:.0%} nodata "
+                f"(max_nodata_fraction {limit:g})"
+            )
     if len(writer.records) >= batch_size:
         writer.flush()

@@ -302,7 +302,10 @@ function resultItem(feature) {
       "div",
       {},
       element("span", { class: "rank", text: `#${props.rank}` }),
-      element("span", { class: "score", text: `score ${props.score.toFixed(3)}` }),
+      element("span", { class: "score", text: `similarity ${props.similarity.toFixed(2)}` }),
+      props.coverage == null
+        ? ""
+        : element("div", { class: "found", text: `${Math.round(props.coverage * 100)}% of the query, placed` }),
       element("div", { class: "name", text: props.name }),
       element("div", { class: "muted", text: [props.acquired, window].filter(Boolean).join(" · ") }),
     ),
