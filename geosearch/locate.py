@@ -34,7 +34,7 @@ from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog
 from geosearch.errors import InputError
 from geosearch.orientation import ALL_ORIENTATIONS, IDENTITY, Orientation
-from geosearch.register import SCALE_SWEEP, Registration, register
+from geosearch.register import SCALE_SWEEP, QueryPicture, Registration, register
 from geosearch.sources import GeoRasterSource, Window, open_source, pixel_footprint
 from geosearch.store import Store, TileRecord
 
@@ -176,6 +176,7 @@ class Locator:
         self.min_margin = min_margin
         self.orientations = ALL_ORIENTATIONS if any_orientation else (IDENTITY,)
         self.georeferenced = image.transform is not None and image.crs_wkt is not None
+        self.picture = QueryPicture(image.grey, image.valid)
         self._scenes: dict[str, GeoRasterSource | None] = {}
 
     def close(self) -> None:
@@ -327,7 +328,7 @@ class Locator:
         except InputError:
             return None
         grey = manifest.scale(tile, slots).mean(axis=0)
-        found = register(self.image.grey, self.image.valid, grey, tile.valid, scales, orientations)
+        found = register(self.picture, grey, tile.valid, scales, orientations)
         if found is None:
             return None
         return _placement(path, scene, region, found, self.image.shape)

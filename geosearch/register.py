@@ -31,9 +31,9 @@ MIN_VALID_SHARE = 0.5
 COARSE_FACTOR = 0.5
 # Scales tried for a query of unknown ground resolution: scene pixels per query pixel.
 SCALE_SWEEP = tuple(float(2 ** (k / 4)) for k in range(-4, 5))  # 0.5 .. 2, steps of 2^(1/4)
-# Then the best is refined at full resolution over these factors (2^(1/16) apart, one sweep
-# step either way).
-REFINE_STEPS = tuple(float(2 ** (k / 16)) for k in range(-4, 5))
+# Then the best is refined at full resolution over these factors (2^(1/16) apart, half a
+# sweep step either way).
+REFINE_STEPS = tuple(float(2 ** (k / 16)) for k in range(-2, 3))
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,42 @@ def _valid_share(valid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (inside + total[:-height, :-width]) / (height * width)
 
 
+class QueryPicture:
+    """A grey query picture and its gradient templates, made once per scale and orientation
+    however many scenes it is registered in."""
+
+    def __init__(self, grey: np.ndarray, valid: np.ndarray | None = None) -> None:
+        self.grey = np.asarray(grey, dtype=np.float32)
+        self.valid = valid if valid is not None and not valid.all() else None
+        self._templates: dict[tuple[float, Orientation], np.ndarray | None] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.grey.shape
+
+    def template(self, scale: float, orientation: Orientation) -> np.ndarray | None:
+        """The gradient image at ``scale`` under ``orientation``; None if too small."""
+        key = (round(scale, 6), orientation)
+        if key not in self._templates:
+            resized = _resized(self.grey, scale)
+            template = None
+            if min(resized.shape) >= MIN_TEMPLATE_SIDE:
+                mask = None
+                if self.valid is not None:
+                    mask = _resized(self.valid.astype(np.float32), scale) > 0.5
+                template = orientation.apply(gradient_image(resized, mask))
+            self._templates[key] = template
+        return self._templates[key]
+
+
 def register(
-    query: np.ndarray,
-    query_valid: np.ndarray | None,
+    query: QueryPicture,
     scene: np.ndarray,
     scene_valid: np.ndarray | None,
     scales: Sequence[float],
     orientations: Sequence[Orientation] = (IDENTITY,),
 ) -> Registration | None:
-    """The best placement of the grey ``query`` in the grey ``scene`` over ``scales`` (scene
+    """The best placement of the ``query`` picture in the grey ``scene`` over ``scales`` (scene
     pixels per query pixel) and ``orientations``; None if the query can't fit at any scale.
 
     Several scales or orientations are first compared at ``COARSE_FACTOR`` of the resolution
@@ -123,7 +150,7 @@ def register(
             coarse_valid = _resized(scene_valid.astype(np.float32), COARSE_FACTOR) > 0.5
         ranked = []
         for scale, orientation in trials:
-            template = _template(query, query_valid, scale * COARSE_FACTOR, orientation)
+            template = query.template(scale * COARSE_FACTOR, orientation)
             if template is None or not _fits(template, coarse_scene):
                 continue
             _, margin, row, col = _best(template, coarse_scene, coarse_valid)
@@ -136,10 +163,10 @@ def register(
         centre = (row / COARSE_FACTOR, col / COARSE_FACTOR)
         if len(scales) > 1:
             scene_part = (scene_gradient, scene_valid)
-            scale = _refined_scale(query, query_valid, scene_part, scale, orientation, centre)
+            scale = _refined_scale(query, scene_part, scale, orientation, centre)
     else:
         [(scale, orientation)] = trials
-    template = _template(query, query_valid, scale, orientation)
+    template = query.template(scale, orientation)
     if template is None or not _fits(template, scene_gradient):
         return None
     correlation, margin, row, col = _best(template, scene_gradient, scene_valid)
@@ -148,8 +175,7 @@ def register(
 
 
 def _refined_scale(
-    query: np.ndarray,
-    valid: np.ndarray | None,
+    query: QueryPicture,
     scene: tuple[np.ndarray, np.ndarray | None],
     scale: float,
     orientation: Orientation,
@@ -162,7 +188,7 @@ def _refined_scale(
     best, best_scale = -2.0, scale
     for step in REFINE_STEPS:
         trial = scale * step
-        template = _template(query, valid, trial, orientation)
+        template = query.template(trial, orientation)
         if template is None:
             continue
         height, width = template.shape
@@ -179,19 +205,6 @@ def _refined_scale(
         if correlation > best:
             best, best_scale = correlation, trial
     return best_scale
-
-
-def _template(
-    query: np.ndarray, valid: np.ndarray | None, scale: float, orientation: Orientation
-) -> np.ndarray | None:
-    """The query's gradient image at ``scale`` under ``orientation``; None if too small."""
-    resized = _resized(np.asarray(query, dtype=np.float32), scale)
-    if min(resized.shape) < MIN_TEMPLATE_SIDE:
-        return None
-    mask = None
-    if valid is not None and not valid.all():
-        mask = _resized(valid.astype(np.float32), scale) > 0.5
-    return orientation.apply(gradient_image(resized, mask))
 
 
 def _fits(template: np.ndarray, scene: np.ndarray) -> bool:

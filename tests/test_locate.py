@@ -20,7 +20,7 @@ from shapely.geometry import box
 import geosearch
 from geosearch.config import Settings
 from geosearch.orientation import Orientation
-from geosearch.register import register
+from geosearch.register import QueryPicture, register
 from tests.conftest import SAMPLE_TILES, run_cli, shared
 
 YEARS = sorted((SAMPLE_TILES / "naip").glob("*.tif"))
@@ -164,7 +164,7 @@ def test_register_recovers_offset_scale_and_turn(turn):
         scene = src.read([1, 2, 3], window=Window(0, 0, 400, 400)).mean(axis=0)
     chip = scene[150:250, 90:210]  # 100 x 120 px at (row 150, col 90)
     query = turn.apply(np.asarray(Image.fromarray(chip.astype(np.float32)).resize((96, 80))))
-    found = register(query, None, scene, None, [s for s in (1.0, 1.25, 1.5)], [turn.inverse()])
+    found = register(QueryPicture(query), scene, None, [1.0, 1.25, 1.5], [turn.inverse()])
     assert found.orientation == turn.inverse()
     assert found.scale == pytest.approx(1.25, rel=0.05)
     assert (found.row, found.col) == pytest.approx((150, 90), abs=2)
