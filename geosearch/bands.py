@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from geosearch.config import BandSettings
+from geosearch.embeddings import embedding_product
 from geosearch.errors import BandLayoutError, ConfigError
 from geosearch.sources import ImageSource, RawTile
 
@@ -38,7 +39,7 @@ class BandManifest:
     bands: tuple[int, ...]  # 1-based band indexes read from each file, in order
     names: tuple[str, ...]
     dtype: str
-    scaling: str  # "dtype" or "percentile"
+    scaling: str  # "dtype", "percentile" or "none" (embedding rasters: raw values)
     low: tuple[float, ...]  # per band: value mapped to 0
     high: tuple[float, ...]  # per band: value mapped to 1
     rgb: tuple[int, int, int]  # 0-based positions in ``bands`` for the RGB composite
@@ -79,7 +80,11 @@ class BandManifest:
         return bands
 
     def scale(self, tile: RawTile) -> np.ndarray:
-        """(bands, h, w) float32 in 0..1; invalid pixels set to 0."""
+        """(bands, h, w) float32 in 0..1 (scaling ``none``: the raw values); invalid pixels 0."""
+        if self.scaling == "none":  # embedding rasters: features.embedding de-quantises
+            raw = tile.pixels.astype(np.float32)
+            raw[:, ~tile.valid] = 0.0
+            return raw
         low = np.asarray(self.low, dtype=np.float64)[:, None, None]
         high = np.asarray(self.high, dtype=np.float64)[:, None, None]
         bound = float(np.abs(np.concatenate([low, high])).max(initial=0.0))
@@ -115,8 +120,10 @@ def build_manifest(source: ImageSource, settings: BandSettings) -> BandManifest:
     scaling = settings.scaling
     if scaling == "auto":
         scaling = "dtype" if source.dtype == "uint8" else "percentile"
-    if scaling == "dtype":
-        low, high = _dtype_range(source.dtype)
+        if embedding_product(source.band_names, source.dtype):  # AlphaEarth, GeoTessera
+            scaling = "none"
+    if scaling in ("dtype", "none"):  # none: embedding rasters, raw values pass through
+        low, high = _dtype_range(source.dtype) if scaling == "dtype" else (0.0, 1.0)
         lows, highs = (low,) * len(bands), (high,) * len(bands)
     else:
         lows, highs = _percentile_range(source, bands, settings.percentiles)

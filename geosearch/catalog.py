@@ -17,6 +17,7 @@ import numpy as np
 from geosearch import __version__
 from geosearch.bands import BandManifest
 from geosearch.config import FeatureSettings, Settings
+from geosearch.embeddings import dequantization_for
 from geosearch.errors import DatabaseError
 from geosearch.features import (
     Extractor,
@@ -99,6 +100,8 @@ class Catalog:
             records, tiles, skipped = [], [], 0
             for window in self.windows(source) if windows is None else windows:
                 tile = source.read(window, bands)
+                if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
+                    tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
                 if not self.keeps(tile):
                     skipped += 1
                     continue
