@@ -141,8 +141,9 @@ def _to_wgs84(crs_wkt: str) -> Transformer:
     return Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
 
 
-def _ring_on_edges(width: int, height: int) -> np.ndarray:
-    """Pixel (x, y) points around a width x height window, clockwise from the top-left."""
+def window_ring(width: int, height: int) -> np.ndarray:
+    """Pixel (x, y) points around a width x height window, clockwise from the top-left: the
+    ring of every native footprint (`footprint`), closed."""
     steps = np.linspace(0.0, 1.0, FOOTPRINT_EDGE_POINTS, endpoint=False)
     top = np.column_stack([steps * width, np.zeros_like(steps)])
     right = np.column_stack([np.full_like(steps, width), steps * height])
@@ -285,7 +286,7 @@ class GeoRasterSource:
         if self.crs_wkt is None:
             return None
         t = self._dataset.transform
-        ring = _ring_on_edges(window.width, window.height)
+        ring = window_ring(window.width, window.height)
         px, py = ring[:, 0] + window.col, ring[:, 1] + window.row
         xs, ys = t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f
         native = Polygon(np.column_stack([xs, ys]))
@@ -498,4 +499,5 @@ __all__ = [
     "find_images",
     "open_source",
     "tile_windows",
+    "window_ring",
 ]

@@ -595,6 +595,40 @@ class Store:
         )
         return [self._tile(row) for row in rows]
 
+    def first_tile_of_each_file(self) -> list[TileRecord]:
+        """One tile per file (its lowest id): enough to recover the file's geotransform."""
+        rows = self._connection.execute(
+            f"SELECT {self._TILE_COLUMNS} FROM {TILES} WHERE id IN "
+            f"(SELECT min(id) FROM {TILES} GROUP BY path)"
+        )
+        return [self._tile(row) for row in rows]
+
+    def windows_and_vectors(
+        self, batch: int = 100_000
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]]:
+        """Every tile in id order, ``batch`` at a time: ids, paths, (n, 4) windows (row, col,
+        width, height) and (n, dim) vectors; one pass, no geometry decoded."""
+        cursor = self._connection.execute(
+            f"SELECT id, path, row, col, width, height, vector FROM {TILES} ORDER BY id"
+        )
+        while rows := cursor.fetchmany(batch):
+            ids, paths, row, col, width, height, blobs = zip(*rows, strict=True)
+            windows = np.column_stack([row, col, width, height]).astype(np.int64)
+            vectors = blob_vectors(list(blobs), len(blobs[0]) // 4)
+            yield np.asarray(ids, dtype=np.int64), list(paths), windows, vectors
+
+    def paths_of(self, ids: Sequence[int]) -> list[str]:
+        """The files (sorted) that the given tiles come from."""
+        paths: set[str] = set()
+        for start in range(0, len(ids), 10_000):
+            chunk = list(ids[start : start + 10_000])
+            marks = ",".join("?" * len(chunk))
+            rows = self._connection.execute(
+                f"SELECT DISTINCT path FROM {TILES} WHERE id IN ({marks})", chunk
+            )
+            paths.update(row[0] for row in rows)
+        return sorted(paths)
+
     def vectors(
         self, ids: Sequence[int] | None = None, after_id: int = 0, column: str = "vector"
     ) -> tuple[np.ndarray, np.ndarray]:

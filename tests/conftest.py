@@ -173,3 +173,30 @@ def write_geotessera(path: Path, values: np.ndarray, year: int = 2024) -> Path:
             TESSERA_YEAR=str(year), TESSERA_DESCRIPTION="GeoTessera satellite embedding tile"
         )
     return path
+
+
+ALPHAEARTH_TILE = 64
+# 8 x 8 tiles of 4 planted classes; tile (0, 0) is all NoData, the left half of (0, 1) too.
+ALPHAEARTH_LABELS = np.random.default_rng(3).integers(0, 4, (8, 8))
+
+
+def alphaearth_values() -> np.ndarray:
+    """(64, 512, 512) int8: the planted-class AlphaEarth raster of ``alphaearth_db``."""
+    tile = ALPHAEARTH_TILE
+    values = alphaearth_quantize(planted_embeddings(ALPHAEARTH_LABELS, tile, 64, seed=1))
+    values[:, :tile, : tile + tile // 2] = -128
+    return values
+
+
+@pytest.fixture(scope="session")
+def alphaearth_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An AlphaEarth-shaped COG (``alphaearth_values``) ingested at 64 px tiles: (raster, db)."""
+    import geosearch
+
+    folder = tmp_path_factory.mktemp("alphaearth")
+    raster = write_alphaearth(folder / "xq2019-0000000000-0000000000.tiff", alphaearth_values())
+    db = folder / "aef.gpkg"
+    settings = Settings(tile_size=ALPHAEARTH_TILE, workers=1)
+    report = geosearch.ingest([raster], db, settings)
+    assert report.tiles_added == 63 and report.tiles_nodata == 1 and not report.skipped
+    return raster, db

@@ -18,36 +18,17 @@ from geosearch.config import Settings
 from geosearch.embeddings import Dequantization
 from geosearch.search import SearchFilters, open_database
 from tests.conftest import (
-    alphaearth_quantize,
+    ALPHAEARTH_LABELS,
+    ALPHAEARTH_TILE,
+    alphaearth_values,
     planted_embeddings,
     write_alphaearth,
     write_geotessera,
     write_geotiff,
 )
 
-TILE = 64
-# 8 x 8 tiles of 4 planted classes; tile (0, 0) is all NoData, the left half of (0, 1) too.
-LABELS = np.random.default_rng(3).integers(0, 4, (8, 8))
+LABELS, TILE = ALPHAEARTH_LABELS, ALPHAEARTH_TILE  # see conftest.alphaearth_db
 runner = CliRunner()
-
-
-def alphaearth_values() -> np.ndarray:
-    values = alphaearth_quantize(planted_embeddings(LABELS, TILE, 64, seed=1))
-    values[:, :TILE, : TILE + TILE // 2] = -128
-    return values
-
-
-@pytest.fixture(scope="module")
-def alphaearth_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """An AlphaEarth-shaped COG ingested at 64 px tiles: (raster, database)."""
-    folder = tmp_path_factory.mktemp("alphaearth")
-    raster = write_alphaearth(
-        folder / "aef" / "xq2019-0000000000-0000000000.tiff", alphaearth_values()
-    )
-    db = folder / "aef.gpkg"
-    report = geosearch.ingest([raster], db, Settings(tile_size=TILE, workers=1))
-    assert report.tiles_added == 63 and report.tiles_nodata == 1 and not report.skipped
-    return raster, db
 
 
 def expected_vector(values: np.ndarray, dequantization: Dequantization) -> np.ndarray:
