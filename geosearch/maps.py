@@ -22,6 +22,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def tile_similarity(
             "with a CRS"
         )
     paths = list(frames)
-    codes, windows, scores = _scored_tiles(store, query, paths, allowed)
+    codes, pixels, scores = _scored_tiles(store, query, paths, allowed)
     if not len(codes):
         raise InputError("no indexed tile passes the filters: the map would be empty")
     crs_labels = [frames[path][1] for path in paths]
@@ -125,7 +126,7 @@ def tile_similarity(
     for code, label in enumerate(crs_labels):
         counts[label] += int(per_file[code])
     target = counts.most_common(1)[0][0]
-    x, y = _tile_centres([frames[path][0] for path in paths], codes, windows)
+    x, y = _tile_centres([frames[path][0] for path in paths], codes, pixels)
     for label in counts:
         if label != target:
             moved = np.isin(codes, [i for i, other in enumerate(crs_labels) if other == label])
@@ -143,31 +144,30 @@ def tile_similarity(
 def _scored_tiles(
     store: Store, query: np.ndarray, paths: list[str], allowed: set[int] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """File codes (index in ``paths``), (n, 4) windows and scores of the tiles to map."""
+    """File codes (index in ``paths``), (n, 2) centres in pixels and scores of the tiles."""
     code_of = {path: code for code, path in enumerate(paths)}
     wanted = np.fromiter(sorted(allowed), np.int64) if allowed is not None else None
     query = np.asarray(query, dtype=np.float32)
-    codes, windows, scores = [], [], []
-    for ids, batch_paths, batch_windows, vectors in store.windows_and_vectors():
-        batch_codes = np.fromiter((code_of.get(p, -1) for p in batch_paths), np.int64, len(ids))
+    codes, centres, scores = [], [], []
+    for ids, batch_paths, batch_centres, vectors in store.centres_and_vectors(wanted is not None):
+        batch_codes = np.fromiter(map(code_of.get, batch_paths, repeat(-1)), np.int64)
         keep = batch_codes >= 0
         if wanted is not None:
             keep &= np.isin(ids, wanted)
         codes.append(batch_codes[keep])
-        windows.append(batch_windows[keep])
+        centres.append(batch_centres[keep])
         scores.append((vectors @ query)[keep])
     if not codes:
-        return np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.float32)
-    return np.concatenate(codes), np.vstack(windows), np.concatenate(scores)
+        return np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.float32)
+    return np.concatenate(codes), np.vstack(centres), np.concatenate(scores)
 
 
 def _tile_centres(
-    frames: list[Affine], codes: np.ndarray, windows: np.ndarray
+    frames: list[Affine], codes: np.ndarray, pixels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each tile's centre in its file's CRS: its file's geotransform at the window's centre."""
+    """Tile centres in their file's CRS: each file's geotransform at the (col, row) ``pixels``."""
     affine = np.array([frame[:6] for frame in frames])[codes]  # (n, 6): a, b, c, d, e, f
-    px = windows[:, 1] + windows[:, 2] / 2.0
-    py = windows[:, 0] + windows[:, 3] / 2.0
+    px, py = pixels[:, 0], pixels[:, 1]
     x = affine[:, 0] * px + affine[:, 1] * py + affine[:, 2]
     y = affine[:, 3] * px + affine[:, 4] * py + affine[:, 5]
     return x, y
