@@ -303,7 +303,7 @@ def _pixel_grid(
             why = f"in {_crs_name(crs)}" if crs != target else "on another pixel grid"
             skipped.append(f"{path} ({why}; the map is on {Path(first).name}'s grid)")
             continue
-        extents[path] = (rasterio.transform.array_bounds(height, width, transform), transform)
+        extents[path] = (_bounds(transform, width, height), transform)
     union = box(*_union_bounds([bounds for bounds, _ in extents.values()]))
     minx, miny, maxx, maxy = union.intersection(box(*native_area.bounds)).bounds
     left = reference.c + np.floor((minx - reference.c) / size_x) * size_x
@@ -339,6 +339,12 @@ def _aligned(transform: Affine, reference: Affine) -> bool:
     return bool(
         same_size and abs(shift_x - round(shift_x)) < 1e-6 and abs(shift_y - round(shift_y)) < 1e-6
     )
+
+
+def _bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of a raster, whichever way its rows run."""
+    xs, ys = zip(*(transform * corner for corner in ((0, 0), (width, height))), strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _union_bounds(bounds: list[tuple[float, float, float, float]]) -> tuple[float, ...]:

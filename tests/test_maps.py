@@ -12,7 +12,9 @@ from pyproj import Transformer
 from rasterio.transform import Affine, from_origin
 from typer.testing import CliRunner
 
+import geosearch
 from geosearch.cli import app
+from geosearch.config import Settings
 from geosearch.embeddings import Dequantization
 from geosearch.maps import NODATA
 from geosearch.search import open_database
@@ -21,6 +23,7 @@ from tests.conftest import (
     ALPHAEARTH_TILE,
     alphaearth_values,
     textured,
+    write_alphaearth,
     write_geotiff,
 )
 
@@ -46,8 +49,9 @@ def stored(db: Path) -> dict[tuple[int, int], tuple[np.ndarray, tuple[float, flo
     }
 
 
-def similar(db: Path, tmp_path: Path, *options: str) -> None:
-    lon, lat = stored(db)[QUERY][1]
+def similar(db: Path, tmp_path: Path, *options: str, query: Path | None = None) -> None:
+    """``geosearch similar`` with the tile QUERY of ``query`` (default: ``db``) as query."""
+    lon, lat = stored(query or db)[QUERY][1]
     result = runner.invoke(
         app, ["similar", "--lonlat", f"{lon},{lat}", "--db", str(db), "--out", str(tmp_path / "r"),
               *options],
@@ -170,3 +174,31 @@ def test_maps_of_an_image_database_and_their_errors(tmp_path) -> None:
                   *options],
         )  # fmt: skip
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_bottom_up_copy_gives_the_same_maps(alphaearth_db, tmp_path) -> None:
+    """Source Cooperative's AlphaEarth COGs are stored bottom-up (positive y pixel size)."""
+    _, db = alphaearth_db
+    size = alphaearth_values().shape[1]
+    flipped = write_alphaearth(
+        tmp_path / "bottom_up.tiff", alphaearth_values()[:, ::-1],
+        transform=Affine(10.0, 0.0, 500000.0, 0.0, 10.0, 5200000.0 - size * 10),
+    )  # fmt: skip
+    other = tmp_path / "bottom_up.gpkg"
+    report = geosearch.ingest([flipped], other, Settings(tile_size=TILE, workers=1))
+    assert report.tiles_added == 63
+    mine, theirs = stored(db), stored(other)
+    by_place = {np.round(centre, 6).tobytes(): vector for vector, centre in theirs.values()}
+    for vector, centre in mine.values():  # the same tiles, found from the bottom
+        assert np.allclose(by_place[np.round(centre, 6).tobytes()], vector, atol=1e-5)
+    west, north = mine[(0, 1)][1]
+    east, south = mine[(4, 5)][1]
+    bbox = f"{west},{south},{east},{north}"
+    maps = []
+    for database in (db, other):
+        similar(
+            database, tmp_path, "--map-pixels", str(tmp_path / "p.tif"), "--bbox", bbox, query=db
+        )
+        with rasterio.open(tmp_path / "p.tif") as dataset:
+            maps.append((dataset.transform, dataset.read(1)))
+    assert maps[0][0] == maps[1][0] and np.allclose(maps[0][1], maps[1][1], atol=1e-5)
