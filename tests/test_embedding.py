@@ -193,3 +193,22 @@ def test_feedback_and_filters_work_on_an_embedding_database(alphaearth_db, tmp_p
     }
     assert marked.isdisjoint(ids) and len(ids) == 5
     assert all(r["row"] >= 4 * TILE and r["col"] < 4 * TILE for r in answer["results"])
+
+
+def test_serve_answers_on_an_embedding_database(alphaearth_db) -> None:
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'geosearch[serve]'")
+    from fastapi.testclient import TestClient
+
+    from geosearch.serve import create_app
+
+    _, db = alphaearth_db
+    client = TestClient(create_app(db, Settings()))
+    assert client.get("/api/info").json()["extractors"][0]["name"] == "embedding"
+    page = client.get("/api/tiles", params={"limit": 5}).json()
+    tile = page["features"][0]["properties"]["id"]
+    answer = client.get("/api/similar", params={"tile": tile, "top": 3})
+    assert answer.status_code == 200, answer.text
+    results = [f for f in answer.json()["features"] if f["properties"]["role"] == "result"]
+    assert len(results) == 3 and results[0]["properties"]["score"] > 0.9
+    preview = client.get(f"/api/tiles/{tile}/preview.png")
+    assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
