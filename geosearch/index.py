@@ -72,6 +72,7 @@ _VECTORS_MAGIC = b"GSVECT01"
 _VECTORS_HEADER = struct.Struct("<8s16sQ")  # magic, token, dim
 _COPY_ROWS = 8192  # rows per chunk when copying a vectors file
 _ADD_ROWS = 65_536  # rows per chunk when padding vectors into an IVF index
+_SCORE_ROWS = 16_384  # rows scored at once by score_all (70 MB of 1084-d vectors)
 _RERANK_BATCH = 64  # queries re-ranked together (bounds the gathered candidates' memory)
 _LOAD_ATTEMPTS = 3  # a writer may be replacing the index and its vectors file
 
@@ -246,6 +247,22 @@ class VectorIndex:
                 scores, rows = self._index.search(queries, k)
         ids = np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)
         return scores, ids
+
+    def score_all(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores): every indexed tile's exact inner product with ``query``, computed
+        from the stored float32 vectors ``_SCORE_ROWS`` rows at a time (no search)."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        row_ids = self._row_ids
+        scores = np.empty(len(row_ids), dtype=np.float32)
+        for start in range(0, len(row_ids), _SCORE_ROWS):
+            stop = min(len(row_ids), start + _SCORE_ROWS)
+            if self.kind == "ivf":
+                vectors = self._vectors.read_range(start, stop)
+            else:  # flat and HNSW keep their float32 vectors (HNSW in its flat storage)
+                vectors = self._index.reconstruct_n(start, stop - start)
+            scores[start:stop] = vectors @ query
+        kept = row_ids >= 0  # rows marked removed (HNSW, IVF) are left out
+        return row_ids[kept], scores[kept]
 
     def _nprobe_for(self, candidates: int) -> int:
         """``nprobe``, raised so that the lists probed hold about twice ``candidates`` (a
@@ -480,6 +497,21 @@ class _RerankVectors:
                     f"{self.path} was truncated while in use; run the command again "
                     "(the index is then rebuilt)"
                 )
+            out[:in_file] = np.frombuffer(data, dtype="<f4").reshape(in_file, self.dim)
+        if in_file < len(rows):
+            out[in_file:] = self._tail_rows()[rows[in_file:] - self.file_rows]
+        return out
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, dim) float32 of the consecutive rows ``start`` to ``stop``."""
+        rows = np.arange(start, stop)
+        in_file = max(0, min(stop, self.file_rows) - start)
+        out = np.empty((stop - start, self.dim), dtype=np.float32)
+        if in_file:
+            offset = _VECTORS_HEADER.size + start * self.row_bytes
+            data = os.pread(self.fd, in_file * self.row_bytes, offset)
+            if len(data) != in_file * self.row_bytes:
+                raise IndexFileError(f"{self.path} was truncated while in use; run it again")
             out[:in_file] = np.frombuffer(data, dtype="<f4").reshape(in_file, self.dim)
         if in_file < len(rows):
             out[in_file:] = self._tail_rows()[rows[in_file:] - self.file_rows]

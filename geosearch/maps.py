@@ -41,6 +41,7 @@ from geosearch.config import Settings
 from geosearch.embeddings import Dequantization, dequantization_for
 from geosearch.errors import ConfigError, InputError, OutputError
 from geosearch.feedback import rocchio
+from geosearch.index import index_for_search
 from geosearch.search import SearchFilters, SearchResult, allowed_ids
 from geosearch.sources import GeoRasterSource, Window, open_source, window_ring
 from geosearch.store import Store, TileRecord
@@ -144,19 +145,23 @@ def tile_similarity(
 def _scored_tiles(
     store: Store, query: np.ndarray, paths: list[str], allowed: set[int] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """File codes (index in ``paths``), (n, 2) centres in pixels and scores of the tiles."""
+    """File codes (index in ``paths``), (n, 2) centres in pixels and scores of the tiles.
+    Scores come from the index's float32 vectors (SQLite reads wide vector BLOBs slowly)."""
+    scored_ids, all_scores = index_for_search(store).score_all(query)
+    order = np.argsort(scored_ids)
+    scored_ids, all_scores = scored_ids[order], all_scores[order]
     code_of = {path: code for code, path in enumerate(paths)}
     wanted = np.fromiter(sorted(allowed), np.int64) if allowed is not None else None
-    query = np.asarray(query, dtype=np.float32)
     codes, centres, scores = [], [], []
-    for ids, batch_paths, batch_centres, vectors in store.centres_and_vectors(wanted is not None):
+    for ids, batch_paths, batch_centres in store.tile_centres():
         batch_codes = np.fromiter(map(code_of.get, batch_paths, repeat(-1)), np.int64)
-        keep = batch_codes >= 0
+        position = np.minimum(np.searchsorted(scored_ids, ids), max(0, len(scored_ids) - 1))
+        keep = (batch_codes >= 0) & (scored_ids[position] == ids)
         if wanted is not None:
             keep &= np.isin(ids, wanted)
         codes.append(batch_codes[keep])
         centres.append(batch_centres[keep])
-        scores.append((vectors @ query)[keep])
+        scores.append(all_scores[position[keep]])
     if not codes:
         return np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.float32)
     return np.concatenate(codes), np.vstack(centres), np.concatenate(scores)

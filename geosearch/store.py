@@ -603,22 +603,20 @@ class Store:
         )
         return [self._tile(row) for row in rows]
 
-    def centres_and_vectors(
-        self, with_ids: bool = True, batch: int = 100_000
-    ) -> Iterator[tuple[np.ndarray | None, list[str], np.ndarray, np.ndarray]]:
-        """Every tile, ``batch`` at a time: ids (None unless ``with_ids``), paths, (n, 2) window
-        centres in pixels (col, row) and (n, dim) vectors; one pass, no geometry decoded."""
+    def tile_centres(
+        self, batch: int = 100_000
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Every tile, ``batch`` at a time: ids, paths and (n, 2) window centres in pixels
+        (col, row); no geometry decoded, no vector read."""
         # The centre, doubled to stay an integer, is packed into one value: a million rows
         # cost half as much as with row, col, width and height apart.
         packed = "((2 * row + height) << 32) | (2 * col + width)"
-        columns = f"{'id, ' if with_ids else ''}path, {packed}, vector"
-        cursor = self._connection.execute(f"SELECT {columns} FROM {TILES}")
+        cursor = self._connection.execute(f"SELECT id, path, {packed} FROM {TILES}")
         while rows := cursor.fetchmany(batch):
-            *ids, paths, centres, blobs = zip(*rows, strict=True)
+            ids, paths, centres = zip(*rows, strict=True)
             doubled = np.asarray(centres, dtype=np.int64)
             xy = np.column_stack([doubled & 0xFFFFFFFF, doubled >> 32]) / 2.0
-            vectors = blob_vectors(list(blobs), len(blobs[0]) // 4)
-            yield (np.asarray(ids[0], np.int64) if ids else None), list(paths), xy, vectors
+            yield np.asarray(ids, dtype=np.int64), list(paths), xy
 
     def paths_of(self, ids: Sequence[int]) -> list[str]:
         """The files (sorted) that the given tiles come from."""
