@@ -158,6 +158,8 @@ def main() -> None:
             building.unlink(missing_ok=True)
             build_store(building, args.tiles, dim)
             building.rename(db)
+            seconds = round(time.perf_counter() - started, 1)
+            print(json.dumps({"built": str(db), "seconds": seconds}), flush=True)
         if not (db.parent / (db.name + ".faiss")).exists():  # as ingest leaves it
             from geosearch.index import open_index
             from geosearch.store import Store
@@ -167,8 +169,6 @@ def main() -> None:
                 kind = open_index(store).kind
             seconds = round(time.perf_counter() - started, 1)
             print(json.dumps({"index": kind, "db": str(db), "seconds": seconds}), flush=True)
-            seconds = round(time.perf_counter() - started, 1)
-            print(json.dumps({"built": str(db), "seconds": seconds}), flush=True)
         for kind in ("geosearch",) if args.skip_naive else ("geosearch", "naive"):
             result = measure(kind, db, args.work / f"map_{kind}_{dim}.tif")
             print(json.dumps({"method": kind, "tiles": args.tiles, "dim": dim, **result,
