@@ -118,7 +118,7 @@ def tile_similarity(
             "with a CRS"
         )
     paths = list(frames)
-    codes, pixels, scores = _scored_tiles(store, query, paths, allowed)
+    codes, pixels, scores = _scored_tiles(store, query, paths, allowed, tile_size)
     if not len(codes):
         raise InputError("no indexed tile passes the filters: the map would be empty")
     crs_labels = [frames[path][1] for path in paths]
@@ -143,9 +143,10 @@ def tile_similarity(
 
 
 def _scored_tiles(
-    store: Store, query: np.ndarray, paths: list[str], allowed: set[int] | None
+    store: Store, query: np.ndarray, paths: list[str], allowed: set[int] | None, tile_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """File codes (index in ``paths``), (n, 2) centres in pixels and scores of the tiles.
+    """File codes (index in ``paths``), (n, 2) pixel centres of full tiles at the tiles'
+    places, and scores.
     Scores come from the index's float32 vectors (SQLite reads wide vector BLOBs slowly)."""
     scored_ids, all_scores = index_for_search(store).score_all(query)
     order = np.argsort(scored_ids)
@@ -153,14 +154,14 @@ def _scored_tiles(
     code_of = {path: code for code, path in enumerate(paths)}
     wanted = np.fromiter(sorted(allowed), np.int64) if allowed is not None else None
     codes, centres, scores = [], [], []
-    for ids, batch_paths, batch_centres in store.tile_centres():
+    for ids, batch_paths, origins in store.tile_origins():
         batch_codes = np.fromiter(map(code_of.get, batch_paths, repeat(-1)), np.int64)
         position = np.minimum(np.searchsorted(scored_ids, ids), max(0, len(scored_ids) - 1))
         keep = (batch_codes >= 0) & (scored_ids[position] == ids)
         if wanted is not None:
             keep &= np.isin(ids, wanted)
         codes.append(batch_codes[keep])
-        centres.append(batch_centres[keep])
+        centres.append(origins[keep] + tile_size / 2.0)  # edge tiles: the same cell
         scores.append(all_scores[position[keep]])
     if not codes:
         return np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.float32)

@@ -603,20 +603,22 @@ class Store:
         )
         return [self._tile(row) for row in rows]
 
-    def tile_centres(
+    def tile_origins(
         self, batch: int = 100_000
     ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
-        """Every tile, ``batch`` at a time: ids, paths and (n, 2) window centres in pixels
-        (col, row); no geometry decoded, no vector read."""
-        # The centre, doubled to stay an integer, is packed into one value: a million rows
-        # cost half as much as with row, col, width and height apart.
-        packed = "((2 * row + height) << 32) | (2 * col + width)"
-        cursor = self._connection.execute(f"SELECT id, path, {packed} FROM {TILES}")
+        """Every tile, ``batch`` at a time: ids, paths and (n, 2) window origins (col, row).
+
+        Read from the ``tiles_window`` index alone (a covering index: no table row, geometry or
+        vector is read), with row and col packed into one value in SQL."""
+        cursor = self._connection.execute(f"SELECT id, path, (row << 32) | col FROM {TILES}")
         while rows := cursor.fetchmany(batch):
-            ids, paths, centres = zip(*rows, strict=True)
-            doubled = np.asarray(centres, dtype=np.int64)
-            xy = np.column_stack([doubled & 0xFFFFFFFF, doubled >> 32]) / 2.0
-            yield np.asarray(ids, dtype=np.int64), list(paths), xy
+            ids, paths, packed = zip(*rows, strict=True)
+            origins = np.asarray(packed, dtype=np.int64)
+            yield (
+                np.asarray(ids, np.int64),
+                list(paths),
+                np.column_stack([origins & 0xFFFFFFFF, origins >> 32]),
+            )
 
     def paths_of(self, ids: Sequence[int]) -> list[str]:
         """The files (sorted) that the given tiles come from."""

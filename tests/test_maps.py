@@ -140,7 +140,8 @@ def test_pixel_map_is_each_pixels_cosine_at_the_rasters_resolution(alphaearth_db
 def test_maps_of_an_image_database_and_their_errors(tmp_path) -> None:
     """A tile map of any georeferenced database, tiles of another UTM zone placed by
     reprojection; --map-pixels only on embedding databases, and only for an area."""
-    west = write_geotiff(tmp_path / "a" / "west.tif", textured((3, 64, 96), seed=1))  # 3 x 2 tiles
+    west = write_geotiff(tmp_path / "a" / "west.tif", textured((3, 64, 80), seed=1))  # 3 x 2 tiles,
+    # the third column 16 px wide (edge tiles)
     corner = Transformer.from_crs(32633, 32634, always_xy=True).transform(500960, 5200000)
     east = write_geotiff(
         tmp_path / "a" / "east.tif", textured((3, 32, 32), seed=2), crs="EPSG:32634",
