@@ -52,6 +52,7 @@ STYLE_PERCENTILE = 2.0  # the colour ramp runs from this percentile of the value
 # Viridis (matplotlib, CC0), as QGIS ships it: position, red, green, blue.
 VIRIDIS = ((0.0, 68, 1, 84), (0.25, 59, 82, 139), (0.5, 33, 145, 140), (0.75, 94, 201, 98),
            (1.0, 253, 231, 37))  # fmt: skip
+_NOTHING_IN_AREA = "the area does not meet the indexed rasters: the pixel map would be empty"
 _HISTOGRAM_BINS = 4000  # over [-1, 1]: the pixel map's percentile without keeping its values
 
 
@@ -304,20 +305,22 @@ def _pixel_grid(
     )
     extents = {}
     for path, (crs, transform, width, height) in headers.items():
-        aligned = _aligned(transform, reference)
-        if crs != target or not aligned:
-            why = f"in {_crs_name(crs)}" if crs != target else "on another pixel grid"
-            skipped.append(f"{path} ({why}; the map is on {Path(first).name}'s grid)")
+        if crs != target or not _same_pixels(transform, reference):
+            why = f"in {_crs_name(crs)}" if crs != target else "other pixel size or rotation"
+            skipped.append(f"{path} ({why}; the map is on {Path(first).name}'s pixels)")
             continue
         extents[path] = (_bounds(transform, width, height), transform)
     union = box(*_union_bounds([bounds for bounds, _ in extents.values()]))
-    minx, miny, maxx, maxy = union.intersection(box(*native_area.bounds)).bounds
+    covered = union.intersection(box(*native_area.bounds))
+    if covered.is_empty:
+        raise InputError(_NOTHING_IN_AREA)
+    minx, miny, maxx, maxy = covered.bounds
     left = reference.c + np.floor((minx - reference.c) / size_x) * size_x
     top = reference.f + np.ceil((maxy - reference.f) / size_y) * size_y
     width = int(np.ceil((maxx - left) / size_x - 1e-6))
     height = int(np.ceil((top - miny) / size_y - 1e-6))
     if width < 1 or height < 1:
-        raise InputError("the area does not meet the indexed rasters: the pixel map would be empty")
+        raise InputError(_NOTHING_IN_AREA)
     grid = Grid(target, Affine(size_x, 0.0, left, 0.0, -size_y, top), width, height)
     placed = [
         _Placed(
@@ -333,17 +336,13 @@ def _pixel_grid(
     return grid, placed, native_area, skipped
 
 
-def _aligned(transform: Affine, reference: Affine) -> bool:
-    """Same pixel size (either row direction) and origin on the reference's pixel grid."""
+def _same_pixels(transform: Affine, reference: Affine) -> bool:
+    """Same pixel size (rows either way), west to east, not rotated: such a raster is placed
+    on the map's grid at the nearest pixel (at most half a pixel off when grids differ)."""
     if transform.b or transform.d or transform.a <= 0:
         return False
-    same_size = np.isclose(transform.a, reference.a) and np.isclose(
-        abs(transform.e), abs(reference.e)
-    )
-    shift_x = (transform.c - reference.c) / reference.a
-    shift_y = (transform.f - reference.f) / abs(reference.e)
     return bool(
-        same_size and abs(shift_x - round(shift_x)) < 1e-6 and abs(shift_y - round(shift_y)) < 1e-6
+        np.isclose(transform.a, reference.a) and np.isclose(abs(transform.e), abs(reference.e))
     )
 
 

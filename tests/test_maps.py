@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import rasterio
@@ -22,8 +23,10 @@ from tests.conftest import (
     ALPHAEARTH_LABELS,
     ALPHAEARTH_TILE,
     alphaearth_values,
+    planted_embeddings,
     textured,
     write_alphaearth,
+    write_geotessera,
     write_geotiff,
 )
 
@@ -47,6 +50,20 @@ def stored(db: Path) -> dict[tuple[int, int], tuple[np.ndarray, tuple[float, flo
         )
         for t, v in zip(tiles, vectors, strict=True)
     }
+
+
+def stored_tiles(db: Path) -> list[SimpleNamespace]:
+    """Every tile's footprint, window and stored vector, in id order."""
+    catalog = open_database(db)
+    try:
+        ids, vectors = catalog.store.vectors()
+        tiles = catalog.store.tiles(ids.tolist())
+    finally:
+        catalog.store.close()
+    return [
+        SimpleNamespace(footprint=t.footprint, window=t.window, vector=v)
+        for t, v in zip(tiles, vectors, strict=True)
+    ]
 
 
 def similar(db: Path, tmp_path: Path, *options: str, query: Path | None = None) -> None:
@@ -203,3 +220,33 @@ def test_a_bottom_up_copy_gives_the_same_maps(alphaearth_db, tmp_path) -> None:
         with rasterio.open(tmp_path / "p.tif") as dataset:
             maps.append((dataset.transform, dataset.read(1)))
     assert maps[0][0] == maps[1][0] and np.allclose(maps[0][1], maps[1][1], atol=1e-5)
+
+
+def test_pixel_map_places_rasters_of_other_grids_at_the_nearest_pixel(tmp_path) -> None:
+    """GeoTessera's GeoTIFFs (one per 0.1 degree) lie on their own 10 m grids."""
+    values = [planted_embeddings(np.array([[k]]), 64, 128, seed=4) for k in (0, 1)]
+    write_geotessera(tmp_path / "t" / "a.tiff", values[0])
+    east = write_geotessera(tmp_path / "t" / "b.tiff", values[1])
+    with rasterio.open(east, "r+") as dataset:  # 3 m east and 2 m south of a.tiff's grid
+        dataset.transform = from_origin(300000 + 640 + 3, 5770000 - 2, 10, 10)
+    db = tmp_path / "tessera.gpkg"
+    geosearch.ingest([tmp_path / "t"], db, Settings(tile_size=64, workers=1))
+    frames = stored_tiles(db)
+    west, south, _, north = frames[0].footprint.bounds
+    _, _, east_edge, _ = frames[1].footprint.bounds
+    result = runner.invoke(
+        app, ["similar", str(tmp_path / "t" / "a.tiff"), "--db", str(db), "--out",
+              str(tmp_path / "r"), "--map-pixels", str(tmp_path / "p.tif"), "--bbox",
+              f"{west},{south},{east_edge},{north}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "left out" not in result.output
+    with rasterio.open(tmp_path / "p.tif") as dataset:
+        assert dataset.transform.c == 300000 and dataset.width == 129  # 1283 m wide
+        pixels = dataset.read(1)
+    query = frames[0].vector
+    for half, raw in zip((np.s_[:64, :64], np.s_[:64, 64:128]), values, strict=True):
+        by_hand = np.einsum("b,bhw->hw", query, raw) / np.linalg.norm(raw, axis=0)
+        inside = pixels[half] != NODATA
+        assert inside.mean() > 0.9
+        assert np.allclose(pixels[half][inside], by_hand[inside], atol=1e-5)
