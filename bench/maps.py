@@ -13,7 +13,8 @@ same run, for each database:
   footprints, score, and burn the polygons into the raster with ``rasterio.features.rasterize``.
 
 Each is timed in a fresh process (cold Python, warm page cache: the database was just read by the
-other), with its peak RSS.
+other), with its peak RSS; the parent stays small, since a child's peak RSS starts from its
+parent's.
 
     .venv/bin/python bench/maps.py                        # 1M tiles, 64-d (embedding) and 1084-d
     .venv/bin/python bench/maps.py --tiles 100000 --dims 64
@@ -94,6 +95,18 @@ def run_geosearch(db: Path, out: Path) -> dict:
             "grid": [grid.width, grid.height]}  # fmt: skip
 
 
+def run_index(db: Path, _: Path) -> dict:
+    """Build and save the database's index, as ingest leaves it (in its own process: a child
+    process's peak RSS starts from its parent's)."""
+    from geosearch.index import open_index
+    from geosearch.store import Store
+
+    started = time.perf_counter()
+    with Store(db) as store:
+        kind = open_index(store).kind
+    return {"index": kind, "db": str(db), "seconds": round(time.perf_counter() - started, 1)}
+
+
 def run_naive(db: Path, out: Path) -> dict:
     """Parse every footprint, score every vector, rasterize the polygons."""
     import sqlite3
@@ -161,14 +174,7 @@ def main() -> None:
             seconds = round(time.perf_counter() - started, 1)
             print(json.dumps({"built": str(db), "seconds": seconds}), flush=True)
         if not (db.parent / (db.name + ".faiss")).exists():  # as ingest leaves it
-            from geosearch.index import open_index
-            from geosearch.store import Store
-
-            started = time.perf_counter()
-            with Store(db) as store:
-                kind = open_index(store).kind
-            seconds = round(time.perf_counter() - started, 1)
-            print(json.dumps({"index": kind, "db": str(db), "seconds": seconds}), flush=True)
+            print(json.dumps(measure("index", db, db)), flush=True)
         for kind in ("geosearch",) if args.skip_naive else ("geosearch", "naive"):
             result = measure(kind, db, args.work / f"map_{kind}_{dim}.tif")
             print(json.dumps({"method": kind, "tiles": args.tiles, "dim": dim, **result,
