@@ -80,10 +80,11 @@ class BandManifest:
         return bands
 
     def scale(self, tile: RawTile) -> np.ndarray:
-        """(bands, h, w) float32 in 0..1 (scaling ``none``: the raw values); invalid pixels 0."""
-        if self.scaling == "none":  # embedding rasters: features.embedding de-quantises
-            raw = tile.pixels.astype(np.float32)
-            raw[:, ~tile.valid] = 0.0
+        """(bands, h, w) float32 in 0..1; invalid pixels 0. Scaling ``none`` (embedding
+        rasters, de-quantised by features.embedding): the raw values, in the file's dtype."""
+        if self.scaling == "none":
+            raw = tile.pixels.copy()
+            raw[:, ~tile.valid] = 0
             return raw
         low = np.asarray(self.low, dtype=np.float64)[:, None, None]
         high = np.asarray(self.high, dtype=np.float64)[:, None, None]

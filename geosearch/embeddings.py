@@ -86,6 +86,12 @@ class Dequantization:
         every = np.arange(256, dtype=np.uint8).view(dtype)
         return self.apply(every.astype(np.float32))
 
+    def vectors(self, raw: np.ndarray) -> np.ndarray:
+        """``apply``, by table look-up for 8-bit values (int8: a quarter of the memory
+        traffic of float arithmetic)."""
+        table = self.table(raw.dtype)
+        return table[raw.view(np.uint8)] if table is not None else self.apply(raw)
+
     def usable(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(h, w) pixels with a vector: valid in the file, all components finite, not all zero
         (fill: GeoTessera has no NoData value), no AlphaEarth -128 in any band."""

@@ -52,6 +52,9 @@ STYLE_PERCENTILE = 2.0  # the colour ramp runs from this percentile of the value
 # Viridis (matplotlib, CC0), as QGIS ships it: position, red, green, blue.
 VIRIDIS = ((0.0, 68, 1, 84), (0.25, 59, 82, 139), (0.5, 33, 145, 140), (0.75, 94, 201, 98),
            (1.0, 253, 231, 37))  # fmt: skip
+# GDAL's block cache while a pixel map is made: every block is read once (windows follow the
+# raster's grid), so a small cache does; GDAL's default (5 % of RAM) only grows the process.
+PIXEL_MAP_GDAL_CACHE = 64 * 2**20
 _NOTHING_IN_AREA = "the area does not meet the indexed rasters: the pixel map would be empty"
 _HISTOGRAM_BINS = 4000  # over [-1, 1]: the pixel map's percentile without keeping its values
 
@@ -225,9 +228,7 @@ def pixel_cosines(
     """(h, w) float32 cosine of each usable pixel's de-quantised vector to the unit ``query``;
     NaN where there is no vector. 8-bit values are de-quantised by table look-up."""
     bands, height, width = raw.shape
-    flat = raw.reshape(bands, -1)
-    table = dequantization.table(raw.dtype)
-    values = table[flat.view(np.uint8)] if table is not None else dequantization.apply(flat)
+    values = dequantization.vectors(raw.reshape(bands, -1))
     dots = np.asarray(query, dtype=np.float32) @ values
     norms = np.sqrt(np.einsum("ij,ij->j", values, values))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -261,9 +262,11 @@ def write_pixel_map(
     compute = _WindowComputer(catalog, placed, grid, native_area, query, dequantization)
     histogram = np.zeros(_HISTOGRAM_BINS, dtype=np.int64)
     cells = 0
+    first = placed[0]  # windows start on its window grid: each block is decoded once
+    windows = _windows(grid, window, first.row % window, first.col % window)
     try:
-        with _open_map(path, grid, tiled=True) as dst:
-            for out_window, values in compute.stream(_windows(grid, window), threads):
+        with rasterio.Env(GDAL_CACHEMAX=PIXEL_MAP_GDAL_CACHE), _open_map(path, grid, True) as dst:
+            for out_window, values in compute.stream(windows, threads):
                 dst.write(values, 1, window=out_window.as_rasterio())
                 found = values[values != NODATA]
                 cells += found.size
@@ -357,11 +360,14 @@ def _union_bounds(bounds: list[tuple[float, float, float, float]]) -> tuple[floa
     return (*array[:, :2].min(axis=0), *array[:, 2:].max(axis=0))
 
 
-def _windows(grid: Grid, side: int) -> Iterator[Window]:
-    """The map's windows, row by row."""
-    for row in range(0, grid.height, side):
-        for col in range(0, grid.width, side):
-            yield Window(row, col, min(side, grid.width - col), min(side, grid.height - row))
+def _windows(grid: Grid, side: int, row_offset: int = 0, col_offset: int = 0) -> Iterator[Window]:
+    """The map's windows, row by row, their edges at ``offset + k * side`` (the first ones
+    narrower), so that they meet the source raster's blocks the same way everywhere."""
+    rows = sorted({0, *range(row_offset, grid.height, side)} - {grid.height})
+    cols = sorted({0, *range(col_offset, grid.width, side)} - {grid.width})
+    for top, bottom in zip(rows, [*rows[1:], grid.height], strict=True):
+        for left, right in zip(cols, [*cols[1:], grid.width], strict=True):
+            yield Window(top, left, right - left, bottom - top)
 
 
 class _WindowComputer:

@@ -16,8 +16,8 @@ from geosearch.features.base import TileBatch
 
 
 class EmbeddingExtractor:
-    """The unit-length mean of a tile's de-quantised pixel vectors (``pixels`` are raw values,
-    the manifest's scaling ``none``)."""
+    """The unit-length mean of a tile's de-quantised pixel vectors (``pixels`` hold the raw
+    values in the file's dtype: the manifest's scaling ``none``)."""
 
     name = "embedding"
     standardised = False  # Fusion keeps the vector as it is: inner product = embedding cosine
@@ -40,4 +40,4 @@ class EmbeddingExtractor:
         if count == 0:
             return np.zeros(self.dim, dtype=np.float32)
         raw = pixels.reshape(pixels.shape[0], -1) if count == usable.size else pixels[:, usable]
-        return self.dequantization.apply(raw).mean(axis=1, dtype=np.float64).astype(np.float32)
+        return self.dequantization.vectors(raw).mean(axis=1, dtype=np.float64).astype(np.float32)
