@@ -74,13 +74,14 @@ def write_cog(path: Path, side: int) -> None:
 
 
 def in_fresh_process(code: str) -> dict:
-    """Run ``code`` (which prints one JSON object) in a new interpreter; add peak RSS (MB) of it
-    and of its children (worker processes)."""
+    """Run ``code`` (which sets ``result``, a dict) in a new interpreter; add its peak RSS (MB:
+    VmHWM, which exec resets, unlike getrusage's, inherited from the parent). Worker processes
+    (forkserver) are not counted."""
     wrapped = (
-        f"import json, resource, sys; sys.path.insert(0, {str(ROOT)!r})\n{code}\n"
-        "peak = lambda who: round(resource.getrusage(who).ru_maxrss / 1024)\n"
-        "result |= {'peak_rss_mb': peak(resource.RUSAGE_SELF), "
-        "'peak_rss_children_mb': peak(resource.RUSAGE_CHILDREN)}\n"
+        f"import json, re, sys; sys.path.insert(0, {str(ROOT)!r})\n{code}\n"
+        "status = open('/proc/self/status').read()\n"
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1))\n"
+        "result['peak_rss_mb'] = round(hwm / 1024)\n"
         "print(json.dumps(result))"
     )
     done = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True)

@@ -13,8 +13,7 @@ same run, for each database:
   footprints, score, and burn the polygons into the raster with ``rasterio.features.rasterize``.
 
 Each is timed in a fresh process (cold Python, warm page cache: the database was just read by the
-other), with its peak RSS; the parent stays small, since a child's peak RSS starts from its
-parent's.
+other), with its peak RSS (VmHWM, reset by exec: getrusage's would include the parent's).
 
     .venv/bin/python bench/maps.py                        # 1M tiles, 64-d (embedding) and 1084-d
     .venv/bin/python bench/maps.py --tiles 100000 --dims 64
@@ -145,10 +144,10 @@ def measure(kind: str, db: Path, out: Path) -> dict:
     """Run one method in a fresh process; its result and peak RSS."""
     root = str(Path(__file__).resolve().parent.parent)
     code = (
-        f"import json, resource, sys; sys.path.insert(0, {root!r}); import bench.maps as m; "
+        f"import json, re, sys; sys.path.insert(0, {root!r}); import bench.maps as m; "
         f"r = m.run_{kind}(m.Path({str(db)!r}), m.Path({str(out)!r})); "
-        "r['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); "
-        "print(json.dumps(r))"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+        "r['peak_rss_mb'] = round(int(hwm) / 1024); print(json.dumps(r))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

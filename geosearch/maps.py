@@ -302,10 +302,12 @@ def _pixel_grid(
     target, reference = headers[first][0], headers[first][1]
     size_x, size_y = abs(reference.a), abs(reference.e)
     to_native = Transformer.from_crs("EPSG:4326", target, always_xy=True)
+    minx, miny, maxx, maxy = area.bounds  # edges curve in the raster's CRS: 64 points a side
+    dense = shapely.segmentize(area, max(maxx - minx, maxy - miny, 1e-9) / 64)
     native_area = shapely.transform(
-        shapely.segmentize(area, 0.001),
-        lambda xy: np.column_stack(to_native.transform(xy[:, 0], xy[:, 1])),
+        dense, lambda xy: np.column_stack(to_native.transform(xy[:, 0], xy[:, 1]))
     )
+    shapely.prepare(native_area)
     extents = {}
     for path, (crs, transform, width, height) in headers.items():
         if crs != target or not _same_pixels(transform, reference):
@@ -436,12 +438,18 @@ class _WindowComputer:
                 cols[0] - window.col : cols[1] - window.col,
             ]
             np.fmax(target, cosines, out=target)
+        values[~self._inside(window) | ~np.isfinite(values)] = NODATA
+        return values
+
+    def _inside(self, window: Window) -> np.ndarray:
+        """(h, w): which pixels of a window the area covers (rasterised only on its edge)."""
         transform = rasterio.windows.transform(window.as_rasterio(), self.grid.transform)
-        inside = rasterio.features.geometry_mask(
+        corners = box(*rasterio.windows.bounds(window.as_rasterio(), self.grid.transform))
+        if self.area.contains(corners):
+            return np.ones((window.height, window.width), dtype=bool)
+        return rasterio.features.geometry_mask(
             [self.area], (window.height, window.width), transform, invert=True, all_touched=True
         )
-        values[~inside | ~np.isfinite(values)] = NODATA
-        return values
 
     def _source(self, path: str) -> tuple[GeoRasterSource, list[int]]:
         opened = getattr(self._local, "sources", None)
