@@ -29,20 +29,34 @@ copies shifted by a quarter tile (as is, with 1 % noise, darkened 10 %, both) ar
 the tiles of the original scene that overlap a query tile are relevant, the one overlapping
 most is the top-1 target. Compares all 12 bands with RGB only for band statistics.
 
+Off the grid (issue 13, full runs and ``--only offgrid``): query chips cut anywhere, each
+written to a file and searched with ``geosearch.similar(db, [chip], top=4)`` exactly as a user
+would (any second stage included). NAIP 128 px: each year held out in turn (2015 alone when
+quick), the database is the other four; seeded chips of the held-out year on the grid, at a
+random offset, covering 0.8/1.25/1.5 tiles resampled to 128 px (GeoTIFF with its true
+footprint), turned (searched with any orientation), as an RGB PNG screenshot (also at a random
+zoom), and "absent": cut east of a database of the west halves. Relevant = a tile covering
+>= 25 % of the chip's ground. Sentinel-2 and Landsat 8 against a synthetic second acquisition
+(a darkened, noisy copy). One line per dataset, protocol and feature configuration: top-1,
+P@4, chance, ms of the call, refusals, and the location's IoU when the result has one.
+
     .venv/bin/python bench/quality.py --quick    # 128 px, each block alone + default (< 60 s)
-    .venv/bin/python bench/quality.py            # 128 and 256 px, every config (~10 min)
+    .venv/bin/python bench/quality.py            # 128 and 256 px, every config, off the grid
     .venv/bin/python bench/quality.py --only orientation  # that part alone (~2 min)
+    .venv/bin/python bench/quality.py --only offgrid --quick  # off the grid, 2015 only (~1 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import tempfile
 import time
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +68,8 @@ sys.path.insert(0, str(ROOT))
 
 from geosearch import GeosearchError, ingest  # noqa: E402
 from geosearch.catalog import Catalog  # noqa: E402
-from geosearch.config import CnnSettings, FeedbackSettings, Settings  # noqa: E402
-from geosearch.orientation import Orientation, turned  # noqa: E402
+from geosearch.config import CnnSettings, FeedbackSettings, SearchSettings, Settings  # noqa: E402
+from geosearch.orientation import ALL_ORIENTATIONS, Orientation, turned  # noqa: E402
 from geosearch.search import Feedback, open_database, resolve_query, search_vectors  # noqa: E402
 from geosearch.sources import RawTile  # noqa: E402
 from geosearch.store import Store, normalise_path  # noqa: E402
@@ -65,6 +79,8 @@ NAIP = DATA / "naip"
 SENTINEL2 = DATA / "sentinel2" / "S2A_29RKH_20200219_L2A"
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 S2_RGB = [4, 3, 2]  # B04, B03, B02 in S2_BANDS (1-based)
+LANDSAT = DATA / "landsat8" / "LC08_L1TP_016037_20170813"
+L8_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 K = 4
 TIMED_QUERIES = 30
 
@@ -161,27 +177,27 @@ def shifted_truth(store: Store, copies: dict[Path, list[Path]], offset: int) -> 
 def naip_shifted(folder: Path, offset: int) -> dict[Path, list[Path]]:
     """Each NAIP year shifted by ``offset`` px right and down, written in ``folder`` once (same
     name + ``_shift``): copy -> the other years' files, its candidates."""
-    import rasterio
-
     folder.mkdir(exist_ok=True)
     originals = sorted(NAIP.glob("*.tif"))
     copies = {}
     for source in originals:
         copy = folder / f"{source.stem}_shift.tif"
         copies[copy] = [other for other in originals if other != source]
-        if copy.exists():
-            continue
-        with rasterio.open(source) as src:
-            data = src.read()[:, offset:, offset:]
-            profile = src.profile | {
-                "height": data.shape[1],
-                "width": data.shape[2],
-                "transform": src.transform * rasterio.Affine.translation(offset, offset),
-                "photometric": "MINISBLACK",  # as the source: 4 plain bands, no alpha
-            }
-        with rasterio.open(copy, "w", **profile) as dst:
-            dst.write(data)
+        if not copy.exists():
+            write_window(source, copy, offset, offset)
     return copies
+
+
+def write_window(source: Path, path: Path, row: int, col: int, width: int = 0) -> None:
+    """The part of ``source`` from (row, col) to its bottom (and right edge, or ``width``
+    columns) as a GeoTIFF of its own, georeferenced where it lies."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    with rasterio.open(source) as src:
+        window = RioWindow(col, row, width or src.width - col, src.height - row)
+        pixels = src.read(window=window)
+        write_raster(path, src.profile, pixels, src.window_transform(window), src.descriptions)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -347,26 +363,42 @@ def ingest_into(db: Path, sources: list[Path], overrides: dict[str, Any]) -> dic
     return {"tiles": report.tiles_added, "ingest_s": round(time.perf_counter() - started, 2)}
 
 
+def read_bands(
+    folder: Path, names: Sequence[str], suffix: str, grid: str
+) -> tuple[np.ndarray, dict[str, Any], Any]:
+    """One file per band (``folder/NAME{suffix}``) stacked on the grid of band ``grid``
+    (bilinear): (bands, rows, cols) array, a GeoTIFF profile for the stack, its transform."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(folder / f"{grid}{suffix}") as reference:
+        profile = reference.profile | {"count": len(names), "driver": "GTiff", "tiled": False}
+        shape = (reference.height, reference.width)
+        transform = reference.transform
+    stack = np.empty((len(names), *shape), dtype=profile["dtype"])
+    for n, band in enumerate(names):
+        with rasterio.open(folder / f"{band}{suffix}") as src:
+            stack[n] = src.read(1, out_shape=shape, resampling=Resampling.bilinear)
+    return stack, profile, transform
+
+
+def band_noise(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Seeded Gaussian noise with sigma 1 % of each band's median over the valid pixels."""
+    medians = np.array([np.median(band[valid]) for band in data])[:, None, None]
+    return np.random.default_rng(0).normal(0, 1, data.shape) * medians * 0.01
+
+
 def sentinel2_scenes(folder: Path, tile_size: int) -> tuple[Path, dict[str, Path], int]:
     """The 12 spectral bands stacked on the 10 m grid (bilinear), band descriptions B01..,
     and copies shifted by a quarter tile right and down: as they are, with noise (sigma 1 % of
     each band's median), darkened 10 %, and both (a crude second acquisition).
     Returns the original, the copies by protocol name, and the offset in pixels."""
     import rasterio
-    from rasterio.enums import Resampling
 
-    with rasterio.open(SENTINEL2 / "B02.tif") as grid:
-        profile = grid.profile | {"count": len(S2_BANDS), "driver": "GTiff", "tiled": False}
-        shape = (grid.height, grid.width)
-        transform = grid.transform
-    stack = np.empty((len(S2_BANDS), *shape), dtype=np.uint16)
-    for n, band in enumerate(S2_BANDS):
-        with rasterio.open(SENTINEL2 / f"{band}.tif") as src:
-            stack[n] = src.read(1, out_shape=shape, resampling=Resampling.bilinear)
+    stack, profile, transform = read_bands(SENTINEL2, S2_BANDS, ".tif", "B02")
     offset = tile_size // 4
     shifted = stack[:, offset:, offset:].astype(np.float64)
-    medians = np.median(shifted.reshape(len(S2_BANDS), -1), axis=1)[:, None, None]
-    noise = np.random.default_rng(0).normal(0, 1, shifted.shape) * medians * 0.01
+    noise = band_noise(shifted, np.ones(shifted.shape[1:], dtype=bool))
     moved = transform * rasterio.Affine.translation(offset, offset)
     scenes = {
         "original": (stack, transform),
@@ -378,14 +410,26 @@ def sentinel2_scenes(folder: Path, tile_size: int) -> tuple[Path, dict[str, Path
     paths = {}
     for name, (data, where) in scenes.items():
         path = folder / f"S2A_29RKH_20200219_{name.replace('+', '_')}.tif"
-        layout = profile | {"height": data.shape[1], "width": data.shape[2], "transform": where}
-        with rasterio.open(path, "w", **layout) as dst:
-            dst.write(np.clip(np.rint(data), 1, 65535).astype(np.uint16))
-            for n, band in enumerate(S2_BANDS, start=1):
-                dst.set_band_description(n, band)
+        pixels = np.clip(np.rint(data), 1, 65535).astype(np.uint16)
+        write_raster(path, profile, pixels, where, S2_BANDS)
         paths[name] = path
     original = paths.pop("original")
     return original, paths, offset
+
+
+def landsat_scenes(folder: Path) -> tuple[Path, Path]:
+    """Landsat 8 B1..B7 stacked into one GeoTIFF (band descriptions B1.., so B4,B3,B2 is the
+    RGB; nodata 0, the scene's collar) and a copy darkened 10 % with noise (sigma 1 % of each
+    band's median): a synthetic second acquisition on the same grid. (original, copy)"""
+    stack, profile, transform = read_bands(LANDSAT, L8_BANDS, ".TIF", "B1")
+    profile["nodata"] = 0
+    valid = stack.any(axis=0)
+    darkened = stack * 0.9 + band_noise(stack, valid)
+    darkened = np.where(valid, np.clip(np.rint(darkened), 1, 65535), 0).astype(np.uint16)
+    paths = (folder / "LC08_016037_20170813.tif", folder / "LC08_016037_20170813_dark_noise.tif")
+    for path, pixels in zip(paths, (stack, darkened), strict=True):
+        write_raster(path, profile, pixels, transform, L8_BANDS)
+    return paths
 
 
 # -- orientation ----------------------------------------------------------------------------
@@ -432,25 +476,33 @@ def rule_scores(turns: np.ndarray, stored: np.ndarray, bonus: float) -> dict[str
     }
 
 
-def write_chip(path: Path, source: str, window: Any, pixels: np.ndarray) -> None:
-    """A query chip as a small GeoTIFF: the source's profile and georeferencing at ``window``
-    (the same footprint for a turned chip: square tiles only)."""
+def write_raster(
+    path: Path,
+    profile: dict[str, Any],
+    pixels: np.ndarray,
+    transform: Any,
+    names: Sequence[str | None] = (),
+) -> None:
+    """(bands, rows, cols) pixels as an untiled GeoTIFF with ``profile``'s dtype, CRS and
+    nodata, at ``transform``, band descriptions ``names`` (as a crop by GDAL keeps them)."""
     import rasterio
-    from rasterio.windows import Window as RioWindow
 
-    with rasterio.open(source) as src:
-        where = RioWindow(window.col, window.row, window.width, window.height)
-        profile = src.profile | {
-            "height": pixels.shape[1],
-            "width": pixels.shape[2],
-            "transform": src.window_transform(where),
-            "photometric": "MINISBLACK",
-            "tiled": False,
-        }
-        profile.pop("blockxsize", None)
-        profile.pop("blockysize", None)
+    profile = profile | {
+        "driver": "GTiff",
+        "count": pixels.shape[0],
+        "height": pixels.shape[1],
+        "width": pixels.shape[2],
+        "transform": transform,
+        "photometric": "MINISBLACK",  # plain bands, no alpha, as the sources
+        "tiled": False,
+    }
+    profile.pop("blockxsize", None)
+    profile.pop("blockysize", None)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(pixels.astype(profile["dtype"]))
+        for n, name in enumerate(names, start=1):
+            if name:
+                dst.set_band_description(n, name)
 
 
 def timed_orientation_queries(
@@ -476,15 +528,14 @@ def timed_orientation_queries(
     files = {}
     for n in picks:
         record = truth.tiles[truth.queries[n]]
-        window = record.window
-        with rasterio.open(record.path) as src:
-            from rasterio.windows import Window as RioWindow
-
-            data = src.read(window=RioWindow(window.col, window.row, window.width, window.height))
-        if turn is not None:
-            data = turn.apply(data)
+        window = record.window.as_rasterio()
         files[n] = folder / f"query_{n:03d}.tif"
-        write_chip(files[n], record.path, window, data)
+        with rasterio.open(record.path) as src:
+            data = src.read(window=window)
+            if turn is not None:
+                data = turn.apply(data)
+            where = src.window_transform(window)  # the same footprint turned: square tiles
+            write_raster(files[n], src.profile, data, where, src.descriptions)
 
     def search(n: int, rule: str, restricted: bool) -> list[int]:
         query = resolve_query(catalog, files[n], None, rule != "as_is")
@@ -631,6 +682,460 @@ def run_orientation(work: Path, quick: bool) -> None:
             )
         finally:
             catalog.store.close()
+
+
+# -- off the grid: queries cut anywhere ------------------------------------------------------
+
+RELEVANT_COVER = 0.25  # a result is relevant when it covers this share of the chip's ground
+MAX_CHIP_NODATA = 0.1  # a chip is cut only where less of it than this is nodata
+NAIP_WEST = 467  # the "absent" database: columns 0..466 of each year (the west half)
+OFFGRID_QUERIES = 40  # NAIP query chips per protocol and held-out year
+OFFGRID_SMALL_QUERIES = 20  # Sentinel-2 and Landsat, per protocol
+OFFGRID_QUICK_QUERIES = 12  # every dataset with --quick
+
+
+@dataclass(frozen=True)
+class ChipProtocol:
+    """How a query chip is cut from a scene and handed to ``similar``."""
+
+    name: str
+    sides: tuple[float, float] = (1.0, 1.0)  # ground side in tiles, drawn uniformly in range
+    on_grid: bool = False  # only whole cells of the database's grid
+    turned: bool = False  # a random non-identity rotation/mirror
+    screenshot: bool = False  # RGB as a PNG, no georeference
+    absent: bool = False  # cut east of the west-half database: nothing is relevant
+    search: tuple[tuple[str, Any], ...] = ()  # settings of the similar call
+
+
+GRID = ChipProtocol("grid", on_grid=True)
+OFFSET = ChipProtocol("offset")
+SCALED = tuple(ChipProtocol(f"scale {s:g}", (s, s)) for s in (0.8, 1.25, 1.5))
+TURNED = ChipProtocol("turned", turned=True, search=(("search.orientations", "any"),))
+SCREENSHOT = ChipProtocol("screenshot", screenshot=True)
+ZOOMED = ChipProtocol("screenshot zoomed", (0.75, 1.5), screenshot=True)
+ABSENT = ChipProtocol("absent", absent=True)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A feature configuration: what its database is ingested with, what searches run with."""
+
+    label: str
+    ingest: dict[str, Any]
+    search: dict[str, Any]
+
+
+def offgrid_configs() -> list[SearchConfig]:
+    """Default features and the CNN alone, the second stage (``search.locate``) off where the
+    setting exists, and the default with it on. A new configuration is one entry here."""
+    has_locate = "locate" in SearchSettings.model_fields
+    off = {"search.locate": False} if has_locate else {}
+    configs = [
+        SearchConfig("default", {}, off),
+        SearchConfig("cnn alone", weight_overrides(weights_of(cnn=1.0)), off),
+    ]
+    if has_locate:
+        configs.append(SearchConfig("default + locate", {}, {"search.locate": True}))
+    return configs
+
+
+@dataclass(frozen=True)
+class OffgridRound:
+    """One database (``database`` files) and the scene its query chips are cut from."""
+
+    held_out: str  # what the line aggregates over, e.g. the NAIP year
+    name: str  # names its databases and chip folders
+    scene: Path
+    database: list[Path]
+    protocols: tuple[ChipProtocol, ...]
+    min_col: int = 0  # chips start at this column or right of it
+
+
+@dataclass(frozen=True)
+class OffgridSet:
+    """A dataset of the off-grid part: tile size, query chips per protocol and round, the RGB
+    bands a screenshot shows (1-based) and its rounds."""
+
+    name: str
+    tile_size: int
+    queries: int
+    rgb: tuple[int, int, int]
+    rounds: list[OffgridRound]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Chip:
+    """A query file as a user would have it and the ground it truly covers (scene CRS and
+    lon/lat)."""
+
+    path: Path
+    footprint: Any  # shapely Polygon
+    lonlat: Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one query chip's ``similar`` call gave."""
+
+    held_out: str
+    hit1: bool
+    precision: float
+    relevant: int
+    candidates: int
+    ms: float | None = None  # None: refused
+    score1: float | None = None
+    refused: str | None = None
+    located: bool = False
+    iou: float | None = None  # of the location with the chip's ground (lon/lat)
+    changed_by_locate: bool | None = None  # top K differs from the search without locate
+
+
+def chip_positions(
+    invalid: np.ndarray, side: int, step: int, min_col: int, count: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """Up to ``count`` distinct (row, col), uniformly drawn, of side x side windows lying wholly
+    inside the raster with < MAX_CHIP_NODATA nodata, at multiples of ``step``, from column
+    ``min_col`` on. ``invalid``: summed-area table of the nodata mask, zero-padded."""
+    inside = (invalid[side:, side:] - invalid[:-side, side:] - invalid[side:, :-side]) + invalid[
+        :-side, :-side
+    ]
+    allowed = np.zeros(inside.shape, dtype=bool)
+    allowed[::step, ::step] = True
+    allowed[:, :min_col] = False
+    rows, cols = np.nonzero(allowed & (inside < MAX_CHIP_NODATA * side * side))
+    picks = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
+    return [(int(rows[p]), int(cols[p])) for p in picks]
+
+
+def display_range(src: Any, rgb: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per RGB band, the 2nd and 98th percentiles of the scene's valid pixels: the stretch a
+    viewer would show (and screenshot) a non-8-bit scene with."""
+    valid = src.dataset_mask() > 0
+    values = [band[valid] for band in src.read(list(rgb))]
+    low, high = np.array([np.percentile(v, (2, 98)) for v in values]).T
+    return low[:, None, None], high[:, None, None]
+
+
+def cut_chips(
+    scene: Path,
+    protocol: ChipProtocol,
+    count: int,
+    tile_size: int,
+    rgb: tuple[int, int, int],
+    folder: Path,
+    rng: np.random.Generator,
+    min_col: int = 0,
+) -> list[Chip]:
+    """Query chips of ``scene`` written in ``folder`` as ``protocol`` says: a GeoTIFF of
+    tile_size px whose transform gives its true footprint (resampled: average when shrinking,
+    bilinear when enlarging; turned), or an RGB PNG without georeference (Pillow, bilinear)."""
+    import rasterio
+    import shapely
+    from PIL import Image
+    from rasterio.enums import Resampling
+    from rasterio.warp import transform_geom
+    from rasterio.windows import Window as RioWindow
+    from rasterio.windows import bounds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    step = tile_size if protocol.on_grid else 1
+    chips = []
+    with rasterio.open(scene) as src:
+        invalid = np.pad((src.dataset_mask() == 0).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        low_side, high_side = protocol.sides
+        if low_side == high_side:
+            side = round(tile_size * low_side)
+            picks = [(side, *at) for at in chip_positions(invalid, side, step, min_col, count, rng)]
+        else:  # a side per chip, then a place for it
+            picks = []
+            for _ in range(count):
+                side = round(tile_size * rng.uniform(low_side, high_side))
+                picks += [(side, *chip_positions(invalid, side, step, min_col, 1, rng)[0])]
+        stretch = None
+        if protocol.screenshot and src.dtypes[0] != "uint8":
+            stretch = display_range(src, rgb)
+        for n, (side, row, col) in enumerate(picks):
+            window = RioWindow(col, row, side, side)
+            footprint = shapely.box(*bounds(window, src.transform))
+            lonlat = shapely.geometry.shape(
+                transform_geom(src.crs, "EPSG:4326", shapely.geometry.mapping(footprint))
+            )
+            if protocol.screenshot:
+                pixels = src.read(list(rgb), window=window).astype(np.float64)
+                if stretch is not None:
+                    low, high = stretch
+                    pixels = np.clip((pixels - low) / (high - low), 0, 1) * 255
+                picture = Image.fromarray(np.moveaxis(np.rint(pixels), 0, -1).astype(np.uint8))
+                if side != tile_size:
+                    picture = picture.resize((tile_size, tile_size), Image.Resampling.BILINEAR)
+                path = folder / f"chip_{n:03d}.png"
+                picture.save(path)
+            else:
+                shrink = Resampling.average if side > tile_size else Resampling.bilinear
+                pixels = src.read(
+                    window=window, out_shape=(src.count, tile_size, tile_size), resampling=shrink
+                )
+                if protocol.turned:
+                    turns = ALL_ORIENTATIONS[1:]
+                    pixels = turns[int(rng.integers(len(turns)))].apply(pixels)
+                where = src.window_transform(window) * rasterio.Affine.scale(side / tile_size)
+                path = folder / f"chip_{n:03d}.tif"
+                write_raster(path, src.profile, pixels, where, src.descriptions)
+            chips.append(Chip(path, footprint, lonlat))
+    return chips
+
+
+def tile_footprints(db: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored tile's id and footprint (shapely, from ``footprint_native``)."""
+    import shapely
+
+    with Store(db) as store:
+        ids, _, tiles, _ = _stored(store)
+    return ids, shapely.from_wkt([tile.footprint_native for tile in tiles])
+
+
+def search_chips(
+    db: Path,
+    chips: list[Chip],
+    settings: Settings,
+    footprints: tuple[np.ndarray, np.ndarray],
+    held_out: str,
+    compare: Settings | None = None,
+) -> list[Outcome]:
+    """Each chip through ``geosearch.similar`` (top K, after one warm-up call), scored against
+    the tiles covering >= RELEVANT_COVER of its ground; ``compare``: settings of a second,
+    untimed search whose top K is compared (the second stage switched off)."""
+    import shapely
+
+    from geosearch import similar
+
+    ids, shapes = footprints
+    with contextlib.suppress(GeosearchError):  # a refusal is counted below, chip by chip
+        similar(db, [chips[0].path], top=K, settings=settings)  # warm-up: model, page cache
+    outcomes = []
+    for chip in chips:
+        cover = shapely.area(shapely.intersection(shapes, chip.footprint)) / chip.footprint.area
+        relevant = set(ids[cover >= RELEVANT_COVER].tolist())
+        given = {"held_out": held_out, "relevant": len(relevant), "candidates": len(ids)}
+        started = time.perf_counter()
+        try:
+            result = similar(db, [chip.path], top=K, settings=settings)[0]
+        except GeosearchError as exc:
+            outcomes.append(Outcome(hit1=False, precision=0.0, refused=str(exc), **given))
+            continue
+        ms = (time.perf_counter() - started) * 1000
+        found = [match.tile.id for match in result.matches]
+        location = getattr(result, "location", None)
+        where = getattr(location, "footprint", None)
+        iou = None
+        if where is not None:
+            union = where.union(chip.lonlat).area
+            iou = where.intersection(chip.lonlat).area / union if union else 0.0
+        changed = None
+        if compare is not None:
+            plain = similar(db, [chip.path], top=K, settings=compare)[0]
+            changed = [match.tile.id for match in plain.matches] != found
+        outcomes.append(
+            Outcome(
+                hit1=bool(found) and found[0] in relevant,
+                precision=len(relevant & set(found)) / K,
+                ms=ms,
+                score1=result.matches[0].score if result.matches else None,
+                located=location is not None,
+                iou=iou,
+                changed_by_locate=changed,
+                **given,
+            )
+        )
+    return outcomes
+
+
+def summarise(outcomes: list[Outcome], absent: bool) -> dict[str, Any]:
+    """One line's figures over its queries (every held-out scene): top-1, P@K, chance (relevant
+    / candidate tiles: a random ranking's expected top-1 and P@K alike), the best P@K possible
+    (fewer than K relevant tiles caps it), ms of the similar call, refusals, and the location's
+    share and IoU (for places in the database)."""
+    times = [o.ms for o in outcomes if o.ms is not None]
+    refused = [o.refused for o in outcomes if o.refused]
+    chance = round(float(np.mean([o.relevant / o.candidates for o in outcomes])), 4)
+    line: dict[str, Any] = {
+        "top1": round(float(np.mean([o.hit1 for o in outcomes])), 4),
+        f"p_at_{K}": round(float(np.mean([o.precision for o in outcomes])), 4),
+        "queries": len(outcomes),
+        "chance_top1": chance,
+        f"chance_p_at_{K}": chance,
+        f"p_at_{K}_ceiling": round(float(np.mean([min(o.relevant, K) / K for o in outcomes])), 4),
+        "relevant_per_query": float(np.median([o.relevant for o in outcomes])),
+        "candidates_per_query": int(np.median([o.candidates for o in outcomes])),
+        "ms_p50": round(float(np.median(times)), 2) if times else None,
+        "ms_mean": round(float(np.mean(times)), 2) if times else None,
+        "score1_median": _median([o.score1 for o in outcomes if o.score1 is not None]),
+        "refused": len(refused),
+    }
+    if refused:
+        line["refused_message"] = refused[0]
+    line["located_share"] = round(float(np.mean([o.located for o in outcomes])), 4)
+    if absent:
+        compared = [o.changed_by_locate for o in outcomes if o.changed_by_locate is not None]
+        line["changed_by_locate"] = round(float(np.mean(compared)), 4) if compared else None
+    else:
+        ious = [o.iou for o in outcomes if o.iou is not None]
+        line["iou_median"] = _median(ious)
+        line["iou_ge_0.7"] = round(sum(iou >= 0.7 for iou in ious) / len(outcomes), 4)
+    held_out = sorted({o.held_out for o in outcomes})
+    if len(held_out) > 1:
+        line["top1_by_held_out"] = {
+            label: round(float(np.mean([o.hit1 for o in outcomes if o.held_out == label])), 4)
+            for label in held_out
+        }
+    return line
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 4) if values else None
+
+
+def _year(naip: Path) -> str:
+    """The acquisition year in a NAIP file name (m_..._20150926.tif)."""
+    return naip.stem.rsplit("_", 1)[1][:4]
+
+
+def offgrid_sets(folder: Path, quick: bool) -> list[OffgridSet]:
+    """NAIP with each year held out in turn (2015 alone when quick): the database is the other
+    four years, and for "absent" their west halves, queried east of them; Sentinel-2 and
+    Landsat 8 against a synthetic second acquisition."""
+    years = sorted(NAIP.glob("*.tif"))
+    west = {}
+    for year in years:
+        west[year] = folder / f"{year.stem}_west.tif"
+        if not west[year].exists():
+            write_window(year, west[year], 0, 0, NAIP_WEST)
+    naip_rounds = []
+    present = (GRID, OFFSET, *SCALED, TURNED, SCREENSHOT, ZOOMED)
+    for scene in [y for y in years if _year(y) == "2015"] if quick else years:
+        others = [year for year in years if year != scene]
+        held_out = _year(scene)
+        naip_rounds += [
+            OffgridRound(held_out, held_out, scene, others, present),
+            OffgridRound(
+                held_out,
+                f"{held_out}_west",
+                scene,
+                [west[year] for year in others],
+                (ABSENT,),
+                min_col=NAIP_WEST + 128 // 4,
+            ),
+        ]
+    small = OFFGRID_QUICK_QUERIES if quick else OFFGRID_SMALL_QUERIES
+    s2_folder = folder / "sentinel2"
+    s2_folder.mkdir(exist_ok=True)
+    s2_original, s2_copies, _ = sentinel2_scenes(s2_folder, 128)
+    l8_original, l8_copy = landsat_scenes(folder)
+    synthetic = "synthetic second acquisition (one date exists): queries are cut from a copy"
+    return [
+        OffgridSet(
+            "naip",
+            128,
+            OFFGRID_QUICK_QUERIES if quick else OFFGRID_QUERIES,
+            (1, 2, 3),
+            naip_rounds,
+        ),
+        OffgridSet(
+            "sentinel2",
+            128,
+            small,
+            tuple(S2_RGB),
+            [
+                OffgridRound(
+                    "shift+gain+noise",
+                    "s2",
+                    s2_copies["shift+gain+noise"],
+                    [s2_original],
+                    (OFFSET, SCALED[1]),
+                )
+            ],
+            f"{synthetic} shifted 1/4 tile, darkened 10 %, 1 % noise; database: the original",
+        ),
+        OffgridSet(
+            "landsat8",
+            64,
+            small,
+            (4, 3, 2),
+            [OffgridRound("dark+noise", "l8", l8_copy, [l8_original], (GRID, OFFSET, SCREENSHOT))],
+            f"{synthetic} darkened 10 %, 1 % noise; database: the original",
+        ),
+    ]
+
+
+def run_offgrid(work: Path, quick: bool) -> None:
+    """Query chips cut anywhere (on the grid, off it, scaled, turned, as screenshots, or where
+    the database has nothing) searched through ``geosearch.similar`` as a user would."""
+    import zlib
+
+    started = time.perf_counter()
+    folder = work / "offgrid"
+    folder.mkdir(exist_ok=True)
+    configs = offgrid_configs()
+    table: dict[str, dict[str, dict[str, list[float]]]] = {}
+    ingest_s = 0.0
+    for dataset in offgrid_sets(folder, quick):
+        protocols = {p.name: p for r in dataset.rounds for p in r.protocols}
+        outcomes: dict[tuple[str, str], list[Outcome]] = {}
+        for round_ in dataset.rounds:
+            chips = {}
+            for protocol in round_.protocols:
+                seed = zlib.crc32(f"{dataset.name} {protocol.name} {round_.held_out}".encode())
+                chips[protocol.name] = cut_chips(
+                    round_.scene,
+                    protocol,
+                    dataset.queries,
+                    dataset.tile_size,
+                    dataset.rgb,
+                    folder / f"{dataset.name}_{round_.name}_{_slug(protocol.name)}",
+                    np.random.default_rng(seed),
+                    round_.min_col,
+                )
+            databases: dict[str, tuple[Path, tuple[np.ndarray, np.ndarray]]] = {}
+            for config in configs:
+                key = json.dumps(config.ingest, sort_keys=True)
+                if key not in databases:
+                    db = folder / f"{dataset.name}_{round_.name}_{_slug(config.label)}.gpkg"
+                    overrides = {"tile_size": dataset.tile_size} | config.ingest
+                    ingest_s += ingest_into(db, round_.database, overrides)["ingest_s"]
+                    databases[key] = (db, tile_footprints(db))
+                db, footprints = databases[key]
+                for protocol in round_.protocols:
+                    search = config.search | dict(protocol.search)
+                    settings = Settings().with_overrides(search)
+                    compare = None
+                    if protocol.absent and search.get("search.locate"):
+                        compare = settings.with_overrides({"search.locate": False})
+                    outcomes.setdefault((protocol.name, config.label), []).extend(
+                        search_chips(
+                            db, chips[protocol.name], settings, footprints, round_.held_out, compare
+                        )
+                    )
+        for name, protocol in protocols.items():
+            for config in configs:
+                line = summarise(outcomes[name, config.label], protocol.absent)
+                emit(
+                    {"part": "offgrid", "dataset": dataset.name, "protocol": name}
+                    | {"features": config.label, "settings": config.ingest | config.search}
+                    | {"search": dict(protocol.search), "tile_size": dataset.tile_size}
+                    | {"held_out": sorted({r.held_out for r in dataset.rounds})}
+                    | line
+                    | ({"note": dataset.note} if dataset.note else {})
+                )
+                table.setdefault(dataset.name, {}).setdefault(name, {})[config.label] = [
+                    line["top1"],
+                    line[f"p_at_{K}"],
+                ]
+    emit(
+        {"part": "offgrid", "summary": f"top1, p_at_{K} per dataset, protocol, features"}
+        | {"table": table, "ingest_s": round(ingest_s, 1)}
+        | {"seconds": round(time.perf_counter() - started, 1)}
+    )
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -831,15 +1336,94 @@ def measure(db: Path, truth: GroundTruth) -> dict[str, Any]:
     return metrics | timed_search(db, truth, top_ids, sample=TIMED_QUERIES)
 
 
+# -- whole scenes ---------------------------------------------------------------------------
+
+
+def naip_quadrants(folder: Path) -> dict[Path, tuple[str, int]]:
+    """Each NAIP year cut into its four quadrants, written once in ``folder``: 20 scenes of
+    about 467 x 362 px; scene -> (year, quadrant)."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scenes = {}
+    for source in sorted(NAIP.glob("*.tif")):
+        with rasterio.open(source) as src:
+            half_w, half_h = src.width // 2, src.height // 2
+            for quadrant, (row, col) in enumerate(
+                ((0, 0), (0, half_w), (half_h, 0), (half_h, half_w))
+            ):
+                path = folder / f"{source.stem}_q{quadrant}.tif"
+                window = RioWindow(col, row, half_w, half_h)
+                if not path.exists():
+                    write_raster(
+                        path, src.profile, src.read(window=window), src.window_transform(window)
+                    )
+                scenes[path] = (_year(source), quadrant)
+    return scenes
+
+
+def run_scenes(work: Path, quick: bool) -> None:
+    """Whole scenes as queries (NAIP 128 px): 20 scenes (five years x four quadrants), every
+    scene queries the others; relevant = the same quadrant in the four other years (chance
+    P@4 4/19). ``tiles matched`` is the search (``geosearch.similar`` with a whole file: each
+    scene scored by how well its tiles match the query's); ``mean vector`` ranks scenes by
+    their best tile's cosine to the mean of the query's tile vectors (the rule before)."""
+    from geosearch import similar
+
+    scenes = naip_quadrants(work / "naip_quadrants")
+    db = work / "naip128_quadrants.gpkg"
+    if not db.exists():
+        ingest_into(db, list(scenes), {"tile_size": 128})
+    with Store(db) as store:
+        ids, vectors = store.vectors()
+        paths = np.array([t.path for t in store.tiles(ids.tolist())])
+    queries = list(scenes)[:: 2 if quick else 1]
+    outcomes: dict[str, list[tuple[bool, float]]] = {"tiles matched": [], "mean vector": []}
+    times = []
+    for query in queries:
+        year, quadrant = scenes[query]
+        relevant = {str(p) for p, (y, q) in scenes.items() if q == quadrant and y != year}
+        started = time.perf_counter()
+        [result] = similar(db, [query], top=K)
+        times.append((time.perf_counter() - started) * 1000)
+        found = [match.tile.path for match in result.matches]
+        own = paths == normalise_path(query)
+        order = np.argsort(-(vectors @ _unit_rows(vectors[own].mean(axis=0))), kind="stable")
+        mean_ranked = list(dict.fromkeys(p for p in paths[order] if p != normalise_path(query)))
+        for rule, ranked in (("tiles matched", found), ("mean vector", mean_ranked[:K])):
+            outcomes[rule].append((ranked[0] in relevant, len(relevant & set(ranked)) / K))
+    for rule, values in outcomes.items():
+        hits, precision = zip(*values, strict=True)
+        emit(
+            {"dataset": "naip", "part": "scenes", "tile_size": 128, "rule": rule}
+            | {
+                "top1": round(float(np.mean(hits)), 4),
+                f"p_at_{K}": round(float(np.mean(precision)), 4),
+            }
+            | {"queries": len(values), "scenes": len(scenes), f"chance_p_at_{K}": round(4 / 19, 4)}
+            | ({"ms_p50": round(float(np.median(times)), 2)} if rule == "tiles matched" else {})
+        )
+
+
 def run(work: Path, quick: bool, only: str | None = None) -> None:
     if only == "orientation":
         run_orientation(work, quick)
+        return
+    if only == "offgrid":
+        run_offgrid(work, quick)
+        return
+    if only == "scenes":
+        run_scenes(work, quick)
         return
     for tile_size in (128,) if quick else (128, 256):
         run_naip(work, tile_size, quick)
         run_sentinel2(work, tile_size, quick)
         if tile_size == 128:
             run_orientation(work, quick)  # reuses the 128 px databases run_naip made
+    run_scenes(work, quick)
+    if not quick:
+        run_offgrid(work, quick)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -847,7 +1431,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="128 px only, fewer configs")
     parser.add_argument("--workdir", type=Path, help="keep the databases here (default: temp)")
     parser.add_argument(
-        "--only", choices=["orientation"], help="run only this part (NAIP 128 px orientation)"
+        "--only",
+        choices=["orientation", "offgrid", "scenes"],
+        help="run only this part: NAIP 128 px orientation, queries cut anywhere (offgrid), or "
+        "whole scenes as queries",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()

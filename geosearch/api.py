@@ -14,11 +14,21 @@ from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, write_similarity_maps
-from geosearch.render import ResultFiles, prepare_output, write_marks, write_parquet
+from geosearch.render import (
+    PARQUET_NAME,
+    LocationFiles,
+    ResultFiles,
+    prepare_output,
+    write_marks,
+    write_parquet,
+)
+from geosearch.render import write_location as _write_location
 from geosearch.render import write_results as _write_results
-from geosearch.search import SearchFilters, SearchResult, load_area, open_database
+from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area, open_database
+from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
-from geosearch.store import Store, normalise_path
+from geosearch.sources import canonical_path
+from geosearch.store import Store
 
 PathLike = str | Path
 
@@ -34,8 +44,12 @@ def ingest(
     dry_run: bool = False,
     engine: str = "local",
     master: str | None = None,
+    kind: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> IngestReport:
-    """Ingest every image under ``paths`` into ``db``; see ``geosearch.ingest.ingest``."""
+    """Ingest every image and scene under ``paths`` into ``db``; see
+    ``geosearch.ingest.ingest``."""
     return _ingest(
         [Path(p) for p in paths],
         Path(db),
@@ -46,6 +60,9 @@ def ingest(
         dry_run=dry_run,
         engine=engine,
         master=master,
+        kind=kind,
+        include=include,
+        exclude=exclude,
     )
 
 
@@ -55,7 +72,7 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
         known = {record.path for record in store.files()}
         chosen: list[str] = []
         for path in paths:
-            stored = normalise_path(path)
+            stored = canonical_path(path)  # a scene's MTL or STAC item: the scene
             under = [
                 p for p in known if p == stored or p.startswith(stored.rstrip(os.sep) + os.sep)
             ]
@@ -113,6 +130,38 @@ def similar(
         any_orientation=any_orientation,
         settings=settings,
     )
+
+
+def locate(
+    db: PathLike,
+    query: PathLike,
+    *,
+    tile: int | None = None,
+    any_orientation: bool | None = None,
+    settings: Settings | None = None,
+) -> LocateResult:
+    """Where a query picture (a chip, an upload, a screenshot) lies in the database's scenes:
+    its placements, best first, each with the transform from its pixels to the scene's CRS."""
+    settings = settings or Settings()
+    if any_orientation is None:
+        any_orientation = settings.search.orientations == "any"
+    catalog = open_database(Path(db), settings)
+    try:
+        return _locate(catalog, Path(query), settings.search, tile, any_orientation)
+    finally:
+        catalog.store.close()
+
+
+def write_location(
+    result: LocateResult, db: PathLike, out: PathLike, settings: Settings | None = None
+) -> LocationFiles:
+    """Write ``located.geojson`` (every placement) and a copy of the query georeferenced by
+    the best one (a GeoTIFF, or a PNG with a world file) in ``out``."""
+    catalog = open_database(Path(db), settings)
+    try:
+        return _write_location(result, catalog, Path(out))
+    finally:
+        catalog.store.close()
 
 
 def feedback(
@@ -176,7 +225,7 @@ def write_results(
     try:
         files = _write_results(results, catalog, Path(out), preview_size, previews)
         if parquet:
-            files.parquet = write_parquet(results, Path(out) / "similar.parquet")
+            files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
         return files
     finally:
         catalog.store.close()
@@ -237,6 +286,8 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
                 "bytes_per_million_tiles": described["bytes_per_million"],
                 "disk_bytes_per_million_tiles": described["disk_bytes_per_million"],
             },
+            "dates": store.date_sources(),  # tiles per date source; "undated": without
+            "read_only": store.readonly,
             "geosearch_version": store.meta("geosearch_version"),
             "created": store.meta("created"),
         }
@@ -252,10 +303,12 @@ __all__ = [
     "ingest",
     "load_area",
     "load_settings",
+    "locate",
     "prepare_output",
     "remove",
     "similar",
     "similar_batch",
     "similarity_maps",
+    "write_location",
     "write_results",
 ]

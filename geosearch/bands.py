@@ -7,8 +7,9 @@ against it, so that vectors are only ever compared between like imagery.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -71,23 +72,67 @@ class BandManifest:
                 f"{what[source.kind]}; use another --db"
             )
         bands = list(select) if select else list(self.bands)
-        if not select and len(source.data_bands) != self.source_count:
-            raise BandLayoutError(f"{source.path}: {expected}, {found}; use --bands to select")
-        if len(bands) != len(self.bands) or max(bands) > len(source.band_names):
-            raise BandLayoutError(f"{source.path}: {expected}, {found}; use --bands to select")
-        if source.dtype != self.dtype:
-            raise BandLayoutError(f"{source.path}: {expected}, {found}")
+        fits = (select or len(source.data_bands) == self.source_count) and (
+            len(bands) == len(self.bands) and max(bands) <= len(source.band_names)
+        )
+        if not fits or source.dtype != self.dtype:
+            hint = ""
+            if source.dtype == self.dtype and len(source.data_bands) > len(self.bands):
+                hint = "; use --bands to select"  # choosing some of its bands can fit
+            elif source.alpha_band and len(source.data_bands) + 1 == self.source_count:
+                hint = (
+                    f"; its band {source.alpha_band} is flagged alpha (a mask, never data): "
+                    "write it with photometric MINISBLACK to use it as data"
+                )
+            raise BandLayoutError(f"{source.path}: {expected}, {found}{hint}")
         return bands
 
-    def scale(self, tile: RawTile) -> np.ndarray:
-        """(bands, h, w) float32 in 0..1; invalid pixels 0. Scaling ``none`` (embedding
-        rasters, de-quantised by features.embedding): the raw values, in the file's dtype."""
+    def query_bands(self, source: ImageSource, db_name: str) -> QueryBands:
+        """Which of a query file's bands stand for the database's, and how they are scaled.
+
+        A file like the database's files fills every band. Another (a screenshot, an RGB chip
+        of a 4-band database, another sensor's file) fills what it shares: bands of the same
+        name, else its red, green and blue as the database's RGB bands, else bands by position
+        when it has as many. Values keep the database's scaling when the dtype is the same;
+        8-bit pictures are taken as rendered (0..255); others get their own percentiles.
+        """
+        if self.scaling == "none":  # embedding rasters: a query is one too, with every band
+            return QueryBands(tuple(self.bands_for(source, None, db_name)), self)
+        same_kind = source.kind == self.kind and source.dtype == self.dtype
+        if same_kind and len(source.data_bands) == self.source_count:
+            return QueryBands(tuple(self.bands), self)
+        read = _shared_bands(self, source)
+        if not any(read):
+            raise BandLayoutError(
+                f"{source.path}: shares no band with {db_name} (expected {self.describe()}, "
+                f"found {len(source.data_bands)} "
+                f"({','.join(source.band_names[i - 1] for i in source.data_bands)}) "
+                f"{source.dtype}); no band names, RGB or band count in common"
+            )
+        if same_kind:
+            lows, highs = self.low, self.high
+        elif source.dtype == "uint8":
+            lows, highs = (0.0,) * len(read), (255.0,) * len(read)
+        else:
+            present = [band for band in read if band is not None]
+            low, high = _percentile_range(source, present, (2.0, 98.0))
+            found = dict(zip(present, zip(low, high, strict=True), strict=True))
+            lows = tuple(found[band][0] if band else 0.0 for band in read)
+            highs = tuple(found[band][1] if band else 1.0 for band in read)
+        manifest = replace(self, dtype=source.dtype, low=tuple(lows), high=tuple(highs))
+        return QueryBands(tuple(read), manifest)
+
+    def scale(self, tile: RawTile, positions: Sequence[int] | None = None) -> np.ndarray:
+        """(bands, h, w) float32 in 0..1; invalid pixels set to 0. ``positions``: which of the
+        manifest's bands the tile's rows are (default: all, in order). Scaling ``none``
+        (embedding rasters, de-quantised by features.embedding): raw values in the file's dtype."""
         if self.scaling == "none":
             raw = tile.pixels.copy()
             raw[:, ~tile.valid] = 0
             return raw
-        low = np.asarray(self.low, dtype=np.float64)[:, None, None]
-        high = np.asarray(self.high, dtype=np.float64)[:, None, None]
+        chosen = list(positions) if positions is not None else slice(None)
+        low = np.asarray(self.low, dtype=np.float64)[chosen, None, None]
+        high = np.asarray(self.high, dtype=np.float64)[chosen, None, None]
         bound = float(np.abs(np.concatenate([low, high])).max(initial=0.0))
         if tile.pixels.dtype == np.float64 or bound > FLOAT32_SAFE:
             # Beyond float32 (or high - low beyond float64): work in float64, scaled down.
@@ -107,6 +152,76 @@ class BandManifest:
         if not tile.valid.all():
             scaled[:, ~tile.valid] = 0.0
         return scaled.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class QueryBands:
+    """A query file's bands in the database's band order (1-based; None where the query lacks
+    that band) and the manifest that scales them to 0..1."""
+
+    read: tuple[int | None, ...]
+    manifest: BandManifest
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        """Positions (0-based, in the database's bands) the query has no band for."""
+        return tuple(i for i, band in enumerate(self.read) if band is None)
+
+    def shown(self) -> list[int]:
+        """The database band positions (0-based) shown as red, green and blue for this file:
+        the database's RGB bands, or its first band three times where it lacks one of them."""
+        rgb = list(self.manifest.rgb)
+        if all(self.read[slot] is not None for slot in rgb):
+            return rgb
+        first = next(slot for slot, band in enumerate(self.read) if band is not None)
+        return [first] * 3
+
+    def compared_on(self) -> dict[str, Any] | None:
+        """The database bands a partial query was compared on, and those it lacks; None when
+        the query has them all."""
+        if not self.missing:
+            return None
+        names = self.manifest.names
+        return {
+            "bands": [name for i, name in enumerate(names) if i not in self.missing],
+            "missing": [names[i] for i in self.missing],
+        }
+
+
+_GENERIC_NAME = re.compile(r"^band\d+$")
+
+
+def _band_key(name: str) -> str:
+    """A band name compared across files: lower case, B04 and B4 alike."""
+    name = name.lower()
+    match = re.fullmatch(r"b0*(\d+a?)", name)
+    return f"b{match.group(1)}" if match else name
+
+
+def _shared_bands(manifest: BandManifest, source: ImageSource) -> list[int | None]:
+    """Per database band, the query file band that stands for it (see ``query_bands``)."""
+    names = {
+        _band_key(source.band_names[i - 1]): i
+        for i in source.data_bands
+        if not _GENERIC_NAME.match(source.band_names[i - 1])
+    }
+    by_name = [names.get(_band_key(name)) for name in manifest.names]
+    if any(by_name):
+        return by_name
+    read: list[int | None] = [None] * len(manifest.bands)
+    rgb = list(dict.fromkeys(manifest.rgb))
+    if len(rgb) == 3 and len(source.data_bands) >= 3:
+        source_rgb = _rgb_positions(
+            source.data_bands, [source.band_names[i - 1] for i in source.data_bands], None
+        )
+        for slot, position in zip(rgb, source_rgb, strict=True):
+            read[slot] = source.data_bands[position]
+        return read
+    if len(source.data_bands) == len(manifest.bands):
+        return list(source.data_bands)
+    if len(rgb) == 1 and source.data_bands:  # a grey database: the query's first band
+        read[rgb[0]] = source.data_bands[0]
+    return read
 
 
 def build_manifest(source: ImageSource, settings: BandSettings) -> BandManifest:
@@ -137,8 +252,14 @@ def build_manifest(source: ImageSource, settings: BandSettings) -> BandManifest:
         scaling=scaling,
         low=lows,
         high=highs,
-        rgb=_rgb_positions(bands, names, settings.rgb),
+        rgb=_rgb_positions(bands, names, settings.rgb or _product_rgb(source, names)),
     )
+
+
+def _product_rgb(source: ImageSource, names: Sequence[str]) -> tuple[str, ...] | None:
+    """The RGB bands a product's metadata names (Landsat 7: B3,B2,B1), if all are selected."""
+    rgb = getattr(source, "rgb_names", None)
+    return tuple(rgb) if rgb and set(rgb) <= set(names) else None
 
 
 def _dtype_range(dtype: str) -> tuple[float, float]:

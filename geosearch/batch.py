@@ -13,20 +13,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
-from geosearch.errors import InputError
+from geosearch.errors import ConfigError, InputError
 from geosearch.ingest import FilePlan, discover
 from geosearch.search import (
+    SCENE_NEIGHBOURS,
     Match,
     Query,
     SearchResult,
+    is_scene_query,
     mean_vector,
     merge_orientations,
     open_database,
     orientation_rows,
     resolve_query,
+    scene_ranking,
 )
 from geosearch.store import normalise_path
 
@@ -65,7 +70,7 @@ def similar_spark(
                 new_files.append(path)
         resolved += _embed_on_executors(catalog, new_files, settings, master)
         if not resolved:
-            raise InputError("no query: give query files or folders, or --all-tiles")
+            raise ConfigError("no query: give query files or folders, or --all-tiles")
         ids, vectors = store.vectors()
         parents, matrix = orientation_rows(resolved)
         extra = max(len(query.exclude) for query in resolved)
@@ -82,6 +87,14 @@ def similar_spark(
         ]
         bonus = settings.search.orientation_bonus
         ranked = merge_orientations(store, parents, matrix, ranked_rows, bonus)
+        scenes = [n for n, query in enumerate(resolved) if is_scene_query(query)]
+        if scenes:  # as the local search: scenes ranked by how well their tiles match
+            for n, pairs in zip(
+                scenes,
+                _scene_rankings(session, catalog, resolved, scenes, ids, vectors, settings),
+                strict=True,
+            ):
+                ranked[n] = pairs
         results = []
         for query, pairs in zip(resolved, ranked, strict=True):
             pairs = pairs[:top]
@@ -94,6 +107,29 @@ def similar_spark(
         return results
     finally:
         store.close()
+
+
+def _scene_rankings(
+    session, catalog, resolved: list[Query], scenes: list[int], ids, vectors, settings: Settings
+) -> list[list[tuple[float, int]]]:
+    """``scene_ranking`` for the queries ``scenes`` (numbers in ``resolved``), their tiles'
+    nearest tiles found on the executors as the local search finds them."""
+    rows = np.vstack([resolved[n].tile_vectors for n in scenes]).astype(np.float32)
+    owners = np.repeat(scenes, [len(resolved[n].tile_vectors) for n in scenes])
+    extra = max(len(resolved[n].exclude) for n in scenes)
+    scores, found = spark_top_k(
+        session, ids, vectors, rows, SCENE_NEIGHBOURS + extra, settings.spark.partitions
+    )
+    tiles = {
+        t.id: t for t in catalog.store.tiles(sorted({int(i) for i in found.ravel() if i >= 0}))
+    }
+    rankings = []
+    for n in scenes:
+        query = resolved[n]
+        k = min(len(ids), SCENE_NEIGHBOURS + len(query.exclude))  # as the local search's
+        mine = {i: t for i, t in tiles.items() if i not in query.exclude}
+        rankings.append(scene_ranking(scores[owners == n, :k], found[owners == n, :k], mine))
+    return rankings
 
 
 def _embed_on_executors(
@@ -114,5 +150,7 @@ def _embed_on_executors(
         if not result.records:
             raise InputError(f"{path}: no tile has enough valid pixels to search with")
         vector = mean_vector(result.vectors)
-        queries.append(Query(os.path.relpath(path), path, result.records, vector, False))
+        query = Query(os.path.relpath(path), path, result.records, vector, False)
+        query.tile_vectors = result.vectors if len(result.records) > 1 else None
+        queries.append(query)
     return queries

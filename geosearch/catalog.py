@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from geosearch import __version__
-from geosearch.bands import BandManifest
+from geosearch.bands import BandManifest, QueryBands
 from geosearch.config import FeatureSettings, Settings
 from geosearch.embeddings import dequantization_for
 from geosearch.errors import DatabaseError
@@ -74,11 +74,23 @@ class Catalog:
     def pad_to(self) -> int | None:
         return self.tile_size if self.manifest.kind == "geo" else None
 
-    def compute(self, tiles: Sequence[RawTile]) -> tuple[np.ndarray, np.ndarray]:
-        """(fused vectors, raw features) of raw tiles: the one way a tile's vector is made."""
-        batch = prepare_batch(tiles, self.manifest, self.pad_to())
+    def compute(
+        self, tiles: Sequence[RawTile], bands: QueryBands | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(fused vectors, raw features) of raw tiles: the one way a tile's vector is made.
+
+        ``bands``: the tiles are a query's, read with this mapping onto the database's bands
+        (see ``read_query``); features of bands it lacks are left out of the comparison."""
+        manifest = bands.manifest if bands is not None else self.manifest
+        batch = prepare_batch(tiles, manifest, self.pad_to())
         raw = raw_features(batch, self.extractors())
-        return self.fusion.fuse(raw), raw
+        return self.fusion.fuse(raw, self.absent_features(bands)), raw
+
+    def absent_features(self, bands: QueryBands | None) -> np.ndarray | None:
+        """The features a query read with ``bands`` can't compute (None: it has them all)."""
+        if bands is None:
+            return None
+        return self.fusion.absent_features(bands.missing, len(bands.read), self.manifest.rgb)
 
     def keeps(self, tile: RawTile) -> bool:
         """Whether a tile has enough valid pixels to be indexed."""
@@ -97,28 +109,52 @@ class Catalog:
         indexing, and how many were too empty. ``InputError`` if the file can't be read."""
         with open_source(Path(path)) as source:
             bands = self.manifest.bands_for(source, select, self.name)
-            records, tiles, skipped = [], [], 0
-            for window in self.windows(source) if windows is None else windows:
-                tile = source.read(window, bands)
-                if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
-                    tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
-                if not self.keeps(tile):
-                    skipped += 1
-                    continue
-                footprint = source.footprint(window)
-                records.append(
-                    TileRecord(
-                        id=None,
-                        path=path,
-                        window=window,
-                        crs=source.crs_label,
-                        footprint_native=footprint.native_wkt if footprint else None,
-                        footprint=footprint.wgs84 if footprint else None,
-                        acquired=source.acquired,
-                        nodata_fraction=round(tile.nodata_fraction, 6),
-                    )
+            return self._read_tiles(source, path, windows, bands)
+
+    def read_query(
+        self, path: str, windows: Sequence[Window] | None = None
+    ) -> tuple[list[TileRecord], list[RawTile], QueryBands]:
+        """Like ``read``, for a query file that may lack some of the database's bands (a PNG
+        screenshot, an RGB chip of a 4-band database): its tiles carry every database band,
+        zeros where it has none, and the mapping says which (``BandManifest.query_bands``)."""
+        with open_source(Path(path)) as source:
+            bands = self.manifest.query_bands(source, self.name)
+            records, tiles, _ = self._read_tiles(source, path, windows, bands.read)
+        return records, tiles, bands
+
+    def _read_tiles(
+        self,
+        source: ImageSource,
+        path: str,
+        windows: Sequence[Window] | None,
+        bands: Sequence[int | None],
+    ) -> tuple[list[TileRecord], list[RawTile], int]:
+        records, tiles, skipped = [], [], 0
+        present = [band for band in bands if band is not None]
+        for window in self.windows(source) if windows is None else windows:
+            tile = source.read(window, present)
+            if len(present) < len(bands):
+                tile = _with_missing_bands(tile, bands)
+            if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
+                tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
+            if not self.keeps(tile):
+                skipped += 1
+                continue
+            footprint = source.footprint(window)
+            records.append(
+                TileRecord(
+                    id=None,
+                    path=path,
+                    window=window,
+                    crs=source.crs_label,
+                    footprint_native=footprint.native_wkt if footprint else None,
+                    footprint=footprint.wgs84 if footprint else None,
+                    acquired=source.acquired,
+                    nodata_fraction=round(tile.nodata_fraction, 6),
+                    acquired_source=source.acquired_source,
                 )
-                tiles.append(tile)
+            )
+            tiles.append(tile)
         return records, tiles, skipped
 
     def embed(
@@ -139,12 +175,22 @@ class Catalog:
         vectors, raw = self.compute(tiles)
         return EmbeddedTiles(records, vectors, raw, skipped)
 
-    def compute_orientations(self, tiles: Sequence[RawTile]) -> np.ndarray:
+    def compute_orientations(
+        self, tiles: Sequence[RawTile], bands: QueryBands | None = None
+    ) -> np.ndarray:
         """(8, len(tiles), dim) vectors of the tiles under the eight dihedral orientations,
         computed as one batch."""
         turned_tiles = [turned(tile, o) for o in ALL_ORIENTATIONS for tile in tiles]
-        vectors, _ = self.compute(turned_tiles)
+        vectors, _ = self.compute(turned_tiles, bands)
         return vectors.reshape(len(ALL_ORIENTATIONS), len(tiles), -1)
+
+
+def _with_missing_bands(tile: RawTile, bands: Sequence[int | None]) -> RawTile:
+    """A tile read from the present ``bands``, with zero rows where a band is missing."""
+    pixels = np.zeros((len(bands), *tile.valid.shape), dtype=tile.pixels.dtype)
+    rows = [i for i, band in enumerate(bands) if band is not None]
+    pixels[rows] = tile.pixels
+    return RawTile(pixels=pixels, valid=tile.valid)
 
 
 @dataclass

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from geosearch import SearchFilters, api
+from geosearch import SearchFilters, __version__, api
 from geosearch.config import Settings
+from geosearch.dates import DATE_SOURCES
 from geosearch.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -28,17 +29,44 @@ from geosearch.errors import (
     ConfigError,
     DatabaseError,
     GeosearchError,
+    InputError,
 )
+from geosearch.formats import KINDS
+from geosearch.ingest import IngestReport
+from geosearch.sources import gdal_messages
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help text as written: "[default: x]" and "geosearch[spark]" stay
     help="Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example.",
 )
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        out.print(f"geosearch {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Show GDAL's and rasterio's warnings too."),
+    ] = False,
+) -> None:
+    """Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example."""
+    gdal_messages(verbose)
+
 
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="Database (GeoPackage). [default: geosearch.gpkg]")
@@ -135,8 +163,27 @@ def ingest(
         bool, typer.Option("--verify", help="Judge changed files by content hash (SHA-256).")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List what would be ingested; write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Say what the database will be and what would be done; write nothing."
+        ),
     ] = False,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="geo (georeferenced rasters, scenes) or plain (JPEG/PNG) for a new database; "
+            "files of the other kind are skipped. [default: most inputs' kind]",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help="Only inputs matching this glob (repeatable): '*.tif'."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Leave out inputs matching this glob (repeatable)."),
+    ] = None,
     engine: EngineOption = "local",
     master: MasterOption = None,
     json_output: JsonOption = False,
@@ -156,19 +203,29 @@ def ingest(
         report = _run(
             lambda: api.ingest(
                 paths, db_path, settings, bands=selected, progress=progress, verify=verify,
-                dry_run=dry_run, engine=engine, master=master,
+                dry_run=dry_run, engine=engine, master=master, kind=kind,
+                include=include or (), exclude=exclude or (),
             )
         )  # fmt: skip
     if dry_run and not json_output:
+        state = "new" if report.new_database else "existing"
+        kind = KINDS[report.kind]
+        out.print(f"{db_path}: {state} database of {kind} ({report.kind_reason})", markup=False)
         for item in report.planned or []:
-            out.print(f"{item['action']:<9}  {item['path']}", markup=False)
+            detail = f"  ({item['detail']})" if item.get("detail") else ""
+            out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
         return
+    if not (json_output or quiet):
+        for note in report.notes:
+            err.print(f"note: {note}", markup=False)
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
+        if report.new_database:
+            err.print(f"new database of {KINDS[report.kind]} ({report.kind_reason})", markup=False)
         rate = report.tiles_added / report.seconds if report.seconds else 0.0
         err.print(
-            f"{report.tiles_added} tiles added from {report.files_ingested} files "
+            f"{report.tiles_added} tiles added from {_inputs(report)} "
             f"({report.files_unchanged} unchanged, {report.files_replaced} replaced, "
             f"{report.files_resumed} resumed, {len(report.skipped)} skipped; "
             f"{report.tiles_nodata} tiles mostly nodata) in {report.seconds:.1f} s "
@@ -176,6 +233,15 @@ def ingest(
             markup=False,
         )
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+
+
+def _inputs(report: IngestReport) -> str:
+    """What an ingest read: "3 files", "1 scene", "2 scenes and 4 files"."""
+    scenes, files = report.scenes_ingested, report.files_ingested - report.scenes_ingested
+    parts = [f"{scenes} scene{'s' * (scenes != 1)}"] if scenes else []
+    if files or not scenes:
+        parts.append(f"{files} files")
+    return " and ".join(parts)
 
 
 @app.command()
@@ -264,28 +330,38 @@ def _is_date(text: str) -> bool:
 
 
 def _print_results(results: list, files, json_output: bool) -> None:
+    for result in results:
+        _say_compared_on(result.query)
+    for note in dict.fromkeys(note for result in results for note in result.notes):
+        err.print(f"note: {note}", markup=False)
     if json_output:
         for result in results:
             out.print(json.dumps(result.to_dict()), markup=False)
         return
     for result in results:
-        title = f"similar to {result.query.label}  (session {result.session})"
+        title = f"similar to {result.query.label}"
+        title += f"  (session {result.session})" if result.session else ""
         table = Table(title=title, title_justify="left")
-        for column in ("rank", "score", "id", "file", "window (row,col size)", "acquired"):
+        columns = ("rank", "similarity", "id", "file", "window (row,col size)", "acquired", "place")
+        for column in columns:
             table.add_column(
-                column, justify="right" if column in ("rank", "score", "id") else "left"
+                column, justify="right" if column in ("rank", "similarity", "id") else "left"
             )
         for match in result.matches:
             w = match.tile.window
+            located = match.located
             table.add_row(
                 str(match.rank),
-                f"{match.score:.4f}",
+                f"{match.similarity:.3f}",
                 str(match.tile.id),
                 _shown_path(match.tile.path),
                 f"{w.row},{w.col} {w.width}x{w.height}",
                 match.tile.acquired or "",
+                f"{located.coverage:.0%} of the query" if located else "",
             )
         out.print(table)
+        if result.location is not None:
+            out.print(f"found at: {_placement_line(result.location)}", markup=False)
     err.print(
         f"wrote {files.geojson}, {len(files.previews)} previews, "
         f"{', '.join(str(p) for p in files.contact_sheets)}",
@@ -331,7 +407,9 @@ def similar(
     ] = None,
     exclude_near: Annotated[
         float | None,
-        typer.Option("--exclude-near", help="Drop results within this many metres of the query."),
+        typer.Option(
+            "--exclude-near", min=0, help="Drop results within this many metres of the query."
+        ),
     ] = None,
     other_files: Annotated[
         bool, typer.Option("--other-files", help="Only results from other files than the query's.")
@@ -419,6 +497,72 @@ def similar(
         )
         for written in maps:
             err.print(f"wrote {written.describe()}", markup=False)
+
+
+def _say_compared_on(query) -> None:
+    """One line on stderr for a query lacking some of the database's bands."""
+    shared = query.compared_on
+    if shared:
+        err.print(
+            f"{query.label}: compared on bands {','.join(shared['bands'])} "
+            f"({', '.join(shared['blocks'])}); it has no {','.join(shared['missing'])}",
+            markup=False,
+        )
+
+
+def _placement_line(placement) -> str:
+    turn = f", turned {90 * placement.orientation.quarter_turns} degrees" * bool(
+        placement.orientation.quarter_turns
+    )
+    mirrored = ", mirrored" if placement.orientation.mirrored else ""
+    return (
+        f"{_shown_path(placement.path)} at col {placement.query_to_scene.c:.0f}, "
+        f"row {placement.query_to_scene.f:.0f}, scale {placement.scale:.2f}{turn}{mirrored} "
+        f"(correlation {placement.correlation:.2f}, margin {placement.margin:.2f})"
+    )
+
+
+@app.command()
+def locate(
+    query: Annotated[Path, typer.Argument(help="A picture: a chip, an upload, a screenshot.")],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    tile: Annotated[
+        int | None, typer.Option("--tile", help="Locate this tile of the file (0-based).")
+    ] = None,
+    any_orientation: Annotated[
+        bool | None,
+        typer.Option("--any-orientation/--as-is", help="Also try it rotated or mirrored."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for located.geojson and the georeferenced copy."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Say where a picture lies in the database's scenes, and georeference a copy of it.
+
+    Writes located.geojson (every scene it was found in) and the query georeferenced by the
+    best fit: a GeoTIFF, or a PNG with a world file. Exit 3 when it is found nowhere.
+    """
+    settings, db_path = _settings(config, db, **{"search.out": out_dir})
+    _run(lambda: api.prepare_output(settings.search.out, previews=False))
+    result = _run(
+        lambda: api.locate(
+            db_path, query, tile=tile, any_orientation=any_orientation, settings=settings
+        )
+    )
+    _say_compared_on(result.query)
+    files = _run(lambda: api.write_location(result, db_path, settings.search.out, settings))
+    if json_output:
+        out.print(json.dumps(result.to_dict()), markup=False)
+    elif result.placements:
+        for placement in result.placements:
+            out.print(_placement_line(placement), markup=False)
+    if not result.placements:
+        err.print(f"{query}: not found in {db_path.name}", markup=False)
+        raise typer.Exit(InputError.exit_code)
+    err.print(f"wrote {files.geojson} and {files.georeferenced}", markup=False)
 
 
 def _similar_on_spark(
@@ -554,6 +698,7 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
             f"{','.join(bands['names'][i] for i in bands['rgb'])}",
         ),
         ("tile size", f"{facts['tile_size']} px"),
+        ("dates", _dates_line(facts["dates"])),
         (
             "extractors",
             " + ".join(
@@ -572,6 +717,13 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         out.print(f"{label:<{width}}  {value}", markup=False)
+
+
+def _dates_line(sources: dict[str, int]) -> str:
+    """Tiles per date source, undated last: "20 from names, 3 from metadata, 5 undated"."""
+    words = DATE_SOURCES
+    shown = [f"{n} from {words.get(k, k)}" for k, n in sources.items() if k != "undated"]
+    return ", ".join([*shown, f"{sources.get('undated', 0)} undated"])
 
 
 def main() -> None:

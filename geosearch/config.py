@@ -100,6 +100,9 @@ class SearchSettings(_Section):
     preview_size: int = Field(256, ge=16, le=2048)
     orientations: Literal["as_is", "any"] = "as_is"
     orientation_bonus: float = Field(0.05, ge=0, le=1)
+    locate: bool = True
+    locate_shortlist: int = Field(64, ge=1, le=1000)
+    locate_min_margin: float = Field(0.15, ge=0, le=2)
 
 
 class MapSettings(_Section):

@@ -663,6 +663,7 @@ def open_index(
     A rebuild also happens when the index no longer suits its size (``needs_rebuild``): this is
     where flat becomes HNSW and HNSW becomes IVF as the database grows."""
     path = index_path(store.path)
+    save = save and not store.readonly  # a read-only database: the index is kept in memory
     generation = store.generation
     loaded = VectorIndex.load(path)
     if loaded is not None:

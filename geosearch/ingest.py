@@ -6,9 +6,11 @@ manifest and fusion, and reporting are shared here; ``engines`` schedule the per
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,16 @@ from geosearch.bands import build_manifest
 from geosearch.catalog import Catalog, initialise_catalog, open_catalog
 from geosearch.config import Settings
 from geosearch.errors import ConfigError, GeosearchError, InputError
-from geosearch.sources import RawTile, file_name_problem, find_images, open_source
+from geosearch.formats import KINDS, kind_of
+from geosearch.products import product_at
+from geosearch.sources import (
+    RawTile,
+    file_identity,
+    file_name_problem,
+    find_images,
+    identity_files,
+    open_source,
+)
 from geosearch.store import FileRecord, Store, normalise_path
 
 # Tiles read to fit the fusion's standardisation when a database is created.
@@ -38,6 +49,7 @@ class FilePlan:
     mtime_ns: int
     action: Action
     sha256: str | None = None
+    scene: str | None = None  # a product (a scene of several files): what it is
 
     def record(self, status: str = "partial") -> FileRecord:
         return FileRecord(self.path, self.size, self.mtime_ns, status, sha256=self.sha256)
@@ -55,7 +67,9 @@ class IngestReport:
 
     db: str
     files_found: int = 0
+    files_excluded: int = 0  # left out by --include/--exclude
     files_ingested: int = 0
+    scenes_ingested: int = 0  # of files_ingested: products (a scene of several files)
     files_unchanged: int = 0
     files_resumed: int = 0
     files_replaced: int = 0
@@ -64,7 +78,11 @@ class IngestReport:
     tiles_nodata: int = 0
     seconds: float = 0.0
     skipped: list[Skipped] = field(default_factory=list)
-    planned: list[dict] | None = None  # dry run only: {"path", "action"} per file
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. a file left empty
+    planned: list[dict] | None = None  # dry run: {"path", "action", "detail"} per file
+    kind: str | None = None  # what the database holds: "geo" or "plain"
+    kind_reason: str = ""  # why: the database's own kind, --kind, or the inputs' majority
+    new_database: bool = False  # the kind was decided by this run
     engine: str = "local"
     remote_chunks: int = 0  # Spark: chunks computed by executors, outside the driver
 
@@ -94,27 +112,95 @@ class SilentProgress:
 
 
 def discover(paths: Iterable[Path]) -> list[str]:
-    """Every image file under ``paths``, normalised, each once, in a stable order."""
-    seen: dict[str, None] = {}
-    for root in paths:
-        if not Path(root).exists() and not Path(root).is_symlink():
+    """Every image file and scene under ``paths``, normalised, each once, in a stable order."""
+    return [path for path, _ in _discover_with_names(paths)]
+
+
+def _discover_with_names(paths: Iterable[Path]) -> list[tuple[str, str]]:
+    """(stored path, path relative to the folder given) of every image file and scene."""
+    seen: dict[str, str] = {}
+    for root in map(Path, paths):
+        if not (root.exists() or root.is_symlink() or "*" in root.name):  # *: band files
             raise InputError(f"{root}: no such file or folder")
-        for path in find_images(Path(root)):
-            seen.setdefault(normalise_path(path), None)
-    return list(seen)
+        for path in find_images(root):
+            stored = _canonical(path) if path == root else normalise_path(path)
+            relative = os.path.relpath(path, root) if root.is_dir() else path.name
+            seen.setdefault(stored, relative)
+    return list(seen.items())
 
 
-def plan_files(files: Sequence[str], store: Store | None, verify: bool = False) -> list[FilePlan]:
+def _canonical(path: Path) -> str:
+    """A path given by the user (a scene's MTL or STAC item...): the path stored for it."""
+    try:
+        product = product_at(path)
+    except InputError:
+        product = None  # reported when read
+    return product.path if product is not None else normalise_path(path)
+
+
+def select_inputs(
+    paths: Iterable[Path], include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> tuple[list[str], int]:
+    """Discovered inputs that ``include`` globs (any, if given) and no ``exclude`` glob match,
+    and how many were left out. Globs match the path below the folder given, or the file name,
+    ignoring case: ``*.jpg``, ``quicklooks/*``, ``*_B8.TIF``."""
+    kept, excluded = [], 0
+
+    def matches(patterns: Sequence[str], relative: str) -> bool:
+        names = (relative.lower(), Path(relative).name.lower())
+        return any(fnmatch.fnmatchcase(n, p.lower()) for p in patterns for n in names)
+
+    for path, relative in _discover_with_names(paths):
+        if (include and not matches(include, relative)) or matches(exclude, relative):
+            excluded += 1
+        else:
+            kept.append(path)
+    return kept, excluded
+
+
+def choose_kind(
+    files: Sequence[str], requested: str | None, stored: str | None, db_name: str
+) -> tuple[str, str]:
+    """What the database holds ("geo" or "plain") and why: its own kind if it has one (a
+    contrary ``requested`` kind is an error), else ``requested`` (--kind), else the kind of most
+    inputs (georeferenced when tied)."""
+    if requested is not None and requested not in KINDS:
+        raise ConfigError(f"--kind: expected geo or plain, got {requested!r}")
+    if stored is not None:
+        if requested is not None and requested != stored:
+            raise ConfigError(
+                f"--kind {requested}: {db_name} holds {KINDS[stored]}; use another --db"
+            )
+        return stored, f"{db_name} holds {KINDS[stored]}"
+    if requested is not None:
+        return requested, f"--kind {requested}"
+    counts = Counter(kind_of(path) for path in files)
+    kind = "plain" if counts["plain"] > counts["geo"] else "geo"
+    return kind, f"{counts[kind]} of {len(files)} inputs are {KINDS[kind]}; --kind to choose"
+
+
+def other_kind_reason(kind: str, db_name: str) -> str:
+    """Why a file of the other kind is skipped, in words a user can act on."""
+    other = "plain" if kind == "geo" else "geo"
+    return (
+        f"{db_name} holds {KINDS[kind]}, this file is one of the {KINDS[other]}; "
+        "use another --db for them (--exclude leaves them out quietly)"
+    )
+
+
+def plan_files(
+    files: Sequence[str], store: Store | None, verify: bool = False, touch: bool = True
+) -> list[FilePlan]:
     """Decide per file: new, resume (half-done, unchanged), replace (changed) or unchanged.
 
-    "Changed" means another size or mtime; with ``verify``, another content hash (SHA-256),
-    and a file whose mtime alone changed is recorded as unchanged.
+    "Changed" means another size or mtime (a scene: its member files' total size and latest
+    mtime); with ``verify``, another content hash (SHA-256), and a file whose mtime alone
+    changed is recorded as unchanged (unless ``touch`` is False: a dry run writes nothing).
     """
     plans = []
     for path in files:
         try:
-            stat = os.stat(path)
-            size, mtime_ns = stat.st_size, stat.st_mtime_ns
+            size, mtime_ns = file_identity(path)
         except OSError:
             size, mtime_ns = -1, -1  # reported when read
         digest = content_hash(path) if verify and size >= 0 else None
@@ -127,12 +213,21 @@ def plan_files(files: Sequence[str], store: Store | None, verify: bool = False) 
             action = "replace"
         else:
             action = _done_or_resume(known)
-        plan = FilePlan(path, size, mtime_ns, action, digest)
+        plan = FilePlan(path, size, mtime_ns, action, digest, _scene(path))
         touched = (known.size, known.mtime_ns, known.sha256) if known else None
-        if verify and action == "unchanged" and touched != (size, mtime_ns, digest):
+        if touch and verify and action == "unchanged" and touched != (size, mtime_ns, digest):
             store.touch_file(plan.record("done"))
         plans.append(plan)
     return plans
+
+
+def _scene(path: str) -> str | None:
+    """What a product is (None for a plain file, or a product that can't be read yet)."""
+    try:
+        product = product_at(Path(path))
+    except InputError:
+        return None
+    return product.describe() if product is not None and product.bands else None
 
 
 def _done_or_resume(known: FileRecord) -> Action:
@@ -140,16 +235,18 @@ def _done_or_resume(known: FileRecord) -> Action:
 
 
 def content_hash(path: str) -> str | None:
-    """SHA-256 of a file's bytes, or None if it can't be read (reported later)."""
-    if not os.path.isfile(path):  # a FIFO would block; anything else is reported when read
-        return None
+    """SHA-256 of a file's bytes (a scene's: its member files' in turn), or None if one can't
+    be read (reported later)."""
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
+    for member in identity_files(path):
+        if not os.path.isfile(member):  # a FIFO would block; anything else is reported later
+            return None
+        try:
+            with open(member, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023
+                    digest.update(block)
+        except OSError:
+            return None
     return digest.hexdigest()
 
 
@@ -205,11 +302,17 @@ def ingest(
     dry_run: bool = False,
     engine: str = "local",
     master: str | None = None,
+    kind: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> IngestReport:
-    """Ingest every image under ``paths`` into database ``db`` (created if needed).
+    """Ingest every image and scene under ``paths`` into database ``db`` (created if needed).
 
     Unreadable files are reported through ``progress.skipped`` and listed in the report; they
-    never stop the ingest. Re-running skips unchanged files, resumes half-done ones and
+    never stop the ingest. A database holds georeferenced rasters or plain pictures: ``kind``
+    (else the database's own, else most inputs') decides, and files of the other kind are
+    skipped, each reported. ``include``/``exclude`` globs choose inputs (see
+    ``select_inputs``). Re-running skips unchanged files, resumes half-done ones and
     replaces changed ones (``verify``: judged by content hash). ``dry_run`` only plans:
     the report's ``planned`` lists each file with what ingest would do, nothing is written.
     ``engine="spark"`` runs the per-tile work on Apache Spark (``master``, else config).
@@ -222,8 +325,13 @@ def ingest(
         settings = settings.with_overrides({"bands.select": list(bands)})
     progress = progress or SilentProgress()
     started = time.perf_counter()
-    files = discover(paths)
-    report = IngestReport(db=str(db), files_found=len(files))
+    files, excluded = select_inputs(paths, include, exclude)
+    if not files:
+        left_out = f" ({excluded} left out by --include/--exclude)" if excluded else ""
+        raise InputError(
+            f"nothing to ingest: no image file or scene in {', '.join(map(str, paths))}{left_out}"
+        )
+    report = IngestReport(db=str(db), files_found=len(files), files_excluded=excluded)
     for path in [f for f in files if file_name_problem(Path(f))]:
         files.remove(path)
         report.skipped.append(Skipped(path, file_name_problem(Path(path))))
@@ -231,13 +339,18 @@ def ingest(
     if dry_run:
         if Path(db).exists():
             with Store(db) as store:
-                plans = plan_files(files, store, verify)
+                files = _of_kind(files, store, kind, report, progress)
+                plans = plan_files(files, store, verify, touch=False)
         else:
-            plans = plan_files(files, None, verify)
-        report.planned = [{"path": plan.path, "action": plan.action} for plan in plans]
+            files = _of_kind(files, None, kind, report, progress)
+            plans = plan_files(files, None, verify, touch=False)
+        report.planned = [
+            {"path": plan.path, "action": plan.action, "detail": plan.scene} for plan in plans
+        ] + [{"path": s.path, "action": "skip", "detail": s.reason} for s in report.skipped]
         report.seconds = round(time.perf_counter() - started, 3)
         return report
     with Store(db, create=True) as store, store.writer("ingest"):
+        files = _of_kind(files, store, kind, report, progress)
         plans = plan_files(files, store, verify)
         catalog = open_catalog(store, settings)
         unreadable: dict[str, str] = {}
@@ -261,6 +374,30 @@ def ingest(
         store.update_extent()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def _of_kind(
+    files: list[str],
+    store: Store | None,
+    requested: str | None,
+    report: IngestReport,
+    progress: IngestProgress,
+) -> list[str]:
+    """The files of the database's kind (decided here, into the report); the others are
+    skipped, each reported."""
+    manifest = store.meta("manifest") if store is not None else None
+    name = store.path.name if store is not None else Path(report.db).name
+    stored = manifest["kind"] if manifest else None
+    report.kind, report.kind_reason = choose_kind(files, requested, stored, name)
+    report.new_database = stored is None
+    kept = []
+    for path in files:
+        if kind_of(path) == report.kind:
+            kept.append(path)
+        else:
+            report.skipped.append(Skipped(path, other_kind_reason(report.kind, name)))
+            progress.skipped(path, report.skipped[-1].reason)
+    return kept
 
 
 def error_reason(exc: GeosearchError, path: str) -> str:

@@ -1,12 +1,15 @@
 """Similarity maps: how much each place looks like a query, as GeoTIFFs with a QGIS style.
 
-``tile_similarity`` gives one cell per indexed tile (its vector's cosine to the query vector) on
+Values are the similarity people read in the results (``search.similarity_of``: the cosine as
+0..1, 1 the same, about 0.5 unrelated), so a map shows each result's own number.
+
+``tile_similarity`` gives one cell per indexed tile (its vector against the query vector) on
 the grid of the database's tiles, in the CRS most tiles have; cells without a tile are NoData,
 a cell holding several tiles (years) gets the highest. Tiles are placed by window arithmetic
 from each file's geotransform, fitted once per file to one tile's native footprint, so a
 million tiles cost no geometry parsing.
 
-``write_pixel_map`` (embedding databases) gives every pixel's de-quantised vector's cosine to the
+``write_pixel_map`` (embedding databases) gives every pixel's de-quantised vector against the
 query at the rasters' own resolution over an area (``--bbox``/``--within``): read, computed and
 written window by window, so memory follows the window, not the raster.
 
@@ -42,7 +45,7 @@ from geosearch.embeddings import Dequantization, dequantization_for
 from geosearch.errors import ConfigError, InputError, OutputError
 from geosearch.feedback import rocchio
 from geosearch.index import index_for_search
-from geosearch.search import SearchFilters, SearchResult, allowed_ids
+from geosearch.search import SearchFilters, SearchResult, allowed_ids, similarity_of
 from geosearch.sources import GeoRasterSource, Window, open_source, window_ring
 from geosearch.store import Store, TileRecord
 
@@ -56,7 +59,7 @@ VIRIDIS = ((0.0, 68, 1, 84), (0.25, 59, 82, 139), (0.5, 33, 145, 140), (0.75, 94
 # raster's grid), so a small cache does; GDAL's default (5 % of RAM) only grows the process.
 PIXEL_MAP_GDAL_CACHE = 64 * 2**20
 _NOTHING_IN_AREA = "the area does not meet the indexed rasters: the pixel map would be empty"
-_HISTOGRAM_BINS = 4000  # over [-1, 1]: the pixel map's percentile without keeping its values
+_HISTOGRAM_BINS = 2000  # over [0, 1]: the pixel map's percentile without keeping its values
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def file_frames(tiles: Sequence[TileRecord]) -> dict[str, tuple[Affine, str]]:
 def tile_similarity(
     store: Store, query: np.ndarray, tile_size: int, allowed: set[int] | None = None
 ) -> tuple[Grid, np.ndarray, int]:
-    """A tile-level map of ``query``'s cosine to every tile (``allowed``: only those): its grid,
+    """A tile-level map of every tile's similarity to ``query`` (``allowed``: only those): grid,
     (height, width) float32 values (NODATA without a tile) and the number of tiles placed."""
     frames = file_frames(store.first_tile_of_each_file())
     if not frames:
@@ -141,7 +144,7 @@ def tile_similarity(
     reference = frames[paths[max(in_target, key=lambda i: per_file[i])]][0]
     grid, cell = _cell_grid(reference, tile_size, x, y, CRS.from_user_input(target))
     values = np.full(grid.width * grid.height, -np.inf, dtype=np.float32)
-    np.maximum.at(values, cell, scores)
+    np.maximum.at(values, cell, similarity_of(scores).astype(np.float32))
     values[np.isneginf(values)] = NODATA
     return grid, values.reshape(grid.height, grid.width), len(codes)
 
@@ -246,7 +249,7 @@ def write_pixel_map(
     window: int = 512,
     threads: int = 2,
 ) -> SimilarityMap:
-    """Every pixel's cosine to ``query`` over ``area`` (lon/lat), at the rasters' resolution,
+    """Every pixel's similarity to ``query`` over ``area`` (lon/lat), at the rasters' resolution,
     from the files holding the ``allowed`` tiles, streamed window by window in ``threads``."""
     if catalog.manifest.scaling != "none":
         raise ConfigError(
@@ -270,7 +273,7 @@ def write_pixel_map(
                 dst.write(values, 1, window=out_window.as_rasterio())
                 found = values[values != NODATA]
                 cells += found.size
-                histogram += np.histogram(found, _HISTOGRAM_BINS, (-1.0, 1.0))[0]
+                histogram += np.histogram(found, _HISTOGRAM_BINS, (0.0, 1.0))[0]
             dst.build_overviews(_overview_factors(grid), rasterio.enums.Resampling.average)
     except (RasterioError, OSError) as exc:
         raise OutputError(f"cannot write {path}: {exc}") from None
@@ -438,7 +441,9 @@ class _WindowComputer:
                 cols[0] - window.col : cols[1] - window.col,
             ]
             np.fmax(target, cosines, out=target)
-        values[~self._inside(window) | ~np.isfinite(values)] = NODATA
+        empty = ~np.isfinite(values) | ~self._inside(window)
+        values = similarity_of(values).astype(np.float32)
+        values[empty] = NODATA
         return values
 
     def _inside(self, window: Window) -> np.ndarray:
@@ -480,10 +485,10 @@ def _overview_factors(grid: Grid) -> list[int]:
 
 
 def _histogram_range(histogram: np.ndarray) -> tuple[float, float]:
-    """The ramp's range from a histogram of values over [-1, 1]: STYLE_PERCENTILE to max."""
+    """The ramp's range from a histogram of values over [0, 1]: STYLE_PERCENTILE to max."""
     if not histogram.any():
         return 0.0, 1.0
-    edges = np.linspace(-1.0, 1.0, _HISTOGRAM_BINS + 1)
+    edges = np.linspace(0.0, 1.0, _HISTOGRAM_BINS + 1)
     cumulative = np.cumsum(histogram) / histogram.sum()
     low = float(edges[np.searchsorted(cumulative, STYLE_PERCENTILE / 100.0)])
     high = float(edges[np.flatnonzero(histogram)[-1] + 1])
@@ -505,7 +510,7 @@ def _open_map(path: Path, grid: Grid, tiled: bool) -> rasterio.io.DatasetWriter:
         profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256}
     dataset = rasterio.open(path, "w", **profile)
     dataset.set_band_description(1, "similarity")
-    dataset.update_tags(GEOSEARCH_MAP="cosine similarity to the query (1 = the same)")
+    dataset.update_tags(GEOSEARCH_MAP="similarity to the query: (1 + cosine) / 2, 1 = the same")
     return dataset
 
 

@@ -20,13 +20,15 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
-from geosearch.bands import BandManifest
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
-from geosearch.search import SearchResult
-from geosearch.sources import RawTile, Window, open_source
+from geosearch.locate import Placement
+from geosearch.search import LocateResult, Match, Query, SearchResult
+from geosearch.sources import Window, open_source
 
 GEOJSON_NAME = "similar.geojson"
+LOCATED_GEOJSON_NAME = "located.geojson"
+PARQUET_NAME = "similar.parquet"
 COORDINATE_DECIMALS = 7
 STRETCH_PERCENTILES = (2.0, 98.0)
 
@@ -39,6 +41,7 @@ class ResultFiles:
     previews: list[Path]
     contact_sheets: list[Path]
     parquet: Path | None = None
+    located: Path | None = None  # where queries were found (second stage), if any
 
 
 def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
@@ -59,17 +62,15 @@ def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
     return buffer.getvalue()
 
 
-def _rgb(tile: RawTile, manifest: BandManifest) -> np.ndarray:
-    return manifest.scale(tile)[list(manifest.rgb)]
-
-
 def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: int) -> bytes:
-    """PNG of one tile (``window``) or of a whole file (``window=None``) of the database."""
+    """PNG of one tile (``window``) or of a whole file (``window=None``): a file of the database
+    or a query (its RGB bands, or its first band where it lacks one)."""
     with open_source(Path(path)) as source:
-        bands = catalog.manifest.bands_for(source, None, catalog.name)
-        whole = window is None
-        tile = source.overview(bands, max_side) if whole else source.read(window, bands)
-    return render_png(_rgb(tile, catalog.manifest), tile.valid, max_side)
+        bands = catalog.manifest.query_bands(source, catalog.name)
+        shown = bands.shown()
+        read = [bands.read[slot] for slot in shown]
+        tile = source.overview(read, max_side) if window is None else source.read(window, read)
+    return render_png(bands.manifest.scale(tile, shown), tile.valid, max_side)
 
 
 def lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
@@ -126,11 +127,16 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
         )
         for match in result.matches:
             tile = match.tile
+            located = match.located
             properties = {
                 "role": "result",
                 "query": number,
                 "rank": match.rank,
                 "score": round(match.score, 6),
+                "similarity": round(match.similarity, 4),
+                "cosine": round(match.cosine, 6) if match.cosine is not None else None,
+                "correlation": round(located.placement.correlation, 4) if located else None,
+                "coverage": round(located.coverage, 4) if located else None,
                 "id": tile.id,
                 "path": tile.path,
                 "tiles": 1,
@@ -150,6 +156,83 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
                 }
             )
     return {"type": "FeatureCollection", "features": features}
+
+
+def location_feature(placement: Placement, number: int = 1, rank: int = 0) -> dict[str, Any]:
+    """Where a query lies (``role: location``): the placed picture's outline and how it fits."""
+    properties = {
+        "role": "location",
+        "query": number,
+        "rank": rank,
+        "path": placement.path,
+        "correlation": round(placement.correlation, 4),
+        "margin": round(placement.margin, 4),
+        "scale": round(placement.scale, 4),
+        "rotation": 90 * placement.orientation.quarter_turns,
+        "mirrored": placement.orientation.mirrored,
+    }
+    return {
+        "type": "Feature",
+        "geometry": lonlat_geometry(placement.footprint),
+        "properties": properties,
+    }
+
+
+@dataclass
+class LocationFiles:
+    """Paths written by ``locate``: the placements and the georeferenced copy of the query."""
+
+    geojson: Path
+    georeferenced: Path | None
+
+
+def write_location(result: LocateResult, catalog: Catalog, out_dir: Path) -> LocationFiles:
+    """``located.geojson`` (every placement, best first) and, if the query was placed, a copy
+    of it georeferenced by the best placement: a GeoTIFF of its bands for a raster, a PNG with
+    a world file (``.wld``) and the CRS (``.aux.xml``, GDAL's) for a picture."""
+    prepare_output(out_dir, previews=False)
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            location_feature(placement, 1, rank)
+            for rank, placement in enumerate(result.placements, start=1)
+        ],
+    }
+    geojson = out_dir / LOCATED_GEOJSON_NAME
+    _write_bytes(geojson, json.dumps(collection, indent=1).encode())
+    copy = None
+    if result.placements:
+        copy = _georeferenced_copy(result.query, result.placements[0], out_dir)
+    return LocationFiles(geojson, copy)
+
+
+def _georeferenced_copy(query: Query, placement: Placement, out_dir: Path) -> Path:
+    """The query's pixels (its window, as read for registration) with the placement's
+    transform and CRS."""
+    import rasterio
+
+    with open_source(Path(query.path)) as source:
+        window = query.window or Window(0, 0, source.width, source.height)
+        tile = source.read(window, source.data_bands)
+        plain = source.kind == "plain"
+    name = Path(query.path).stem + "_located" + (".png" if plain else ".tif")
+    path = out_dir / name
+    profile = {
+        "driver": "PNG" if plain else "GTiff",
+        "width": window.width,
+        "height": window.height,
+        "count": tile.pixels.shape[0],
+        "dtype": tile.pixels.dtype,
+        "crs": placement.crs_wkt,
+        "transform": placement.query_transform,
+    }
+    options = {"WORLDFILE": "YES"} if plain else {"COMPRESS": "DEFLATE"}
+    try:
+        with rasterio.open(path, "w", **profile, **options) as dst:
+            dst.write(tile.pixels)
+    except (OSError, rasterio.errors.RasterioError) as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    return path
 
 
 def write_parquet(results: Sequence[SearchResult], path: Path) -> Path:
@@ -217,11 +300,22 @@ def write_marks(session: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> bytes:
-    """PNG of labelled previews side by side (query first, then results in rank order)."""
-    label_height = max(16, cell // 10)
-    font = ImageFont.load_default(size=max(10, label_height - 4))
-    sheet = Image.new("RGB", (cell * len(images), cell + label_height), "white")
+def _label(match: Match) -> list[str]:
+    """A result's lines on the contact sheet: rank, similarity (and the share of the query it
+    shows, where the second stage placed it), date, file."""
+    first = f"#{match.rank}  similarity {match.similarity:.2f}"
+    if match.located is not None:
+        first += f"  · {match.located.coverage:.0%} of query"
+    return [first, match.tile.acquired or "undated", Path(match.tile.path).name]
+
+
+def contact_sheet(images: Sequence[tuple[bytes | None, Sequence[str]]], cell: int) -> bytes:
+    """PNG of labelled previews side by side (query first, then results in rank order); each
+    label's lines are cut to the cell's width."""
+    line_height = max(14, cell // 14)
+    font = ImageFont.load_default(size=max(10, line_height - 3))
+    lines = max(len(label) for _, label in images)
+    sheet = Image.new("RGB", (cell * len(images), cell + lines * line_height + 4), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (png, label) in enumerate(images):
         if png is not None:
@@ -232,17 +326,31 @@ def contact_sheet(images: Sequence[tuple[bytes | None, str]], cell: int) -> byte
                 sheet.paste(picture, offset, picture)
         else:
             draw.text((i * cell + 4, cell // 2), "(missing)", fill="gray", font=font)
-        draw.text((i * cell + 4, cell + 2), label, fill="black", font=font)
+        for n, text in enumerate(label):
+            shown = _fitted(text, font, cell - 8)
+            colour = "black" if n == 0 else "dimgray"
+            draw.text((i * cell + 4, cell + 2 + n * line_height), shown, fill=colour, font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def prepare_output(out_dir: Path) -> Path:
-    """Create the results folder (and its previews/) or fail with OutputError, before any work."""
+def _fitted(text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """``text``, cut in the middle with an ellipsis if wider than ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    keep = len(text)
+    while keep > 3 and font.getlength(f"{text[: keep // 2]}…{text[-(keep // 2) :]}") > width:
+        keep -= 2
+    return f"{text[: keep // 2]}…{text[-(keep // 2) :]}"
+
+
+def prepare_output(out_dir: Path, previews: bool = True) -> Path:
+    """Create the results folder (and its previews/) or fail with OutputError, before any work;
+    returns the folder previews go in."""
     previews_dir = Path(out_dir) / "previews"
     try:
-        previews_dir.mkdir(parents=True, exist_ok=True)
+        (previews_dir if previews else Path(out_dir)).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write results to {out_dir}: {exc.strerror or exc}") from None
     return previews_dir
@@ -262,6 +370,7 @@ def write_results(
     """
     out_dir = Path(out_dir)
     previews_dir = prepare_output(out_dir)
+    _clear_earlier_results(out_dir)
     written: list[Path] = []
     sheets: list[Path] = []
     for number, result in enumerate(results if previews else [], start=1):
@@ -271,12 +380,12 @@ def write_results(
         result.query_preview = _save(
             query_png, previews_dir / f"query{number}.png", out_dir, written
         )
-        cells = [(query_png, "query")]
+        cells = [(query_png, ["query", query.tiles[0].acquired or "", Path(query.path).name])]
         for match in result.matches:
             png = _try_preview(catalog, match.tile.path, match.tile.window, preview_size)
             name = f"query{number}_rank{match.rank}_tile{match.tile.id}.png"
             match.preview = _save(png, previews_dir / name, out_dir, written)
-            cells.append((png, f"#{match.rank} {match.score:.3f}"))
+            cells.append((png, _label(match)))
         sheet_path = out_dir / (
             "contact_sheet.png" if len(results) == 1 else f"contact_sheet_{number}.png"
         )
@@ -284,7 +393,31 @@ def write_results(
         sheets.append(sheet_path)
     geojson = out_dir / GEOJSON_NAME
     _write_bytes(geojson, json.dumps(feature_collection(results), indent=1).encode())
-    return ResultFiles(geojson, written, sheets)
+    located = [
+        location_feature(result.location, number)
+        for number, result in enumerate(results, start=1)
+        if result.location is not None
+    ]
+    located_path = out_dir / LOCATED_GEOJSON_NAME
+    if located:
+        collection = {"type": "FeatureCollection", "features": located}
+        _write_bytes(located_path, json.dumps(collection, indent=1).encode())
+    return ResultFiles(geojson, written, sheets, located=located_path if located else None)
+
+
+def _clear_earlier_results(out_dir: Path) -> None:
+    """Delete what an earlier search wrote in ``out_dir`` (only the names searches write), so
+    the folder holds this run's results alone."""
+    earlier = [
+        *(out_dir / "previews").glob("query*.png"),
+        *out_dir.glob("contact_sheet*.png"),
+        *(out_dir / name for name in (GEOJSON_NAME, LOCATED_GEOJSON_NAME, PARQUET_NAME)),
+    ]
+    for path in earlier:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot replace {path}: {exc.strerror or exc}") from None
 
 
 def _try_preview(catalog: Catalog, path: str, window: Window | None, size: int) -> bytes | None:

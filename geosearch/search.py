@@ -6,13 +6,15 @@ ingest would. A multi-tile file is queried by the mean of its tiles unless one t
 A place (lon, lat) is the indexed tile that contains it. The query's own tiles never appear
 among its results. Filters (box, area, dates, distance, other files) and relevance feedback
 (tiles marked good or bad) shape what comes back.
+
+With ``search.locate`` a second stage (``geosearch.locate``) registers the query's pixels in the
+shortlisted scenes: where its place is found, the tiles covering it lead the results.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,16 +26,20 @@ from shapely.geometry import Point, mapping
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog, open_catalog
-from geosearch.config import FeedbackSettings, Settings
-from geosearch.errors import DatabaseError, InputError
+from geosearch.config import FeedbackSettings, SearchSettings, Settings
+from geosearch.errors import ConfigError, DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
-from geosearch.index import index_for_search
-from geosearch.sources import file_name_problem
-from geosearch.store import FileRecord, Store, TileRecord, normalise_path
+from geosearch.index import VectorIndex, index_for_search
+from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
+from geosearch.sources import Window, canonical_path, file_identity, file_name_problem
+from geosearch.store import FileRecord, Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
 EXACT_SUBSET_LIMIT = 50_000
+# A query of several tiles looks at this many nearest tiles of each of its tiles.
+SCENE_NEIGHBOURS = 100
 
 
 @dataclass
@@ -50,6 +56,10 @@ class Query:
 
     also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
     turned: np.ndarray | None = None  # (8, dim): the query under the 8 orientations
+    tile_vectors: np.ndarray | None = None  # (tiles, dim) of a query of several tiles
+    bands: QueryBands | None = None  # how the file's bands map onto the database's
+    window: Window | None = None  # the part of the file that is the query (None: all of it)
+    compared_on: dict[str, Any] | None = None  # blocks and bands of a partial query
 
     @property
     def exclude(self) -> set[int]:
@@ -71,30 +81,58 @@ class Query:
             "any_orientation": self.turned is not None,
             "ids": sorted(self.exclude),
             "acquired": self.tiles[0].acquired if self.tiles else None,
+            "compared_on": self.compared_on,
         }
+
+
+def similarity_of(cosine: float | np.ndarray) -> float | np.ndarray:
+    """Cosines as people read them, 0..1: 1 the same, about 0.5 unrelated (also the maps')."""
+    return np.clip((1.0 + np.asarray(cosine)) / 2.0, 0.0, 1.0)
 
 
 @dataclass
 class Match:
-    """One result: its rank (1 = most similar), score and tile."""
+    """One result: its rank (1 = most similar), score and tile.
+
+    ``score`` orders the results: the vectors' cosine, or for a tile where the second stage
+    found the query's place (``located``), 1 + correlation x the share of the query it covers.
+    ``similarity`` is what people read: the cosine mapped to 0..1.
+    """
 
     rank: int
     score: float
     tile: TileRecord
     preview: str | None = None
+    cosine: float | None = None
+    located: PlacedTile | None = None
+
+    @property
+    def similarity(self) -> float:
+        """The vectors' cosine as 0..1 for people: 1 the same, about 0.5 unrelated."""
+        return float(similarity_of(self.cosine if self.cosine is not None else self.score))
 
     def to_dict(self) -> dict[str, Any]:
         tile = self.tile
+        located = self.located
         return {
             "path": tile.path,
             "id": tile.id,
             "rank": self.rank,
             "score": round(self.score, 6),
+            "similarity": round(self.similarity, 4),
+            "cosine": round(self.cosine if self.cosine is not None else self.score, 6),
+            "located": {
+                "correlation": round(located.placement.correlation, 4),
+                "coverage": round(located.coverage, 4),
+            }
+            if located is not None
+            else None,
             "row": tile.window.row,
             "col": tile.window.col,
             "width": tile.window.width,
             "height": tile.window.height,
             "acquired": tile.acquired,
+            "acquired_source": tile.acquired_source,
             "crs": tile.crs,
             "geometry": mapping(tile.footprint) if tile.footprint is not None else None,
             "preview": self.preview,
@@ -110,6 +148,8 @@ class SearchResult:
     query_preview: str | None = None
     session: str | None = None
     feedback: dict[str, list[int]] | None = None  # {"good": ids, "bad": ids} applied
+    location: Placement | None = None  # where the query lies, best found (second stage)
+    notes: list[str] = field(default_factory=list)  # one line each, for stderr
 
     def to_dict(self) -> dict[str, Any]:
         query = self.query.to_dict() | {"preview": self.query_preview}
@@ -117,6 +157,8 @@ class SearchResult:
             "query": query,
             "session": self.session,
             "feedback": self.feedback,
+            "location": self.location.to_dict() if self.location is not None else None,
+            "notes": self.notes,
             "results": [m.to_dict() for m in self.matches],
         }
 
@@ -178,7 +220,7 @@ def resolve_query(
     problem = file_name_problem(Path(path))
     if problem:
         raise InputError(f"{path}: {problem}")
-    stored_path = normalise_path(path)
+    stored_path = canonical_path(path)  # a scene's folder, MTL or STAC item: the scene
     record = catalog.store.file_record(stored_path)
     pixels = None
     if record is not None and record.status == "done" and _unchanged(stored_path, record):
@@ -186,16 +228,19 @@ def resolve_query(
         if not tiles:
             raise InputError(f"{path}: indexed, but none of its tiles had enough valid pixels")
         vectors = _stored_vectors(catalog.store, [t.id for t in tiles])
+        bands = QueryBands(catalog.manifest.bands, catalog.manifest)
         indexed = True
     else:
-        tiles, pixels, _ = catalog.read(stored_path)
+        tiles, pixels, bands = catalog.read_query(stored_path)
         if not tiles:
             raise InputError(f"{path}: no tile has enough valid pixels to search with")
         vectors = None
         indexed = False
     if tile is not None:
         if not 0 <= tile < len(tiles):
-            raise InputError(f"{path}: has {len(tiles)} tiles; --tile must be 0..{len(tiles) - 1}")
+            raise ConfigError(
+                f"--tile {tile}: {path} has {len(tiles)} tiles; --tile must be 0..{len(tiles) - 1}"
+            )
         tiles = [tiles[tile]]
         vectors = vectors[tile : tile + 1] if vectors is not None else None
         pixels = pixels[tile : tile + 1] if pixels is not None else None
@@ -203,15 +248,29 @@ def resolve_query(
     if any_orientation:
         if pixels is None:
             _, pixels, _ = catalog.read(stored_path, [t.window for t in tiles])
-        all_turns = catalog.compute_orientations(pixels)  # (8, tiles, dim); 0 = as it lies
+        all_turns = catalog.compute_orientations(pixels, bands)  # (8, tiles, dim); 0 = as is
         turned = np.vstack([mean_vector(turn) for turn in all_turns])
         if vectors is None:
             vectors = all_turns[0]
     elif vectors is None:
-        vectors, _ = catalog.compute(pixels)
+        vectors, _ = catalog.compute(pixels, bands)
     query = Query(str(path), stored_path, tiles, mean_vector(vectors), indexed, tile)
     query.turned = turned
+    query.tile_vectors = vectors if len(tiles) > 1 else None
+    query.bands = bands
+    query.window = tiles[0].window if tile is not None else None
+    query.compared_on = _compared_on(catalog, bands)
     return query
+
+
+def _compared_on(catalog: Catalog, bands: QueryBands) -> dict[str, Any] | None:
+    """For a query lacking some of the database's bands: the bands and feature blocks it was
+    compared on, and the bands it lacks; None for a query with them all."""
+    shared = bands.compared_on()
+    if shared is None:
+        return None
+    blocks = catalog.fusion.blocks_present(catalog.absent_features(bands))
+    return shared | {"blocks": blocks}
 
 
 def resolve_point(
@@ -223,7 +282,7 @@ def resolve_point(
 ) -> Query:
     """The indexed tile containing a lon/lat point (on ``date`` if given, else the latest)."""
     if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-        raise InputError(f"--lonlat {lon},{lat}: longitude must be -180..180, latitude -90..90")
+        raise ConfigError(f"--lonlat {lon},{lat}: longitude must be -180..180, latitude -90..90")
     store = catalog.store
     point = Point(lon, lat)
     candidates = store.tiles(sorted(store.ids_in_bbox(lon, lat, lon, lat)))
@@ -237,20 +296,32 @@ def resolve_point(
             raise InputError(f"no tile at {lon},{lat} acquired on {date} (there are: {found})")
         containing = dated
     chosen = max(containing, key=lambda t: (t.acquired or "", t.id))
-    vector = _stored_vectors(store, [chosen.id])[0]
-    query = Query(f"{lon},{lat}", chosen.path, [chosen], vector, True, None, (lon, lat))
+    query = resolve_tile(catalog, chosen, any_orientation, label=f"{lon},{lat}")
+    query.lonlat = (lon, lat)
+    return query
+
+
+def resolve_tile(
+    catalog: Catalog, tile: TileRecord, any_orientation: bool = False, label: str | None = None
+) -> Query:
+    """A query with one indexed tile: its stored vector (no model is loaded), and with
+    ``any_orientation`` its pixels read again and embedded under the 8 turns."""
+    vector = _stored_vectors(catalog.store, [tile.id])[0]
+    query = Query(label or f"tile {tile.id}", tile.path, [tile], vector, True)
+    query.bands = QueryBands(catalog.manifest.bands, catalog.manifest)
+    query.window = tile.window
     if any_orientation:
-        _, pixels, _ = catalog.read(chosen.path, [chosen.window])
+        _, pixels, _ = catalog.read(tile.path, [tile.window])
         query.turned = catalog.compute_orientations(pixels)[:, 0, :]
     return query
 
 
 def _unchanged(path: str, record: FileRecord) -> bool:
     try:
-        stat = os.stat(path)
+        identity = file_identity(path)  # a scene: its member files'
     except OSError:
         return True  # gone from disk: the database still knows it
-    return (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
+    return identity == (record.size, record.mtime_ns)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -343,6 +414,7 @@ def search_vectors(
     feedback: Feedback | None = None,
     feedback_settings: FeedbackSettings | None = None,
     orientation_bonus: float = 0.05,
+    locate: SearchSettings | None = None,
 ) -> list[SearchResult]:
     """Top-``top`` matches of each query under the filters and feedback; own tiles left out.
 
@@ -352,6 +424,10 @@ def search_vectors(
 
     Unfiltered searches go to FAISS in one batch; when filters leave few tiles they are scored
     exactly; otherwise FAISS is asked for more until enough results pass the filters.
+
+    ``locate`` (search settings with ``locate`` on): the second stage places each query in the
+    scenes of its shortlist (not with feedback, which ranks by the marked vectors); tiles that
+    cover the placed query come first.
     """
     filters = filters or SearchFilters()
     feedback = feedback or Feedback()
@@ -381,7 +457,18 @@ def search_vectors(
         return check
 
     checks = [passes(queries[p]) for p in parents]
-    row_queries = [queries[p] for p in parents]
+    second_stage = locate is not None and locate.locate and not feedback
+    second_stage &= catalog.manifest.scaling != "none"  # embedding rasters are no pictures
+    located = [
+        _located(catalog, index, query, locate, allowed, passes(query))
+        if second_stage
+        else ([], [])
+        for query in queries
+    ]
+    placed_ids = [frozenset(p.tile_id for p in placed) for placed, _ in located]
+    row_queries = [
+        replace(queries[p], also_exclude=queries[p].also_exclude | placed_ids[p]) for p in parents
+    ]
     if allowed is not None and len(allowed) <= EXACT_SUBSET_LIMIT:
         ranked_rows = _exact_subset(
             store, row_vectors, row_queries, sorted(allowed), checks, wanted
@@ -391,8 +478,14 @@ def search_vectors(
             index, store, row_vectors, row_queries, allowed, checks, wanted
         )
     ranked = merge_orientations(store, parents, row_vectors, ranked_rows, orientation_bonus)
+    for number, query in enumerate(queries):
+        if is_scene_query(query) and not feedback:
+            unplaced = replace(query, also_exclude=query.also_exclude | placed_ids[number])
+            ranked[number] = _scene_pairs(index, store, unplaced, allowed, passes(query), wanted)
     results = []
-    for query, vector, pairs in zip(queries, vectors, ranked, strict=True):
+    for query, vector, pairs, (placed, placements) in zip(
+        queries, vectors, ranked, located, strict=True
+    ):
         if reranking and pairs:
             ids = [tile_id for _, tile_id in pairs]
             cosine = np.asarray([score for score, _ in pairs])
@@ -401,15 +494,155 @@ def search_vectors(
             )
             order = np.argsort(-scores, kind="stable")
             pairs = [(float(scores[i]), ids[i]) for i in order]
-        pairs = pairs[:top]
-        records = store.tiles([tile_id for _, tile_id in pairs])
+        placed = placed[:top]
+        pairs = pairs[: top - len(placed)]
+        ids = [p.tile_id for p in placed] + [tile_id for _, tile_id in pairs]
+        records = store.tiles(ids)
+        cosines = _stored_vectors(store, ids) @ query.vector if ids else []
+        located_by_id = {p.tile_id: p for p in placed}
+        scores = [1.0 + p.score for p in placed] + [score for score, _ in pairs]
         matches = [
-            Match(rank, score, record)
-            for rank, ((score, _), record) in enumerate(zip(pairs, records, strict=True), start=1)
+            Match(rank, score, record, None, float(cosine), located_by_id.get(record.id))
+            for rank, (score, record, cosine) in enumerate(
+                zip(scores, records, cosines, strict=True), start=1
+            )
         ]
         applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
-        results.append(SearchResult(query, matches, feedback=applied))
+        location = placements[0] if placements else None
+        results.append(SearchResult(query, matches, feedback=applied, location=location))
     return results
+
+
+def is_scene_query(query: Query) -> bool:
+    """A query of several tiles (a whole scene) searched tile by tile (not any-orientation)."""
+    return query.tile_vectors is not None and query.turned is None
+
+
+def _scene_pairs(
+    index: VectorIndex,
+    store: Store,
+    query: Query,
+    allowed: set[int] | None,
+    check: Any,
+    wanted: int,
+) -> list[tuple[float, int]]:
+    """A scene query's ranking of scenes (``scene_ranking``) from each of its tiles' nearest
+    ``SCENE_NEIGHBOURS`` tiles that the filters allow."""
+    k = min(index.count, SCENE_NEIGHBOURS + len(query.exclude))
+    scores, ids = index.search(query.tile_vectors.astype(np.float32), k)
+    found = sorted({int(i) for i in ids.ravel() if i >= 0} - query.exclude)
+    if allowed is not None:
+        found = [i for i in found if i in allowed]
+    records = {t.id: t for t in store.tiles(found) if check(t)}
+    return scene_ranking(scores, ids, records)[:wanted]
+
+
+def scene_ranking(
+    scores: np.ndarray, ids: np.ndarray, tiles: dict[int, TileRecord]
+) -> list[tuple[float, int]]:
+    """Scenes (files) ranked for a query of several tiles, from each query tile's nearest
+    tiles (row r of ``scores``/``ids``; only those in ``tiles`` count): a scene scores the mean,
+    over the query's tiles, of its best tile's cosine to that tile (a query tile none of its
+    tiles is near contributes that row's farthest score); one (score, tile id) per scene, its
+    best-matching tile, best scene first."""
+    best: dict[str, dict[int, tuple[float, int]]] = {}
+    for row, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
+        for score, tile_id in zip(row_scores, row_ids, strict=True):
+            tile = tiles.get(int(tile_id))
+            if tile is None:
+                continue
+            per_row = best.setdefault(tile.path, {})
+            if row not in per_row or score > per_row[row][0]:
+                per_row[row] = (float(score), int(tile_id))
+    floor = scores[:, -1]
+    ranked = []
+    for per_row in best.values():
+        score = np.mean([per_row[r][0] if r in per_row else floor[r] for r in range(len(floor))])
+        ranked.append((float(score), max(per_row.values())[1]))
+    return sorted(ranked, reverse=True)
+
+
+def _located(
+    catalog: Catalog,
+    index: VectorIndex,
+    query: Query,
+    settings: SearchSettings,
+    allowed: set[int] | None,
+    check: Any,
+) -> tuple[list[PlacedTile], list[Placement]]:
+    """The second stage for one query: the tiles covering its placed picture that the filters
+    allow (best first), and the placements (best first)."""
+    placements = place_query(catalog, query, settings, index)
+    placed = [p for p in placed_tiles(catalog.store, placements) if p.tile_id not in query.exclude]
+    if allowed is not None:
+        placed = [p for p in placed if p.tile_id in allowed]
+    passing = {t.id for t in catalog.store.tiles([p.tile_id for p in placed]) if check(t)}
+    return [p for p in placed if p.tile_id in passing], placements
+
+
+def place_query(
+    catalog: Catalog, query: Query, settings: SearchSettings, index: VectorIndex | None = None
+) -> list[Placement]:
+    """Where a query's picture lies in the database's scenes, best first (``geosearch.locate``);
+    empty for plain-image databases, queries larger than a placement makes sense for, and
+    query files that can no longer be read."""
+    if catalog.manifest.kind != "geo" or query.bands is None:
+        return []
+    try:
+        image = query_image(catalog, query.path, query.bands, query.window)
+    except InputError:  # an indexed file moved since ingest: searched by vectors only
+        return []
+    if image is None:
+        return []
+    index = index or index_for_search(catalog.store)
+    shortlist = catalog.store.tiles(_shortlist(catalog, index, query, settings.locate_shortlist))
+    any_orientation = query.turned is not None
+    with Locator(catalog, image, settings.locate_min_margin, any_orientation) as locator:
+        return locator.place(shortlist)
+
+
+@dataclass
+class LocateResult:
+    """Where a query lies: its placements in the database's scenes, best first (none if its
+    place was not found)."""
+
+    query: Query
+    placements: list[Placement]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query.to_dict(),
+            "located": bool(self.placements),
+            "placements": [p.to_dict() for p in self.placements],
+        }
+
+
+def locate(
+    catalog: Catalog,
+    path: Path,
+    settings: SearchSettings,
+    tile: int | None = None,
+    any_orientation: bool = False,
+) -> LocateResult:
+    """Where the query file ``path`` (or its tile ``tile``) lies in the database's scenes."""
+    query = resolve_query(catalog, path, tile, any_orientation)
+    return LocateResult(query, place_query(catalog, query, settings))
+
+
+def _shortlist(catalog: Catalog, index: VectorIndex, query: Query, size: int) -> list[int]:
+    """Tiles to look for the query's place around, best first: the fused vector's ranking
+    interleaved with the CNN block's alone (the most shift-tolerant block; under each of the
+    query's orientations), ``size`` in all."""
+    rows = [query.vector]
+    cnn = catalog.fusion.block_slice("cnn")
+    if cnn is not None:
+        for vector in query.turned if query.turned is not None else [query.vector]:
+            alone = np.zeros_like(vector)
+            alone[cnn] = vector[cnn]
+            rows.append(alone)
+    _, found = index.search(np.vstack(rows).astype(np.float32), min(size, index.count))
+    interleaved = found.T.ravel()  # each row's first, then each row's second...
+    return list(dict.fromkeys(int(i) for i in interleaved if i >= 0))[:size]
 
 
 def orientation_rows(queries: Sequence[Query], adjust: Any = None) -> tuple[list[int], np.ndarray]:
@@ -541,12 +774,18 @@ __all__ = [
     "Query",
     "SearchFilters",
     "SearchResult",
+    "LocateResult",
     "load_area",
+    "locate",
     "mean_vector",
     "merge_orientations",
     "orientation_rows",
     "open_database",
     "resolve_point",
     "resolve_query",
+    "resolve_tile",
+    "scene_ranking",
+    "is_scene_query",
     "search_vectors",
+    "similarity_of",
 ]

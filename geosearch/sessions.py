@@ -7,6 +7,7 @@ moves the query with every mark so far; tiles already marked are not shown again
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 from geosearch.catalog import Catalog
 from geosearch.config import Settings
-from geosearch.errors import InputError
+from geosearch.errors import ConfigError, InputError
 from geosearch.search import (
     Feedback,
     Query,
@@ -65,7 +66,7 @@ def _search(
     query.also_exclude = frozenset(marks)
     [result] = search_vectors(
         catalog, [query], top, filters, feedback, settings.feedback,
-        settings.search.orientation_bonus,
+        settings.search.orientation_bonus, settings.search,
     )  # fmt: skip
     return result
 
@@ -93,6 +94,7 @@ def search_and_save(
     if any_orientation is None:
         any_orientation = settings.search.orientations == "any"
     filters = filters or SearchFilters()
+    _check_date(date, lonlat)
     catalog = open_database(db, settings)
     store = catalog.store
     try:
@@ -100,23 +102,72 @@ def search_and_save(
         if lonlat is not None:
             resolved.append(resolve_point(catalog, *lonlat, date, any_orientation))
         if not resolved:
-            raise InputError("give a query file or --lonlat LON,LAT")
+            raise ConfigError("no query: give a query file or --lonlat LON,LAT")
         marks = {int(t): 1 for t in good} | {int(t): -1 for t in bad}
         _check_ids(catalog, marks)
         base = session or time.strftime("%Y%m%d-%H%M%S")
+        notes = _date_notes(catalog, filters)
+        if store.readonly:
+            notes.append(
+                f"{store.path} is read-only here: searched without saving a feedback session"
+            )
         results = []
         for number, query in enumerate(resolved, start=1):
             name = base if len(resolved) == 1 else f"{base}-{number}"
             result = _search(catalog, query, top, filters, marks, settings)
-            spec = _spec(query, date) | {"top": top, "filters": filters.to_dict()}
-            store.save_session(name, current_user(), spec, [m.tile.id for m in result.matches])
-            if marks:
-                store.mark(name, marks, current_user())
-            result.session = name
+            result.notes = notes + _undated_place(query)
+            if not store.readonly:
+                spec = _spec(query, date) | {"top": top, "filters": filters.to_dict()}
+                matched = [m.tile.id for m in result.matches]
+                store.save_session(name, current_user(), spec, matched)
+                if marks:
+                    store.mark(name, marks, current_user())
+                result.session = name
             results.append(result)
         return results
     finally:
         store.close()
+
+
+def _check_date(date: str | None, lonlat: tuple[float, float] | None) -> None:
+    """``--date`` picks the tile at ``--lonlat`` acquired that day: alone it means nothing."""
+    if date is None:
+        return
+    if lonlat is None:
+        raise ConfigError(
+            "--date needs --lonlat LON,LAT (it picks the tile there acquired that day); "
+            "--after/--before filter results by date"
+        )
+    try:
+        datetime.date.fromisoformat(date)
+    except ValueError:
+        raise ConfigError(f"--date: expected a date like 2014-07-20, got {date!r}") from None
+
+
+def _date_notes(catalog: Catalog, filters: SearchFilters) -> list[str]:
+    """A date filter leaves undated tiles out: say how many, rather than print a short table."""
+    if filters.after is None and filters.before is None:
+        return []
+    counts = catalog.store.date_sources()
+    undated = counts.get("undated", 0)
+    if not undated:
+        return []
+    total = sum(counts.values())
+    return [
+        f"{undated} of {total} tiles have no acquisition date and are left out by "
+        "--after/--before (geosearch info shows where dates come from)"
+    ]
+
+
+def _undated_place(query: Query) -> list[str]:
+    """A place's tile without a date was chosen as the last ingested, not the latest taken."""
+    if query.lonlat is None or query.tiles[0].acquired is not None:
+        return []
+    lon, lat = query.lonlat
+    return [
+        f"the tile at {lon},{lat} (id {query.tiles[0].id}) has no acquisition date: it is the "
+        "last ingested there, not the latest taken"
+    ]
 
 
 def refine(
@@ -134,6 +185,7 @@ def refine(
     catalog = open_database(db, settings)
     store = catalog.store
     try:
+        store.refuse_if_readonly()  # a round is saved: say so before anything else
         saved = store.session(session)
         if saved is None:
             known = ", ".join(store.sessions()[-5:]) or "none yet"
@@ -145,7 +197,7 @@ def refine(
                 return [int(v) for v in values]
             wrong = [v for v in values if not 1 <= v <= len(last)]
             if wrong:
-                raise InputError(
+                raise ConfigError(
                     f"rank {wrong[0]} is not among the {len(last)} results of session {session}"
                 )
             return [last[v - 1] for v in values]
@@ -185,4 +237,4 @@ def _check_ids(catalog: Catalog, marks: dict[int, int]) -> None:
     found = {t.id for t in catalog.store.tiles(sorted(marks))}
     missing = sorted(set(marks) - found)
     if missing:
-        raise InputError(f"tile id {missing[0]} is not in {catalog.name}")
+        raise ConfigError(f"tile id {missing[0]} is not in {catalog.name}")

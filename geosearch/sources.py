@@ -1,40 +1,51 @@
-"""Find image files and read them as tiles.
+"""Find image files and scenes, and read them as tiles.
 
 Two readers share one interface: ``GeoRasterSource`` (GeoTIFF and anything else GDAL reads,
-through rasterio, read window by window) and ``PlainImageSource`` (JPEG/PNG through Pillow:
-one tile per image, no geography). Both hand out ``RawTile`` objects (pixels + validity mask)
-that the rest of the pipeline treats alike.
+through rasterio, read window by window; also a product — a Landsat, Sentinel-2 or STAC scene
+of one file per band — stacked as one multi-band raster, its cloud/QA band a mask: see
+``products``) and ``PlainImageSource`` (JPEG/PNG through Pillow: one tile per image, no
+geography). Both hand out ``RawTile`` objects (pixels + validity mask) that the rest of the
+pipeline treats alike.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 import rasterio.windows
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pyproj import CRS, Transformer
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from shapely.affinity import translate
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from geosearch.dates import Acquired, acquisition_date
 from geosearch.errors import InputError
-
-GEO_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img"})
-PLAIN_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
-IMAGE_SUFFIXES = GEO_SUFFIXES | PLAIN_SUFFIXES
+from geosearch.formats import GEO_SUFFIXES, IMAGE_SUFFIXES, PLAIN_SUFFIXES, kind_of
+from geosearch.products import (
+    Product,
+    canonical_path,
+    folder_products,
+    is_safe_folder,
+    masked_pixels,
+    member_identity,
+    product_at,
+    scene_vrt,
+)
 
 # Plain images are searched as whole pictures; larger ones are shrunk on read to this side.
 PLAIN_MAX_SIDE = 1024
@@ -43,8 +54,8 @@ FOOTPRINT_EDGE_POINTS = 4
 
 # A nodata value beside an alpha band: rasterio uses the nodata value, as we want; no warning.
 warnings.filterwarnings("ignore", category=NodataShadowWarning)
-
-_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+# Set by ``gdal_messages`` so that worker processes show GDAL's messages alike.
+VERBOSE_VARIABLE = "GEOSEARCH_VERBOSE"
 
 
 @dataclass(frozen=True)
@@ -84,27 +95,52 @@ class Footprint:
     wgs84: BaseGeometry
 
 
-def find_images(root: Path) -> Iterator[Path]:
-    """Image files under ``root`` (or ``root`` itself), recursively, in sorted order.
+def gdal_messages(verbose: bool | None = None) -> None:
+    """Show GDAL's warnings (which rasterio logs) and rasterio's Python warnings only when
+    ``verbose``; None: as ``$GEOSEARCH_VERBOSE`` says (in worker processes, as their parent)."""
+    if verbose is None:
+        verbose = bool(os.environ.get(VERBOSE_VARIABLE))
+    os.environ[VERBOSE_VARIABLE] = "1" if verbose else ""
+    logging.getLogger("rasterio").setLevel(logging.WARNING if verbose else logging.ERROR)
+    warnings.filterwarnings("default" if verbose else "ignore", module="rasterio")
 
-    Directories are not followed through symlinks, so a symlink loop cannot trap the walk;
-    symlinked files are yielded and judged when read. A folder that can't be listed is
-    yielded too, so that reading it reports why its images are missing.
+
+def find_images(root: Path) -> Iterator[Path]:
+    """Images and scenes under ``root`` (or ``root`` itself), recursively, in sorted order.
+
+    A product (a Landsat or Sentinel-2 scene, a STAC item, band files of one scene) is yielded
+    once, by the path that names it, and its files (wherever they are under ``root``) are not
+    yielded on their own. Directories are not followed through symlinks, so a symlink loop
+    cannot trap the walk; symlinked files are yielded and judged when read. A folder that can't
+    be listed is yielded too, so that reading it reports why its images are missing.
     """
     root = Path(root)
-    if not root.is_dir():
+    if not root.is_dir() or is_safe_folder(root):
         yield root
         return
     unlisted: list[OSError] = []
+    found: list[Path] = []
+    claimed: set[str] = set()  # files of the scenes found (a STAC item's assets may be afar)
     for folder, dirnames, filenames in os.walk(root, onerror=unlisted.append):
         dirnames.sort()
         while unlisted:
-            yield Path(unlisted.pop(0).filename)
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(folder) / name
-    for error in unlisted:
-        yield Path(error.filename)
+            found.append(Path(unlisted.pop(0).filename))
+        here = Path(folder)
+        units = [here / d for d in dirnames if is_safe_folder(here / d)]
+        dirnames[:] = [d for d in dirnames if here / d not in units]
+        scan = folder_products(here, sorted(filenames))
+        claimed.update(path for product in scan.products for path in product.claimed)
+        claimed.difference_update(product.path for product in scan.products)
+        units += [Path(product.path) for product in scan.products]
+        units += [Path(path) for path in scan.unreadable]
+        units += [
+            here / name
+            for name in filenames
+            if name not in scan.claimed and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        ]
+        found += sorted(dict.fromkeys(units))
+    found += [Path(error.filename) for error in unlisted]
+    yield from (path for path in found if os.path.abspath(path) not in claimed)
 
 
 def tile_windows(width: int, height: int, tile_size: int) -> list[Window]:
@@ -114,26 +150,6 @@ def tile_windows(width: int, height: int, tile_size: int) -> list[Window]:
         for row in range(0, height, tile_size)
         for col in range(0, width, tile_size)
     ]
-
-
-def acquisition_date(path: Path, tags: dict[str, str] | None = None) -> str | None:
-    """ISO date the image was taken, from its file or folder name, else its TIFF/EXIF tag."""
-    for part in (path.name, *(parent.name for parent in path.parents[:3])):
-        match = _DATE_IN_NAME.search(part)
-        if match:
-            try:
-                return date(*(int(group) for group in match.groups())).isoformat()
-            except ValueError:
-                continue
-    stamp = (tags or {}).get("TIFFTAG_DATETIME") or (tags or {}).get("DateTimeOriginal")
-    if stamp:
-        match = re.match(r"(\d{4})[:-](\d{2})[:-](\d{2})", stamp)
-        if match:
-            try:
-                return date(*(int(group) for group in match.groups())).isoformat()
-            except ValueError:
-                return None
-    return None
 
 
 @lru_cache(maxsize=64)
@@ -184,17 +200,46 @@ def _polygons(geometry: BaseGeometry) -> list[Polygon]:
     return [p for p in parts if isinstance(p, Polygon) and not p.is_empty]
 
 
+def pixel_footprint(ring: np.ndarray, transform: rasterio.Affine, crs_wkt: str) -> Footprint | None:
+    """The footprint of a closed ring of pixel (col, row) points under ``transform`` in
+    ``crs_wkt``: native WKT and lon/lat geometry; None where it can't be projected."""
+    t = transform
+    px, py = ring[:, 0], ring[:, 1]
+    xs, ys = t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f
+    native = _valid(Polygon(np.column_stack([xs, ys])))
+    try:
+        lon, lat = _to_wgs84(crs_wkt).transform(np.asarray(xs), np.asarray(ys))
+    except Exception:  # pyproj raises several types for points off the projection
+        return None
+    wgs84 = _lonlat_geometry(np.asarray(lon), np.asarray(lat))
+    if wgs84 is None or wgs84.is_empty:
+        return None
+    return Footprint(native_wkt=native.wkt, wgs84=wgs84)
+
+
 class GeoRasterSource:
-    """A raster opened with rasterio; tiles are read window by window, never the whole scene."""
+    """A raster opened with rasterio; tiles are read window by window, never the whole scene.
+
+    With a ``product``, the raster is the product's bands stacked on one grid (an in-memory
+    VRT) and its quality band, read alongside, marks cloud and fill pixels invalid.
+    """
 
     kind = "geo"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, product: Product | None = None) -> None:
         self.path = Path(path)
+        self.product = product
+        self._mask_dataset = None
+        opened: Any = self.path
+        mask_vrt = None
+        if product is not None:
+            opened, mask_vrt = scene_vrt(product)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NotGeoreferencedWarning)
-                self._dataset = rasterio.open(self.path)
+                self._dataset = rasterio.open(opened)
+                if mask_vrt is not None:
+                    self._mask_dataset = rasterio.open(mask_vrt)
         except (RasterioError, OSError) as exc:
             raise InputError(
                 f"{self.path}: not a readable raster ({_reason(exc, self.path)})"
@@ -222,7 +267,12 @@ class GeoRasterSource:
         located = bool(ds.crs) and not any(w.category is NotGeoreferencedWarning for w in caught)
         self.crs_wkt = ds.crs.to_wkt() if located else None
         self.crs_label = _crs_label(ds.crs) if located else None
-        self.acquired = acquisition_date(self.path, ds.tags())
+        self.rgb_names = product.rgb if product is not None else None
+        tags = {**ds.tags(), **ds.tags(ns="IMAGERY")}
+        if "EXIF_DateTimeOriginal" in tags:  # GDAL's name for EXIF in JPEG/TIFF/WEBP
+            tags["DateTimeOriginal"] = tags["EXIF_DateTimeOriginal"]
+        dated = acquisition_date(self.path, tags, product.acquired if product else None)
+        self.acquired, self.acquired_source = dated
 
     def _band_name(self, index: int) -> str:
         ds = self._dataset
@@ -239,11 +289,36 @@ class GeoRasterSource:
                 return match.group(1).upper()
         return f"band{index}"
 
+    @property
+    def transform(self) -> rasterio.Affine | None:
+        """Pixel (col, row) to the CRS's coordinates; None without a CRS."""
+        return self._dataset.transform if self.crs_wkt else None
+
     def windows(self, tile_size: int) -> list[Window]:
         return tile_windows(self.width, self.height, tile_size)
 
     def read(self, window: Window, bands: Sequence[int]) -> RawTile:
-        """Read ``bands`` (1-based) of ``window`` with the dataset's own nodata/mask/alpha."""
+        """Read ``bands`` (1-based) of ``window`` with the dataset's own nodata/mask/alpha
+        (and a product's cloud/QA mask)."""
+        tile = self._read(window, bands)
+        if self._mask_dataset is not None:
+            quality = self._read_mask(
+                f"at row {window.row}, col {window.col}", window=window.as_rasterio()
+            )
+            tile.valid &= ~masked_pixels(self.product.mask_rule, quality)
+        return tile
+
+    def _read_mask(self, where: str, **how: Any) -> np.ndarray:
+        """The product's quality band (a window, or the whole decimated)."""
+        try:
+            return self._mask_dataset.read(1, resampling=Resampling.nearest, **how)
+        except (RasterioError, OSError) as exc:
+            raise InputError(
+                f"{self.path}: quality band {self.product.mask.name} unreadable {where}; "
+                f"the file may be truncated or damaged ({_reason(exc, self.path)})"
+            ) from None
+
+    def _read(self, window: Window, bands: Sequence[int]) -> RawTile:
         try:
             if not self._nodata_only(bands):
                 data = self._dataset.read(list(bands), window=window.as_rasterio(), masked=True)
@@ -279,28 +354,24 @@ class GeoRasterSource:
                 f"{self.path}: pixels unreadable; the file may be truncated or damaged "
                 f"({_reason(exc, self.path)})"
             ) from None
-        return _masked_to_tile(data)
+        tile = _masked_to_tile(data)
+        if self._mask_dataset is not None:
+            quality = self._read_mask("", out_shape=shape[1:])
+            tile.valid &= ~masked_pixels(self.product.mask_rule, quality)
+        return tile
 
     def footprint(self, window: Window) -> Footprint | None:
         """The window's outline in the file's CRS and in lon/lat; None without a CRS."""
         if self.crs_wkt is None:
             return None
-        t = self._dataset.transform
         ring = window_ring(window.width, window.height)
-        px, py = ring[:, 0] + window.col, ring[:, 1] + window.row
-        xs, ys = t.a * px + t.b * py + t.c, t.d * px + t.e * py + t.f
-        native = Polygon(np.column_stack([xs, ys]))
-        try:
-            lon, lat = _to_wgs84(self.crs_wkt).transform(np.asarray(xs), np.asarray(ys))
-        except Exception:  # pyproj raises several types for points off the projection
-            return None
-        wgs84 = _lonlat_geometry(np.asarray(lon), np.asarray(lat))
-        if wgs84 is None or wgs84.is_empty:
-            return None
-        return Footprint(native_wkt=native.wkt, wgs84=wgs84)
+        ring += (window.col, window.row)
+        return pixel_footprint(ring, self._dataset.transform, self.crs_wkt)
 
     def close(self) -> None:
         self._dataset.close()
+        if self._mask_dataset is not None:
+            self._mask_dataset.close()
 
     def __enter__(self) -> GeoRasterSource:
         return self
@@ -323,6 +394,9 @@ class PlainImageSource:
     dtype = "uint8"
     crs_wkt = None
     crs_label = None
+    transform = None
+    rgb_names = None
+    product = None
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -330,7 +404,7 @@ class PlainImageSource:
             with warnings.catch_warnings():
                 # Pillow warns of what it tolerates ("Truncated File Read"); decoding decides.
                 warnings.simplefilter("ignore", UserWarning)
-                rgb, valid, exif = _decode_plain(self.path)
+                rgb, valid, tags = _decode_plain(self.path)
         except Image.DecompressionBombError:
             raise InputError(
                 f"{self.path}: image too large to decode safely (Pillow's decompression-bomb limit)"
@@ -342,8 +416,7 @@ class PlainImageSource:
         self._pixels = rgb
         self._valid = valid
         self.height, self.width = valid.shape
-        tags = {"DateTimeOriginal": str(exif.get(0x9003) or exif.get(0x0132) or "")}
-        self.acquired = acquisition_date(self.path, tags)
+        self.acquired, self.acquired_source = acquisition_date(self.path, tags)
 
     def windows(self, tile_size: int) -> list[Window]:
         return [Window(0, 0, self.width, self.height)]
@@ -374,11 +447,15 @@ ImageSource = GeoRasterSource | PlainImageSource
 
 
 def open_source(path: Path) -> ImageSource:
-    """Open ``path`` with the reader its suffix calls for; ``InputError`` if it can't be read."""
+    """Open ``path`` with the reader it calls for (a product's folder, MTL, STAC item or SAFE
+    is read as its scene); ``InputError`` if it can't be read."""
     path = Path(path)
     problem = file_name_problem(path)
     if problem:
         raise InputError(f"{path}: {problem}")
+    product = product_at(path)
+    if product is not None:
+        return GeoRasterSource(Path(product.path), product)
     try:
         info = path.stat()
     except OSError as exc:
@@ -398,6 +475,49 @@ def open_source(path: Path) -> ImageSource:
     if path.suffix.lower() in PLAIN_SUFFIXES:
         return PlainImageSource(path)
     return GeoRasterSource(path)
+
+
+def _product_or_none(path: str | os.PathLike[str]) -> Product | None:
+    try:
+        return product_at(Path(path))
+    except InputError:
+        return None  # reported when the product is read
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(size, mtime in ns) of a file; of a product, its member files' total size and latest
+    mtime. Incremental ingest compares them with what was recorded. ``OSError`` if missing."""
+    product = _product_or_none(path)
+    if product is not None:
+        return member_identity(product.members)
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
+
+
+def identity_files(path: str | os.PathLike[str]) -> list[str]:
+    """The files whose bytes make ``path``'s content: itself, or a product's members."""
+    product = _product_or_none(path)
+    return list(product.members) if product is not None else [os.fspath(path)]
+
+
+def window_grid(path: str, tile_size: int) -> list[Window] | None:
+    """A raster's (or scene's) tile windows from its header, or None for a plain image or
+    something that can't be opened here (the reader says why, later)."""
+    if kind_of(path) == "plain":
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        info = None
+    if info is None and "*" not in Path(path).name:
+        return None
+    if info is not None and not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        return None  # a named pipe would block GDAL
+    try:
+        with open_source(Path(path)) as source:
+            return source.windows(tile_size)
+    except InputError:
+        return None
 
 
 def file_name_problem(path: Path) -> str | None:
@@ -429,13 +549,18 @@ def _stat_reason(path: Path, exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _decode_plain(path: Path) -> tuple[np.ndarray, np.ndarray, Image.Exif]:
-    """RGB pixels, validity and EXIF of a picture, EXIF orientation applied."""
+def _decode_plain(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """RGB pixels, validity and EXIF dates of a picture, EXIF orientation applied.
+
+    DateTimeOriginal (when the picture was taken) is in the Exif IFD, not in IFD0, which holds
+    DateTime (when the file was last written)."""
     with Image.open(path) as image:
         exif = image.getexif()
+        original = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.DateTimeOriginal)
+        tags = {"DateTimeOriginal": original, "DateTime": exif.get(ExifTags.Base.DateTime)}
         image.draft("RGB", (PLAIN_MAX_SIDE, PLAIN_MAX_SIDE))
         rgb, valid = _to_rgb(ImageOps.exif_transpose(image))
-    return rgb, valid, exif
+    return rgb, valid, {key: str(value) for key, value in tags.items() if value}
 
 
 def _to_rgb(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -488,16 +613,26 @@ def _reason(exc: BaseException, path: Path | None = None) -> str:
 
 
 __all__ = [
+    "GEO_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "PLAIN_SUFFIXES",
+    "Acquired",
     "Footprint",
     "GeoRasterSource",
     "ImageSource",
     "PlainImageSource",
     "RawTile",
     "Window",
-    "acquisition_date",
+    "canonical_path",
+    "file_identity",
     "file_name_problem",
     "find_images",
+    "gdal_messages",
+    "identity_files",
+    "kind_of",
     "open_source",
+    "pixel_footprint",
     "tile_windows",
+    "window_grid",
     "window_ring",
 ]

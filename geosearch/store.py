@@ -2,24 +2,33 @@
 
 Layers (all readable by QGIS/GDAL as they are):
 - ``tiles``: footprint polygons in EPSG:4326 (NULL for plain images and rasters without a CRS)
-  with source path, pixel window, native CRS and footprint, acquisition date, nodata fraction,
-  the fused ``vector`` and the raw ``features`` (float32 little-endian BLOBs);
+  with source path, pixel window, native CRS and footprint, acquisition date and where it was
+  read (``acquired_source``), nodata fraction, the fused ``vector`` and the raw ``features``
+  (float32 little-endian BLOBs);
 - ``files``: every file ingested, with size, mtime and whether all its tiles are in;
 - ``geosearch_meta``: band manifest, feature fusion, settings, versions (JSON values).
 
-GDAL creates the file (so its GeoPackage bookkeeping is GDAL's own); rows are then written
-through sqlite3 in transactions, a batch at a time: a tile and its vector are one row, so one is
-never visible without the other. Geometries are GeoPackage binary (header + envelope + WKB).
+GDAL creates the file as GeoPackage 1.2 (so its bookkeeping is GDAL's own, and GDAL 3.6 / QGIS
+3.22 read it without warnings); rows are then written through sqlite3 in transactions, a batch
+at a time: a tile and its vector are one row, so one is never visible without the other.
+Geometries are GeoPackage binary (header + envelope + WKB); timestamps are ISO 8601 UTC
+(``YYYY-MM-DDTHH:MM:SS.SSSZ``), as GeoPackage DATETIME requires.
+
+A database where this process can't write (a read-only folder, file or medium) is opened
+read-only and immutable: reading commands work and nothing is created beside it (no lock,
+WAL or shared-memory file); anything that writes fails with "permission denied: PATH".
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import sqlite3
 import struct
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -45,6 +54,13 @@ WGS84_SRS_ID = 4326
 _GP_HEADER = struct.Struct("<2sBBi4d")  # magic, version, flags, srs_id, minx maxx miny maxy
 _GP_FLAGS = 0b0000_0011  # little-endian, envelope [minx, maxx, miny, maxy]
 _GP_EMPTY_FLAG = 0b0001_0000
+# The oldest GeoPackage that holds what we store (features, attributes tables, R-tree) with the
+# 'GPKG' application id: GDAL 3.6 and QGIS 3.22 (Debian 12) warn about 1.4, GDAL's default.
+GPKG_VERSION = "1.2"
+# GeoPackage DATETIME: ISO 8601 in UTC with milliseconds and Z.
+SQL_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+_TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
+               ("feedback_marks", "marked_at"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class TileRecord:
     footprint: BaseGeometry | None  # lon/lat, EPSG:4326
     acquired: str | None
     nodata_fraction: float
+    acquired_source: str | None = None  # where the date was read: see dates.DATE_SOURCES
 
 
 @dataclass(frozen=True)
@@ -130,7 +147,11 @@ def blob_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 
 
 class Store:
-    """A geosearch GeoPackage, opened for reading or (with ``writer()``) for writing."""
+    """A geosearch GeoPackage, opened for reading or (with ``writer()``) for writing.
+
+    ``readonly`` is True where this process can't write the database or its folder: it is then
+    opened read-only and immutable, and every write raises "permission denied: PATH".
+    """
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = Path(path)
@@ -141,12 +162,22 @@ class Store:
             )
         if not exists:
             self._create_atomically()
-        self._connection = self._connect(self.path)
+        self.readonly = not writable(self.path)
+        self._connection = self._connect(self.path, self.readonly)
         self._check_is_ours()
+        columns = {row[1] for row in self._connection.execute(f"PRAGMA table_info({TILES})")}
+        self._has_date_source = "acquired_source" in columns
 
     def _create_atomically(self) -> None:
         """Build the empty database beside its final name, then rename it into place, so a
         crash or a concurrent reader never meets a half-made database."""
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create database {self.path}: {_os_reason(exc)}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DatabaseError(f"permission denied: {self.path} (can't write in {folder})")
         building = self.path.with_name(f".{self.path.stem}.{os.getpid()}.creating.gpkg")
         _create_geopackage(building)
         connection = self._connect(building)
@@ -159,11 +190,17 @@ class Store:
 
     # -- connection and schema -------------------------------------------------------------
 
-    def _connect(self, path: Path) -> sqlite3.Connection:
+    def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
         try:
-            connection = sqlite3.connect(path, timeout=60, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            if readonly:
+                connection = sqlite3.connect(
+                    _readonly_uri(path), uri=True, timeout=60, isolation_level=None
+                )
+                connection.execute("PRAGMA query_only=ON")
+            else:
+                connection = sqlite3.connect(path, timeout=60, isolation_level=None)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"{self.path}: not a GeoPackage/SQLite database ({exc})") from None
         # GDAL's R-tree triggers call these; sqlite3 doesn't know them.
@@ -185,6 +222,7 @@ class Store:
                 ("crs", "TEXT"),
                 ("footprint_native", "TEXT"),
                 ("acquired", "DATE"),
+                ("acquired_source", "TEXT"),
                 ("nodata_fraction", "REAL"),
                 ("vector", "BLOB NOT NULL"),
                 ("features", "BLOB NOT NULL"),
@@ -238,11 +276,24 @@ class Store:
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        self.refuse_if_readonly()
         return _transaction(self._connection)
+
+    def refuse_if_readonly(self) -> None:
+        """``DatabaseError`` "permission denied: PATH" when the database can't be written here."""
+        if self.readonly:
+            raise DatabaseError(
+                f"permission denied: {self.path} (read-only here; reading commands work, "
+                "changes need a writable copy)"
+            )
 
     @contextmanager
     def writer(self, command: str = "ingest") -> Iterator[Store]:
-        """Hold the database's writer lock; a second writer fails fast naming the holder."""
+        """Hold the database's writer lock; a second writer fails fast naming the holder.
+
+        Brings a database made by an older geosearch up to date first (date-source column,
+        ISO 8601 timestamps)."""
+        self.refuse_if_readonly()
         lock_path = self.path.with_name(self.path.name + ".lock")
         handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
         try:
@@ -259,10 +310,26 @@ class Store:
         handle.write(f"geosearch {command} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")
         handle.flush()
         try:
+            self._upgrade()
             yield self
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+    def _upgrade(self) -> None:
+        """Add what older databases lack; each step is a no-op on an up-to-date one."""
+        if self._has_date_source:
+            return
+        with self.transaction() as db:
+            db.execute(f'ALTER TABLE {TILES} ADD COLUMN "acquired_source" TEXT')
+            # 'YYYY-MM-DD HH:MM:SS' (sqlite's datetime()) -> ISO 8601 with T and Z
+            for table, column in _TIMESTAMPS:
+                if _has_table(db, table):
+                    db.execute(
+                        f"UPDATE {table} SET {column} = "
+                        f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}) WHERE {column} NOT LIKE '%T%'"
+                    )
+        self._has_date_source = True
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -322,18 +389,19 @@ class Store:
         "done"; ``failed`` ones lose every tile written so far.
         """
         ids: list[int] = []
+        if not self._has_date_source:  # an older database written outside ``writer()``
+            self._upgrade()
         with self.transaction() as db:
             for record in started:
                 db.execute(
-                    "INSERT OR IGNORE INTO files VALUES "
-                    "(?, ?, ?, 'partial', 0, datetime('now'), ?)",
+                    f"INSERT OR IGNORE INTO files VALUES (?, ?, ?, 'partial', 0, {SQL_NOW}, ?)",
                     (record.path, record.size, record.mtime_ns, record.sha256),
                 )
             for tile, vector, features in tiles:
                 cursor = db.execute(
                     f"INSERT INTO {TILES} (geom, path, row, col, width, height, crs, "
-                    "footprint_native, acquired, nodata_fraction, vector, features) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "footprint_native, acquired, nodata_fraction, vector, features, "
+                    "acquired_source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         encode_geometry(tile.footprint),
                         tile.path,
@@ -347,13 +415,14 @@ class Store:
                         tile.nodata_fraction,
                         vector_blob(vector),
                         vector_blob(features),
+                        tile.acquired_source,
                     ),
                 )
                 ids.append(int(cursor.lastrowid))
             for record in finished:
                 db.execute(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, 'done', "
-                    f"(SELECT count(*) FROM {TILES} WHERE path = ?), datetime('now'), ?)",
+                    f"(SELECT count(*) FROM {TILES} WHERE path = ?), {SQL_NOW}, ?)",
                     (record.path, record.size, record.mtime_ns, record.path, record.sha256),
                 )
             removed = [tid for path in failed for tid in self._delete_file(db, path)]
@@ -458,7 +527,7 @@ class Store:
             self._ensure_feedback_tables(db)
             db.execute(
                 "INSERT INTO feedback_sessions (name, created, created_by, query, last_results) "
-                "VALUES (?, datetime('now'), ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                f"VALUES (?, {SQL_NOW}, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "query = excluded.query, last_results = excluded.last_results",
                 (name, user, json.dumps(query), json.dumps(last_results)),
             )
@@ -508,7 +577,7 @@ class Store:
             ).fetchone()
             for tile_id, label in labels.items():
                 db.execute(
-                    "INSERT OR REPLACE INTO feedback_marks VALUES (?, ?, ?, datetime('now'), ?)",
+                    f"INSERT OR REPLACE INTO feedback_marks VALUES (?, ?, ?, {SQL_NOW}, ?)",
                     (session_id, tile_id, label, user),
                 )
 
@@ -546,7 +615,7 @@ class Store:
                 marked = db.execute("UPDATE files SET status = 'partial' WHERE path = ?", (path,))
                 if marked.rowcount == 0:  # unknown size/mtime: the next ingest replaces it
                     db.execute(
-                        "INSERT INTO files VALUES (?, -1, -1, 'partial', 0, datetime('now'), NULL)",
+                        f"INSERT INTO files VALUES (?, -1, -1, 'partial', 0, {SQL_NOW}, NULL)",
                         (path,),
                     )
             for path in recount:
@@ -559,16 +628,30 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------
 
-    _TILE_COLUMNS = (
-        "id, path, row, col, width, height, crs, footprint_native, geom, acquired, nodata_fraction"
-    )
+    @property
+    def _tile_columns(self) -> str:
+        source = "acquired_source" if self._has_date_source else "NULL"
+        return (
+            "id, path, row, col, width, height, crs, footprint_native, geom, acquired, "
+            f"nodata_fraction, {source}"
+        )
 
     @staticmethod
     def _tile(row: Sequence[Any]) -> TileRecord:
-        tid, path, r, c, w, h, crs, native, geom, acquired, nodata = row
+        tid, path, r, c, w, h, crs, native, geom, acquired, nodata, source = row
         return TileRecord(
-            int(tid), path, Window(r, c, w, h), crs, native, decode_geometry(geom), acquired, nodata
+            int(tid), path, Window(r, c, w, h), crs, native, decode_geometry(geom), acquired,
+            nodata, source,
+        )  # fmt: skip
+
+    def date_sources(self) -> dict[str, int]:
+        """Tiles per date source ("undated": tiles without a date)."""
+        source = "acquired_source" if self._has_date_source else "'unknown'"
+        rows = self._connection.execute(
+            f"SELECT CASE WHEN acquired IS NULL THEN 'undated' ELSE coalesce({source}, "
+            f"'unknown') END, count(*) FROM {TILES} GROUP BY 1"
         )
+        return dict(rows.fetchall())
 
     def tile_count(self) -> int:
         return int(self._connection.execute(f"SELECT count(*) FROM {TILES}").fetchone()[0])
@@ -584,21 +667,21 @@ class Store:
             return []
         marks = ",".join("?" * len(ids))
         rows = self._connection.execute(
-            f"SELECT {self._TILE_COLUMNS} FROM {TILES} WHERE id IN ({marks})", list(ids)
+            f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN ({marks})", list(ids)
         )
         by_id = {row[0]: self._tile(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def tiles_of_file(self, path: str) -> list[TileRecord]:
         rows = self._connection.execute(
-            f"SELECT {self._TILE_COLUMNS} FROM {TILES} WHERE path = ? ORDER BY row, col", (path,)
+            f"SELECT {self._tile_columns} FROM {TILES} WHERE path = ? ORDER BY row, col", (path,)
         )
         return [self._tile(row) for row in rows]
 
     def first_tile_of_each_file(self) -> list[TileRecord]:
         """One tile per file (its lowest id): enough to recover the file's geotransform."""
         rows = self._connection.execute(
-            f"SELECT {self._TILE_COLUMNS} FROM {TILES} WHERE id IN "
+            f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN "
             f"(SELECT min(id) FROM {TILES} GROUP BY path)"
         )
         return [self._tile(row) for row in rows]
@@ -664,10 +747,35 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
+def writable(path: Path) -> bool:
+    """Whether this process may write the database and create files beside it (its journal,
+    lock and index); False in a read-only folder, for a read-only file or on read-only media."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _readonly_uri(path: Path) -> str:
+    """SQLite URI opening ``path`` read-only; immutable (no locks, no -wal/-shm files) unless
+    a writer's WAL is beside it, whose committed pages must then be read."""
+    wal = path.with_name(path.name + "-wal")
+    immutable = not (wal.exists() and wal.stat().st_size > 0)
+    quoted = urllib.parse.quote(os.fspath(path.resolve()))
+    return f"file:{quoted}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return bool(db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone())
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
 def _create_geopackage(path: Path) -> None:
-    """An empty GeoPackage with the ``tiles`` polygon layer, created by GDAL itself."""
+    """An empty GeoPackage (version ``GPKG_VERSION``) with the ``tiles`` polygon layer,
+    created by GDAL itself."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write(
             str(path),
             geometry=np.array([], dtype=object),
@@ -678,6 +786,7 @@ def _create_geopackage(path: Path) -> None:
             geometry_type="MultiPolygon",
             crs="EPSG:4326",
             layer_options={"FID": "id", "GEOMETRY_NAME": "geom"},
+            dataset_options={"VERSION": GPKG_VERSION},
         )
     except Exception as exc:
         path.unlink(missing_ok=True)

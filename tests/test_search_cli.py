@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import geosearch
 from geosearch.cli import app
 from geosearch.sources import open_source
-from tests.conftest import SAMPLE_TILES, run_cli, shared, textured, write_geotiff
+from tests.conftest import SAMPLE_TILES, run_cli, textured, write_geotiff
 
 NAIP_2009 = SAMPLE_TILES / "naip" / "m_4709963_se_14_1_20090818.tif"
 NAIP_2012 = SAMPLE_TILES / "naip" / "m_4709963_se_14_1_20120731.tif"
@@ -153,16 +153,6 @@ def test_ingest_exit_code_6_when_files_were_skipped(tmp_path):
     report = json.loads(result.stdout)
     assert report["tiles_added"] == 1 and report["skipped"][0]["path"].endswith("broken.tif")
     assert "skipped" not in result.stdout.split("\n", 1)[-1]
-
-
-def test_bad_band_layout_query_is_a_clear_error(naip_db):
-    result = runner.invoke(
-        app, ["similar", str(shared("rasterio", "RGB.byte.tif")), "--db", str(naip_db)]
-    )
-    assert result.exit_code == 3
-    assert "expected 4 bands (band1,band2,band3,band4) uint8 as stored in naip.gpkg, found 3" in (
-        result.output
-    )
 
 
 def test_bad_config_names_the_key(tmp_path):

@@ -11,8 +11,9 @@ from PIL import Image
 from pyproj import Transformer
 from rasterio.transform import from_origin
 
+from geosearch.dates import acquisition_date
 from geosearch.errors import InputError
-from geosearch.sources import acquisition_date, open_source, tile_windows
+from geosearch.sources import open_source, tile_windows
 from tests.conftest import shared, textured, write_geotiff
 
 
@@ -138,12 +139,11 @@ def test_unreadable_files_raise_one_clear_input_error(tmp_path, name, content, r
 
 
 def test_acquisition_date_from_names_and_tags(tmp_path):
-    assert acquisition_date(tmp_path / "m_4709963_se_14_1_20090818.tif") == "2009-08-18"
-    assert acquisition_date(tmp_path / "S2A_29RKH_20200219_L2A" / "B04.tif") == "2020-02-19"
-    assert acquisition_date(tmp_path / "x.tif", {"TIFFTAG_DATETIME": "2021:05:03 10:00:00"}) == (
-        "2021-05-03"
-    )
-    assert acquisition_date(tmp_path / "scene_016037.tif") is None
+    assert acquisition_date(tmp_path / "m_4709963_se_14_1_20090818.tif") == ("2009-08-18", "name")
+    assert acquisition_date(tmp_path / "S2A_29RKH_20200219_L2A" / "B04.tif").date == "2020-02-19"
+    stamp = {"TIFFTAG_DATETIME": "2021:05:03 10:00:00"}
+    assert acquisition_date(tmp_path / "x.tif", stamp) == ("2021-05-03", "datetime-tag")
+    assert acquisition_date(tmp_path / "scene_016037.tif") == (None, None)
 
 
 def test_band_names_from_file_names_and_colour_interpretation():

@@ -39,12 +39,13 @@ def _paths(result):
 
 def test_bbox_and_within_limit_results(spread, tmp_path):
     folder, db = spread
-    [everything] = geosearch.similar(db, [folder / "scene_20200101.tif"], top=20)
-    assert len(everything.matches) == 8
+    # One tile as the query (a whole scene would get one result per scene): every other tile.
+    [everything] = geosearch.similar(db, [folder / "scene_20200101.tif"], top=20, tile=0)
+    assert len(everything.matches) == 9
     third = [m.tile for m in everything.matches if m.tile.path.endswith("20200103.tif")]
     minx, miny, maxx, maxy = third[0].footprint.bounds
     box = (minx + 1e-4, miny + 1e-4, maxx - 1e-4, maxy - 1e-4)
-    [boxed] = geosearch.similar(db, [folder / "scene_20200101.tif"], top=20,
+    [boxed] = geosearch.similar(db, [folder / "scene_20200101.tif"], top=20, tile=0,
                                 filters=SearchFilters(bbox=box))  # fmt: skip
     assert [m.tile.id for m in boxed.matches] == [third[0].id]
     area = tmp_path / "area.geojson"
@@ -52,8 +53,9 @@ def test_bbox_and_within_limit_results(spread, tmp_path):
         "type": "Feature", "properties": {},
         "geometry": {"type": "Polygon", "coordinates": [[[box[0], box[1]], [box[2], box[1]],
                      [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]]]}}]}))  # fmt: skip
-    result = run_cli("similar", str(folder / "scene_20200101.tif"), "--db", str(db), "--within",
-                     str(area), "--json", "--out", str(tmp_path / "o"))  # fmt: skip
+    query = str(folder / "scene_20200101.tif")
+    result = run_cli("similar", query, "--tile", "0", "--db", str(db), "--within", str(area),
+                     "--json", "--out", str(tmp_path / "o"))  # fmt: skip
     assert [r["id"] for r in json.loads(result.stdout)["results"]] == [third[0].id]
 
 
@@ -124,7 +126,7 @@ def test_feedback_session_rounds_persist_and_export(naip_db, tmp_path):
     missing = run_cli("feedback", "nope", "--good", "1", "--db", str(naip_db))
     assert missing.returncode == 3 and "no feedback session 'nope'" in missing.stderr
     wrong = run_cli("feedback", "pivots", "--good", "99", "--db", str(naip_db))
-    assert wrong.returncode == 3 and "rank 99 is not among the" in wrong.stderr
+    assert wrong.returncode == 2 and "rank 99 is not among the" in wrong.stderr
 
 
 def test_similar_with_good_and_bad_ids(naip_db):

@@ -10,23 +10,18 @@ A file that fails half-way loses the tiles it had written.
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
 from geosearch.errors import InputError
 from geosearch.index import IndexState, VectorIndex, index_path, open_index
 from geosearch.ingest import FilePlan, IngestProgress, IngestReport, Skipped, error_reason
-from geosearch.sources import PLAIN_SUFFIXES, Window, tile_windows
+from geosearch.sources import Window, window_grid
 from geosearch.store import FileRecord, TileRecord
 
 
@@ -54,19 +49,6 @@ class Scheduler(Protocol):
     ) -> Iterator[tuple[Chunk, EmbeddedTiles | ChunkFailure]]: ...
 
 
-def window_grid(path: str, tile_size: int) -> list[Window] | None:
-    """The file's tile windows from its header, or None (plain image, or unreadable here)."""
-    if Path(path).suffix.lower() in PLAIN_SUFFIXES or not os.path.isfile(path):
-        return None  # the worker reads it and reports why (a FIFO would block GDAL here)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as dataset:
-                return tile_windows(dataset.width, dataset.height, tile_size)
-    except (RasterioError, OSError, ValueError):
-        return None
-
-
 def embed_chunk(
     catalog: Catalog, path: str, windows: list[Window] | None, select: Sequence[int] | None
 ) -> EmbeddedTiles | ChunkFailure:
@@ -90,6 +72,7 @@ class _BatchWriter:
         self.started: list[FileRecord] = []
         self.finished: list[FileRecord] = []
         self.failed: list[str] = []
+        self.kept: dict[str, int] = {}  # tiles kept so far of each file under way
 
     def add(self, embedded: EmbeddedTiles) -> None:
         self.records += embedded.records
@@ -216,8 +199,16 @@ def _take(
         writer.started.append(chunk.plan.record())
     writer.add(result)
     report.tiles_nodata += result.skipped
+    writer.kept[path] = writer.kept.get(path, 0) + len(result.records)
     if chunk.last:
         writer.finished.append(chunk.plan.record("done"))
         report.files_ingested += 1
+        report.scenes_ingested += chunk.plan.scene is not None
+        if not writer.kept.pop(path) and chunk.plan.action != "resume":
+            limit = writer.catalog.max_nodata_fraction
+            report.notes.append(
+                f"{path}: no tile indexed: every tile is more than {limit:.0%} nodata "
+                f"(max_nodata_fraction {limit:g})"
+            )
     if len(writer.records) >= batch_size:
         writer.flush()

@@ -20,7 +20,7 @@ from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
 from geosearch.errors import GeosearchError
 from geosearch.ingest import FilePlan, IngestProgress, IngestReport
-from geosearch.sources import Window
+from geosearch.sources import Window, gdal_messages
 
 _worker_catalog: Catalog | None = None
 
@@ -28,6 +28,7 @@ _worker_catalog: Catalog | None = None
 def _start_worker(catalog: Catalog) -> None:
     global _worker_catalog
     _worker_catalog = catalog
+    gdal_messages()  # as the parent process shows them
 
 
 def _embed_in_worker(

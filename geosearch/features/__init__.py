@@ -1,7 +1,8 @@
 """Feature extraction and fusion: from raw tiles to one L2-normalised vector per tile.
 
-``FeaturePipeline`` is the single place a tile's vector is computed, used by ingest, by
-queries with new files, and by every engine alike.
+``Catalog.compute`` (in ``catalog.py``) is the single place a tile's vector is computed, with
+``prepare_batch``, ``raw_features`` and ``Fusion.fuse`` from here; ingest, queries with new
+files and every engine use it alike.
 
 The stored vector fuses the extractors' blocks: each block standardised (mean/std fitted on a
 sample when the database is created), L2-normalised, weighted, concatenated, L2-normalised
@@ -22,12 +23,17 @@ from geosearch.embeddings import dequantization_for
 from geosearch.errors import ConfigError
 from geosearch.features.band_stats import BandStatsExtractor
 from geosearch.features.base import Extractor, TileBatch
-from geosearch.features.cnn import cnn_extractor
+from geosearch.features.cnn import TfliteCnnExtractor, cnn_extractor
 from geosearch.features.embedding import EmbeddingExtractor
 from geosearch.features.layout import LayoutExtractor
 from geosearch.sources import RawTile
 
 _EPSILON = 1e-12
+# Which bands each block's features depend on (see ``Extractor.band_use``), by block name.
+BAND_USE = {
+    extractor.name: extractor.band_use
+    for extractor in (BandStatsExtractor, LayoutExtractor, TfliteCnnExtractor)
+}
 
 
 def build_extractors(settings: FeatureSettings, manifest: BandManifest) -> list[Extractor]:
@@ -110,11 +116,16 @@ class Fusion:
             start += extractor.dim
         return cls(tuple(blocks))
 
-    def fuse(self, raw: np.ndarray) -> np.ndarray:
-        """(n, raw_dim) raw features to (n, raw_dim) fused unit vectors, float32."""
+    def fuse(self, raw: np.ndarray, absent: np.ndarray | None = None) -> np.ndarray:
+        """(n, raw_dim) raw features to (n, raw_dim) fused unit vectors, float32.
+
+        ``absent`` (bool, raw_dim) marks features a query could not compute (bands it lacks):
+        they are set to the sample mean, so the comparison rests on the others."""
         parts, start = [], 0
         for block in self.blocks:
             part = (raw[:, start : start + block.dim] - block.mean) / block.std
+            if absent is not None:
+                part[:, absent[start : start + block.dim]] = 0.0
             norms = np.linalg.norm(part, axis=1, keepdims=True)
             parts.append(block.weight * part / np.maximum(norms, _EPSILON))
             start += block.dim
@@ -122,8 +133,43 @@ class Fusion:
         norms = np.linalg.norm(fused, axis=1, keepdims=True)
         return (fused / np.maximum(norms, _EPSILON)).astype(np.float32)
 
-    def describe(self) -> str:
-        return " + ".join(f"{b.name}[{b.version}] {b.dim}-d x{b.weight:g}" for b in self.blocks)
+    def block_slice(self, name: str) -> slice | None:
+        """Where block ``name`` lies in the fused vector, or None if the fusion has none."""
+        start = 0
+        for block in self.blocks:
+            if block.name == name:
+                return slice(start, start + block.dim)
+            start += block.dim
+        return None
+
+    def absent_features(
+        self, missing: Sequence[int], band_count: int, rgb: Sequence[int]
+    ) -> np.ndarray | None:
+        """The (raw_dim,) mask of features that depend on the ``missing`` bands (0-based
+        positions among ``band_count``; ``rgb``: the composite's), or None if none is."""
+        if not missing:
+            return None
+        absent = np.zeros(self.raw_dim, dtype=bool)
+        start = 0
+        for block in self.blocks:
+            use = BAND_USE.get(block.name, "all")
+            if use == "each":
+                per_band = block.dim // band_count
+                for band in missing:
+                    absent[start + band * per_band : start + (band + 1) * per_band] = True
+            elif use == "all" or set(rgb) & set(missing):
+                absent[start : start + block.dim] = True
+            start += block.dim
+        return absent
+
+    def blocks_present(self, absent: np.ndarray | None) -> list[str]:
+        """Names of the blocks that keep some features under the ``absent`` mask."""
+        names, start = [], 0
+        for block in self.blocks:
+            if absent is None or not absent[start : start + block.dim].all():
+                names.append(block.name)
+            start += block.dim
+        return names
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -23,6 +23,7 @@ class BandStatsExtractor:
     """
 
     name = "band_stats"
+    band_use = "each"
 
     def __init__(self, band_count: int, histogram_bins: int = 8) -> None:
         if LEVELS % histogram_bins:

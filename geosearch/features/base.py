@@ -31,11 +31,14 @@ class TileBatch:
 
 
 class Extractor(Protocol):
-    """A feature family: a name, a version that changes when its output does, a dimension."""
+    """A feature family: a name, a version that changes when its output does, a dimension, and
+    which bands its features depend on (``band_use``): "each" (dims laid out band by band, so a
+    query lacking a band can be compared on the others), "rgb" (the RGB composite) or "all"."""
 
     name: str
     version: str
     dim: int
+    band_use: str
 
     def extract(self, batch: TileBatch) -> np.ndarray:
         """(len(batch), dim) float32 features."""

@@ -90,6 +90,7 @@ class TfliteCnnExtractor:
     """A quantised TFLite embedding model run with ai-edge-litert, in batches."""
 
     name = "cnn"
+    band_use = "rgb"
 
     def __init__(self, model: str, threads: int, batch_size: int) -> None:
         self.model_path = MODELS_DIR / TFLITE_MODELS[model]
@@ -144,6 +145,7 @@ class KerasCnnExtractor:
     """A Keras application with ImageNet weights, from a file, the Keras cache or a download."""
 
     name = "cnn"
+    band_use = "rgb"
 
     def __init__(
         self, model: str, weights: Path | None, download: bool, threads: int, batch_size: int

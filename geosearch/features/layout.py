@@ -17,6 +17,7 @@ class LayoutExtractor:
     """``side`` x ``side`` cell means of each band's valid pixels, standardised per band."""
 
     name = "layout"
+    band_use = "each"
 
     def __init__(self, band_count: int, side: int = 16) -> None:
         self.band_count = band_count

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geosearch.config import Settings
-from geosearch.errors import ConfigError
+from geosearch.errors import ConfigError, DatabaseError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -81,6 +81,10 @@ def run(
 
     settings = settings or Settings()
     facts = api.info(db, settings)  # the database opens, and its index is in sync
+    if allow_feedback and facts["read_only"]:
+        raise DatabaseError(
+            f"permission denied: {db} (read-only here: serve without --allow-feedback)"
+        )
     local = is_loopback(host)
     app = build(Path(db), settings, allow_feedback, trusted_hosts=LOOPBACK_NAMES if local else None)
     sock = _listen(host, port)

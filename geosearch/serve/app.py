@@ -31,7 +31,7 @@ from geosearch.errors import (
     ModelError,
     OutputError,
 )
-from geosearch.render import feature_collection, lonlat_geometry
+from geosearch.render import feature_collection, location_feature, lonlat_geometry
 from geosearch.search import SearchFilters, SearchResult
 from geosearch.serve.models import (
     MAX_TOP,
@@ -424,10 +424,12 @@ def result_collection(request: Request, result: SearchResult) -> dict[str, Any]:
     for feature in collection["features"]:
         path = feature["properties"]["path"]
         feature["properties"]["name"] = Path(path).name if path else None
+    location = location_feature(result.location) if result.location is not None else None
     return collection | {
         "session": result.session,
         "feedback": result.feedback,
         "query": result.query.to_dict(),
+        "location": location,
     }
 
 

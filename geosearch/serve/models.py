@@ -38,15 +38,17 @@ class TilesPage(BaseModel):
 
 class SimilarCollection(BaseModel):
     """A search as a FeatureCollection: the query (``role: query``, rank 0), then the results
-    (``role: result``) with ``rank``, ``score`` (cosine), ``id``, ``path``, window, ``acquired``
+    (``role: result``) with ``rank``, ``score``, ``cosine``, ``id``, ``path``, window, ``acquired``
     and ``preview`` (URL of the tile's PNG). ``session`` names the feedback session (if saved);
-    ``feedback`` lists the tile ids applied as good and bad."""
+    ``feedback`` lists the tile ids applied as good and bad; ``location`` (a Feature, or null)
+    is where the query's picture was found by the second search stage."""
 
     type: Literal["FeatureCollection"] = "FeatureCollection"
     features: list[dict[str, Any]]
     session: str | None = None
     feedback: dict[str, list[int]] | None = None
     query: dict[str, Any]
+    location: dict[str, Any] | None = None
 
 
 class SearchOptions(BaseModel):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import secrets
 import shutil
@@ -41,10 +40,11 @@ from geosearch.search import (
     open_database,
     resolve_point,
     resolve_query,
+    resolve_tile,
     search_vectors,
 )
 from geosearch.sessions import session_marks
-from geosearch.sources import open_source
+from geosearch.sources import file_identity, open_source
 from geosearch.store import TileRecord
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -244,8 +244,9 @@ class SearchService:
         with self.catalog() as catalog, _saved_upload(upload) as path:
             _check_upload(catalog, path)
             query = resolve_query(catalog, path, tile, any_orientation)
+            result = _search(catalog, query, top, filters, good, bad, self.settings)
             query.label = query.path = Path(name).name or "upload"  # not the temporary path
-            return _search(catalog, query, top, filters, good, bad, self.settings)
+            return result
 
     # -- feedback sessions ------------------------------------------------------------------
 
@@ -328,16 +329,7 @@ def _tile(catalog: Catalog, tile_id: int) -> TileRecord:
 def _tile_query(catalog: Catalog, tile_id: int, any_orientation: bool = False) -> Query:
     """A query with one stored tile's stored vector (no file is read, no model loaded), and
     with ``any_orientation`` its pixels read again and embedded under the 8 turns."""
-    record = _tile(catalog, tile_id)
-    found, vectors = catalog.store.vectors([tile_id])
-    if not len(found):
-        raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
-    query = Query(f"tile {tile_id}", record.path, [record], vectors[0], True)
-    if any_orientation:
-        _, pixels, _ = catalog.read(record.path, [record.window])
-        if pixels:
-            query.turned = catalog.compute_orientations(pixels)[:, 0, :]
-    return query
+    return resolve_tile(catalog, _tile(catalog, tile_id), any_orientation)
 
 
 def _position_in_file(catalog: Catalog, record: TileRecord) -> int:
@@ -345,11 +337,11 @@ def _position_in_file(catalog: Catalog, record: TileRecord) -> int:
     again; refused when the file changed on disk since ingest (it would be embedded anew)."""
     stored = catalog.store.file_record(record.path)
     try:
-        stat = os.stat(record.path)
+        identity = file_identity(record.path)  # a scene: its member files'
     except OSError:
-        stat = None  # gone from disk: the database still knows its tiles
+        identity = None  # gone from disk: the database still knows its tiles
     if stored is None or stored.status != "done" or (
-        stat is not None and (stat.st_size, stat.st_mtime_ns) != (stored.size, stored.mtime_ns)
+        identity is not None and identity != (stored.size, stored.mtime_ns)
     ):  # fmt: skip
         raise ConflictError(
             f"tile {record.id}: its file changed since it was ingested; run 'geosearch ingest' "
@@ -378,7 +370,7 @@ def _search(
     feedback = Feedback(tuple(int(t) for t in good), tuple(int(t) for t in bad))
     [result] = search_vectors(
         catalog, [query], top, filters, feedback, settings.feedback,
-        settings.search.orientation_bonus,
+        settings.search.orientation_bonus, settings.search,
     )  # fmt: skip
     return result
 

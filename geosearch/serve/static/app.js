@@ -185,8 +185,9 @@ async function mark(id, label) {
 function show(result) {
   state.result = result;
   const queryFeature = result.features.find((f) => f.properties.role === "query");
+  const location = result.location;
   const matches = result.features.filter((f) => f.properties.role === "result");
-  renderQuery(queryFeature);
+  renderQuery(queryFeature, location);
   const list = $("results");
   list.replaceChildren(...matches.map(resultItem));
   const marks = [];
@@ -208,11 +209,11 @@ function show(result) {
   const noun = state.config.kind === "plain" ? "images" : "tiles";
   const refined = state.good.length + state.bad.length ? ", re-ranked with your marks" : "";
   say(`${matches.length} most similar ${noun}${refined}`);
-  if (map.leaflet) drawOutlines(queryFeature, matches);
+  if (map.leaflet) drawOutlines(queryFeature, matches, location);
   else highlightGallery(queryFeature, matches);
 }
 
-function renderQuery(feature) {
+function renderQuery(feature, location) {
   const props = feature.properties;
   let src = previewSrc(props.preview);
   if (!src && state.query.kind === "upload" && /^image\/(png|jpeg)$/.test(state.query.file.type)) {
@@ -230,9 +231,18 @@ function renderQuery(feature) {
       element("strong", { text: `Query: ${title}` }),
       element("div", { class: "name", text: props.name || "" }),
       element("div", { class: "muted", text: props.acquired || "" }),
+      location ? element("div", { class: "found", text: placeText(location.properties) }) : "",
     ),
   );
   $("query").replaceChildren(card);
+}
+
+// Where the second search stage found the query: the scene, and how well it fits.
+function placeText(props) {
+  const name = props.path.split("/").pop();
+  const turned = props.rotation ? `, turned ${props.rotation}°` : "";
+  const mirrored = props.mirrored ? ", mirrored" : "";
+  return `found in ${name} (correlation ${props.correlation.toFixed(2)}${turned}${mirrored})`;
 }
 
 // A thumb (up, or down when turned), drawn here: no icon font is needed.
@@ -292,7 +302,10 @@ function resultItem(feature) {
       "div",
       {},
       element("span", { class: "rank", text: `#${props.rank}` }),
-      element("span", { class: "score", text: `score ${props.score.toFixed(3)}` }),
+      element("span", { class: "score", text: `similarity ${props.similarity.toFixed(2)}` }),
+      props.coverage == null
+        ? ""
+        : element("div", { class: "found", text: `${Math.round(props.coverage * 100)}% of the query, placed` }),
       element("div", { class: "name", text: props.name }),
       element("div", { class: "muted", text: [props.acquired, window].filter(Boolean).join(" · ") }),
     ),
@@ -428,7 +441,7 @@ function renderHere() {
   }
 }
 
-function drawOutlines(queryFeature, matches) {
+function drawOutlines(queryFeature, matches, location) {
   map.outlines.clearLayers();
   map.byId.clear();
   const labels = []; // one label per place: results of other dates share it
@@ -460,6 +473,16 @@ function drawOutlines(queryFeature, matches) {
       interactive: false,
       style: { color: "#1565c0", weight: 4, fill: false, className: "query-outline" },
     }).addTo(map.outlines);
+  }
+  if (location && location.geometry) {
+    const placed = L.geoJSON(location, {
+      interactive: false,
+      style: { color: "#2e7d32", weight: 3, dashArray: "6 4", fill: false, className: "location-outline" },
+    }).addTo(map.outlines);
+    L.tooltip({ direction: "top", className: "location-label" })
+      .setLatLng(placed.getBounds().getNorthEast())
+      .setContent("your picture")
+      .addTo(map.outlines);
   }
 }
 

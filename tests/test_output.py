@@ -1,0 +1,103 @@
+"""What a person reads: help, version, one exit code per kind of mistake, readable scores,
+labelled contact sheets, a results folder holding one run, notes that point at the setting;
+and whole scenes as queries (ranked by how well their tiles match)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import geosearch
+from geosearch.config import Settings
+from tests.conftest import SAMPLE_TILES, run_cli, shared
+
+YEARS = sorted((SAMPLE_TILES / "naip").glob("*.tif"))
+
+
+def test_help_and_version_read_cleanly():
+    help_text = run_cli("similar", "--help").stdout
+    assert "<bool>" not in help_text and "geosearch[spark]" in help_text
+    assert "geosearch.gpkg]" in help_text  # "[default: geosearch.gpkg]", maybe wrapped
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"geosearch {geosearch.__version__}"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--lonlat", "200,10"],  # out of range
+        ["--bbox", "1,2,3"],  # not four numbers
+        [],  # no query at all
+        ["x.tif", "--exclude-near", "-5"],
+        ["--date", "2014-07-20", "x.tif"],  # --date without --lonlat
+    ],
+)
+def test_every_mistake_in_a_command_is_exit_2(naip_db, arguments):
+    result = run_cli("similar", *arguments, "--db", str(naip_db))
+    assert result.returncode == 2, result.stderr
+
+
+def test_an_empty_folder_is_an_error_and_makes_no_database(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("ingest", str(tmp_path / "empty"), "--db", str(tmp_path / "db.gpkg"))
+    assert result.returncode == 3
+    assert result.stderr.strip().startswith("error: nothing to ingest: no image file or scene in")
+    assert not list(tmp_path.glob("db.gpkg*"))
+
+
+def test_a_file_with_no_tile_to_index_points_at_the_setting(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty.tif").symlink_to(shared("rasterio", "all-nodata.tif"))
+    result = run_cli("ingest", str(folder), "--db", str(tmp_path / "db.gpkg"))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"note: {folder / 'empty.tif'}: no tile indexed: every tile is more than 90% nodata "
+        "(max_nodata_fraction 0.9)"
+    ) in result.stderr
+
+
+def test_similarity_is_readable_and_the_results_folder_holds_one_run(naip_db, tmp_path):
+    out = tmp_path / "results"
+    first = run_cli("similar", str(YEARS[0]), "--tile", "0", "--db", str(naip_db), "--top", "5",
+                    "--out", str(out), "--json")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    for item in json.loads(first.stdout)["results"]:
+        assert 0 <= item["similarity"] <= 1 and item["similarity"] == pytest.approx(
+            (1 + item["cosine"]) / 2, abs=1e-4
+        )
+    second = run_cli("similar", str(YEARS[1]), "--tile", "1", "--db", str(naip_db), "--top", "2",
+                     "--out", str(out))  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert "similarity" in second.stdout  # the table's column
+    assert sorted(p.name for p in (out / "previews").iterdir()) == sorted(
+        ["query1.png"] + [f.name for f in (out / "previews").glob("query1_rank*_tile*.png")]
+    )
+    assert len(list((out / "previews").glob("query1_rank*.png"))) == 2  # not the 5 of before
+
+
+def test_contact_sheet_labels_give_rank_similarity_date_and_file(naip_db, tmp_path):
+    from PIL import Image
+
+    from geosearch.render import _label
+
+    [result] = geosearch.similar(naip_db, [YEARS[0]], top=3, tile=2)
+    best = result.matches[0]
+    rank, date, name = _label(best)
+    assert rank.startswith(f"#1  similarity {best.similarity:.2f}")
+    assert (date, name) == (best.tile.acquired, Path(best.tile.path).name)
+    files = geosearch.write_results([result], naip_db, tmp_path / "r", preview_size=128)
+    with Image.open(files.contact_sheets[0]) as sheet:
+        assert sheet.width == 4 * 128 and sheet.height > 128 + 3 * 12  # three lines of label
+
+
+def test_a_whole_scene_finds_the_other_scenes_one_result_each(naip_db):
+    vectors_only = Settings().with_overrides({"search.locate": False})
+    [result] = geosearch.similar(naip_db, [YEARS[0]], top=10, settings=vectors_only)
+    found = [match.tile.path for match in result.matches]
+    assert sorted(found) == sorted(str(year) for year in YEARS[1:])  # each other year, once
+    assert [m.score for m in result.matches] == sorted((m.score for m in result.matches),
+                                                       reverse=True)  # fmt: skip
