@@ -36,6 +36,7 @@ import contextlib
 import fcntl
 import json
 import math
+import mmap
 import os
 import secrets
 import struct
@@ -257,10 +258,9 @@ class VectorIndex:
         for start in range(0, len(row_ids), _SCORE_ROWS):
             stop = min(len(row_ids), start + _SCORE_ROWS)
             if self.kind == "ivf":
-                vectors = self._vectors.read_range(start, stop)
+                scores[start:stop] = self._vectors.dot(query, start, stop)
             else:  # flat and HNSW keep their float32 vectors (HNSW in its flat storage)
-                vectors = self._index.reconstruct_n(start, stop - start)
-            scores[start:stop] = vectors @ query
+                scores[start:stop] = self._index.reconstruct_n(start, stop - start) @ query
         kept = row_ids >= 0  # rows marked removed (HNSW, IVF) are left out
         return row_ids[kept], scores[kept]
 
@@ -502,19 +502,23 @@ class _RerankVectors:
             out[in_file:] = self._tail_rows()[rows[in_file:] - self.file_rows]
         return out
 
-    def read_range(self, start: int, stop: int) -> np.ndarray:
-        """(stop - start, dim) float32 of the consecutive rows ``start`` to ``stop``."""
-        rows = np.arange(start, stop)
+    def dot(self, query: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Inner products of the consecutive rows ``start`` to ``stop`` with ``query``. Rows in
+        the file are mapped, not copied (several times faster than ``pread`` for gigabytes),
+        and unmapped straight after, so the process's RSS does not grow with the file."""
+        out = np.empty(stop - start, dtype=np.float32)
         in_file = max(0, min(stop, self.file_rows) - start)
-        out = np.empty((stop - start, self.dim), dtype=np.float32)
         if in_file:
-            offset = _VECTORS_HEADER.size + start * self.row_bytes
-            data = os.pread(self.fd, in_file * self.row_bytes, offset)
-            if len(data) != in_file * self.row_bytes:
-                raise IndexFileError(f"{self.path} was truncated while in use; run it again")
-            out[:in_file] = np.frombuffer(data, dtype="<f4").reshape(in_file, self.dim)
-        if in_file < len(rows):
-            out[in_file:] = self._tail_rows()[rows[in_file:] - self.file_rows]
+            first = _VECTORS_HEADER.size + start * self.row_bytes
+            aligned = first - first % mmap.ALLOCATIONGRANULARITY
+            length = first - aligned + in_file * self.row_bytes
+            with mmap.mmap(self.fd, length, offset=aligned, access=mmap.ACCESS_READ) as mapped:
+                rows = np.frombuffer(mapped, "<f4", in_file * self.dim, first - aligned)
+                out[:in_file] = rows.reshape(in_file, self.dim) @ query
+                del rows  # the map closes only once no array uses it
+        if in_file < stop - start:
+            tail = np.arange(start + in_file, stop) - self.file_rows
+            out[in_file:] = self._tail_rows()[tail] @ query
         return out
 
     def save(self, index_file: Path, rows: int) -> str:
