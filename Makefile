@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/quality.py --quick
 	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python bench/spark.py --copies 10
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/maps.py --tiles 100000 --dims 64
+	$(BIN)/python bench/embeddings.py --only summary
 
 lint: $(STAMP)
 	$(BIN)/ruff check geosearch tests bench

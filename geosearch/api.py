@@ -13,6 +13,7 @@ from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
+from geosearch.maps import SimilarityMap, write_similarity_maps
 from geosearch.render import (
     PARQUET_NAME,
     LocationFiles,
@@ -230,6 +231,28 @@ def write_results(
         catalog.store.close()
 
 
+def similarity_maps(
+    results: Sequence[SearchResult],
+    db: PathLike,
+    tiles: PathLike | None = None,
+    pixels: PathLike | None = None,
+    filters: SearchFilters | None = None,
+    settings: Settings | None = None,
+) -> list[SimilarityMap]:
+    """GeoTIFF similarity maps of search results, a QGIS ``.qml`` beside each: ``tiles``, every
+    indexed tile's similarity; ``pixels`` (embedding databases), every pixel's, over the area of
+    the ``filters`` (``bbox``/``within``). See ``geosearch.maps``."""
+    settings = settings or Settings()
+    catalog = open_database(Path(db), settings)
+    try:
+        return write_similarity_maps(
+            catalog, results, Path(tiles) if tiles else None, Path(pixels) if pixels else None,
+            filters or SearchFilters(), settings,
+        )  # fmt: skip
+    finally:
+        catalog.store.close()
+
+
 def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
     """What a database holds: tiles, files, extractors, bands, index."""
     catalog = open_database(Path(db), settings)
@@ -285,6 +308,7 @@ __all__ = [
     "remove",
     "similar",
     "similar_batch",
+    "similarity_maps",
     "write_location",
     "write_results",
 ]

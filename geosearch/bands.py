@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from geosearch.config import BandSettings
+from geosearch.embeddings import embedding_product
 from geosearch.errors import BandLayoutError, ConfigError
 from geosearch.sources import ImageSource, RawTile
 
@@ -39,7 +40,7 @@ class BandManifest:
     bands: tuple[int, ...]  # 1-based band indexes read from each file, in order
     names: tuple[str, ...]
     dtype: str
-    scaling: str  # "dtype" or "percentile"
+    scaling: str  # "dtype", "percentile" or "none" (embedding rasters: raw values)
     low: tuple[float, ...]  # per band: value mapped to 0
     high: tuple[float, ...]  # per band: value mapped to 1
     rgb: tuple[int, int, int]  # 0-based positions in ``bands`` for the RGB composite
@@ -95,6 +96,8 @@ class BandManifest:
         when it has as many. Values keep the database's scaling when the dtype is the same;
         8-bit pictures are taken as rendered (0..255); others get their own percentiles.
         """
+        if self.scaling == "none":  # embedding rasters: a query is one too, with every band
+            return QueryBands(tuple(self.bands_for(source, None, db_name)), self)
         same_kind = source.kind == self.kind and source.dtype == self.dtype
         if same_kind and len(source.data_bands) == self.source_count:
             return QueryBands(tuple(self.bands), self)
@@ -121,7 +124,12 @@ class BandManifest:
 
     def scale(self, tile: RawTile, positions: Sequence[int] | None = None) -> np.ndarray:
         """(bands, h, w) float32 in 0..1; invalid pixels set to 0. ``positions``: which of the
-        manifest's bands the tile's rows are (default: all, in order)."""
+        manifest's bands the tile's rows are (default: all, in order). Scaling ``none``
+        (embedding rasters, de-quantised by features.embedding): raw values in the file's dtype."""
+        if self.scaling == "none":
+            raw = tile.pixels.copy()
+            raw[:, ~tile.valid] = 0
+            return raw
         chosen = list(positions) if positions is not None else slice(None)
         low = np.asarray(self.low, dtype=np.float64)[chosen, None, None]
         high = np.asarray(self.high, dtype=np.float64)[chosen, None, None]
@@ -228,8 +236,10 @@ def build_manifest(source: ImageSource, settings: BandSettings) -> BandManifest:
     scaling = settings.scaling
     if scaling == "auto":
         scaling = "dtype" if source.dtype == "uint8" else "percentile"
-    if scaling == "dtype":
-        low, high = _dtype_range(source.dtype)
+        if embedding_product(source.band_names, source.dtype):  # AlphaEarth, GeoTessera
+            scaling = "none"
+    if scaling in ("dtype", "none"):  # none: embedding rasters, raw values pass through
+        low, high = _dtype_range(source.dtype) if scaling == "dtype" else (0.0, 1.0)
         lows, highs = (low,) * len(bands), (high,) * len(bands)
     else:
         lows, highs = _percentile_range(source, bands, settings.percentiles)

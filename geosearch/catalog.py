@@ -17,6 +17,7 @@ import numpy as np
 from geosearch import __version__
 from geosearch.bands import BandManifest, QueryBands
 from geosearch.config import FeatureSettings, Settings
+from geosearch.embeddings import dequantization_for
 from geosearch.errors import DatabaseError
 from geosearch.features import (
     Extractor,
@@ -134,6 +135,8 @@ class Catalog:
             tile = source.read(window, present)
             if len(present) < len(bands):
                 tile = _with_missing_bands(tile, bands)
+            if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
+                tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
             if not self.keeps(tile):
                 skipped += 1
                 continue

@@ -442,6 +442,20 @@ def similar(
         typer.Option("--all-tiles", help="With --engine spark: every indexed tile is a query."),
     ] = False,
     json_output: JsonOption = False,
+    map_tiles: Annotated[
+        Path | None,
+        typer.Option(
+            "--map", help="Also write a GeoTIFF of every tile's similarity (+ a QGIS .qml)."
+        ),
+    ] = None,
+    map_pixels: Annotated[
+        Path | None,
+        typer.Option(
+            "--map-pixels",
+            help="Embedding databases: a GeoTIFF of every pixel's similarity over the "
+            "--bbox/--within area, at the rasters' resolution (+ a QGIS .qml).",
+        ),
+    ] = None,
 ) -> None:
     """Find the tiles most similar to each query; write GeoJSON, previews, contact sheet.
 
@@ -455,6 +469,9 @@ def similar(
         raise typer.Exit(ConfigError.exit_code)
     filters = _filters(bbox, within, after, before, exclude_near, other_files)
     _run(lambda: api.prepare_output(search.out))
+    if engine == "spark" and (map_tiles or map_pixels):
+        err.print("error: --map/--map-pixels: use --engine local", markup=False)
+        raise typer.Exit(ConfigError.exit_code)
     if engine == "spark":
         turned = bool(any_orientation) or settings.search.orientations == "any"
         _similar_on_spark(queries or [], db_path, settings, master, all_tiles, turned, json_output)
@@ -474,6 +491,12 @@ def similar(
         lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
     )
     _print_results(results, files, json_output)
+    if map_tiles or map_pixels:
+        maps = _run(
+            lambda: api.similarity_maps(results, db_path, map_tiles, map_pixels, filters, settings)
+        )
+        for written in maps:
+            err.print(f"wrote {written.describe()}", markup=False)
 
 
 def _say_compared_on(query) -> None:

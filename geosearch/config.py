@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class BandSettings(_Section):
     select: list[int] | None = None
     rgb: list[int | str] | None = None
-    scaling: Literal["auto", "dtype", "percentile"] = "auto"
+    scaling: Literal["auto", "dtype", "percentile", "none"] = "auto"
     percentiles: tuple[float, float] = (2.0, 98.0)
 
     @field_validator("select")
@@ -79,10 +79,19 @@ class CnnSettings(_Section):
     batch_size: int = Field(32, ge=1, le=1024)
 
 
+class EmbeddingSettings(_Section):
+    """Embedding rasters (``bands.scaling: none``): how raw values become vector components."""
+
+    dequantize: Literal["auto", "none", "linear", "alphaearth"] = "auto"
+    scale: float = 1.0  # linear: value = raw * scale + offset
+    offset: float = 0.0
+
+
 class FeatureSettings(_Section):
     band_stats: BandStatsSettings = BandStatsSettings()
     layout: LayoutSettings = LayoutSettings()
     cnn: CnnSettings = CnnSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
 
 
 class SearchSettings(_Section):
@@ -94,6 +103,11 @@ class SearchSettings(_Section):
     locate: bool = True
     locate_shortlist: int = Field(64, ge=1, le=1000)
     locate_min_margin: float = Field(0.15, ge=0, le=2)
+
+
+class MapSettings(_Section):
+    window: int = Field(512, ge=64, le=8192)  # --map-pixels: pixels per side of a window
+    threads: int = Field(0, ge=0)  # --map-pixels: windows computed at once; 0 = cores
 
 
 class FeedbackSettings(_Section):
@@ -135,6 +149,7 @@ class Settings(_Section):
     features: FeatureSettings = FeatureSettings()
     search: SearchSettings = SearchSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    maps: MapSettings = MapSettings()
     spark: SparkSettings = SparkSettings()
     serve: ServeSettings = ServeSettings()
 

@@ -85,6 +85,11 @@ class Query:
         }
 
 
+def similarity_of(cosine: float | np.ndarray) -> float | np.ndarray:
+    """Cosines as people read them, 0..1: 1 the same, about 0.5 unrelated (also the maps')."""
+    return np.clip((1.0 + np.asarray(cosine)) / 2.0, 0.0, 1.0)
+
+
 @dataclass
 class Match:
     """One result: its rank (1 = most similar), score and tile.
@@ -104,8 +109,7 @@ class Match:
     @property
     def similarity(self) -> float:
         """The vectors' cosine as 0..1 for people: 1 the same, about 0.5 unrelated."""
-        cosine = self.cosine if self.cosine is not None else self.score
-        return min(1.0, max(0.0, (1.0 + cosine) / 2.0))
+        return float(similarity_of(self.cosine if self.cosine is not None else self.score))
 
     def to_dict(self) -> dict[str, Any]:
         tile = self.tile
@@ -454,6 +458,7 @@ def search_vectors(
 
     checks = [passes(queries[p]) for p in parents]
     second_stage = locate is not None and locate.locate and not feedback
+    second_stage &= catalog.manifest.scaling != "none"  # embedding rasters are no pictures
     located = [
         _located(catalog, index, query, locate, allowed, passes(query))
         if second_stage
@@ -782,4 +787,5 @@ __all__ = [
     "scene_ranking",
     "is_scene_query",
     "search_vectors",
+    "similarity_of",
 ]

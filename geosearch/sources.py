@@ -157,8 +157,9 @@ def _to_wgs84(crs_wkt: str) -> Transformer:
     return Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
 
 
-def _ring_on_edges(width: int, height: int) -> np.ndarray:
-    """Pixel (x, y) points around a width x height window, clockwise from the top-left."""
+def window_ring(width: int, height: int) -> np.ndarray:
+    """Pixel (x, y) points around a width x height window, clockwise from the top-left: the
+    ring of every native footprint (`footprint`), closed."""
     steps = np.linspace(0.0, 1.0, FOOTPRINT_EDGE_POINTS, endpoint=False)
     top = np.column_stack([steps * width, np.zeros_like(steps)])
     right = np.column_stack([np.full_like(steps, width), steps * height])
@@ -363,7 +364,7 @@ class GeoRasterSource:
         """The window's outline in the file's CRS and in lon/lat; None without a CRS."""
         if self.crs_wkt is None:
             return None
-        ring = _ring_on_edges(window.width, window.height)
+        ring = window_ring(window.width, window.height)
         ring += (window.col, window.row)
         return pixel_footprint(ring, self._dataset.transform, self.crs_wkt)
 
@@ -633,4 +634,5 @@ __all__ = [
     "pixel_footprint",
     "tile_windows",
     "window_grid",
+    "window_ring",
 ]

@@ -678,6 +678,43 @@ class Store:
         )
         return [self._tile(row) for row in rows]
 
+    def first_tile_of_each_file(self) -> list[TileRecord]:
+        """One tile per file (its lowest id): enough to recover the file's geotransform."""
+        rows = self._connection.execute(
+            f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN "
+            f"(SELECT min(id) FROM {TILES} GROUP BY path)"
+        )
+        return [self._tile(row) for row in rows]
+
+    def tile_origins(
+        self, batch: int = 100_000
+    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Every tile, ``batch`` at a time: ids, paths and (n, 2) window origins (col, row).
+
+        Read from the ``tiles_window`` index alone (a covering index: no table row, geometry or
+        vector is read), with row and col packed into one value in SQL."""
+        cursor = self._connection.execute(f"SELECT id, path, (row << 32) | col FROM {TILES}")
+        while rows := cursor.fetchmany(batch):
+            ids, paths, packed = zip(*rows, strict=True)
+            origins = np.asarray(packed, dtype=np.int64)
+            yield (
+                np.asarray(ids, np.int64),
+                list(paths),
+                np.column_stack([origins & 0xFFFFFFFF, origins >> 32]),
+            )
+
+    def paths_of(self, ids: Sequence[int]) -> list[str]:
+        """The files (sorted) that the given tiles come from."""
+        paths: set[str] = set()
+        for start in range(0, len(ids), 10_000):
+            chunk = list(ids[start : start + 10_000])
+            marks = ",".join("?" * len(chunk))
+            rows = self._connection.execute(
+                f"SELECT DISTINCT path FROM {TILES} WHERE id IN ({marks})", chunk
+            )
+            paths.update(row[0] for row in rows)
+        return sorted(paths)
+
     def vectors(
         self, ids: Sequence[int] | None = None, after_id: int = 0, column: str = "vector"
     ) -> tuple[np.ndarray, np.ndarray]:

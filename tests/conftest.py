@@ -103,3 +103,100 @@ def naip_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     report = geosearch.ingest([SAMPLE_TILES], db)
     assert report.tiles_added == 20 and not report.skipped
     return db
+
+
+# -- embedding rasters (AlphaEarth Foundations, GeoTessera) ---------------------------------
+
+
+def planted_embeddings(
+    labels: np.ndarray, tile: int, dim: int, seed: int = 0, noise: float = 0.35
+) -> np.ndarray:
+    """(dim, h, w) float32 unit vectors with planted classes: tile (i, j) is of class
+    ``labels[i, j]``. Each class mixes six land covers in its own proportions; a tile draws
+    8 x 8-pixel patches of covers from them (so tiles of a class differ in layout and make-up),
+    and every pixel is its cover's direction plus noise, at unit length."""
+    rng = np.random.default_rng(seed)
+    covers = rng.standard_normal((6, dim)).astype(np.float32)
+    mixes = rng.dirichlet(np.full(6, 0.5), size=int(labels.max()) + 1)
+    rows, cols = labels.shape
+    patch = max(1, tile // 8)
+    cells = rng.random((rows * tile // patch, cols * tile // patch))
+    cumulative = np.cumsum(mixes, axis=1)[
+        np.repeat(np.repeat(labels, tile // patch, 0), tile // patch, 1)
+    ]
+    cover = (cells[..., None] > cumulative).sum(axis=2).clip(0, 5)
+    cover = np.repeat(np.repeat(cover, patch, axis=0), patch, axis=1)
+    vectors = covers[cover] + rng.standard_normal((*cover.shape, dim), dtype=np.float32) * noise
+    vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+    return vectors.transpose(2, 0, 1)
+
+
+def alphaearth_quantize(vectors: np.ndarray) -> np.ndarray:
+    """int8 values whose AlphaEarth de-quantisation ((v / 127.5) ** 2 * sign(v)) is closest to
+    ``vectors`` (the inverse of the published mapping), -127..127; -128 stays free for NoData."""
+    raw = np.sign(vectors) * np.sqrt(np.abs(vectors)) * 127.5
+    return np.clip(np.round(raw), -127, 127).astype(np.int8)
+
+
+def write_alphaearth(path: Path, values: np.ndarray, **profile: object) -> Path:
+    """Write (64, h, w) int8 ``values`` as AlphaEarth writes its Satellite Embedding COGs: a
+    Cloud Optimized GeoTIFF (internal overviews), 64 int8 bands named A00..A63, NoData -128,
+    10 m pixels in a UTM zone."""
+    count, height, width = values.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {
+        "driver": "COG", "width": width, "height": height, "count": count, "dtype": "int8",
+        "crs": "EPSG:32633", "transform": from_origin(500000, 5200000, 10, 10), "nodata": -128,
+        "compress": "deflate", "blocksize": 128, "overview_resampling": "average",
+    } | profile  # fmt: skip
+    with rasterio.open(path, "w", **options) as dst:
+        dst.write(values)
+        dst.descriptions = tuple(f"A{band:02d}" for band in range(count))
+    return path
+
+
+def write_geotessera(path: Path, values: np.ndarray, year: int = 2024) -> Path:
+    """Write (128, h, w) float32 ``values`` as ``geotessera download`` writes its GeoTIFFs:
+    de-quantised float32, bands named Tessera_Band_0..127, TESSERA_* tags, no NoData value,
+    256-pixel tiles, LZW, in the tile's UTM zone."""
+    count, height, width = values.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype="float32",
+        crs="EPSG:32631", transform=from_origin(300000, 5770000, 10, 10), compress="lzw",
+        tiled=True, blockxsize=256, blockysize=256,
+    ) as dst:  # fmt: skip
+        dst.write(values.astype(np.float32))
+        for band in range(count):
+            dst.set_band_description(band + 1, f"Tessera_Band_{band}")
+        dst.update_tags(
+            TESSERA_YEAR=str(year), TESSERA_DESCRIPTION="GeoTessera satellite embedding tile"
+        )
+    return path
+
+
+ALPHAEARTH_TILE = 64
+# 8 x 8 tiles of 4 planted classes; tile (0, 0) is all NoData, the left half of (0, 1) too.
+ALPHAEARTH_LABELS = np.random.default_rng(3).integers(0, 4, (8, 8))
+
+
+def alphaearth_values() -> np.ndarray:
+    """(64, 512, 512) int8: the planted-class AlphaEarth raster of ``alphaearth_db``."""
+    tile = ALPHAEARTH_TILE
+    values = alphaearth_quantize(planted_embeddings(ALPHAEARTH_LABELS, tile, 64, seed=1))
+    values[:, :tile, : tile + tile // 2] = -128
+    return values
+
+
+@pytest.fixture(scope="session")
+def alphaearth_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An AlphaEarth-shaped COG (``alphaearth_values``) ingested at 64 px tiles: (raster, db)."""
+    import geosearch
+
+    folder = tmp_path_factory.mktemp("alphaearth")
+    raster = write_alphaearth(folder / "xq2019-0000000000-0000000000.tiff", alphaearth_values())
+    db = folder / "aef.gpkg"
+    settings = Settings(tile_size=ALPHAEARTH_TILE, workers=1)
+    report = geosearch.ingest([raster], db, settings)
+    assert report.tiles_added == 63 and report.tiles_nodata == 1 and not report.skipped
+    return raster, db

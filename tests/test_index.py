@@ -235,3 +235,22 @@ def test_asking_for_every_tile_returns_each_live_tile_once(data, kind):
     for row_scores, row in zip(scores, found, strict=True):
         assert sorted(row.tolist()) == ids[500:].tolist()
         assert (np.diff(row_scores) <= 1e-6).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_all_is_every_live_tiles_exact_score(data, kind, tmp_path):
+    """What tile similarity maps read: one exact score per tile, removed tiles left out, from
+    memory and (IVF) from the vectors file and the rows added since it was saved."""
+    ids, vectors, queries = data
+    index = VectorIndex.build(ids[:3000], vectors[:3000], kind=kind)
+    if kind == "ivf":  # the saved file's rows plus rows added after loading it
+        index.save(tmp_path / "x.faiss", IndexState(1, int(ids[2999]), 3000, DIM))
+        index, _ = VectorIndex.load(tmp_path / "x.faiss")
+    index.add(ids[3000:], vectors[3000:])
+    index.remove(ids[::5])
+    found, scores = index.score_all(queries[0])
+    live = np.ones(len(ids), dtype=bool)
+    live[::5] = False
+    order = np.argsort(found)
+    assert np.array_equal(found[order], ids[live])
+    np.testing.assert_allclose(scores[order], vectors[live] @ queries[0], atol=1e-5)

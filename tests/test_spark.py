@@ -111,3 +111,18 @@ def test_spark_engine_without_pyspark_says_what_to_install(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'geosearch[spark]'" in done.stdout, done.stderr[-1000:]
+
+
+def test_spark_on_an_embedding_database(alphaearth_db, tmp_path):
+    """AlphaEarth rasters through Spark: the same vectors as the local engine, batch search."""
+    raster, local_db = alphaearth_db
+    spark_db = tmp_path / "aef-spark.gpkg"
+    settings = Settings(tile_size=64, workers=2, batch_size=16)
+    report = geosearch.ingest([raster], spark_db, settings, engine="spark", master=MASTER)
+    assert report.tiles_added == 63 and report.remote_chunks == 4
+    local_tiles, local_vectors, _ = _contents(local_db)
+    spark_tiles, spark_vectors, _ = _contents(spark_db)
+    assert [t.window for t in local_tiles] == [t.window for t in spark_tiles]
+    np.testing.assert_allclose(spark_vectors, local_vectors, atol=1e-6)
+    results = geosearch.api.similar_batch(spark_db, [], top=3, all_tiles=True, master=MASTER)
+    assert len(results) == 63 and all(r.matches[0].score > 0.9 for r in results)

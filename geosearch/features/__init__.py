@@ -19,10 +19,12 @@ import numpy as np
 
 from geosearch.bands import BandManifest
 from geosearch.config import FeatureSettings
+from geosearch.embeddings import dequantization_for
 from geosearch.errors import ConfigError
 from geosearch.features.band_stats import BandStatsExtractor
 from geosearch.features.base import Extractor, TileBatch
 from geosearch.features.cnn import TfliteCnnExtractor, cnn_extractor
+from geosearch.features.embedding import EmbeddingExtractor
 from geosearch.features.layout import LayoutExtractor
 from geosearch.sources import RawTile
 
@@ -35,7 +37,11 @@ BAND_USE = {
 
 
 def build_extractors(settings: FeatureSettings, manifest: BandManifest) -> list[Extractor]:
-    """The extractors whose weight is above zero, in fixed order."""
+    """The extractors whose weight is above zero, in fixed order; for embedding rasters (scaling
+    ``none``) the embedding block alone."""
+    if manifest.scaling == "none":
+        dequantization = dequantization_for(settings.embedding, manifest)
+        return [EmbeddingExtractor(len(manifest.bands), dequantization)]
     extractors: list[Extractor] = []
     if settings.band_stats.weight > 0:
         extractors.append(
@@ -58,6 +64,7 @@ def block_weights(settings: FeatureSettings) -> dict[str, float]:
         "band_stats": settings.band_stats.weight,
         "layout": settings.layout.weight,
         "cnn": settings.cnn.weight,
+        "embedding": 1.0,  # always alone in its database
     }
 
 
@@ -94,6 +101,8 @@ class Fusion:
             std = part.std(axis=0) if len(part) > 1 else np.ones(extractor.dim)
             mean = part.mean(axis=0) if len(part) > 1 else np.zeros(extractor.dim)
             std = np.where(std > 1e-6, std, 1.0)
+            if not getattr(extractor, "standardised", True):  # e.g. embedding: kept as it is
+                mean, std = np.zeros(extractor.dim), np.ones(extractor.dim)
             blocks.append(
                 Block(
                     extractor.name,

@@ -12,7 +12,8 @@ import numpy as np
 class TileBatch:
     """Tiles ready for feature extraction.
 
-    ``pixels[i]`` is (bands, h, w) float32 in 0..1 (the manifest's scaling; invalid pixels 0),
+    ``pixels[i]`` is (bands, h, w) float32 in 0..1 (the manifest's scaling; invalid pixels 0;
+    embedding rasters: raw values in the file's dtype),
     ``valid[i]`` is (h, w) bool, and ``rgb`` the positions of the bands shown as red, green, blue.
     """
 
