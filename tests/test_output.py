@@ -101,3 +101,26 @@ def test_a_whole_scene_finds_the_other_scenes_one_result_each(naip_db):
     assert sorted(found) == sorted(str(year) for year in YEARS[1:])  # each other year, once
     assert [m.score for m in result.matches] == sorted((m.score for m in result.matches),
                                                        reverse=True)  # fmt: skip
+
+
+def test_a_chip_with_an_alpha_band_is_explained_to_ingest_and_searched_on_rgb(naip_db, tmp_path):
+    import rasterio
+
+    chip = tmp_path / "in" / "alpha.tif"
+    chip.parent.mkdir()
+    with rasterio.open(YEARS[-1]) as src:  # as many tools write it: RGB + an alpha band
+        profile, pixels = src.profile | {"photometric": "RGB", "alpha": "YES"}, src.read()
+    with rasterio.open(chip, "w", **profile) as dst:
+        dst.write(pixels)
+    copy = tmp_path / "db.gpkg"
+    copy.write_bytes(Path(naip_db).read_bytes())
+    ingest = run_cli("ingest", str(chip.parent), "--db", str(copy))
+    assert ingest.returncode == 6
+    assert "found 3 (red,green,blue) uint8; its band 4 is flagged alpha (a mask, never data)" in (
+        ingest.stderr
+    )
+    assert "--bands" not in ingest.stderr  # choosing bands cannot help here
+    search = run_cli("similar", str(chip), "--tile", "0", "--db", str(copy), "--json",
+                     "--out", str(tmp_path / "r"))  # fmt: skip
+    assert search.returncode == 0, search.stderr
+    assert json.loads(search.stdout)["query"]["compared_on"]["missing"] == ["band4"]
