@@ -6,8 +6,9 @@ Which index depends on how many vectors there are (thresholds measured in bench/
 - up to ``HNSW_MAX_VECTORS``: ``hnsw``, an HNSW32 graph over the float32 vectors; approximate
   neighbours, exact scores;
 - above: ``ivf``, IVF(nlist ≈ 4·√N),SQ8 in memory, whose ``RERANK_CANDIDATES`` best candidates
-  are re-scored exactly from a float32 copy of the vectors on disk (``<db>.faiss.vectors``,
-  read with ``os.pread``: page cache, not process memory). Scores are exact cosines.
+  are re-scored exactly from a float16 copy of the vectors on disk (``<db>.faiss.vectors``,
+  read with ``os.pread``: page cache, not process memory). Scores are the cosines of the
+  vectors at float16, the precision the database stores them at.
 
 The kind is chosen when the index is built; ``open_index`` rebuilds when the count has crossed
 a threshold, an IVF index has outgrown its training (``IVF_RETRAIN_GROWTH``), or more than
@@ -20,7 +21,7 @@ Files beside the database:
 - ``<db>.faiss``: our header (kind, settings, row count), each row's tile id (-1 once removed),
   then the FAISS index; FAISS's own ids are row numbers;
 - ``<db>.faiss.vectors`` (IVF only): a header with a random token named by ``<db>.faiss``, then
-  one float32 row per row; saves append to it in place, or write a new file when another
+  one float16 row per row; saves append to it in place, or write a new file when another
   process has appended since this index was loaded;
 - ``<db>.faiss.json``: which database generation the index reflects (``IndexState``);
 - ``<db>.faiss.lock``: serialises saves between processes.
@@ -41,7 +42,7 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -69,8 +70,9 @@ KINDS = ("flat", "hnsw", "ivf")
 
 _MAGIC = b"GSINDEX1"
 _PREFIX = struct.Struct("<8sQQQ")  # magic, header JSON bytes, row-id bytes, FAISS bytes
-_VECTORS_MAGIC = b"GSVECT01"
+_VECTORS_MAGIC = b"GSVECT02"  # 01 held float32 rows: such a file is rebuilt
 _VECTORS_HEADER = struct.Struct("<8s16sQ")  # magic, token, dim
+_RERANK_DTYPE = np.dtype("<f2")  # the re-rank rows: float16, as the database stores vectors
 _COPY_ROWS = 8192  # rows per chunk when copying a vectors file
 _ADD_ROWS = 65_536  # rows per chunk when padding vectors into an IVF index
 _SCORE_ROWS = 16_384  # rows scored at once by score_all (70 MB of 1084-d vectors)
@@ -149,19 +151,44 @@ class VectorIndex:
     ) -> VectorIndex:
         """An index of the kind that suits ``len(ids)`` (or ``kind``), trained and filled."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        kind = kind or choose_kind(len(ids), exact_max, hnsw_max)
-        index = cls(vectors.shape[1], kind=kind, nlist=ivf_lists(len(ids)))
-        if kind == "ivf":
-            index.train(vectors)
-        index.add(ids, vectors)
-        return index
 
-    def train(self, vectors: np.ndarray) -> None:
-        """Train an IVF index's lists and quantiser on a sample of 40·nlist ``vectors``."""
-        sample = min(len(vectors), IVF_TRAIN_POINTS_PER_LIST * self.nlist)
-        rows = np.sort(np.random.default_rng(0).choice(len(vectors), sample, replace=False))
-        self._index.train(_pad(vectors[rows]))
-        self.trained_on = len(vectors)
+        def sample(size: int) -> np.ndarray:
+            rows = np.random.default_rng(0).choice(len(vectors), size, replace=False)
+            return vectors[np.sort(rows)]
+
+        return cls.build_from(
+            len(ids), vectors.shape[1], lambda: [(ids, vectors)], sample,
+            exact_max=exact_max, hnsw_max=hnsw_max, kind=kind,
+        )  # fmt: skip
+
+    @classmethod
+    def build_from(
+        cls,
+        count: int,
+        dim: int,
+        batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+        sample: Callable[[int], np.ndarray],
+        *,
+        exact_max: int = EXACT_MAX_VECTORS,
+        hnsw_max: int = HNSW_MAX_VECTORS,
+        kind: str | None = None,
+        spill: Path | None = None,
+    ) -> VectorIndex:
+        """An index of ``count`` vectors built without holding them all at once: an IVF index is
+        trained on ``sample(n)`` (n random vectors), then every kind is filled from
+        ``batches()`` of (ids, vectors). ``spill``: where the index will be saved; an IVF
+        index then writes its re-rank rows to that vectors file as they come, not to memory."""
+        kind = kind or choose_kind(count, exact_max, hnsw_max)
+        index = cls(dim, kind=kind, nlist=ivf_lists(count))
+        if kind == "ivf":
+            size = min(count, IVF_TRAIN_POINTS_PER_LIST * index.nlist)
+            index._index.train(_pad(sample(size)))
+            index.trained_on = count
+            if spill is not None:
+                index._vectors = _RerankVectors.create(vectors_path(spill), dim)
+        for ids, vectors in batches():
+            index.add(ids, vectors)
+        return index
 
     @property
     def count(self) -> int:
@@ -328,7 +355,7 @@ class VectorIndex:
         else:
             name = (
                 f"IVF{self.nlist},SQ8 + exact re-rank of {self.rerank} "
-                "(float32 vectors file, read with pread)"
+                "(float16 vectors file, read with pread)"
             )
             settings = {
                 "nlist": self.nlist,
@@ -339,7 +366,7 @@ class VectorIndex:
             # 8-bit code + row number in its list + tile id; lists' centroids for 1M vectors
             code = _padded_dim(self.dim)
             per_vector = code + 8 + 8 + ivf_lists(1_000_000) * 4 * code / 1_000_000
-            on_disk = per_vector + row
+            on_disk = per_vector + _RERANK_DTYPE.itemsize * self.dim
         return {
             "kind": self.kind,
             "type": name,
@@ -443,18 +470,31 @@ class VectorIndex:
 
 
 class _RerankVectors:
-    """IVF's float32 rows for the exact re-rank: rows in a file, read with ``os.pread`` (not
+    """IVF's float16 rows for the exact re-rank: rows in a file, read with ``os.pread`` (not
     ``np.memmap``, whose touched pages count towards the process's RSS), plus rows added
     since the file was written, in memory until the next save."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.row_bytes = 4 * dim
+        self.row_bytes = _RERANK_DTYPE.itemsize * dim
         self.fd: int | None = None
         self.path: Path | None = None
         self.token: str | None = None
         self.file_rows = 0
+        self.writing = False  # a file being made by a streamed build (``create``)
         self._tail: list[np.ndarray] = []
+
+    @classmethod
+    def create(cls, path: Path, dim: int) -> _RerankVectors:
+        """A new, empty vectors file at ``path`` (a fresh token) that ``append`` writes to."""
+        vectors = cls(dim)
+        token = secrets.token_hex(16)
+        temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(temporary, "wb") as f:
+            f.write(_VECTORS_HEADER.pack(_VECTORS_MAGIC, bytes.fromhex(token), dim))
+        vectors.fd = os.open(temporary, os.O_RDWR)
+        vectors.token, vectors.path, vectors.writing = token, temporary, True
+        return vectors
 
     @classmethod
     def open(cls, path: Path, token: str, dim: int, rows: int) -> _RerankVectors:
@@ -476,11 +516,20 @@ class _RerankVectors:
         return vectors
 
     def append(self, rows: np.ndarray) -> None:
-        self._tail.append(rows)
+        """Rows added to the index: written to the file being made (``create``), else kept in
+        memory until the next save."""
+        rows = np.asarray(rows, dtype=_RERANK_DTYPE)
+        if self.writing:
+            offset = _VECTORS_HEADER.size + self.file_rows * self.row_bytes
+            os.pwrite(self.fd, np.ascontiguousarray(rows).tobytes(), offset)
+            self.file_rows += len(rows)
+        else:
+            self._tail.append(rows)
 
     def _tail_rows(self) -> np.ndarray:
         if len(self._tail) != 1:
-            self._tail = [np.concatenate(self._tail or [np.zeros((0, self.dim), np.float32)])]
+            empty = np.zeros((0, self.dim), _RERANK_DTYPE)
+            self._tail = [np.concatenate(self._tail or [empty])]
         return self._tail[0]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
@@ -497,7 +546,7 @@ class _RerankVectors:
                     f"{self.path} was truncated while in use; run the command again "
                     "(the index is then rebuilt)"
                 )
-            out[:in_file] = np.frombuffer(data, dtype="<f4").reshape(in_file, self.dim)
+            out[:in_file] = np.frombuffer(data, dtype=_RERANK_DTYPE).reshape(in_file, self.dim)
         if in_file < len(rows):
             out[in_file:] = self._tail_rows()[rows[in_file:] - self.file_rows]
         return out
@@ -513,12 +562,12 @@ class _RerankVectors:
             aligned = first - first % mmap.ALLOCATIONGRANULARITY
             length = first - aligned + in_file * self.row_bytes
             with mmap.mmap(self.fd, length, offset=aligned, access=mmap.ACCESS_READ) as mapped:
-                rows = np.frombuffer(mapped, "<f4", in_file * self.dim, first - aligned)
-                out[:in_file] = rows.reshape(in_file, self.dim) @ query
+                rows = np.frombuffer(mapped, _RERANK_DTYPE, in_file * self.dim, first - aligned)
+                out[:in_file] = rows.reshape(in_file, self.dim).astype(np.float32) @ query
                 del rows  # the map closes only once no array uses it
         if in_file < stop - start:
             tail = np.arange(start + in_file, stop) - self.file_rows
-            out[in_file:] = self._tail_rows()[tail] @ query
+            out[in_file:] = self._tail_rows()[tail].astype(np.float32) @ query
         return out
 
     def save(self, index_file: Path, rows: int) -> str:
@@ -527,6 +576,11 @@ class _RerankVectors:
         Appends in place when the index file there is ours as loaded (same token and rows: no
         one has appended since), else writes a whole new file and replaces the old one."""
         path = vectors_path(index_file)
+        if self.writing:  # made by a streamed build: complete, put in place once
+            os.fsync(self.fd)
+            os.replace(self.path, path)
+            self.path, self.writing = path, False
+            return self.token
         tail = self._tail_rows()
         if self._append_in_place(index_file, path, tail):
             self.file_rows, self._tail = rows, []
@@ -577,6 +631,9 @@ class _RerankVectors:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.writing:  # a streamed build never saved: its file is not wanted
+            Path(self.path).unlink(missing_ok=True)
+            self.writing = False
 
 
 def _padded_dim(dim: int) -> int:
@@ -592,7 +649,8 @@ def _pad(vectors: np.ndarray) -> np.ndarray:
 
 def _write_rows(f: BinaryIO, rows: np.ndarray) -> None:
     for start in range(0, len(rows), _COPY_ROWS):
-        f.write(memoryview(np.ascontiguousarray(rows[start : start + _COPY_ROWS], "<f4")))
+        part = rows[start : start + _COPY_ROWS]
+        f.write(memoryview(np.ascontiguousarray(part, _RERANK_DTYPE)))
 
 
 def _saved_header(path: Path) -> tuple[str, int] | None:
