@@ -28,7 +28,8 @@ from geosearch.features import (
     raw_features,
 )
 from geosearch.orientation import ALL_ORIENTATIONS, turned
-from geosearch.sources import ImageSource, RawTile, Window, open_source
+from geosearch.pixels import RawTile, Window
+from geosearch.sources import ImageSource, open_source
 from geosearch.store import Store, TileRecord
 
 
@@ -92,10 +93,6 @@ class Catalog:
             return None
         return self.fusion.absent_features(bands.missing, len(bands.read), self.manifest.rgb)
 
-    def keeps(self, tile: RawTile) -> bool:
-        """Whether a tile has enough valid pixels to be indexed."""
-        return bool(tile.valid.any()) and tile.nodata_fraction <= self.max_nodata_fraction
-
     def windows(self, source: ImageSource) -> list[Window]:
         return source.windows(self.tile_size)
 
@@ -137,7 +134,7 @@ class Catalog:
                 tile = _with_missing_bands(tile, bands)
             if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
                 tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
-            if not self.keeps(tile):
+            if not tile.worth_indexing(self.max_nodata_fraction):
                 skipped += 1
                 continue
             footprint = source.footprint(window)

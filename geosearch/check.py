@@ -18,8 +18,9 @@ import numpy as np
 from geosearch.catalog import open_catalog
 from geosearch.config import Settings
 from geosearch.errors import DatabaseError
+from geosearch.geopackage import decode_geometry
 from geosearch.index import IndexState, VectorIndex, index_path
-from geosearch.store import Store, decode_geometry, vector_blob
+from geosearch.store import Store, vector_blob
 
 UNIT_TOLERANCE = 1e-3
 

@@ -21,9 +21,9 @@ from geosearch.catalog import Catalog, initialise_catalog, open_catalog
 from geosearch.config import Settings
 from geosearch.errors import ConfigError, GeosearchError, InputError
 from geosearch.formats import KINDS, kind_of
+from geosearch.pixels import RawTile
 from geosearch.products import product_at
 from geosearch.sources import (
-    RawTile,
     file_identity,
     file_name_problem,
     find_images,
@@ -277,11 +277,7 @@ def create_catalog(
                     for window in windows[::step][:FIT_SAMPLE_TILES_PER_FILE]
                 ]
             manifest = layout
-            sample += [
-                tile
-                for tile in tiles
-                if tile.valid.any() and tile.nodata_fraction <= settings.max_nodata_fraction
-            ]
+            sample += [t for t in tiles if t.worth_indexing(settings.max_nodata_fraction)]
             files_sampled += 1
         except InputError as exc:
             unreadable[plan.path] = error_reason(exc, plan.path)

@@ -23,8 +23,9 @@ from shapely.geometry.polygon import orient
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
 from geosearch.locate import Placement
+from geosearch.pixels import Window
 from geosearch.search import LocateResult, Match, Query, SearchResult
-from geosearch.sources import Window, open_source
+from geosearch.sources import open_source
 
 GEOJSON_NAME = "similar.geojson"
 LOCATED_GEOJSON_NAME = "located.geojson"

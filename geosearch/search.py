@@ -33,7 +33,8 @@ from geosearch.errors import ConfigError, DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
-from geosearch.sources import Window, canonical_path, file_identity, file_name_problem
+from geosearch.pixels import Window
+from geosearch.sources import canonical_path, file_identity, file_name_problem
 from geosearch.store import FileRecord, Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.

@@ -119,9 +119,9 @@ def search_and_save(
             if not store.readonly:
                 spec = _spec(query, date) | {"top": top, "filters": filters.to_dict()}
                 matched = [m.tile.id for m in result.matches]
-                store.save_session(name, current_user(), spec, matched)
+                store.sessions.save(name, current_user(), spec, matched)
                 if marks:
-                    store.mark(name, marks, current_user())
+                    store.sessions.mark(name, marks, current_user())
                 result.session = name
             results.append(result)
         return results
@@ -186,9 +186,9 @@ def refine(
     store = catalog.store
     try:
         store.refuse_if_readonly()  # a round is saved: say so before anything else
-        saved = store.session(session)
+        saved = store.sessions.get(session)
         if saved is None:
-            known = ", ".join(store.sessions()[-5:]) or "none yet"
+            known = ", ".join(store.sessions.names()[-5:]) or "none yet"
             raise InputError(f"no feedback session '{session}' in {db} (latest: {known})")
         last = saved["last_results"]
 
@@ -205,13 +205,13 @@ def refine(
         new_marks = {t: 1 for t in tile_ids(good)} | {t: -1 for t in tile_ids(bad)}
         _check_ids(catalog, new_marks)
         if new_marks:
-            store.mark(session, new_marks, current_user())
-        marks = {m["tile_id"]: m["label"] for m in store.session(session)["marks"]}
+            store.sessions.mark(session, new_marks, current_user())
+        marks = {m["tile_id"]: m["label"] for m in store.sessions.get(session)["marks"]}
         spec = saved["query"]
         filters = SearchFilters.from_dict(spec.get("filters") or {})
         top = top or spec.get("top") or settings.search.top
         result = _search(catalog, _resolve(catalog, spec), top, filters, marks, settings)
-        store.save_session(session, current_user(), spec, [m.tile.id for m in result.matches])
+        store.sessions.save(session, current_user(), spec, [m.tile.id for m in result.matches])
         result.session = session
         return result
     finally:
@@ -222,7 +222,7 @@ def session_marks(db: Path, session: str, settings: Settings | None = None) -> d
     """A session as stored, with its marked tiles' records (for listing and export)."""
     catalog = open_database(db, settings)
     try:
-        saved = catalog.store.session(session)
+        saved = catalog.store.sessions.get(session)
         if saved is None:
             raise InputError(f"no feedback session '{session}' in {db}")
         records = {t.id: t for t in catalog.store.tiles([m["tile_id"] for m in saved["marks"]])}

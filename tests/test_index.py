@@ -13,7 +13,7 @@ from geosearch.index import (
     open_index,
     vectors_path,
 )
-from geosearch.sources import Window
+from geosearch.pixels import Window
 from geosearch.store import Store, TileRecord
 
 DIM = 256

@@ -21,7 +21,8 @@ from geosearch.config import Settings
 from geosearch.errors import InputError
 from geosearch.index import IndexState, VectorIndex, index_path, open_index
 from geosearch.ingest import FilePlan, IngestProgress, IngestReport, Skipped, error_reason
-from geosearch.sources import Window, window_grid
+from geosearch.pixels import Window
+from geosearch.sources import window_grid
 from geosearch.store import FileRecord, TileRecord
 
 

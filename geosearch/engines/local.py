@@ -20,7 +20,8 @@ from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
 from geosearch.errors import GeosearchError
 from geosearch.ingest import FilePlan, IngestProgress, IngestReport
-from geosearch.sources import Window, gdal_messages
+from geosearch.pixels import Window
+from geosearch.sources import gdal_messages
 
 _worker_catalog: Catalog | None = None
 

@@ -269,7 +269,7 @@ class SearchService:
                 "starting with a letter or digit"
             )
         with self.catalog() as catalog:
-            if catalog.store.session(name) is not None:
+            if catalog.store.sessions.get(name) is not None:
                 raise ConflictError(f"feedback session '{name}' exists already; pick a new name")
             if isinstance(query, QueryTile):
                 record = _tile(catalog, query.tile_id)
@@ -291,14 +291,14 @@ class SearchService:
 
     def session(self, name: str) -> dict[str, Any]:
         with self.catalog() as catalog:
-            saved = catalog.store.session(name)
+            saved = catalog.store.sessions.get(name)
         if saved is None:
             raise NotFoundError(f"no feedback session '{name}' in {self.db.name}")
         return saved
 
     def sessions(self) -> list[str]:
         with self.catalog() as catalog:
-            return catalog.store.sessions()
+            return catalog.store.sessions.names()
 
     def mark(
         self, name: str, good: Sequence[int], bad: Sequence[int], top: int | None = None
