@@ -11,9 +11,7 @@ The public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from geosearch.api import (  # noqa: E402
+from geosearch.api import (
     check,
     export_feedback,
     feedback,
@@ -24,7 +22,7 @@ from geosearch.api import (  # noqa: E402
     similar,
     write_results,
 )
-from geosearch.errors import (  # noqa: E402
+from geosearch.errors import (
     BandLayoutError,
     ConfigError,
     DatabaseError,
@@ -33,7 +31,8 @@ from geosearch.errors import (  # noqa: E402
     ModelError,
     OutputError,
 )
-from geosearch.search import SearchFilters  # noqa: E402
+from geosearch.search import SearchFilters
+from geosearch.version import __version__
 
 __all__ = [
     "BandLayoutError",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
 from geosearch.errors import InputError
@@ -24,7 +25,7 @@ from geosearch.render import (
 )
 from geosearch.render import write_location as _write_location
 from geosearch.render import write_results as _write_results
-from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area, open_database
+from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area
 from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.sources import canonical_path
@@ -145,11 +146,8 @@ def locate(
     settings = settings or Settings()
     if any_orientation is None:
         any_orientation = settings.search.orientations == "any"
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         return _locate(catalog, Path(query), settings.search, tile, any_orientation)
-    finally:
-        catalog.store.close()
 
 
 def write_location(
@@ -157,11 +155,8 @@ def write_location(
 ) -> LocationFiles:
     """Write ``located.geojson`` (every placement) and a copy of the query georeferenced by
     the best one (a GeoTIFF, or a PNG with a world file) in ``out``."""
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         return _write_location(result, catalog, Path(out))
-    finally:
-        catalog.store.close()
 
 
 def feedback(
@@ -221,14 +216,11 @@ def write_results(
     parquet: bool = False,
 ) -> ResultFiles:
     """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``."""
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         files = _write_results(results, catalog, Path(out), preview_size, previews)
-        if parquet:
-            files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
-        return files
-    finally:
-        catalog.store.close()
+    if parquet:
+        files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
+    return files
 
 
 def similarity_maps(
@@ -243,21 +235,17 @@ def similarity_maps(
     indexed tile's similarity; ``pixels`` (embedding databases), every pixel's, over the area of
     the ``filters`` (``bbox``/``within``). See ``geosearch.maps``."""
     settings = settings or Settings()
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         return write_similarity_maps(
             catalog, results, Path(tiles) if tiles else None, Path(pixels) if pixels else None,
             filters or SearchFilters(), settings,
         )  # fmt: skip
-    finally:
-        catalog.store.close()
 
 
 def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
     """What a database holds: tiles, files, extractors, bands, index."""
-    catalog = open_database(Path(db), settings)
-    store = catalog.store
-    try:
+    with open_database(Path(db), settings) as catalog:
+        store = catalog.store
         index = open_index(store)
         described = index.describe()
         files = store.files()
@@ -291,8 +279,6 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
             "geosearch_version": store.meta("geosearch_version"),
             "created": store.meta("created"),
         }
-    finally:
-        store.close()
 
 
 __all__ = [

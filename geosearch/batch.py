@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geosearch.catalog import open_database
 from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
@@ -28,7 +29,6 @@ from geosearch.search import (
     is_scene_query,
     mean_vector,
     merge_orientations,
-    open_database,
     orientation_rows,
     resolve_query,
     scene_ranking,
@@ -51,9 +51,8 @@ def similar_spark(
     ``any_orientation``: each query file is searched under its 8 orientations (as locally).
     """
     settings = settings or Settings()
-    catalog = open_database(db, settings)
-    store = catalog.store
-    try:
+    with open_database(db, settings) as catalog:
+        store = catalog.store
         session = spark_session(settings.spark, master)
         resolved: list[Query] = []
         if all_tiles:
@@ -105,8 +104,6 @@ def similar_spark(
             ]
             results.append(SearchResult(query, matches))
         return results
-    finally:
-        store.close()
 
 
 def _scene_rankings(

@@ -2,19 +2,21 @@
 
 Settings that shape the vectors (tile size, nodata threshold, bands, extractors and their
 weights) are written into the database when it is created and read back from it afterwards;
-run-time settings (threads, batch sizes, where weights files lie) come from the caller.
+run-time settings (threads, batch sizes, where weights files lie) come from the caller and are
+merged in here only (``open_catalog``; ``Catalog.for_workers`` for worker processes).
+
+``with open_database(db, settings) as catalog:`` is how every command opens a database.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from geosearch import __version__
 from geosearch.bands import BandManifest, QueryBands
 from geosearch.config import FeatureSettings, Settings
 from geosearch.embeddings import dequantization_for
@@ -29,8 +31,9 @@ from geosearch.features import (
 )
 from geosearch.orientation import ALL_ORIENTATIONS, turned
 from geosearch.pixels import RawTile, Window
-from geosearch.sources import ImageSource, open_source
-from geosearch.store import Store, TileRecord
+from geosearch.sources import ImageSource, file_identity, open_source
+from geosearch.store import FileRecord, Store, TileRecord
+from geosearch.version import __version__
 
 
 @dataclass
@@ -51,6 +54,36 @@ class Catalog:
     def __getstate__(self) -> dict:
         """Pickled for worker processes: without the open database and loaded models."""
         return {**self.__dict__, "store": None, "_extractors": None}
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def for_workers(self, cnn_threads: int) -> Catalog:
+        """A copy for worker processes or executors (pickled without the database; models are
+        loaded there), the CNN on ``cnn_threads`` threads each."""
+        features = self.features.model_copy(deep=True)
+        features.cnn.threads = cnn_threads
+        return replace(self, features=features, _extractors=None)
+
+    def unchanged_file(self, path: str) -> FileRecord | None:
+        """The database's record of a file it holds whole and that is unchanged on disk since
+        (``FileRecord.same_identity``; a scene: its member files'); a file gone from disk
+        counts as unchanged, the database still knows it. None otherwise."""
+        record = self.store.file_record(path)
+        if record is None or record.status != "done":
+            return None
+        try:
+            size, mtime_ns = file_identity(path)
+        except OSError:
+            return record
+        return record if record.same_identity(size, mtime_ns) else None
 
     @property
     def dim(self) -> int:
@@ -266,3 +299,14 @@ def initialise_catalog(
         features=settings.features.model_copy(deep=True),
         _extractors=extractors,
     )
+
+
+def open_database(db: Path, settings: Settings | None = None) -> Catalog:
+    """An existing, initialised database ready for work, the caller's run-time settings merged
+    in; a context manager that closes it: ``with open_database(db, settings) as catalog:``."""
+    store = Store(Path(db))
+    catalog = open_catalog(store, settings or Settings())
+    if catalog is None:
+        store.close()
+        raise DatabaseError(f"{db} holds no tiles yet: run 'geosearch ingest FOLDER --db {db}'")
+    return catalog

@@ -27,15 +27,15 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from geosearch.bands import QueryBands
-from geosearch.catalog import Catalog, open_catalog
-from geosearch.config import FeedbackSettings, SearchSettings, Settings
+from geosearch.catalog import Catalog
+from geosearch.config import FeedbackSettings, SearchSettings
 from geosearch.errors import ConfigError, DatabaseError, InputError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
 from geosearch.pixels import Window
-from geosearch.sources import canonical_path, file_identity, file_name_problem
-from geosearch.store import FileRecord, Store, TileRecord
+from geosearch.sources import canonical_path, file_name_problem
+from geosearch.store import Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
 EXACT_SUBSET_LIMIT = 50_000
@@ -222,9 +222,8 @@ def resolve_query(
     if problem:
         raise InputError(f"{path}: {problem}")
     stored_path = canonical_path(path)  # a scene's folder, MTL or STAC item: the scene
-    record = catalog.store.file_record(stored_path)
     pixels = None
-    if record is not None and record.status == "done" and _unchanged(stored_path, record):
+    if catalog.unchanged_file(stored_path) is not None:
         tiles = catalog.store.tiles_of_file(stored_path)
         if not tiles:
             raise InputError(f"{path}: indexed, but none of its tiles had enough valid pixels")
@@ -315,14 +314,6 @@ def resolve_tile(
         _, pixels, _ = catalog.read(tile.path, [tile.window])
         query.turned = catalog.compute_orientations(pixels)[:, 0, :]
     return query
-
-
-def _unchanged(path: str, record: FileRecord) -> bool:
-    try:
-        identity = file_identity(path)  # a scene: its member files'
-    except OSError:
-        return True  # gone from disk: the database still knows it
-    return identity == (record.size, record.mtime_ns)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -759,16 +750,6 @@ def _keep_passing(
     return kept
 
 
-def open_database(db: Path, settings: Settings | None = None) -> Catalog:
-    """An existing, initialised database ready for search."""
-    store = Store(db)
-    catalog = open_catalog(store, settings or Settings())
-    if catalog is None:
-        store.close()
-        raise DatabaseError(f"{db} holds no tiles yet: run 'geosearch ingest FOLDER --db {db}'")
-    return catalog
-
-
 __all__ = [
     "Feedback",
     "Match",
@@ -781,7 +762,6 @@ __all__ = [
     "mean_vector",
     "merge_orientations",
     "orientation_rows",
-    "open_database",
     "resolve_point",
     "resolve_query",
     "resolve_tile",

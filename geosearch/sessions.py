@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geosearch.catalog import Catalog
+from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
 from geosearch.errors import ConfigError, InputError
 from geosearch.search import (
@@ -22,7 +22,6 @@ from geosearch.search import (
     Query,
     SearchFilters,
     SearchResult,
-    open_database,
     resolve_point,
     resolve_query,
     search_vectors,
@@ -220,17 +219,14 @@ def refine(
 
 def session_marks(db: Path, session: str, settings: Settings | None = None) -> dict[str, Any]:
     """A session as stored, with its marked tiles' records (for listing and export)."""
-    catalog = open_database(db, settings)
-    try:
+    with open_database(db, settings) as catalog:
         saved = catalog.store.sessions.get(session)
         if saved is None:
             raise InputError(f"no feedback session '{session}' in {db}")
         records = {t.id: t for t in catalog.store.tiles([m["tile_id"] for m in saved["marks"]])}
-        for mark in saved["marks"]:
-            mark["tile"] = records.get(mark["tile_id"])
-        return saved
-    finally:
-        catalog.store.close()
+    for mark in saved["marks"]:
+        mark["tile"] = records.get(mark["tile_id"])
+    return saved
 
 
 def _check_ids(catalog: Catalog, marks: dict[int, int]) -> None:

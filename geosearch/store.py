@@ -84,6 +84,11 @@ class FileRecord:
     tiles: int = 0
     sha256: str | None = None  # content hash, when ingest ran with --verify
 
+    def same_identity(self, size: int, mtime_ns: int) -> bool:
+        """Whether a file of this size and modification time is the one recorded: the rule for
+        "unchanged" (ingest skips it, a query uses its stored vectors)."""
+        return (self.size, self.mtime_ns) == (size, mtime_ns)
+
 
 @dataclass(frozen=True)
 class BatchResult:

@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
@@ -103,10 +102,7 @@ def run_local(
 
 def _pool(catalog: Catalog, workers: int) -> ProcessPoolExecutor:
     """Worker processes, each with the catalog (no database) and its share of the CPU threads."""
-    per_worker = max(1, (os.cpu_count() or 1) // workers)
-    features = catalog.features.model_copy(deep=True)
-    features.cnn.threads = per_worker
-    worker_catalog = replace(catalog, features=features, _extractors=None)
+    worker_catalog = catalog.for_workers(max(1, (os.cpu_count() or 1) // workers))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["geosearch.engines.local"])
     return ProcessPoolExecutor(

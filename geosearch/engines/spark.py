@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +81,7 @@ class SparkScheduler:
             return
         session = spark_session(self.settings, self.master)
         context = session.sparkContext
-        features = catalog.features.model_copy(deep=True)
-        features.cnn.threads = 1  # one task per executor core
-        shared = context.broadcast(replace(catalog, features=features, _extractors=None))
+        shared = context.broadcast(catalog.for_workers(1))  # one task per executor core
         partitions = self.settings.partitions or min(len(planned), 4 * context.defaultParallelism)
         work = [(i, c.plan.path, c.windows) for i, c in enumerate(planned)]
         select = list(bands) if bands else None

@@ -28,7 +28,7 @@ from typing import IO, Any
 from PIL import Image
 
 from geosearch import api
-from geosearch.catalog import Catalog
+from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
 from geosearch.errors import ConfigError, InputError
 from geosearch.render import marks_collection, tile_preview
@@ -37,7 +37,6 @@ from geosearch.search import (
     Query,
     SearchFilters,
     SearchResult,
-    open_database,
     resolve_point,
     resolve_query,
     resolve_tile,
@@ -148,11 +147,8 @@ class SearchService:
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
-        catalog = open_database(self.db, self.settings)
-        try:
+        with open_database(self.db, self.settings) as catalog:
             yield catalog
-        finally:
-            catalog.store.close()
 
     # -- the database ------------------------------------------------------------------
 
