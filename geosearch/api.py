@@ -10,9 +10,10 @@ from typing import Any
 from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
+from geosearch.engines import DEFAULT_ENGINE
+from geosearch.engines.base import IngestProgress, IngestReport
 from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index, vectors_path
-from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, write_similarity_maps
 from geosearch.render import (
@@ -43,7 +44,7 @@ def ingest(
     progress: IngestProgress | None = None,
     verify: bool = False,
     dry_run: bool = False,
-    engine: str = "local",
+    engine: str = DEFAULT_ENGINE,
     master: str | None = None,
     kind: str | None = None,
     include: Sequence[str] = (),

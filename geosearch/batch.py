@@ -17,10 +17,10 @@ import numpy as np
 
 from geosearch.catalog import open_database
 from geosearch.config import Settings
-from geosearch.engines.base import Chunk, ChunkFailure
+from geosearch.engines.base import Chunk, ChunkFailure, FilePlan
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
 from geosearch.errors import ConfigError, InputError
-from geosearch.ingest import FilePlan, discover
+from geosearch.ingest import discover
 from geosearch.search import (
     SCENE_NEIGHBOURS,
     Match,

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from geosearch import SearchFilters, __version__, api
+from geosearch import SearchFilters, __version__, api, engines
 from geosearch.config import Settings
 from geosearch.dates import DATE_SOURCES
 from geosearch.errors import (
@@ -76,9 +76,7 @@ ConfigOption = Annotated[
     typer.Option("--config", help="Settings file. [default: ./config.yaml if present]"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
-EngineOption = Annotated[
-    str, typer.Option("--engine", help="local (this machine) or spark (geosearch[spark]).")
-]
+EngineOption = Annotated[str, typer.Option("--engine", help=engines.engines_help())]
 MasterOption = Annotated[
     str | None,
     typer.Option("--master", help="Spark master: local[2], spark://host:7077, yarn. [config]"),
@@ -184,7 +182,7 @@ def ingest(
         list[str] | None,
         typer.Option("--exclude", help="Leave out inputs matching this glob (repeatable)."),
     ] = None,
-    engine: EngineOption = "local",
+    engine: EngineOption = engines.DEFAULT_ENGINE,
     master: MasterOption = None,
     json_output: JsonOption = False,
     quiet: Annotated[
@@ -435,7 +433,7 @@ def similar(
             "orientations: this loads the CNN even for an indexed tile). [config]",
         ),
     ] = None,
-    engine: EngineOption = "local",
+    engine: EngineOption = engines.DEFAULT_ENGINE,
     master: MasterOption = None,
     all_tiles: Annotated[
         bool,
@@ -468,17 +466,15 @@ def similar(
         err.print("error: --lonlat: expected LON,LAT in degrees", markup=False)
         raise typer.Exit(ConfigError.exit_code)
     filters = _filters(bbox, within, after, before, exclude_near, other_files)
+    chosen = _run(lambda: engines.engine(engine))
     _run(lambda: api.prepare_output(search.out))
-    if engine == "spark" and (map_tiles or map_pixels):
-        err.print("error: --map/--map-pixels: use --engine local", markup=False)
+    if chosen.batch_search and (map_tiles or map_pixels):
+        err.print(f"error: --map/--map-pixels: use --engine {engines.DEFAULT_ENGINE}", markup=False)
         raise typer.Exit(ConfigError.exit_code)
-    if engine == "spark":
+    if chosen.batch_search:
         turned = bool(any_orientation) or settings.search.orientations == "any"
         _similar_on_spark(queries or [], db_path, settings, master, all_tiles, turned, json_output)
         return
-    if engine != "local":
-        err.print(f"error: --engine: expected local or spark, got {engine!r}", markup=False)
-        raise typer.Exit(ConfigError.exit_code)
     results = _run(
         lambda: api.similar(
             db_path, queries or [], search.top, tile=tile,

@@ -48,6 +48,13 @@ class OutputError(GeosearchError, OSError):
     exit_code = 7
 
 
+def error_reason(exc: GeosearchError, path: str) -> str:
+    """An error's message without the path it starts with (the caller shows the path)."""
+    text = str(exc)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
 # Exit codes that are not an exception's: documented in the README.
 EXIT_OK = 0
 EXIT_SKIPPED = 6  # ingest finished, but some files were skipped (each reported)

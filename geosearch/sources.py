@@ -11,6 +11,7 @@ pipeline treats alike.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -462,6 +463,33 @@ def identity_files(path: str | os.PathLike[str]) -> list[str]:
     return list(product.members) if product is not None else [os.fspath(path)]
 
 
+def content_hash(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a file's bytes (a scene's: its member files' in turn), or None if one can't
+    be read (reported later)."""
+    digest = hashlib.sha256()
+    for member in identity_files(path):
+        if not os.path.isfile(member):  # a FIFO would block; anything else is reported later
+            return None
+        try:
+            _hash_file(digest, member)
+        except OSError:
+            return None
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of one file's bytes, in hex."""
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: str | os.PathLike[str]) -> None:
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+
+
 def window_grid(path: str, tile_size: int) -> list[Window] | None:
     """A raster's (or scene's) tile windows from its header, or None for a plain image or
     something that can't be opened here (the reader says why, later)."""
@@ -584,8 +612,10 @@ __all__ = [
     "ImageSource",
     "PlainImageSource",
     "canonical_path",
+    "content_hash",
     "file_identity",
     "file_name_problem",
+    "file_sha256",
     "find_images",
     "gdal_messages",
     "identity_files",

@@ -16,9 +16,16 @@ from concurrent.futures.process import BrokenProcessPool
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
-from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
+from geosearch.engines.base import (
+    Chunk,
+    ChunkFailure,
+    FilePlan,
+    IngestProgress,
+    IngestReport,
+    embed_chunk,
+    ingest_chunks,
+)
 from geosearch.errors import GeosearchError
-from geosearch.ingest import FilePlan, IngestProgress, IngestReport
 from geosearch.pixels import Window
 from geosearch.sources import gdal_messages
 
@@ -87,15 +94,16 @@ class LocalScheduler:
             yield done, oldest.result()
 
 
-def run_local(
+def run(
     catalog: Catalog,
     plans: Sequence[FilePlan],
     settings: Settings,
     bands: Sequence[int] | None,
     report: IngestReport,
     progress: IngestProgress,
+    master: str | None = None,
 ) -> None:
-    """Ingest ``plans`` into ``catalog`` with this machine's cores."""
+    """Ingest ``plans`` into ``catalog`` with this machine's cores (``master``: unused)."""
     scheduler = LocalScheduler(worker_count(settings))
     ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
 

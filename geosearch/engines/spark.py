@@ -25,9 +25,16 @@ import numpy as np
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings, SparkSettings
-from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
+from geosearch.engines.base import (
+    Chunk,
+    ChunkFailure,
+    FilePlan,
+    IngestProgress,
+    IngestReport,
+    embed_chunk,
+    ingest_chunks,
+)
 from geosearch.errors import ConfigError
-from geosearch.ingest import FilePlan, IngestProgress, IngestReport
 
 # Rows per Parquet shard of database vectors in batch search, and query rows per broadcast.
 SHARD_ROWS = 200_000
@@ -108,7 +115,7 @@ def _ordered_results(context: Any, rdd: Any) -> Iterator[Any]:
         yield from context.runJob(rdd, lambda items: items, partitions)
 
 
-def run_spark(
+def run(
     catalog: Catalog,
     plans: Sequence[FilePlan],
     settings: Settings,
