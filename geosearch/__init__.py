@@ -5,6 +5,7 @@ The public API::
     import geosearch
     report = geosearch.ingest(["tiles/"], db="geosearch.gpkg")
     results = geosearch.similar("geosearch.gpkg", ["tiles/a.tif"], top=5)
+    results = geosearch.similar("geosearch.gpkg", geosearch.SearchRequest(lonlat=(-99.16, 47.01)))
     geosearch.write_results(results, "geosearch.gpkg", "results/")
     geosearch.info("geosearch.gpkg")
 """
@@ -31,7 +32,7 @@ from geosearch.errors import (
     ModelError,
     OutputError,
 )
-from geosearch.search import SearchFilters
+from geosearch.request import SearchFilters, SearchRequest
 from geosearch.version import __version__
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "SearchFilters",
+    "SearchRequest",
     "__version__",
     "check",
     "export_feedback",

@@ -26,7 +26,8 @@ from geosearch.render import (
 )
 from geosearch.render import write_location as _write_location
 from geosearch.render import write_results as _write_results
-from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area
+from geosearch.request import SearchFilters, SearchRequest
+from geosearch.search import LocateResult, SearchResult, load_area
 from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.sources import canonical_path
@@ -98,8 +99,8 @@ def check(db: PathLike, repair: bool = False, settings: Settings | None = None) 
 
 def similar(
     db: PathLike,
-    queries: Sequence[PathLike] = (),
-    top: int = 5,
+    queries: SearchRequest | Sequence[PathLike] = (),
+    top: int | None = None,
     *,
     tile: int | None = None,
     lonlat: tuple[float, float] | None = None,
@@ -111,27 +112,24 @@ def similar(
     any_orientation: bool | None = None,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
-    """The ``top`` most similar tiles to each query (files, or the tile at ``lonlat``).
+    """The most similar tiles to each query: ``similar(db, SearchRequest(...))``, or the same
+    options as keywords: query files, ``top`` (default ``search.top``), ``tile`` (which tile of
+    each file, 0-based), ``lonlat``/``date`` (the tile at a place), ``filters``.
 
     ``good``/``bad`` tile ids move the query (relevance feedback); each query is saved as a
     feedback session (``result.session``) that ``feedback`` refines in later rounds.
     ``any_orientation`` finds places however rotated or mirrored (config:
     ``search.orientations``); it embeds the query 8 times, with the CNN even for indexed tiles.
     """
-    return search_and_save(
-        Path(db),
-        [Path(q) for q in queries],
-        top,
-        tile=tile,
-        lonlat=lonlat,
-        date=date,
-        filters=filters,
-        good=good,
-        bad=bad,
-        session=session,
-        any_orientation=any_orientation,
-        settings=settings,
-    )
+    if isinstance(queries, SearchRequest):
+        request = queries
+    else:
+        request = SearchRequest(
+            queries=[Path(q) for q in queries], top=top, tile_index=tile, lonlat=lonlat,
+            date=date, filters=filters or SearchFilters(), good=list(good), bad=list(bad),
+            session=session, any_orientation=any_orientation,
+        )  # fmt: skip
+    return search_and_save(Path(db), request, settings or Settings())
 
 
 def locate(
@@ -145,10 +143,10 @@ def locate(
     """Where a query picture (a chip, an upload, a screenshot) lies in the database's scenes:
     its placements, best first, each with the transform from its pixels to the scene's CRS."""
     settings = settings or Settings()
-    if any_orientation is None:
-        any_orientation = settings.search.orientations == "any"
+    request = SearchRequest(tile_index=tile, any_orientation=any_orientation)
+    request = request.with_defaults(settings)
     with open_database(Path(db), settings) as catalog:
-        return _locate(catalog, Path(query), settings.search, tile, any_orientation)
+        return _locate(catalog, Path(query), settings.search, tile, request.any_orientation)
 
 
 def write_location(
@@ -293,6 +291,8 @@ __all__ = [
     "locate",
     "prepare_output",
     "remove",
+    "SearchFilters",
+    "SearchRequest",
     "similar",
     "similar_batch",
     "similarity_maps",

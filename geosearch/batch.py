@@ -23,13 +23,13 @@ from geosearch.errors import ConfigError, InputError
 from geosearch.ingest import discover
 from geosearch.search import (
     SCENE_NEIGHBOURS,
-    Match,
     Query,
     SearchResult,
     is_scene_query,
     mean_vector,
     merge_orientations,
     orientation_rows,
+    ranked_matches,
     resolve_query,
     scene_ranking,
 )
@@ -94,16 +94,10 @@ def similar_spark(
                 strict=True,
             ):
                 ranked[n] = pairs
-        results = []
-        for query, pairs in zip(resolved, ranked, strict=True):
-            pairs = pairs[:top]
-            records = store.tiles([tile_id for _, tile_id in pairs])
-            matches = [
-                Match(rank, score, record)
-                for rank, ((score, _), record) in enumerate(zip(pairs, records, strict=True), 1)
-            ]
-            results.append(SearchResult(query, matches))
-        return results
+        return [
+            SearchResult(query, ranked_matches(store, pairs[:top]))
+            for query, pairs in zip(resolved, ranked, strict=True)
+        ]
 
 
 def _scene_rankings(

@@ -26,6 +26,14 @@ class InputError(GeosearchError, OSError):
     exit_code = 3
 
 
+class NotFoundError(InputError):
+    """A tile id or feedback session the database does not hold (HTTP 404)."""
+
+
+class ConflictError(InputError):
+    """The request can't be carried out in the database's present state (HTTP 409)."""
+
+
 class BandLayoutError(InputError):
     """A file's bands do not match the database's band manifest."""
 

@@ -28,12 +28,13 @@ from shapely.ops import unary_union
 
 from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog
-from geosearch.config import FeedbackSettings, SearchSettings
-from geosearch.errors import ConfigError, DatabaseError, InputError
+from geosearch.config import FeedbackSettings, SearchSettings, Settings
+from geosearch.errors import ConfigError, DatabaseError, InputError, NotFoundError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
 from geosearch.pixels import Window
+from geosearch.request import SearchFilters, SearchRequest
 from geosearch.sources import canonical_path, file_name_problem
 from geosearch.store import Store, TileRecord
 
@@ -52,7 +53,7 @@ class Query:
     tiles: list[TileRecord]
     vector: np.ndarray
     indexed: bool
-    tile: int | None = None  # which of the file's tiles, if one was picked
+    tile_index: int | None = None  # which of the file's tiles, if one was picked
     lonlat: tuple[float, float] | None = None
 
     also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
@@ -76,7 +77,7 @@ class Query:
             "path": self.path,
             "input": self.label,
             "indexed": self.indexed,
-            "tile": self.tile,
+            "tile": self.tile_index,
             "lonlat": list(self.lonlat) if self.lonlat else None,
             "tiles": len(self.tiles),
             "any_orientation": self.turned is not None,
@@ -162,38 +163,6 @@ class SearchResult:
             "notes": self.notes,
             "results": [m.to_dict() for m in self.matches],
         }
-
-
-@dataclass(frozen=True)
-class SearchFilters:
-    """What results may be: inside a lon/lat box or area, in a date range, far enough from the
-    query, from other files than the query's."""
-
-    bbox: tuple[float, float, float, float] | None = None
-    within: BaseGeometry | None = None  # lon/lat
-    after: str | None = None
-    before: str | None = None
-    exclude_near: float | None = None  # metres
-    other_files: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "bbox": list(self.bbox) if self.bbox else None,
-            "within": shapely.to_wkt(self.within, rounding_precision=7) if self.within else None,
-            "after": self.after,
-            "before": self.before,
-            "exclude_near": self.exclude_near,
-            "other_files": self.other_files,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchFilters:
-        within = shapely.from_wkt(data["within"]) if data.get("within") else None
-        bbox = tuple(data["bbox"]) if data.get("bbox") else None
-        return cls(
-            bbox, within, data.get("after"), data.get("before"), data.get("exclude_near"),
-            bool(data.get("other_files")),
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -314,6 +283,59 @@ def resolve_tile(
         _, pixels, _ = catalog.read(tile.path, [tile.window])
         query.turned = catalog.compute_orientations(pixels)[:, 0, :]
     return query
+
+
+def resolve_request(catalog: Catalog, request: SearchRequest) -> list[Query]:
+    """The queries of a request (``with_defaults`` applied): its files, its stored tile and its
+    place, in that order; ConfigError if it has none."""
+    turned = bool(request.any_orientation)
+    queries = [resolve_query(catalog, path, request.tile_index, turned) for path in request.queries]
+    if request.tile_id is not None:
+        queries.append(resolve_tile(catalog, stored_tile(catalog, request.tile_id), turned))
+    if request.lonlat is not None:
+        lon, lat = request.lonlat
+        queries.append(resolve_point(catalog, lon, lat, request.date, turned))
+    if not queries:
+        raise ConfigError("no query: give a query file or --lonlat LON,LAT")
+    return queries
+
+
+def stored_tile(catalog: Catalog, tile_id: int) -> TileRecord:
+    """The tile ``tile_id``; NotFoundError if the database has none."""
+    found = catalog.store.tiles([tile_id])
+    if not found:
+        raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
+    return found[0]
+
+
+def check_marked(catalog: Catalog, marked: Sequence[int]) -> None:
+    """ConfigError naming the first tile id of ``marked`` the database doesn't hold."""
+    found = {t.id for t in catalog.store.tiles(sorted(set(marked)))}
+    missing = sorted(set(marked) - found)
+    if missing:
+        raise ConfigError(f"tile id {missing[0]} is not in {catalog.name}")
+
+
+def search_marked(
+    catalog: Catalog,
+    query: Query,
+    top: int,
+    filters: SearchFilters,
+    marks: dict[int, int],
+    settings: Settings,
+) -> SearchResult:
+    """One query searched as a feedback round is: ``marks`` (tile id -> +1 good, -1 bad) move
+    it, and the marked tiles are not shown again."""
+    feedback = Feedback(
+        good=tuple(t for t, label in marks.items() if label > 0),
+        bad=tuple(t for t, label in marks.items() if label < 0),
+    )
+    query.also_exclude = frozenset(marks)
+    [result] = search_vectors(
+        catalog, [query], top, filters, feedback, settings.feedback,
+        settings.search.orientation_bonus, settings.search,
+    )  # fmt: skip
+    return result
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -487,22 +509,35 @@ def search_vectors(
             order = np.argsort(-scores, kind="stable")
             pairs = [(float(scores[i]), ids[i]) for i in order]
         placed = placed[:top]
-        pairs = pairs[: top - len(placed)]
-        ids = [p.tile_id for p in placed] + [tile_id for _, tile_id in pairs]
-        records = store.tiles(ids)
-        cosines = _stored_vectors(store, ids) @ query.vector if ids else []
-        located_by_id = {p.tile_id: p for p in placed}
-        scores = [1.0 + p.score for p in placed] + [score for score, _ in pairs]
-        matches = [
-            Match(rank, score, record, None, float(cosine), located_by_id.get(record.id))
-            for rank, (score, record, cosine) in enumerate(
-                zip(scores, records, cosines, strict=True), start=1
-            )
-        ]
+        matches = ranked_matches(store, pairs[: top - len(placed)], placed, query.vector)
         applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
         location = placements[0] if placements else None
         results.append(SearchResult(query, matches, feedback=applied, location=location))
     return results
+
+
+def ranked_matches(
+    store: Store,
+    pairs: Sequence[tuple[float, int]],
+    placed: Sequence[PlacedTile] = (),
+    vector: np.ndarray | None = None,
+) -> list[Match]:
+    """Results, ranked: the tiles where the second stage placed the query (``placed``, scored
+    1 + its score) first, then the (score, tile id) ``pairs``; with the query ``vector``, each
+    with its cosine to it."""
+    ids = [p.tile_id for p in placed] + [tile_id for _, tile_id in pairs]
+    scores = [1.0 + p.score for p in placed] + [score for score, _ in pairs]
+    records = store.tiles(ids)
+    cosines: list[float | None] = [None] * len(ids)
+    if vector is not None and ids:
+        cosines = [float(cosine) for cosine in _stored_vectors(store, ids) @ vector]
+    located = {p.tile_id: p for p in placed}
+    return [
+        Match(rank, score, record, None, cosine, located.get(record.id))
+        for rank, (score, record, cosine) in enumerate(
+            zip(scores, records, cosines, strict=True), start=1
+        )
+    ]
 
 
 def is_scene_query(query: Query) -> bool:
@@ -763,8 +798,12 @@ __all__ = [
     "merge_orientations",
     "orientation_rows",
     "resolve_point",
+    "ranked_matches",
     "resolve_query",
+    "resolve_request",
     "resolve_tile",
+    "search_marked",
+    "stored_tile",
     "scene_ranking",
     "is_scene_query",
     "search_vectors",
