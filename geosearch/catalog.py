@@ -159,7 +159,7 @@ class Catalog:
         windows: Sequence[Window] | None,
         bands: Sequence[int | None],
     ) -> tuple[list[TileRecord], list[RawTile], int]:
-        records, tiles, skipped = [], [], 0
+        records, tiles, too_empty = [], [], 0
         present = [band for band in bands if band is not None]
         for window in self.windows(source) if windows is None else windows:
             tile = source.read(window, present)
@@ -168,7 +168,7 @@ class Catalog:
             if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
                 tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
             if not tile.worth_indexing(self.max_nodata_fraction):
-                skipped += 1
+                too_empty += 1
                 continue
             footprint = source.footprint(window)
             records.append(
@@ -185,7 +185,7 @@ class Catalog:
                 )
             )
             tiles.append(tile)
-        return records, tiles, skipped
+        return records, tiles, too_empty
 
     def embed(
         self,
@@ -198,12 +198,12 @@ class Catalog:
         Used by ingest (in worker processes, a chunk of windows at a time) and by queries with
         files the database doesn't hold.
         """
-        records, tiles, skipped = self.read(path, windows, select)
+        records, tiles, too_empty = self.read(path, windows, select)
         if not tiles:
             empty = np.zeros((0, self.dim), dtype=np.float32)
-            return EmbeddedTiles(records, empty, empty, skipped)
+            return EmbeddedTiles(records, empty, empty, too_empty)
         vectors, raw = self.compute(tiles)
-        return EmbeddedTiles(records, vectors, raw, skipped)
+        return EmbeddedTiles(records, vectors, raw, too_empty)
 
     def compute_orientations(
         self, tiles: Sequence[RawTile], bands: QueryBands | None = None
@@ -225,12 +225,13 @@ def _with_missing_bands(tile: RawTile, bands: Sequence[int | None]) -> RawTile:
 
 @dataclass
 class EmbeddedTiles:
-    """Tiles of one file with their fused vectors and raw features; ``skipped``: too empty."""
+    """Tiles of one file with their fused vectors and raw features, and how many of its tiles
+    were left out for too much nodata (``too_empty``; the report's ``tiles_nodata``)."""
 
     records: list[TileRecord]
     vectors: np.ndarray
     raw: np.ndarray
-    skipped: int
+    too_empty: int
 
 
 def stored_settings(settings: Settings) -> dict:

@@ -1,4 +1,6 @@
-"""The ``geosearch`` command: parse options, call the API, print. No logic of its own.
+"""The ``geosearch`` command: options parsed into the API's terms (settings, a
+``SearchRequest``; comma lists by click callbacks), the API called, its answer printed. What a
+command does is the API's; here is only how it is asked and shown.
 
 Exit codes (also in the README): 0 ok; 1 internal error; 2 bad usage or config; 3 bad input
 file; 4 database problem; 5 model/weights problem; 6 ingest finished but skipped some files;

@@ -261,7 +261,7 @@ def _take(
 ) -> None:
     """Hand one finished chunk to the writer (in file order), committing full batches."""
     path = chunk.plan.path
-    tiles = len(result.records) + result.skipped if isinstance(result, EmbeddedTiles) else 0
+    tiles = len(result.records) + result.too_empty if isinstance(result, EmbeddedTiles) else 0
     progress.advance(chunk.share, tiles)
     if path in failed:
         return
@@ -275,7 +275,7 @@ def _take(
     if chunk.first:
         writer.started.append(chunk.plan.record())
     writer.add(result)
-    report.tiles_nodata += result.skipped
+    report.tiles_nodata += result.too_empty
     writer.kept[path] = writer.kept.get(path, 0) + len(result.records)
     if chunk.last:
         writer.finished.append(chunk.plan.record("done"))
