@@ -46,7 +46,8 @@ from geosearch.errors import ConfigError, InputError, OutputError
 from geosearch.feedback import rocchio
 from geosearch.index import index_for_search
 from geosearch.pixels import Window
-from geosearch.search import SearchFilters, SearchResult, allowed_ids, similarity_of
+from geosearch.request import SearchFilters
+from geosearch.search import SearchResult, allowed_ids, similarity_of
 from geosearch.sources import GeoRasterSource, open_source, window_ring
 from geosearch.store import Store, TileRecord
 

@@ -17,7 +17,7 @@ from geosearch.catalog import open_database
 from geosearch.cli import app
 from geosearch.config import Settings
 from geosearch.embeddings import Dequantization
-from geosearch.search import SearchFilters
+from geosearch.request import SearchFilters
 from tests.conftest import (
     ALPHAEARTH_LABELS,
     ALPHAEARTH_TILE,
