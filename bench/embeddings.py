@@ -138,7 +138,7 @@ def bench_map_pixels(cog: Path, work: Path) -> None:
     for method, window, threads in runs:
         code = (
             "import time, numpy as np\nfrom pathlib import Path\nfrom shapely.geometry import box\n"
-            "from geosearch import maps\nfrom geosearch.search import open_database\n"
+            "from geosearch import maps\nfrom geosearch.catalog import open_database\n"
             "from geosearch.embeddings import Dequantization\n"
             + ("Dequantization.table = lambda self, dtype: None\n" if method != "geosearch" else "")
             + f"catalog = open_database(Path({str(db)!r}))\n"

@@ -46,7 +46,8 @@ def build_store(db: Path, tiles: int, dim: int) -> None:
     from pyproj import Transformer
     from shapely.geometry import box
 
-    from geosearch.sources import Window, window_ring
+    from geosearch.pixels import Window
+    from geosearch.sources import window_ring
     from geosearch.store import Store, TileRecord
 
     to_lonlat = Transformer.from_crs(32633, 4326, always_xy=True)

@@ -67,10 +67,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from geosearch import GeosearchError, ingest  # noqa: E402
-from geosearch.catalog import Catalog  # noqa: E402
+from geosearch.catalog import Catalog, open_database  # noqa: E402
 from geosearch.config import CnnSettings, FeedbackSettings, SearchSettings, Settings  # noqa: E402
 from geosearch.orientation import ALL_ORIENTATIONS, Orientation, turned  # noqa: E402
-from geosearch.search import Feedback, open_database, resolve_query, search_vectors  # noqa: E402
+from geosearch.search import Feedback, resolve_query, search_vectors  # noqa: E402
 from geosearch.sources import RawTile  # noqa: E402
 from geosearch.store import Store, normalise_path  # noqa: E402
 

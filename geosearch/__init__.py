@@ -5,15 +5,14 @@ The public API::
     import geosearch
     report = geosearch.ingest(["tiles/"], db="geosearch.gpkg")
     results = geosearch.similar("geosearch.gpkg", ["tiles/a.tif"], top=5)
+    results = geosearch.similar("geosearch.gpkg", geosearch.SearchRequest(lonlat=(-99.16, 47.01)))
     geosearch.write_results(results, "geosearch.gpkg", "results/")
     geosearch.info("geosearch.gpkg")
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from geosearch.api import (  # noqa: E402
+from geosearch.api import (
     check,
     export_feedback,
     feedback,
@@ -24,7 +23,7 @@ from geosearch.api import (  # noqa: E402
     similar,
     write_results,
 )
-from geosearch.errors import (  # noqa: E402
+from geosearch.errors import (
     BandLayoutError,
     ConfigError,
     DatabaseError,
@@ -33,7 +32,8 @@ from geosearch.errors import (  # noqa: E402
     ModelError,
     OutputError,
 )
-from geosearch.search import SearchFilters  # noqa: E402
+from geosearch.request import SearchFilters, SearchRequest
+from geosearch.version import __version__
 
 __all__ = [
     "BandLayoutError",
@@ -44,6 +44,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "SearchFilters",
+    "SearchRequest",
     "__version__",
     "check",
     "export_feedback",

@@ -7,11 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
+from geosearch.engines import DEFAULT_ENGINE
+from geosearch.engines.base import IngestProgress, IngestReport
 from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index, vectors_path
-from geosearch.ingest import IngestProgress, IngestReport
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, write_similarity_maps
 from geosearch.render import (
@@ -24,7 +26,8 @@ from geosearch.render import (
 )
 from geosearch.render import write_location as _write_location
 from geosearch.render import write_results as _write_results
-from geosearch.search import LocateResult, SearchFilters, SearchResult, load_area, open_database
+from geosearch.request import SearchFilters, SearchRequest
+from geosearch.search import LocateResult, SearchResult, load_area
 from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.sources import canonical_path
@@ -42,7 +45,7 @@ def ingest(
     progress: IngestProgress | None = None,
     verify: bool = False,
     dry_run: bool = False,
-    engine: str = "local",
+    engine: str = DEFAULT_ENGINE,
     master: str | None = None,
     kind: str | None = None,
     include: Sequence[str] = (),
@@ -96,8 +99,8 @@ def check(db: PathLike, repair: bool = False, settings: Settings | None = None) 
 
 def similar(
     db: PathLike,
-    queries: Sequence[PathLike] = (),
-    top: int = 5,
+    queries: SearchRequest | Sequence[PathLike] = (),
+    top: int | None = None,
     *,
     tile: int | None = None,
     lonlat: tuple[float, float] | None = None,
@@ -109,27 +112,24 @@ def similar(
     any_orientation: bool | None = None,
     settings: Settings | None = None,
 ) -> list[SearchResult]:
-    """The ``top`` most similar tiles to each query (files, or the tile at ``lonlat``).
+    """The most similar tiles to each query: ``similar(db, SearchRequest(...))``, or the same
+    options as keywords: query files, ``top`` (default ``search.top``), ``tile`` (which tile of
+    each file, 0-based), ``lonlat``/``date`` (the tile at a place), ``filters``.
 
     ``good``/``bad`` tile ids move the query (relevance feedback); each query is saved as a
     feedback session (``result.session``) that ``feedback`` refines in later rounds.
     ``any_orientation`` finds places however rotated or mirrored (config:
     ``search.orientations``); it embeds the query 8 times, with the CNN even for indexed tiles.
     """
-    return search_and_save(
-        Path(db),
-        [Path(q) for q in queries],
-        top,
-        tile=tile,
-        lonlat=lonlat,
-        date=date,
-        filters=filters,
-        good=good,
-        bad=bad,
-        session=session,
-        any_orientation=any_orientation,
-        settings=settings,
-    )
+    if isinstance(queries, SearchRequest):
+        request = queries
+    else:
+        request = SearchRequest(
+            queries=[Path(q) for q in queries], top=top, tile_index=tile, lonlat=lonlat,
+            date=date, filters=filters or SearchFilters(), good=list(good), bad=list(bad),
+            session=session, any_orientation=any_orientation,
+        )  # fmt: skip
+    return search_and_save(Path(db), request, settings or Settings())
 
 
 def locate(
@@ -143,13 +143,10 @@ def locate(
     """Where a query picture (a chip, an upload, a screenshot) lies in the database's scenes:
     its placements, best first, each with the transform from its pixels to the scene's CRS."""
     settings = settings or Settings()
-    if any_orientation is None:
-        any_orientation = settings.search.orientations == "any"
-    catalog = open_database(Path(db), settings)
-    try:
-        return _locate(catalog, Path(query), settings.search, tile, any_orientation)
-    finally:
-        catalog.store.close()
+    request = SearchRequest(tile_index=tile, any_orientation=any_orientation)
+    request = request.with_defaults(settings)
+    with open_database(Path(db), settings) as catalog:
+        return _locate(catalog, Path(query), settings.search, tile, request.any_orientation)
 
 
 def write_location(
@@ -157,11 +154,8 @@ def write_location(
 ) -> LocationFiles:
     """Write ``located.geojson`` (every placement) and a copy of the query georeferenced by
     the best one (a GeoTIFF, or a PNG with a world file) in ``out``."""
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         return _write_location(result, catalog, Path(out))
-    finally:
-        catalog.store.close()
 
 
 def feedback(
@@ -221,14 +215,11 @@ def write_results(
     parquet: bool = False,
 ) -> ResultFiles:
     """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``."""
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         files = _write_results(results, catalog, Path(out), preview_size, previews)
-        if parquet:
-            files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
-        return files
-    finally:
-        catalog.store.close()
+    if parquet:
+        files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
+    return files
 
 
 def similarity_maps(
@@ -243,21 +234,17 @@ def similarity_maps(
     indexed tile's similarity; ``pixels`` (embedding databases), every pixel's, over the area of
     the ``filters`` (``bbox``/``within``). See ``geosearch.maps``."""
     settings = settings or Settings()
-    catalog = open_database(Path(db), settings)
-    try:
+    with open_database(Path(db), settings) as catalog:
         return write_similarity_maps(
             catalog, results, Path(tiles) if tiles else None, Path(pixels) if pixels else None,
             filters or SearchFilters(), settings,
         )  # fmt: skip
-    finally:
-        catalog.store.close()
 
 
 def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
     """What a database holds: tiles, files, extractors, bands, index."""
-    catalog = open_database(Path(db), settings)
-    store = catalog.store
-    try:
+    with open_database(Path(db), settings) as catalog:
+        store = catalog.store
         index = open_index(store)
         described = index.describe()
         files = store.files()
@@ -291,8 +278,6 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
             "geosearch_version": store.meta("geosearch_version"),
             "created": store.meta("created"),
         }
-    finally:
-        store.close()
 
 
 __all__ = [
@@ -306,6 +291,8 @@ __all__ = [
     "locate",
     "prepare_output",
     "remove",
+    "SearchFilters",
+    "SearchRequest",
     "similar",
     "similar_batch",
     "similarity_maps",

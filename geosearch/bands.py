@@ -17,7 +17,8 @@ import numpy as np
 from geosearch.config import BandSettings
 from geosearch.embeddings import embedding_product
 from geosearch.errors import BandLayoutError, ConfigError
-from geosearch.sources import ImageSource, RawTile
+from geosearch.pixels import RawTile
+from geosearch.sources import ImageSource
 
 # Largest side of the overview read to measure percentiles when a database is created.
 PERCENTILE_SAMPLE_SIDE = 512

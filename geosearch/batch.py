@@ -15,21 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
+from geosearch.catalog import open_database
 from geosearch.config import Settings
-from geosearch.engines.base import Chunk, ChunkFailure
+from geosearch.engines.base import Chunk, ChunkFailure, FilePlan
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
 from geosearch.errors import ConfigError, InputError
-from geosearch.ingest import FilePlan, discover
+from geosearch.ingest import discover
 from geosearch.search import (
     SCENE_NEIGHBOURS,
-    Match,
     Query,
     SearchResult,
     is_scene_query,
     mean_vector,
     merge_orientations,
-    open_database,
     orientation_rows,
+    ranked_matches,
     resolve_query,
     scene_ranking,
 )
@@ -51,9 +51,8 @@ def similar_spark(
     ``any_orientation``: each query file is searched under its 8 orientations (as locally).
     """
     settings = settings or Settings()
-    catalog = open_database(db, settings)
-    store = catalog.store
-    try:
+    with open_database(db, settings) as catalog:
+        store = catalog.store
         session = spark_session(settings.spark, master)
         resolved: list[Query] = []
         if all_tiles:
@@ -95,18 +94,10 @@ def similar_spark(
                 strict=True,
             ):
                 ranked[n] = pairs
-        results = []
-        for query, pairs in zip(resolved, ranked, strict=True):
-            pairs = pairs[:top]
-            records = store.tiles([tile_id for _, tile_id in pairs])
-            matches = [
-                Match(rank, score, record)
-                for rank, ((score, _), record) in enumerate(zip(pairs, records, strict=True), 1)
-            ]
-            results.append(SearchResult(query, matches))
-        return results
-    finally:
-        store.close()
+        return [
+            SearchResult(query, ranked_matches(store, pairs[:top]))
+            for query, pairs in zip(resolved, ranked, strict=True)
+        ]
 
 
 def _scene_rankings(

@@ -2,19 +2,21 @@
 
 Settings that shape the vectors (tile size, nodata threshold, bands, extractors and their
 weights) are written into the database when it is created and read back from it afterwards;
-run-time settings (threads, batch sizes, where weights files lie) come from the caller.
+run-time settings (threads, batch sizes, where weights files lie) come from the caller and are
+merged in here only (``open_catalog``; ``Catalog.for_workers`` for worker processes).
+
+``with open_database(db, settings) as catalog:`` is how every command opens a database.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from geosearch import __version__
 from geosearch.bands import BandManifest, QueryBands
 from geosearch.config import FeatureSettings, Settings
 from geosearch.embeddings import dequantization_for
@@ -28,8 +30,10 @@ from geosearch.features import (
     raw_features,
 )
 from geosearch.orientation import ALL_ORIENTATIONS, turned
-from geosearch.sources import ImageSource, RawTile, Window, open_source
-from geosearch.store import Store, TileRecord
+from geosearch.pixels import RawTile, Window
+from geosearch.sources import ImageSource, file_identity, open_source
+from geosearch.store import FileRecord, Store, TileRecord
+from geosearch.version import __version__
 
 
 @dataclass
@@ -50,6 +54,36 @@ class Catalog:
     def __getstate__(self) -> dict:
         """Pickled for worker processes: without the open database and loaded models."""
         return {**self.__dict__, "store": None, "_extractors": None}
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def for_workers(self, cnn_threads: int) -> Catalog:
+        """A copy for worker processes or executors (pickled without the database; models are
+        loaded there), the CNN on ``cnn_threads`` threads each."""
+        features = self.features.model_copy(deep=True)
+        features.cnn.threads = cnn_threads
+        return replace(self, features=features, _extractors=None)
+
+    def unchanged_file(self, path: str) -> FileRecord | None:
+        """The database's record of a file it holds whole and that is unchanged on disk since
+        (``FileRecord.same_identity``; a scene: its member files'); a file gone from disk
+        counts as unchanged, the database still knows it. None otherwise."""
+        record = self.store.file_record(path)
+        if record is None or record.status != "done":
+            return None
+        try:
+            size, mtime_ns = file_identity(path)
+        except OSError:
+            return record
+        return record if record.same_identity(size, mtime_ns) else None
 
     @property
     def dim(self) -> int:
@@ -92,10 +126,6 @@ class Catalog:
             return None
         return self.fusion.absent_features(bands.missing, len(bands.read), self.manifest.rgb)
 
-    def keeps(self, tile: RawTile) -> bool:
-        """Whether a tile has enough valid pixels to be indexed."""
-        return bool(tile.valid.any()) and tile.nodata_fraction <= self.max_nodata_fraction
-
     def windows(self, source: ImageSource) -> list[Window]:
         return source.windows(self.tile_size)
 
@@ -129,7 +159,7 @@ class Catalog:
         windows: Sequence[Window] | None,
         bands: Sequence[int | None],
     ) -> tuple[list[TileRecord], list[RawTile], int]:
-        records, tiles, skipped = [], [], 0
+        records, tiles, too_empty = [], [], 0
         present = [band for band in bands if band is not None]
         for window in self.windows(source) if windows is None else windows:
             tile = source.read(window, present)
@@ -137,8 +167,8 @@ class Catalog:
                 tile = _with_missing_bands(tile, bands)
             if self.manifest.scaling == "none":  # embedding rasters: fill pixels are nodata
                 tile = dequantization_for(self.features.embedding, self.manifest).masked(tile)
-            if not self.keeps(tile):
-                skipped += 1
+            if not tile.worth_indexing(self.max_nodata_fraction):
+                too_empty += 1
                 continue
             footprint = source.footprint(window)
             records.append(
@@ -155,7 +185,7 @@ class Catalog:
                 )
             )
             tiles.append(tile)
-        return records, tiles, skipped
+        return records, tiles, too_empty
 
     def embed(
         self,
@@ -168,12 +198,12 @@ class Catalog:
         Used by ingest (in worker processes, a chunk of windows at a time) and by queries with
         files the database doesn't hold.
         """
-        records, tiles, skipped = self.read(path, windows, select)
+        records, tiles, too_empty = self.read(path, windows, select)
         if not tiles:
             empty = np.zeros((0, self.dim), dtype=np.float32)
-            return EmbeddedTiles(records, empty, empty, skipped)
+            return EmbeddedTiles(records, empty, empty, too_empty)
         vectors, raw = self.compute(tiles)
-        return EmbeddedTiles(records, vectors, raw, skipped)
+        return EmbeddedTiles(records, vectors, raw, too_empty)
 
     def compute_orientations(
         self, tiles: Sequence[RawTile], bands: QueryBands | None = None
@@ -195,12 +225,13 @@ def _with_missing_bands(tile: RawTile, bands: Sequence[int | None]) -> RawTile:
 
 @dataclass
 class EmbeddedTiles:
-    """Tiles of one file with their fused vectors and raw features; ``skipped``: too empty."""
+    """Tiles of one file with their fused vectors and raw features, and how many of its tiles
+    were left out for too much nodata (``too_empty``; the report's ``tiles_nodata``)."""
 
     records: list[TileRecord]
     vectors: np.ndarray
     raw: np.ndarray
-    skipped: int
+    too_empty: int
 
 
 def stored_settings(settings: Settings) -> dict:
@@ -269,3 +300,14 @@ def initialise_catalog(
         features=settings.features.model_copy(deep=True),
         _extractors=extractors,
     )
+
+
+def open_database(db: Path, settings: Settings | None = None) -> Catalog:
+    """An existing, initialised database ready for work, the caller's run-time settings merged
+    in; a context manager that closes it: ``with open_database(db, settings) as catalog:``."""
+    store = Store(Path(db))
+    catalog = open_catalog(store, settings or Settings())
+    if catalog is None:
+        store.close()
+        raise DatabaseError(f"{db} holds no tiles yet: run 'geosearch ingest FOLDER --db {db}'")
+    return catalog

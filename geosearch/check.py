@@ -18,8 +18,9 @@ import numpy as np
 from geosearch.catalog import open_catalog
 from geosearch.config import Settings
 from geosearch.errors import DatabaseError
+from geosearch.geopackage import decode_geometry
 from geosearch.index import IndexState, VectorIndex, index_path
-from geosearch.store import Store, decode_geometry, vector_blob
+from geosearch.store import Store, vector_blob
 
 UNIT_TOLERANCE = 1e-3
 
@@ -67,20 +68,20 @@ def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
             report.problems.append(Problem("metadata", "tiles present but no band manifest"))
         return report
     dim = catalog.dim
-    refuse: list[int] = []  # tiles beyond repair
-    refuse_files: set[str] = set()
-    refused_vectors: list[tuple[int, bytes]] = []
+    beyond_repair: list[int] = []  # tiles beyond repair
+    files_to_reingest: set[str] = set()
+    fused_again: list[tuple[int, bytes]] = []
     for tile_id, path, vector_bytes, feature_bytes, geom in store.tile_blobs():
         report.tiles += 1
         vector = _floats(vector_bytes, dim)
         raw = _floats(feature_bytes, dim)
         if raw is None:
-            refuse.append(tile_id)
-            refuse_files.add(path)
+            beyond_repair.append(tile_id)
+            files_to_reingest.add(path)
             report.problems.append(Problem("features", f"tile {tile_id}: raw features damaged"))
         elif vector is None or abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
             fused = catalog.fusion.fuse(raw[None, :])[0]
-            refused_vectors.append((tile_id, vector_blob(fused)))
+            fused_again.append((tile_id, vector_blob(fused)))
             report.problems.append(
                 Problem("vector", f"tile {tile_id}: vector damaged or not unit length")
             )
@@ -97,7 +98,7 @@ def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
     known = {f.path for f in files}
     counts = store.tile_counts()
     for path in sorted(set(counts) - known):
-        refuse_files.add(path)
+        files_to_reingest.add(path)
         report.problems.append(Problem("files", f"{path}: tiles without a files record"))
     miscounted = [f for f in files if f.status == "done" and f.tiles != counts.get(f.path, 0)]
     for record in miscounted:
@@ -109,7 +110,7 @@ def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
     if not index_ok:
         report.problems.append(Problem("index", f"{index_path(store.path)} missing or out of sync"))
     if repair:
-        _repair(store, refuse, refuse_files, refused_vectors, miscounted, report)
+        _repair(store, beyond_repair, files_to_reingest, fused_again, miscounted, report)
     return report
 
 
@@ -130,14 +131,16 @@ def _index_in_sync(store: Store) -> bool:
 
 def _repair(
     store: Store,
-    refuse: list[int],
-    refuse_files: set[str],
-    refused_vectors: list[tuple[int, bytes]],
+    beyond_repair: list[int],
+    files_to_reingest: set[str],
+    fused_again: list[tuple[int, bytes]],
     miscounted: list,
     report: CheckReport,
 ) -> None:
     """Apply the fixes in one transaction, then rebuild the index from the result."""
-    store.repair(refused_vectors, refuse, refuse_files, [record.path for record in miscounted])
+    store.repair(
+        fused_again, beyond_repair, files_to_reingest, [record.path for record in miscounted]
+    )
     ids, vectors = store.vectors()
     if len(ids) and vectors.shape[1] == 0:
         raise DatabaseError(f"{store.path}: vectors unreadable; re-ingest into a new --db")

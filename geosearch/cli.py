@@ -1,4 +1,6 @@
-"""The ``geosearch`` command: parse options, call the API, print. No logic of its own.
+"""The ``geosearch`` command: options parsed into the API's terms (settings, a
+``SearchRequest``; comma lists by click callbacks), the API called, its answer printed. What a
+command does is the API's; here is only how it is asked and shown.
 
 Exit codes (also in the README): 0 ok; 1 internal error; 2 bad usage or config; 3 bad input
 file; 4 database problem; 5 model/weights problem; 6 ingest finished but skipped some files;
@@ -12,14 +14,14 @@ import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from geosearch import SearchFilters, __version__, api
+from geosearch import SearchFilters, SearchRequest, __version__, api, engines
 from geosearch.config import Settings
 from geosearch.dates import DATE_SOURCES
 from geosearch.errors import (
@@ -76,9 +78,7 @@ ConfigOption = Annotated[
     typer.Option("--config", help="Settings file. [default: ./config.yaml if present]"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
-EngineOption = Annotated[
-    str, typer.Option("--engine", help="local (this machine) or spark (geosearch[spark]).")
-]
+EngineOption = Annotated[str, typer.Option("--engine", help=engines.engines_help())]
 MasterOption = Annotated[
     str | None,
     typer.Option("--master", help="Spark master: local[2], spark://host:7077, yarn. [config]"),
@@ -102,7 +102,30 @@ def _settings(config: Path | None, db: Path | None, **overrides: Any) -> tuple[S
     return settings, db or settings.db
 
 
-def _parse_bands(text: str | None) -> list[int] | None:
+def _fail(message: str) -> NoReturn:
+    """A bad option: one line on stderr, exit 2."""
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(ConfigError.exit_code)
+
+
+# -- options given as comma lists: parsed by their click callbacks --------------------------
+
+
+def _numbers(kind: type = int) -> Callable[[typer.Context, typer.CallbackParam, Any], Any]:
+    """A callback turning "3,5" into [3, 5] (``kind`` each); None when not given."""
+
+    def parse(ctx: typer.Context, param: typer.CallbackParam, text: str | None) -> list | None:
+        if not text:
+            return None
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()] or None
+        except ValueError:
+            _fail(f"{param.opts[0]}: expected comma-separated numbers, got {text!r}")
+
+    return parse
+
+
+def _bands(ctx: typer.Context, param: typer.CallbackParam, text: str | None) -> list | None:
     if text is None:
         return None
     try:
@@ -110,9 +133,31 @@ def _parse_bands(text: str | None) -> list[int] | None:
     except ValueError:
         bands = []
     if not bands or min(bands) < 1:
-        err.print(f"error: --bands: expected 1-based band numbers like 4,3,2, got {text!r}")
-        raise typer.Exit(ConfigError.exit_code)
+        _fail(f"--bands: expected 1-based band numbers like 4,3,2, got {text!r}")
     return bands
+
+
+def _bbox(ctx: typer.Context, param: typer.CallbackParam, text: str | None) -> tuple | None:
+    box = _numbers(float)(ctx, param, text)
+    if box is not None and (len(box) != 4 or box[0] > box[2] or box[1] > box[3]):
+        _fail("--bbox: expected minx,miny,maxx,maxy in lon/lat degrees")
+    return tuple(box) if box else None
+
+
+def _lonlat(ctx: typer.Context, param: typer.CallbackParam, text: str | None) -> tuple | None:
+    point = _numbers(float)(ctx, param, text)
+    if point is not None and len(point) != 2:
+        _fail("--lonlat: expected LON,LAT in degrees")
+    return tuple(point) if point else None
+
+
+def _day(ctx: typer.Context, param: typer.CallbackParam, text: str | None) -> str | None:
+    if text is not None:
+        try:
+            date.fromisoformat(text)
+        except ValueError:
+            _fail(f"{param.opts[0]}: expected a date like 2014-07-20, got {text!r}")
+    return text
 
 
 class _ProgressBar:
@@ -145,94 +190,109 @@ class _ProgressBar:
             self.bar.console.print(f"skipped {path}: {reason}", markup=False)
 
 
+Bands = Annotated[
+    str | None,
+    typer.Option("--bands", callback=_bands, help="Bands to use, 1-based, in order: 4,3,2."),
+]
+TileSize = Annotated[
+    int | None, typer.Option("--tile-size", help="Tile size in pixels (new databases).")
+]
+Workers = Annotated[int | None, typer.Option("--workers", help="Worker processes (0 = all cores).")]
+Verify = Annotated[
+    bool, typer.Option("--verify", help="Judge changed files by content hash (SHA-256).")
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Say what the database will be and what would be done; write nothing."
+    ),
+]
+Kind = Annotated[
+    str | None,
+    typer.Option(
+        "--kind",
+        help="geo (georeferenced rasters, scenes) or plain (JPEG/PNG) for a new database; "
+        "files of the other kind are skipped. [default: most inputs' kind]",
+    ),
+]
+Include = Annotated[
+    list[str] | None,
+    typer.Option("--include", help="Only inputs matching this glob (repeatable): '*.tif'."),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Leave out inputs matching this glob (repeatable)."),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")]
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or files.")],
     db: DbOption = None,
     config: ConfigOption = None,
-    bands: Annotated[
-        str | None, typer.Option("--bands", help="Bands to use, 1-based, in order: 4,3,2.")
-    ] = None,
-    tile_size: Annotated[
-        int | None, typer.Option("--tile-size", help="Tile size in pixels (new databases).")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Worker processes (0 = all cores).")
-    ] = None,
-    verify: Annotated[
-        bool, typer.Option("--verify", help="Judge changed files by content hash (SHA-256).")
-    ] = False,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run", help="Say what the database will be and what would be done; write nothing."
-        ),
-    ] = False,
-    kind: Annotated[
-        str | None,
-        typer.Option(
-            "--kind",
-            help="geo (georeferenced rasters, scenes) or plain (JPEG/PNG) for a new database; "
-            "files of the other kind are skipped. [default: most inputs' kind]",
-        ),
-    ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option("--include", help="Only inputs matching this glob (repeatable): '*.tif'."),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option("--exclude", help="Leave out inputs matching this glob (repeatable)."),
-    ] = None,
-    engine: EngineOption = "local",
+    bands: Bands = None,
+    tile_size: TileSize = None,
+    workers: Workers = None,
+    verify: Verify = False,
+    dry_run: DryRun = False,
+    kind: Kind = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    engine: EngineOption = engines.DEFAULT_ENGINE,
     master: MasterOption = None,
     json_output: JsonOption = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress, no skip lines.")
-    ] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Ingest imagery into the database: tiles, features, footprints, index.
 
     Re-running skips unchanged files, replaces changed ones and resumes interrupted ones.
     """
     settings, db_path = _settings(config, db, tile_size=tile_size, workers=workers)
-    selected = _parse_bands(bands)
     show_bar = not (json_output or quiet or dry_run) and err.is_terminal
     progress = _ProgressBar(enabled=show_bar, quiet=quiet)
     with progress.bar:
         report = _run(
             lambda: api.ingest(
-                paths, db_path, settings, bands=selected, progress=progress, verify=verify,
+                paths, db_path, settings, bands=bands, progress=progress, verify=verify,
                 dry_run=dry_run, engine=engine, master=master, kind=kind,
                 include=include or (), exclude=exclude or (),
             )
         )  # fmt: skip
     if dry_run and not json_output:
-        state = "new" if report.new_database else "existing"
-        kind = KINDS[report.kind]
-        out.print(f"{db_path}: {state} database of {kind} ({report.kind_reason})", markup=False)
-        for item in report.planned or []:
-            detail = f"  ({item['detail']})" if item.get("detail") else ""
-            out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
+        _print_plan(report, db_path)
         return
-    if not (json_output or quiet):
-        for note in report.notes:
-            err.print(f"note: {note}", markup=False)
     if json_output:
         out.print(json.dumps(report.to_dict()), markup=False)
     elif not quiet:
-        if report.new_database:
-            err.print(f"new database of {KINDS[report.kind]} ({report.kind_reason})", markup=False)
-        rate = report.tiles_added / report.seconds if report.seconds else 0.0
-        err.print(
-            f"{report.tiles_added} tiles added from {_inputs(report)} "
-            f"({report.files_unchanged} unchanged, {report.files_replaced} replaced, "
-            f"{report.files_resumed} resumed, {len(report.skipped)} skipped; "
-            f"{report.tiles_nodata} tiles mostly nodata) in {report.seconds:.1f} s "
-            f"({rate:.0f} tiles/s) -> {db_path}",
-            markup=False,
-        )
+        _print_ingest_summary(report, db_path)
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+
+
+def _print_plan(report: IngestReport, db_path: Path) -> None:
+    """``ingest --dry-run``: what the database will be, then each input with its action."""
+    state = "new" if report.new_database else "existing"
+    kind = KINDS[report.kind]
+    out.print(f"{db_path}: {state} database of {kind} ({report.kind_reason})", markup=False)
+    for item in report.planned or []:
+        detail = f"  ({item['detail']})" if item.get("detail") else ""
+        out.print(f"{item['action']:<9}  {item['path']}{detail}", markup=False)
+
+
+def _print_ingest_summary(report: IngestReport, db_path: Path) -> None:
+    for note in report.notes:
+        err.print(f"note: {note}", markup=False)
+    if report.new_database:
+        err.print(f"new database of {KINDS[report.kind]} ({report.kind_reason})", markup=False)
+    rate = report.tiles_added / report.seconds if report.seconds else 0.0
+    err.print(
+        f"{report.tiles_added} tiles added from {_inputs(report)} "
+        f"({report.files_unchanged} unchanged, {report.files_replaced} replaced, "
+        f"{report.files_resumed} resumed, {len(report.skipped)} skipped; "
+        f"{report.tiles_nodata} tiles mostly nodata) in {report.seconds:.1f} s "
+        f"({rate:.0f} tiles/s) -> {db_path}",
+        markup=False,
+    )
 
 
 def _inputs(report: IngestReport) -> str:
@@ -288,47 +348,6 @@ def check(
         raise typer.Exit(DatabaseError.exit_code)
 
 
-def _numbers(text: str | None, option: str, kind: type = int) -> list:
-    """Comma-separated numbers of an option ("3,5" -> [3, 5]); a clear error otherwise."""
-    if not text:
-        return []
-    try:
-        return [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        err.print(f"error: {option}: expected comma-separated numbers, got {text!r}", markup=False)
-        raise typer.Exit(ConfigError.exit_code) from None
-
-
-def _filters(
-    bbox: str | None,
-    within: Path | None,
-    after: str | None,
-    before: str | None,
-    exclude_near: float | None,
-    other_files: bool,
-) -> SearchFilters:
-    box = _numbers(bbox, "--bbox", float) or None
-    if box is not None and (len(box) != 4 or box[0] > box[2] or box[1] > box[3]):
-        err.print("error: --bbox: expected minx,miny,maxx,maxy in lon/lat degrees", markup=False)
-        raise typer.Exit(ConfigError.exit_code)
-    for option, value in (("--after", after), ("--before", before)):
-        if value is not None and not _is_date(value):
-            err.print(f"error: {option}: expected a date like 2014-07-20, got {value!r}")
-            raise typer.Exit(ConfigError.exit_code)
-    area = _run(lambda: api.load_area(within)) if within is not None else None
-    return SearchFilters(
-        tuple(box) if box else None, area, after, before, exclude_near, other_files
-    )
-
-
-def _is_date(text: str) -> bool:
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _print_results(results: list, files, json_output: bool) -> None:
     for result in results:
         _say_compared_on(result.query)
@@ -369,124 +388,142 @@ def _print_results(results: list, files, json_output: bool) -> None:
     )
 
 
+Queries = Annotated[list[Path] | None, typer.Argument(help="Query files (indexed or not).")]
+Top = Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")]
+TileIndex = Annotated[
+    int | None,
+    typer.Option(
+        "--tile",
+        help="Query with this tile of the file (0-based, row-major) "
+        "instead of the mean of all its tiles.",
+    ),
+]
+LonLat = Annotated[
+    str | None,
+    typer.Option(
+        "--lonlat", callback=_lonlat, help="Query with the indexed tile containing LON,LAT."
+    ),
+]
+OnDate = Annotated[
+    str | None, typer.Option("--date", help="With --lonlat: the tile acquired that day.")
+]
+Bbox = Annotated[
+    str | None,
+    typer.Option(
+        "--bbox", callback=_bbox, help="Only results meeting minx,miny,maxx,maxy (WGS84)."
+    ),
+]
+Within = Annotated[
+    Path | None,
+    typer.Option("--within", help="Only results meeting this area (GeoJSON, GPKG, SHP...)."),
+]
+After = Annotated[
+    str | None,
+    typer.Option("--after", callback=_day, help="Only results acquired on/after this date."),
+]
+Before = Annotated[
+    str | None,
+    typer.Option("--before", callback=_day, help="Only results acquired on/before this date."),
+]
+ExcludeNear = Annotated[
+    float | None,
+    typer.Option(
+        "--exclude-near", min=0, help="Drop results within this many metres of the query."
+    ),
+]
+OtherFiles = Annotated[
+    bool, typer.Option("--other-files", help="Only results from other files than the query's.")
+]
+GoodIds = Annotated[
+    str | None,
+    typer.Option("--good", callback=_numbers(), help="Tile ids that are relevant: 12,40."),
+]
+BadIds = Annotated[
+    str | None,
+    typer.Option("--bad", callback=_numbers(), help="Tile ids that are not relevant: 7."),
+]
+SessionName = Annotated[
+    str | None, typer.Option("--session", help="Name the feedback session. [default: time]")
+]
+OutDir = Annotated[
+    Path | None,
+    typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
+]
+AnyOrientation = Annotated[
+    bool | None,
+    typer.Option(
+        "--any-orientation/--as-is",
+        help="Also match places rotated or mirrored (the query is embedded under 8 "
+        "orientations: this loads the CNN even for an indexed tile). [config]",
+    ),
+]
+AllTiles = Annotated[
+    bool, typer.Option("--all-tiles", help="With --engine spark: every indexed tile is a query.")
+]
+MapTiles = Annotated[
+    Path | None,
+    typer.Option("--map", help="Also write a GeoTIFF of every tile's similarity (+ a QGIS .qml)."),
+]
+MapPixels = Annotated[
+    Path | None,
+    typer.Option(
+        "--map-pixels",
+        help="Embedding databases: a GeoTIFF of every pixel's similarity over the "
+        "--bbox/--within area, at the rasters' resolution (+ a QGIS .qml).",
+    ),
+]
+
+
 @app.command()
 def similar(
-    queries: Annotated[
-        list[Path] | None, typer.Argument(help="Query files (indexed or not).")
-    ] = None,
+    queries: Queries = None,
     db: DbOption = None,
     config: ConfigOption = None,
-    top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
-    tile: Annotated[
-        int | None,
-        typer.Option(
-            "--tile",
-            help="Query with this tile of the file (0-based, row-major) "
-            "instead of the mean of all its tiles.",
-        ),
-    ] = None,
-    lonlat: Annotated[
-        str | None,
-        typer.Option("--lonlat", help="Query with the indexed tile containing LON,LAT."),
-    ] = None,
-    on_date: Annotated[
-        str | None, typer.Option("--date", help="With --lonlat: the tile acquired that day.")
-    ] = None,
-    bbox: Annotated[
-        str | None, typer.Option("--bbox", help="Only results meeting minx,miny,maxx,maxy (WGS84).")
-    ] = None,
-    within: Annotated[
-        Path | None,
-        typer.Option("--within", help="Only results meeting this area (GeoJSON, GPKG, SHP...)."),
-    ] = None,
-    after: Annotated[
-        str | None, typer.Option("--after", help="Only results acquired on/after this date.")
-    ] = None,
-    before: Annotated[
-        str | None, typer.Option("--before", help="Only results acquired on/before this date.")
-    ] = None,
-    exclude_near: Annotated[
-        float | None,
-        typer.Option(
-            "--exclude-near", min=0, help="Drop results within this many metres of the query."
-        ),
-    ] = None,
-    other_files: Annotated[
-        bool, typer.Option("--other-files", help="Only results from other files than the query's.")
-    ] = False,
-    good: Annotated[
-        str | None, typer.Option("--good", help="Tile ids that are relevant: 12,40.")
-    ] = None,
-    bad: Annotated[
-        str | None, typer.Option("--bad", help="Tile ids that are not relevant: 7.")
-    ] = None,
-    session: Annotated[
-        str | None, typer.Option("--session", help="Name the feedback session. [default: time]")
-    ] = None,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
-    ] = None,
-    any_orientation: Annotated[
-        bool | None,
-        typer.Option(
-            "--any-orientation/--as-is",
-            help="Also match places rotated or mirrored (the query is embedded under 8 "
-            "orientations: this loads the CNN even for an indexed tile). [config]",
-        ),
-    ] = None,
-    engine: EngineOption = "local",
+    top: Top = None,
+    tile: TileIndex = None,
+    lonlat: LonLat = None,
+    on_date: OnDate = None,
+    bbox: Bbox = None,
+    within: Within = None,
+    after: After = None,
+    before: Before = None,
+    exclude_near: ExcludeNear = None,
+    other_files: OtherFiles = False,
+    good: GoodIds = None,
+    bad: BadIds = None,
+    session: SessionName = None,
+    out_dir: OutDir = None,
+    any_orientation: AnyOrientation = None,
+    engine: EngineOption = engines.DEFAULT_ENGINE,
     master: MasterOption = None,
-    all_tiles: Annotated[
-        bool,
-        typer.Option("--all-tiles", help="With --engine spark: every indexed tile is a query."),
-    ] = False,
+    all_tiles: AllTiles = False,
     json_output: JsonOption = False,
-    map_tiles: Annotated[
-        Path | None,
-        typer.Option(
-            "--map", help="Also write a GeoTIFF of every tile's similarity (+ a QGIS .qml)."
-        ),
-    ] = None,
-    map_pixels: Annotated[
-        Path | None,
-        typer.Option(
-            "--map-pixels",
-            help="Embedding databases: a GeoTIFF of every pixel's similarity over the "
-            "--bbox/--within area, at the rasters' resolution (+ a QGIS .qml).",
-        ),
-    ] = None,
+    map_tiles: MapTiles = None,
+    map_pixels: MapPixels = None,
 ) -> None:
     """Find the tiles most similar to each query; write GeoJSON, previews, contact sheet.
 
     Each query is saved as a feedback session: refine it with 'geosearch feedback SESSION'.
     """
     settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
-    search = settings.search
-    point = _numbers(lonlat, "--lonlat", float) or None
-    if point is not None and len(point) != 2:
-        err.print("error: --lonlat: expected LON,LAT in degrees", markup=False)
-        raise typer.Exit(ConfigError.exit_code)
-    filters = _filters(bbox, within, after, before, exclude_near, other_files)
-    _run(lambda: api.prepare_output(search.out))
-    if engine == "spark" and (map_tiles or map_pixels):
-        err.print("error: --map/--map-pixels: use --engine local", markup=False)
-        raise typer.Exit(ConfigError.exit_code)
-    if engine == "spark":
-        turned = bool(any_orientation) or settings.search.orientations == "any"
-        _similar_on_spark(queries or [], db_path, settings, master, all_tiles, turned, json_output)
-        return
-    if engine != "local":
-        err.print(f"error: --engine: expected local or spark, got {engine!r}", markup=False)
-        raise typer.Exit(ConfigError.exit_code)
-    results = _run(
-        lambda: api.similar(
-            db_path, queries or [], search.top, tile=tile,
-            lonlat=tuple(point) if point else None, date=on_date, filters=filters,
-            good=_numbers(good, "--good"), bad=_numbers(bad, "--bad"), session=session,
-            any_orientation=any_orientation, settings=settings,
-        )
+    area = _run(lambda: api.load_area(within)) if within is not None else None
+    filters = SearchFilters(
+        bbox=bbox, within=area, after=after, before=before, exclude_near=exclude_near,
+        other_files=other_files,
     )  # fmt: skip
+    request = SearchRequest(
+        queries=queries or [], tile_index=tile, lonlat=lonlat, date=on_date, filters=filters,
+        good=good or [], bad=bad or [], session=session, any_orientation=any_orientation,
+    )  # fmt: skip
+    chosen = _run(lambda: engines.engine(engine))
+    search = settings.search
+    _run(lambda: api.prepare_output(search.out))
+    if chosen.batch_search:
+        if map_tiles or map_pixels:
+            _fail(f"--map/--map-pixels: use --engine {engines.DEFAULT_ENGINE}")
+        _similar_in_batch(request, db_path, settings, master, all_tiles, json_output)
+        return
+    results = _run(lambda: api.similar(db_path, request, settings=settings))
     files = _run(
         lambda: api.write_results(results, db_path, search.out, search.preview_size, settings)
     )
@@ -565,21 +602,21 @@ def locate(
     err.print(f"wrote {files.geojson} and {files.georeferenced}", markup=False)
 
 
-def _similar_on_spark(
-    queries: list[Path],
+def _similar_in_batch(
+    request: SearchRequest,
     db_path: Path,
     settings: Settings,
     master: str | None,
     all_tiles: bool,
-    any_orientation: bool,
     json_output: bool,
 ) -> None:
-    """Batch search on Spark: results as Parquet and the same GeoJSON (previews if few)."""
+    """Batch search (Spark): results as Parquet and the same GeoJSON (previews if few)."""
     search = settings.search
+    turned = bool(request.any_orientation) or settings.search.orientations == "any"
     results = _run(
         lambda: api.similar_batch(
-            db_path, queries, search.top, all_tiles=all_tiles, master=master,
-            any_orientation=any_orientation, settings=settings,
+            db_path, request.queries, search.top, all_tiles=all_tiles, master=master,
+            any_orientation=turned, settings=settings,
         )
     )  # fmt: skip
     files = _run(
@@ -600,10 +637,12 @@ def _similar_on_spark(
 def feedback(
     session: Annotated[str, typer.Argument(help="Session name (printed by similar).")],
     good: Annotated[
-        str | None, typer.Option("--good", help="Relevant results, by rank: 3,5.")
+        str | None,
+        typer.Option("--good", callback=_numbers(), help="Relevant results, by rank: 3,5."),
     ] = None,
     bad: Annotated[
-        str | None, typer.Option("--bad", help="Not relevant results, by rank: 2.")
+        str | None,
+        typer.Option("--bad", callback=_numbers(), help="Not relevant results, by rank: 2."),
     ] = None,
     by_id: Annotated[
         bool, typer.Option("--ids", help="--good/--bad give tile ids instead of ranks.")
@@ -614,11 +653,8 @@ def feedback(
     ] = None,
     db: DbOption = None,
     config: ConfigOption = None,
-    top: Annotated[int | None, typer.Option("--top", "-k", help="Results per query.")] = None,
-    out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
-    ] = None,
+    top: Top = None,
+    out_dir: OutDir = None,
     json_output: JsonOption = False,
 ) -> None:
     """Mark a session's results good or bad and search again (or --export its marks)."""
@@ -630,8 +666,8 @@ def feedback(
     _run(lambda: api.prepare_output(settings.search.out))
     result = _run(
         lambda: api.feedback(
-            db_path, session, _numbers(good, "--good"), _numbers(bad, "--bad"),
-            by_rank=not by_id, top=top, settings=settings,
+            db_path, session, good or [], bad or [], by_rank=not by_id, top=top,
+            settings=settings,
         )
     )  # fmt: skip
     if export is not None:

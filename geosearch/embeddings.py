@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from geosearch.config import EmbeddingSettings
-from geosearch.sources import RawTile
+from geosearch.pixels import RawTile
 
 ALPHAEARTH = "alphaearth"
 GEOTESSERA = "geotessera"

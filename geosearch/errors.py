@@ -26,6 +26,14 @@ class InputError(GeosearchError, OSError):
     exit_code = 3
 
 
+class NotFoundError(InputError):
+    """A tile id or feedback session the database does not hold (HTTP 404)."""
+
+
+class ConflictError(InputError):
+    """The request can't be carried out in the database's present state (HTTP 409)."""
+
+
 class BandLayoutError(InputError):
     """A file's bands do not match the database's band manifest."""
 
@@ -46,6 +54,13 @@ class OutputError(GeosearchError, OSError):
     """Results cannot be written (read-only folder, disk full...)."""
 
     exit_code = 7
+
+
+def error_reason(exc: GeosearchError, path: str) -> str:
+    """An error's message without the path it starts with (the caller shows the path)."""
+    text = str(exc)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 # Exit codes that are not an exception's: documented in the README.

@@ -1,33 +1,41 @@
 """Ingest: turn folders of imagery into tiles, vectors and an index in one database.
 
-Planning (which files are new, changed, half-done or unchanged), creating a database's
-manifest and fusion, and reporting are shared here; ``engines`` schedule the per-tile work.
+Planning (which files are new, changed, half-done or unchanged) and creating a database's
+manifest and fusion happen here; then the plans are handed to an engine (``engines``), which
+schedules the per-tile work and reports into the ``IngestReport`` (``engines.base``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
 
 from geosearch.bands import build_manifest
 from geosearch.catalog import Catalog, initialise_catalog, open_catalog
 from geosearch.config import Settings
-from geosearch.errors import ConfigError, GeosearchError, InputError
+from geosearch.engines import DEFAULT_ENGINE
+from geosearch.engines import engine as engine_named
+from geosearch.engines.base import (
+    Action,
+    FilePlan,
+    IngestProgress,
+    IngestReport,
+    SilentProgress,
+    Skipped,
+)
+from geosearch.errors import ConfigError, InputError, error_reason
 from geosearch.formats import KINDS, kind_of
+from geosearch.pixels import RawTile
 from geosearch.products import product_at
 from geosearch.sources import (
-    RawTile,
+    content_hash,
     file_identity,
     file_name_problem,
     find_images,
-    identity_files,
     open_source,
 )
 from geosearch.store import FileRecord, Store, normalise_path
@@ -36,79 +44,6 @@ from geosearch.store import FileRecord, Store, normalise_path
 FIT_SAMPLE_TILES = 256
 FIT_SAMPLE_TILES_PER_FILE = 32
 FIT_SAMPLE_MAX_FILES = 32
-
-Action = Literal["new", "resume", "replace", "unchanged"]
-
-
-@dataclass(frozen=True)
-class FilePlan:
-    """What ingest will do with one file."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    action: Action
-    sha256: str | None = None
-    scene: str | None = None  # a product (a scene of several files): what it is
-
-    def record(self, status: str = "partial") -> FileRecord:
-        return FileRecord(self.path, self.size, self.mtime_ns, status, sha256=self.sha256)
-
-
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-@dataclass
-class IngestReport:
-    """What an ingest did; ``skipped`` lists every file that could not be ingested and why."""
-
-    db: str
-    files_found: int = 0
-    files_excluded: int = 0  # left out by --include/--exclude
-    files_ingested: int = 0
-    scenes_ingested: int = 0  # of files_ingested: products (a scene of several files)
-    files_unchanged: int = 0
-    files_resumed: int = 0
-    files_replaced: int = 0
-    tiles_added: int = 0
-    tiles_removed: int = 0
-    tiles_nodata: int = 0
-    seconds: float = 0.0
-    skipped: list[Skipped] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # one line each, e.g. a file left empty
-    planned: list[dict] | None = None  # dry run: {"path", "action", "detail"} per file
-    kind: str | None = None  # what the database holds: "geo" or "plain"
-    kind_reason: str = ""  # why: the database's own kind, --kind, or the inputs' majority
-    new_database: bool = False  # the kind was decided by this run
-    engine: str = "local"
-    remote_chunks: int = 0  # Spark: chunks computed by executors, outside the driver
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class IngestProgress(Protocol):
-    """Receives progress; the CLI draws a bar from it. Every method is optional to act on."""
-
-    def begin(self, files: int) -> None: ...
-
-    def advance(self, files: float, tiles: int = 0) -> None: ...
-
-    def skipped(self, path: str, reason: str) -> None: ...
-
-
-class SilentProgress:
-    def begin(self, files: int) -> None:
-        pass
-
-    def advance(self, files: float, tiles: int = 0) -> None:
-        pass
-
-    def skipped(self, path: str, reason: str) -> None:
-        pass
 
 
 def discover(paths: Iterable[Path]) -> list[str]:
@@ -209,7 +144,7 @@ def plan_files(
             action: Action = "new"
         elif verify and known.sha256 is not None:
             action = "replace" if digest != known.sha256 else _done_or_resume(known)
-        elif (known.size, known.mtime_ns) != (size, mtime_ns):
+        elif not known.same_identity(size, mtime_ns):
             action = "replace"
         else:
             action = _done_or_resume(known)
@@ -232,22 +167,6 @@ def _scene(path: str) -> str | None:
 
 def _done_or_resume(known: FileRecord) -> Action:
     return "unchanged" if known.status == "done" else "resume"
-
-
-def content_hash(path: str) -> str | None:
-    """SHA-256 of a file's bytes (a scene's: its member files' in turn), or None if one can't
-    be read (reported later)."""
-    digest = hashlib.sha256()
-    for member in identity_files(path):
-        if not os.path.isfile(member):  # a FIFO would block; anything else is reported later
-            return None
-        try:
-            with open(member, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023
-                    digest.update(block)
-        except OSError:
-            return None
-    return digest.hexdigest()
 
 
 def create_catalog(
@@ -277,11 +196,7 @@ def create_catalog(
                     for window in windows[::step][:FIT_SAMPLE_TILES_PER_FILE]
                 ]
             manifest = layout
-            sample += [
-                tile
-                for tile in tiles
-                if tile.valid.any() and tile.nodata_fraction <= settings.max_nodata_fraction
-            ]
+            sample += [t for t in tiles if t.worth_indexing(settings.max_nodata_fraction)]
             files_sampled += 1
         except InputError as exc:
             unreadable[plan.path] = error_reason(exc, plan.path)
@@ -300,7 +215,7 @@ def ingest(
     progress: IngestProgress | None = None,
     verify: bool = False,
     dry_run: bool = False,
-    engine: str = "local",
+    engine: str = DEFAULT_ENGINE,
     master: str | None = None,
     kind: str | None = None,
     include: Sequence[str] = (),
@@ -315,10 +230,10 @@ def ingest(
     ``select_inputs``). Re-running skips unchanged files, resumes half-done ones and
     replaces changed ones (``verify``: judged by content hash). ``dry_run`` only plans:
     the report's ``planned`` lists each file with what ingest would do, nothing is written.
-    ``engine="spark"`` runs the per-tile work on Apache Spark (``master``, else config).
+    ``engine`` names where the per-tile work runs (``engines.ENGINES``: ``spark`` on Apache
+    Spark, at ``master``, else config).
     """
-    if engine not in ("local", "spark"):
-        raise ConfigError(f"--engine: expected local or spark, got {engine!r}")
+    chosen = engine_named(engine)
 
     settings = settings or Settings()
     if bands:
@@ -331,7 +246,9 @@ def ingest(
         raise InputError(
             f"nothing to ingest: no image file or scene in {', '.join(map(str, paths))}{left_out}"
         )
-    report = IngestReport(db=str(db), files_found=len(files), files_excluded=excluded)
+    report = IngestReport(
+        db=str(db), files_found=len(files), files_excluded=excluded, engine=chosen.name
+    )
     for path in [f for f in files if file_name_problem(Path(f))]:
         files.remove(path)
         report.skipped.append(Skipped(path, file_name_problem(Path(path))))
@@ -363,14 +280,7 @@ def ingest(
         else:
             todo = [plan for plan in plans if plan.path not in unreadable]
             progress.advance(len(plans) - len(todo))
-            if engine == "spark":
-                from geosearch.engines.spark import run_spark
-
-                run_spark(catalog, todo, settings, bands, report, progress, master)
-            else:
-                from geosearch.engines.local import run_local
-
-                run_local(catalog, todo, settings, bands, report, progress)
+            chosen.run(catalog, todo, settings, bands, report, progress, master)
         store.update_extent()
     report.seconds = round(time.perf_counter() - started, 3)
     return report
@@ -398,10 +308,3 @@ def _of_kind(
             report.skipped.append(Skipped(path, other_kind_reason(report.kind, name)))
             progress.skipped(path, report.skipped[-1].reason)
     return kept
-
-
-def error_reason(exc: GeosearchError, path: str) -> str:
-    """An error's message without the path it starts with (the caller shows the path)."""
-    text = str(exc)
-    prefix = f"{path}: "
-    return text[len(prefix) :] if text.startswith(prefix) else text

@@ -34,8 +34,9 @@ from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog
 from geosearch.errors import InputError
 from geosearch.orientation import ALL_ORIENTATIONS, IDENTITY, Orientation
+from geosearch.pixels import Window
 from geosearch.register import SCALE_SWEEP, QueryPicture, Registration, register
-from geosearch.sources import GeoRasterSource, Window, open_source, pixel_footprint
+from geosearch.sources import GeoRasterSource, open_source, pixel_footprint
 from geosearch.store import Store, TileRecord
 
 # Queries up to this many tile sides (in the scene's pixels) are placed; larger ones (a whole

@@ -45,8 +45,10 @@ from geosearch.embeddings import Dequantization, dequantization_for
 from geosearch.errors import ConfigError, InputError, OutputError
 from geosearch.feedback import rocchio
 from geosearch.index import index_for_search
-from geosearch.search import SearchFilters, SearchResult, allowed_ids, similarity_of
-from geosearch.sources import GeoRasterSource, Window, open_source, window_ring
+from geosearch.pixels import Window
+from geosearch.request import SearchFilters
+from geosearch.search import SearchResult, allowed_ids, similarity_of
+from geosearch.sources import GeoRasterSource, open_source, window_ring
 from geosearch.store import Store, TileRecord
 
 NODATA = -9999.0

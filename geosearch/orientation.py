@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geosearch.sources import RawTile
+from geosearch.pixels import RawTile
 
 
 @dataclass(frozen=True)

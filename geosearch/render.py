@@ -23,8 +23,10 @@ from shapely.geometry.polygon import orient
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
 from geosearch.locate import Placement
+from geosearch.pixels import Window
 from geosearch.search import LocateResult, Match, Query, SearchResult
-from geosearch.sources import Window, open_source
+from geosearch.sources import open_source
+from geosearch.store import TileRecord
 
 GEOJSON_NAME = "similar.geojson"
 LOCATED_GEOJSON_NAME = "located.geojson"
@@ -96,37 +98,45 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def feature(
+    geometry: BaseGeometry | None, properties: dict[str, Any], feature_id: int | None = None
+) -> dict[str, Any]:
+    """An RFC 7946 Feature: a lon/lat geometry (``lonlat_geometry``; null without one) and
+    ``properties``, with ``feature_id`` as its id if given."""
+    identity = {"id": feature_id} if feature_id is not None else {}
+    return {"type": "Feature", **identity, "geometry": lonlat_geometry(geometry),
+            "properties": properties}  # fmt: skip
+
+
+def tile_properties(tile: TileRecord) -> dict[str, Any]:
+    """What every feature of a stored tile says of it: id, file, window, date and CRS."""
+    window = tile.window
+    return {
+        "id": tile.id, "path": tile.path, "row": window.row, "col": window.col,
+        "width": window.width, "height": window.height, "acquired": tile.acquired,
+        "crs": tile.crs,
+    }  # fmt: skip
+
+
+def tile_feature(
+    tile: TileRecord,
+    leading: dict[str, Any],
+    trailing: dict[str, Any],
+    feature_id: bool = False,
+) -> dict[str, Any]:
+    """A stored tile as a Feature (the one builder of ``similar.geojson``'s results and the
+    service's tiles): its footprint; ``leading`` properties, ``tile_properties`` (where not
+    already among them) and ``trailing`` ones; ``feature_id``: the tile id as the Feature's id."""
+    properties = leading | tile_properties(tile) | trailing
+    return feature(tile.footprint, properties, tile.id if feature_id else None)
+
+
 def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
     """Query and result features of every search, in one RFC 7946 FeatureCollection."""
     features = []
     for number, result in enumerate(results, start=1):
-        query = result.query
-        first = query.tiles[0]
-        properties = {
-            "role": "query",
-            "query": number,
-            "rank": 0,
-            "score": 1.0,
-            "id": first.id if len(query.tiles) == 1 else None,
-            "path": query.path,
-            "tiles": len(query.tiles),
-            "row": first.window.row if len(query.tiles) == 1 else None,
-            "col": first.window.col if len(query.tiles) == 1 else None,
-            "width": first.window.width if len(query.tiles) == 1 else None,
-            "height": first.window.height if len(query.tiles) == 1 else None,
-            "acquired": first.acquired,
-            "crs": first.crs,
-            "preview": result.query_preview,
-        }
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": lonlat_geometry(query.footprint),
-                "properties": properties,
-            }
-        )
+        features.append(_query_feature(result, number))
         for match in result.matches:
-            tile = match.tile
             located = match.located
             properties = {
                 "role": "result",
@@ -137,25 +147,36 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
                 "cosine": round(match.cosine, 6) if match.cosine is not None else None,
                 "correlation": round(located.placement.correlation, 4) if located else None,
                 "coverage": round(located.coverage, 4) if located else None,
-                "id": tile.id,
-                "path": tile.path,
+                "id": match.tile.id,
+                "path": match.tile.path,
                 "tiles": 1,
-                "row": tile.window.row,
-                "col": tile.window.col,
-                "width": tile.window.width,
-                "height": tile.window.height,
-                "acquired": tile.acquired,
-                "crs": tile.crs,
-                "preview": match.preview,
             }
-            features.append(
-                {
-                    "type": "Feature",
-                    "geometry": lonlat_geometry(tile.footprint),
-                    "properties": properties,
-                }
-            )
+            features.append(tile_feature(match.tile, properties, {"preview": match.preview}))
     return {"type": "FeatureCollection", "features": features}
+
+
+def _query_feature(result: SearchResult, number: int) -> dict[str, Any]:
+    """The query of a search as a Feature (``role: query``): its tile, or its file's tiles."""
+    query = result.query
+    first = query.tiles[0]
+    one = len(query.tiles) == 1
+    properties = {
+        "role": "query",
+        "query": number,
+        "rank": 0,
+        "score": 1.0,
+        "id": first.id if one else None,
+        "path": query.path,
+        "tiles": len(query.tiles),
+        "row": first.window.row if one else None,
+        "col": first.window.col if one else None,
+        "width": first.window.width if one else None,
+        "height": first.window.height if one else None,
+        "acquired": first.acquired,
+        "crs": first.crs,
+        "preview": result.query_preview,
+    }
+    return feature(query.footprint, properties)
 
 
 def location_feature(placement: Placement, number: int = 1, rank: int = 0) -> dict[str, Any]:
@@ -171,11 +192,7 @@ def location_feature(placement: Placement, number: int = 1, rank: int = 0) -> di
         "rotation": 90 * placement.orientation.quarter_turns,
         "mirrored": placement.orientation.mirrored,
     }
-    return {
-        "type": "Feature",
-        "geometry": lonlat_geometry(placement.footprint),
-        "properties": properties,
-    }
+    return feature(placement.footprint, properties)
 
 
 @dataclass
@@ -270,10 +287,9 @@ def marks_collection(session: dict[str, Any]) -> dict[str, Any]:
     for mark in session["marks"]:
         tile = mark["tile"]
         features.append(
-            {
-                "type": "Feature",
-                "geometry": lonlat_geometry(tile.footprint) if tile else None,
-                "properties": {
+            feature(
+                tile.footprint if tile else None,
+                {
                     "session": session["name"],
                     "id": mark["tile_id"],
                     "label": "good" if mark["label"] > 0 else "bad",
@@ -284,7 +300,7 @@ def marks_collection(session: dict[str, Any]) -> dict[str, Any]:
                     "col": tile.window.col if tile else None,
                     "acquired": tile.acquired if tile else None,
                 },
-            }
+            )
         )
     return {"type": "FeatureCollection", "features": features}
 

@@ -27,14 +27,16 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from geosearch.bands import QueryBands
-from geosearch.catalog import Catalog, open_catalog
+from geosearch.catalog import Catalog
 from geosearch.config import FeedbackSettings, SearchSettings, Settings
-from geosearch.errors import ConfigError, DatabaseError, InputError
+from geosearch.errors import ConfigError, DatabaseError, InputError, NotFoundError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
-from geosearch.sources import Window, canonical_path, file_identity, file_name_problem
-from geosearch.store import FileRecord, Store, TileRecord
+from geosearch.pixels import Window
+from geosearch.request import SearchFilters, SearchRequest
+from geosearch.sources import canonical_path, file_name_problem
+from geosearch.store import Store, TileRecord
 
 # With a filter leaving at most this many tiles, they are scored exactly, directly.
 EXACT_SUBSET_LIMIT = 50_000
@@ -51,7 +53,7 @@ class Query:
     tiles: list[TileRecord]
     vector: np.ndarray
     indexed: bool
-    tile: int | None = None  # which of the file's tiles, if one was picked
+    tile_index: int | None = None  # which of the file's tiles, if one was picked
     lonlat: tuple[float, float] | None = None
 
     also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
@@ -75,7 +77,7 @@ class Query:
             "path": self.path,
             "input": self.label,
             "indexed": self.indexed,
-            "tile": self.tile,
+            "tile": self.tile_index,
             "lonlat": list(self.lonlat) if self.lonlat else None,
             "tiles": len(self.tiles),
             "any_orientation": self.turned is not None,
@@ -164,38 +166,6 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
-class SearchFilters:
-    """What results may be: inside a lon/lat box or area, in a date range, far enough from the
-    query, from other files than the query's."""
-
-    bbox: tuple[float, float, float, float] | None = None
-    within: BaseGeometry | None = None  # lon/lat
-    after: str | None = None
-    before: str | None = None
-    exclude_near: float | None = None  # metres
-    other_files: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "bbox": list(self.bbox) if self.bbox else None,
-            "within": shapely.to_wkt(self.within, rounding_precision=7) if self.within else None,
-            "after": self.after,
-            "before": self.before,
-            "exclude_near": self.exclude_near,
-            "other_files": self.other_files,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchFilters:
-        within = shapely.from_wkt(data["within"]) if data.get("within") else None
-        bbox = tuple(data["bbox"]) if data.get("bbox") else None
-        return cls(
-            bbox, within, data.get("after"), data.get("before"), data.get("exclude_near"),
-            bool(data.get("other_files")),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
 class Feedback:
     """Tile ids marked relevant (good) and not relevant (bad)."""
 
@@ -221,9 +191,8 @@ def resolve_query(
     if problem:
         raise InputError(f"{path}: {problem}")
     stored_path = canonical_path(path)  # a scene's folder, MTL or STAC item: the scene
-    record = catalog.store.file_record(stored_path)
     pixels = None
-    if record is not None and record.status == "done" and _unchanged(stored_path, record):
+    if catalog.unchanged_file(stored_path) is not None:
         tiles = catalog.store.tiles_of_file(stored_path)
         if not tiles:
             raise InputError(f"{path}: indexed, but none of its tiles had enough valid pixels")
@@ -316,12 +285,57 @@ def resolve_tile(
     return query
 
 
-def _unchanged(path: str, record: FileRecord) -> bool:
-    try:
-        identity = file_identity(path)  # a scene: its member files'
-    except OSError:
-        return True  # gone from disk: the database still knows it
-    return identity == (record.size, record.mtime_ns)
+def resolve_request(catalog: Catalog, request: SearchRequest) -> list[Query]:
+    """The queries of a request (``with_defaults`` applied): its files, its stored tile and its
+    place, in that order; ConfigError if it has none."""
+    turned = bool(request.any_orientation)
+    queries = [resolve_query(catalog, path, request.tile_index, turned) for path in request.queries]
+    if request.tile_id is not None:
+        queries.append(resolve_tile(catalog, stored_tile(catalog, request.tile_id), turned))
+    if request.lonlat is not None:
+        lon, lat = request.lonlat
+        queries.append(resolve_point(catalog, lon, lat, request.date, turned))
+    if not queries:
+        raise ConfigError("no query: give a query file or --lonlat LON,LAT")
+    return queries
+
+
+def stored_tile(catalog: Catalog, tile_id: int) -> TileRecord:
+    """The tile ``tile_id``; NotFoundError if the database has none."""
+    found = catalog.store.tiles([tile_id])
+    if not found:
+        raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
+    return found[0]
+
+
+def check_marked(catalog: Catalog, marked: Sequence[int]) -> None:
+    """ConfigError naming the first tile id of ``marked`` the database doesn't hold."""
+    found = {t.id for t in catalog.store.tiles(sorted(set(marked)))}
+    missing = sorted(set(marked) - found)
+    if missing:
+        raise ConfigError(f"tile id {missing[0]} is not in {catalog.name}")
+
+
+def search_marked(
+    catalog: Catalog,
+    query: Query,
+    top: int,
+    filters: SearchFilters,
+    marks: dict[int, int],
+    settings: Settings,
+) -> SearchResult:
+    """One query searched as a feedback round is: ``marks`` (tile id -> +1 good, -1 bad) move
+    it, and the marked tiles are not shown again."""
+    feedback = Feedback(
+        good=tuple(t for t, label in marks.items() if label > 0),
+        bad=tuple(t for t, label in marks.items() if label < 0),
+    )
+    query.also_exclude = frozenset(marks)
+    [result] = search_vectors(
+        catalog, [query], top, filters, feedback, settings.feedback,
+        settings.search.orientation_bonus, settings.search,
+    )  # fmt: skip
+    return result
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -495,22 +509,35 @@ def search_vectors(
             order = np.argsort(-scores, kind="stable")
             pairs = [(float(scores[i]), ids[i]) for i in order]
         placed = placed[:top]
-        pairs = pairs[: top - len(placed)]
-        ids = [p.tile_id for p in placed] + [tile_id for _, tile_id in pairs]
-        records = store.tiles(ids)
-        cosines = _stored_vectors(store, ids) @ query.vector if ids else []
-        located_by_id = {p.tile_id: p for p in placed}
-        scores = [1.0 + p.score for p in placed] + [score for score, _ in pairs]
-        matches = [
-            Match(rank, score, record, None, float(cosine), located_by_id.get(record.id))
-            for rank, (score, record, cosine) in enumerate(
-                zip(scores, records, cosines, strict=True), start=1
-            )
-        ]
+        matches = ranked_matches(store, pairs[: top - len(placed)], placed, query.vector)
         applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
         location = placements[0] if placements else None
         results.append(SearchResult(query, matches, feedback=applied, location=location))
     return results
+
+
+def ranked_matches(
+    store: Store,
+    pairs: Sequence[tuple[float, int]],
+    placed: Sequence[PlacedTile] = (),
+    vector: np.ndarray | None = None,
+) -> list[Match]:
+    """Results, ranked: the tiles where the second stage placed the query (``placed``, scored
+    1 + its score) first, then the (score, tile id) ``pairs``; with the query ``vector``, each
+    with its cosine to it."""
+    ids = [p.tile_id for p in placed] + [tile_id for _, tile_id in pairs]
+    scores = [1.0 + p.score for p in placed] + [score for score, _ in pairs]
+    records = store.tiles(ids)
+    cosines: list[float | None] = [None] * len(ids)
+    if vector is not None and ids:
+        cosines = [float(cosine) for cosine in _stored_vectors(store, ids) @ vector]
+    located = {p.tile_id: p for p in placed}
+    return [
+        Match(rank, score, record, None, cosine, located.get(record.id))
+        for rank, (score, record, cosine) in enumerate(
+            zip(scores, records, cosines, strict=True), start=1
+        )
+    ]
 
 
 def is_scene_query(query: Query) -> bool:
@@ -758,16 +785,6 @@ def _keep_passing(
     return kept
 
 
-def open_database(db: Path, settings: Settings | None = None) -> Catalog:
-    """An existing, initialised database ready for search."""
-    store = Store(db)
-    catalog = open_catalog(store, settings or Settings())
-    if catalog is None:
-        store.close()
-        raise DatabaseError(f"{db} holds no tiles yet: run 'geosearch ingest FOLDER --db {db}'")
-    return catalog
-
-
 __all__ = [
     "Feedback",
     "Match",
@@ -780,10 +797,13 @@ __all__ = [
     "mean_vector",
     "merge_orientations",
     "orientation_rows",
-    "open_database",
     "resolve_point",
+    "ranked_matches",
     "resolve_query",
+    "resolve_request",
     "resolve_tile",
+    "search_marked",
+    "stored_tile",
     "scene_ranking",
     "is_scene_query",
     "search_vectors",

@@ -1,31 +1,31 @@
-"""Feedback sessions: a query, the tiles marked good or bad, and its latest results.
+"""Searching with a ``SearchRequest``, and feedback sessions: a query, the tiles marked good or
+bad, and its latest results.
 
-Every search is saved as a session in the database (one per query), so it can be refined in
-rounds (``geosearch feedback SESSION --good 3,5 --bad 2``), repeated, and exported. A round
-moves the query with every mark so far; tiles already marked are not shown again.
+Every search through the API is saved as a session in the database (one per query), so it can
+be refined in rounds (``geosearch feedback SESSION --good 3,5 --bad 2``), repeated, and
+exported. A round moves the query with every mark so far; tiles already marked are not shown
+again. The sessions' tables are ``geosearch.session_store``'s.
 """
 
 from __future__ import annotations
 
-import datetime
 import getpass
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geosearch.catalog import Catalog
+from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
-from geosearch.errors import ConfigError, InputError
+from geosearch.errors import ConfigError, ConflictError, InputError
+from geosearch.request import SearchRequest
 from geosearch.search import (
-    Feedback,
     Query,
-    SearchFilters,
     SearchResult,
-    open_database,
-    resolve_point,
-    resolve_query,
-    search_vectors,
+    check_marked,
+    resolve_request,
+    search_marked,
+    stored_tile,
 )
 
 
@@ -36,117 +36,77 @@ def current_user() -> str:
         return "unknown"
 
 
-def _spec(query: Query, date: str | None) -> dict[str, Any]:
-    """How to find a query again: its file (and tile), or its place (and date)."""
-    turned = query.turned is not None
-    if query.lonlat is not None:
-        return {"lonlat": list(query.lonlat), "date": date, "any_orientation": turned}
-    return {"path": query.path, "tile": query.tile, "any_orientation": turned}
-
-
-def _resolve(catalog: Catalog, spec: dict[str, Any]) -> Query:
-    turned = bool(spec.get("any_orientation"))
-    if spec.get("lonlat"):
-        return resolve_point(catalog, *spec["lonlat"], spec.get("date"), turned)
-    return resolve_query(catalog, Path(spec["path"]), spec.get("tile"), turned)
-
-
-def _search(
-    catalog: Catalog,
-    query: Query,
-    top: int,
-    filters: SearchFilters,
-    marks: dict[int, int],
-    settings: Settings,
-) -> SearchResult:
-    feedback = Feedback(
-        good=tuple(t for t, label in marks.items() if label > 0),
-        bad=tuple(t for t, label in marks.items() if label < 0),
-    )
-    query.also_exclude = frozenset(marks)
-    [result] = search_vectors(
-        catalog, [query], top, filters, feedback, settings.feedback,
-        settings.search.orientation_bonus, settings.search,
-    )  # fmt: skip
-    return result
-
-
-def search_and_save(
-    db: Path,
-    queries: Sequence[Path],
-    top: int,
-    *,
-    tile: int | None = None,
-    lonlat: tuple[float, float] | None = None,
-    date: str | None = None,
-    filters: SearchFilters | None = None,
-    good: Sequence[int] = (),
-    bad: Sequence[int] = (),
-    session: str | None = None,
-    any_orientation: bool | None = None,
-    settings: Settings | None = None,
+def search(
+    catalog: Catalog, request: SearchRequest, settings: Settings, notes: Sequence[str] = ()
 ) -> list[SearchResult]:
-    """Search (files and/or a place) and save each query as a session with its marks.
+    """Every query of ``request`` (``with_defaults`` applied) searched with its marks, nothing
+    saved; each result notes what the reader should know (``notes`` first)."""
+    queries = resolve_request(catalog, request)
+    marks = request.marks()
+    check_marked(catalog, list(marks))
+    notes = _date_notes(catalog, request) + list(notes)
+    results = []
+    for query in queries:
+        result = search_marked(catalog, query, request.top, request.filters, marks, settings)
+        result.notes = notes + _undated_place(query)
+        results.append(result)
+    return results
 
-    ``any_orientation`` (default: config ``search.orientations``) matches tiles however turned.
-    """
-    settings = settings or Settings()
-    if any_orientation is None:
-        any_orientation = settings.search.orientations == "any"
-    filters = filters or SearchFilters()
-    _check_date(date, lonlat)
-    catalog = open_database(db, settings)
-    store = catalog.store
-    try:
-        resolved = [resolve_query(catalog, Path(q), tile, any_orientation) for q in queries]
-        if lonlat is not None:
-            resolved.append(resolve_point(catalog, *lonlat, date, any_orientation))
-        if not resolved:
-            raise ConfigError("no query: give a query file or --lonlat LON,LAT")
-        marks = {int(t): 1 for t in good} | {int(t): -1 for t in bad}
-        _check_ids(catalog, marks)
-        base = session or time.strftime("%Y%m%d-%H%M%S")
-        notes = _date_notes(catalog, filters)
+
+def search_and_save(db: Path, request: SearchRequest, settings: Settings) -> list[SearchResult]:
+    """Search and save each query as a feedback session with its marks (named
+    ``request.session``, numbered when there are several queries; default: the time)."""
+    request = request.with_defaults(settings)
+    with open_database(db, settings) as catalog:
+        request = _by_file(catalog, request)
+        store = catalog.store
+        readonly = [f"{store.path} is read-only here: searched without saving a feedback session"]
+        results = search(catalog, request, settings, readonly if store.readonly else ())
         if store.readonly:
-            notes.append(
-                f"{store.path} is read-only here: searched without saving a feedback session"
-            )
-        results = []
-        for number, query in enumerate(resolved, start=1):
-            name = base if len(resolved) == 1 else f"{base}-{number}"
-            result = _search(catalog, query, top, filters, marks, settings)
-            result.notes = notes + _undated_place(query)
-            if not store.readonly:
-                spec = _spec(query, date) | {"top": top, "filters": filters.to_dict()}
-                matched = [m.tile.id for m in result.matches]
-                store.save_session(name, current_user(), spec, matched)
-                if marks:
-                    store.mark(name, marks, current_user())
-                result.session = name
-            results.append(result)
+            return results
+        base = request.session or time.strftime("%Y%m%d-%H%M%S")
+        marks = request.marks()
+        for number, result in enumerate(results, start=1):
+            name = base if len(results) == 1 else f"{base}-{number}"
+            saved = _one_query(request, result.query).saved()
+            store.sessions.save(name, current_user(), saved, [m.tile.id for m in result.matches])
+            if marks:
+                store.sessions.mark(name, marks, current_user())
+            result.session = name
         return results
-    finally:
-        store.close()
 
 
-def _check_date(date: str | None, lonlat: tuple[float, float] | None) -> None:
-    """``--date`` picks the tile at ``--lonlat`` acquired that day: alone it means nothing."""
-    if date is None:
-        return
-    if lonlat is None:
-        raise ConfigError(
-            "--date needs --lonlat LON,LAT (it picks the tile there acquired that day); "
-            "--after/--before filter results by date"
+def _by_file(catalog: Catalog, request: SearchRequest) -> SearchRequest:
+    """A request by stored tile id as one by its file and position in it (``--tile N``), so
+    that its session can be searched again; ConflictError when the file changed on disk since
+    ingest (it would be embedded anew)."""
+    if request.tile_id is None:
+        return request
+    if request.queries:
+        raise ConfigError("give query files or a tile id, not both")
+    record = stored_tile(catalog, request.tile_id)
+    if catalog.unchanged_file(record.path) is None:
+        raise ConflictError(
+            f"tile {record.id}: its file changed since it was ingested; run 'geosearch ingest' "
+            "on it again before starting a feedback session with it"
         )
-    try:
-        datetime.date.fromisoformat(date)
-    except ValueError:
-        raise ConfigError(f"--date: expected a date like 2014-07-20, got {date!r}") from None
+    position = [t.id for t in catalog.store.tiles_of_file(record.path)].index(record.id)
+    update = {"tile_id": None, "queries": [Path(record.path)], "tile_index": position}
+    return request.model_copy(update=update)
 
 
-def _date_notes(catalog: Catalog, filters: SearchFilters) -> list[str]:
+def _one_query(request: SearchRequest, query: Query) -> SearchRequest:
+    """The part of ``request`` that found ``query``: its file (and tile), or its place."""
+    if query.lonlat is not None:
+        return request.model_copy(update={"queries": [], "tile_id": None})
+    return request.model_copy(
+        update={"queries": [Path(query.path)], "tile_id": None, "lonlat": None, "date": None}
+    )
+
+
+def _date_notes(catalog: Catalog, request: SearchRequest) -> list[str]:
     """A date filter leaves undated tiles out: say how many, rather than print a short table."""
-    if filters.after is None and filters.before is None:
+    if request.filters.after is None and request.filters.before is None:
         return []
     counts = catalog.store.date_sources()
     undated = counts.get("undated", 0)
@@ -182,13 +142,12 @@ def refine(
 ) -> SearchResult:
     """Mark tiles of a session's last results (by rank, or by tile id) and search again."""
     settings = settings or Settings()
-    catalog = open_database(db, settings)
-    store = catalog.store
-    try:
+    with open_database(db, settings) as catalog:
+        store = catalog.store
         store.refuse_if_readonly()  # a round is saved: say so before anything else
-        saved = store.session(session)
+        saved = store.sessions.get(session)
         if saved is None:
-            known = ", ".join(store.sessions()[-5:]) or "none yet"
+            known = ", ".join(store.sessions.names()[-5:]) or "none yet"
             raise InputError(f"no feedback session '{session}' in {db} (latest: {known})")
         last = saved["last_results"]
 
@@ -203,38 +162,28 @@ def refine(
             return [last[v - 1] for v in values]
 
         new_marks = {t: 1 for t in tile_ids(good)} | {t: -1 for t in tile_ids(bad)}
-        _check_ids(catalog, new_marks)
+        check_marked(catalog, list(new_marks))
         if new_marks:
-            store.mark(session, new_marks, current_user())
-        marks = {m["tile_id"]: m["label"] for m in store.session(session)["marks"]}
-        spec = saved["query"]
-        filters = SearchFilters.from_dict(spec.get("filters") or {})
-        top = top or spec.get("top") or settings.search.top
-        result = _search(catalog, _resolve(catalog, spec), top, filters, marks, settings)
-        store.save_session(session, current_user(), spec, [m.tile.id for m in result.matches])
+            store.sessions.mark(session, new_marks, current_user())
+        marks = {m["tile_id"]: m["label"] for m in store.sessions.get(session)["marks"]}
+        request = SearchRequest.from_saved(saved["query"])
+        request = request.model_copy(update={"top": top or request.top}).with_defaults(settings)
+        [query] = resolve_request(catalog, request)
+        result = search_marked(catalog, query, request.top, request.filters, marks, settings)
+        store.sessions.save(
+            session, current_user(), saved["query"], [m.tile.id for m in result.matches]
+        )
         result.session = session
         return result
-    finally:
-        store.close()
 
 
 def session_marks(db: Path, session: str, settings: Settings | None = None) -> dict[str, Any]:
     """A session as stored, with its marked tiles' records (for listing and export)."""
-    catalog = open_database(db, settings)
-    try:
-        saved = catalog.store.session(session)
+    with open_database(db, settings) as catalog:
+        saved = catalog.store.sessions.get(session)
         if saved is None:
             raise InputError(f"no feedback session '{session}' in {db}")
         records = {t.id: t for t in catalog.store.tiles([m["tile_id"] for m in saved["marks"]])}
-        for mark in saved["marks"]:
-            mark["tile"] = records.get(mark["tile_id"])
-        return saved
-    finally:
-        catalog.store.close()
-
-
-def _check_ids(catalog: Catalog, marks: dict[int, int]) -> None:
-    found = {t.id for t in catalog.store.tiles(sorted(marks))}
-    missing = sorted(set(marks) - found)
-    if missing:
-        raise ConfigError(f"tile id {missing[0]} is not in {catalog.name}")
+    for mark in saved["marks"]:
+        mark["tile"] = records.get(mark["tile_id"])
+    return saved

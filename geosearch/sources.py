@@ -11,6 +11,7 @@ pipeline treats alike.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -24,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.windows
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pyproj import CRS, Transformer
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
@@ -36,6 +36,7 @@ from shapely.geometry.base import BaseGeometry
 from geosearch.dates import Acquired, acquisition_date
 from geosearch.errors import InputError
 from geosearch.formats import GEO_SUFFIXES, IMAGE_SUFFIXES, PLAIN_SUFFIXES, kind_of
+from geosearch.pixels import RawTile, Window, tile_windows
 from geosearch.products import (
     Product,
     canonical_path,
@@ -56,35 +57,6 @@ FOOTPRINT_EDGE_POINTS = 4
 warnings.filterwarnings("ignore", category=NodataShadowWarning)
 # Set by ``gdal_messages`` so that worker processes show GDAL's messages alike.
 VERBOSE_VARIABLE = "GEOSEARCH_VERBOSE"
-
-
-@dataclass(frozen=True)
-class Window:
-    """A pixel window of a source: top row, left column, width and height."""
-
-    row: int
-    col: int
-    width: int
-    height: int
-
-    def as_rasterio(self) -> rasterio.windows.Window:
-        return rasterio.windows.Window(self.col, self.row, self.width, self.height)
-
-
-@dataclass
-class RawTile:
-    """Pixels of one window as stored in the file, before band scaling.
-
-    ``pixels`` is (bands, height, width) in the file's dtype; ``valid`` is (height, width),
-    True where every selected band holds data (not nodata, not masked, finite).
-    """
-
-    pixels: np.ndarray
-    valid: np.ndarray
-
-    @property
-    def nodata_fraction(self) -> float:
-        return float(1.0 - self.valid.mean()) if self.valid.size else 1.0
 
 
 @dataclass(frozen=True)
@@ -141,15 +113,6 @@ def find_images(root: Path) -> Iterator[Path]:
         found += sorted(dict.fromkeys(units))
     found += [Path(error.filename) for error in unlisted]
     yield from (path for path in found if os.path.abspath(path) not in claimed)
-
-
-def tile_windows(width: int, height: int, tile_size: int) -> list[Window]:
-    """A grid of windows covering the raster; edge remainders are kept as smaller windows."""
-    return [
-        Window(row, col, min(tile_size, width - col), min(tile_size, height - row))
-        for row in range(0, height, tile_size)
-        for col in range(0, width, tile_size)
-    ]
 
 
 @lru_cache(maxsize=64)
@@ -500,6 +463,33 @@ def identity_files(path: str | os.PathLike[str]) -> list[str]:
     return list(product.members) if product is not None else [os.fspath(path)]
 
 
+def content_hash(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a file's bytes (a scene's: its member files' in turn), or None if one can't
+    be read (reported later)."""
+    digest = hashlib.sha256()
+    for member in identity_files(path):
+        if not os.path.isfile(member):  # a FIFO would block; anything else is reported later
+            return None
+        try:
+            _hash_file(digest, member)
+        except OSError:
+            return None
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of one file's bytes, in hex."""
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: str | os.PathLike[str]) -> None:
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+
+
 def window_grid(path: str, tile_size: int) -> list[Window] | None:
     """A raster's (or scene's) tile windows from its header, or None for a plain image or
     something that can't be opened here (the reader says why, later)."""
@@ -621,18 +611,17 @@ __all__ = [
     "GeoRasterSource",
     "ImageSource",
     "PlainImageSource",
-    "RawTile",
-    "Window",
     "canonical_path",
+    "content_hash",
     "file_identity",
     "file_name_problem",
+    "file_sha256",
     "find_images",
     "gdal_messages",
     "identity_files",
     "kind_of",
     "open_source",
     "pixel_footprint",
-    "tile_windows",
     "window_grid",
     "window_ring",
 ]

@@ -6,13 +6,13 @@ Layers (all readable by QGIS/GDAL as they are):
   read (``acquired_source``), nodata fraction, the fused ``vector`` and the raw ``features``
   (float32 little-endian BLOBs);
 - ``files``: every file ingested, with size, mtime and whether all its tiles are in;
-- ``geosearch_meta``: band manifest, feature fusion, settings, versions (JSON values).
+- ``geosearch_meta``: band manifest, feature fusion, settings, versions (JSON values);
+- ``feedback_sessions``, ``feedback_marks``: feedback sessions (``geosearch.session_store``).
 
-GDAL creates the file as GeoPackage 1.2 (so its bookkeeping is GDAL's own, and GDAL 3.6 / QGIS
-3.22 read it without warnings); rows are then written through sqlite3 in transactions, a batch
-at a time: a tile and its vector are one row, so one is never visible without the other.
-Geometries are GeoPackage binary (header + envelope + WKB); timestamps are ISO 8601 UTC
-(``YYYY-MM-DDTHH:MM:SS.SSSZ``), as GeoPackage DATETIME requires.
+Rows are written through sqlite3 in transactions, a batch at a time: a tile and its vector are
+one row, so one is never visible without the other. How the file itself is made and how
+geometries are encoded: ``geosearch.geopackage``. One writer at a time holds ``<db>.lock``
+(``filelock``: an OS lock, released when the process ends however it ends).
 
 A database where this process can't write (a read-only folder, file or medium) is opened
 read-only and immutable: reading commands work and nothing is created beside it (no lock,
@@ -22,43 +22,38 @@ WAL or shared-memory file); anything that writes fails with "permission denied: 
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import sqlite3
-import struct
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import shapely
-
-# GDAL (through pyogrio) and sqlite3 are loaded here, at import, on purpose: TensorFlow, when a
-# Keras model is used, brings its own SQLite without R-tree support, and libraries loaded after
-# it would bind to that one.
-from pyogrio.raw import write
-from shapely.geometry import MultiPolygon, Polygon
+from filelock import FileLock, Timeout
 from shapely.geometry.base import BaseGeometry
 
+from geosearch import session_store
 from geosearch.errors import DatabaseError
-from geosearch.sources import Window
+from geosearch.geopackage import (
+    SQL_NOW,
+    add_attributes_table,
+    connect,
+    create_geopackage,
+    decode_geometry,
+    encode_geometry,
+    has_table,
+    transaction,
+)
+from geosearch.pixels import Window
+from geosearch.session_store import SessionStore
 
 SCHEMA_VERSION = 1
 TILES = "tiles"
 WGS84_SRS_ID = 4326
-_GP_HEADER = struct.Struct("<2sBBi4d")  # magic, version, flags, srs_id, minx maxx miny maxy
-_GP_FLAGS = 0b0000_0011  # little-endian, envelope [minx, maxx, miny, maxy]
-_GP_EMPTY_FLAG = 0b0001_0000
-# The oldest GeoPackage that holds what we store (features, attributes tables, R-tree) with the
-# 'GPKG' application id: GDAL 3.6 and QGIS 3.22 (Debian 12) warn about 1.4, GDAL's default.
-GPKG_VERSION = "1.2"
-# GeoPackage DATETIME: ISO 8601 in UTC with milliseconds and Z.
-SQL_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 _TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
                ("feedback_marks", "marked_at"))  # fmt: skip
 
@@ -89,6 +84,11 @@ class FileRecord:
     tiles: int = 0
     sha256: str | None = None  # content hash, when ingest ran with --verify
 
+    def same_identity(self, size: int, mtime_ns: int) -> bool:
+        """Whether a file of this size and modification time is the one recorded: the rule for
+        "unchanged" (ingest skips it, a query uses its stored vectors)."""
+        return (self.size, self.mtime_ns) == (size, mtime_ns)
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -101,38 +101,6 @@ class BatchResult:
 def normalise_path(path: str | os.PathLike[str]) -> str:
     """The absolute form of a path as stored (symlinks kept, not resolved)."""
     return os.path.abspath(os.fspath(path))
-
-
-def encode_geometry(geometry: BaseGeometry | None) -> bytes | None:
-    """GeoPackage binary geometry (EPSG:4326) of a polygon, always as a MultiPolygon."""
-    if geometry is None:
-        return None
-    if isinstance(geometry, Polygon):
-        geometry = MultiPolygon([geometry])
-    minx, miny, maxx, maxy = geometry.bounds
-    header = _GP_HEADER.pack(b"GP", 0, _GP_FLAGS, WGS84_SRS_ID, minx, maxx, miny, maxy)
-    return header + shapely.to_wkb(geometry, byte_order=1, output_dimension=2)
-
-
-def decode_geometry(blob: bytes | None) -> BaseGeometry | None:
-    """The shapely geometry of a GeoPackage binary geometry."""
-    if blob is None:
-        return None
-    flags = blob[3]
-    envelope_doubles = (0, 4, 6, 6, 8)[(flags >> 1) & 0b111]
-    return shapely.from_wkb(bytes(blob[8 + 8 * envelope_doubles :]))
-
-
-def _envelope(blob: bytes | None, which: int) -> float | None:
-    if blob is None:
-        return None
-    geometry = decode_geometry(blob)
-    minx, miny, maxx, maxy = geometry.bounds
-    return (minx, maxx, miny, maxy)[which]
-
-
-def _is_empty(blob: bytes | None) -> int:
-    return 1 if blob is None or blob[3] & _GP_EMPTY_FLAG else 0
 
 
 def vector_blob(vector: np.ndarray) -> bytes:
@@ -167,6 +135,8 @@ class Store:
         self._check_is_ours()
         columns = {row[1] for row in self._connection.execute(f"PRAGMA table_info({TILES})")}
         self._has_date_source = "acquired_source" in columns
+        self._current = self._has_date_source and has_table(self._connection, "feedback_marks")
+        self.sessions = SessionStore(self._connection, self.transaction)
 
     def _create_atomically(self) -> None:
         """Build the empty database beside its final name, then rename it into place, so a
@@ -179,7 +149,7 @@ class Store:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise DatabaseError(f"permission denied: {self.path} (can't write in {folder})")
         building = self.path.with_name(f".{self.path.stem}.{os.getpid()}.creating.gpkg")
-        _create_geopackage(building)
+        create_geopackage(building, TILES)
         connection = self._connect(building)
         try:
             self._create_tables(connection)
@@ -192,27 +162,12 @@ class Store:
 
     def _connect(self, path: Path, readonly: bool = False) -> sqlite3.Connection:
         try:
-            if readonly:
-                connection = sqlite3.connect(
-                    _readonly_uri(path), uri=True, timeout=60, isolation_level=None
-                )
-                connection.execute("PRAGMA query_only=ON")
-            else:
-                connection = sqlite3.connect(path, timeout=60, isolation_level=None)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
+            return connect(path, readonly)
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(f"{self.path}: not a GeoPackage/SQLite database ({exc})") from None
-        # GDAL's R-tree triggers call these; sqlite3 doesn't know them.
-        connection.create_function("ST_IsEmpty", 1, _is_empty, deterministic=True)
-        for name, which in (("ST_MinX", 0), ("ST_MaxX", 1), ("ST_MinY", 2), ("ST_MaxY", 3)):
-            connection.create_function(
-                name, 1, lambda blob, w=which: _envelope(blob, w), deterministic=True
-            )
-        return connection
 
     def _create_tables(self, connection: sqlite3.Connection) -> None:
-        with _transaction(connection) as db:
+        with transaction(connection) as db:
             for column, kind in (
                 ("path", "TEXT NOT NULL"),
                 ("row", "INTEGER NOT NULL"),
@@ -237,15 +192,11 @@ class Store:
             db.execute(
                 "CREATE TABLE geosearch_meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
             )
-            for table, text in (
-                ("files", "files ingested into this geosearch database"),
-                ("geosearch_meta", "geosearch settings, band manifest and feature fusion"),
-            ):
-                db.execute(
-                    "INSERT INTO gpkg_contents (table_name, data_type, identifier, description) "
-                    "VALUES (?, 'attributes', ?, ?)",
-                    (table, table, text),
-                )
+            add_attributes_table(db, "files", "files ingested into this geosearch database")
+            add_attributes_table(
+                db, "geosearch_meta", "geosearch settings, band manifest and feature fusion"
+            )
+            session_store.create_tables(db)
             self._set_meta(db, "schema_version", SCHEMA_VERSION)
             self._set_meta(db, "generation", 0)
             self._set_meta(db, "last_delete_generation", 0)
@@ -275,9 +226,12 @@ class Store:
         self.close()
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. The first write to a database
+        made by an older geosearch brings it up to date first (``_upgrade``)."""
         self.refuse_if_readonly()
-        return _transaction(self._connection)
+        if not self._current:
+            self._upgrade()
+        return transaction(self._connection)
 
     def refuse_if_readonly(self) -> None:
         """``DatabaseError`` "permission denied: PATH" when the database can't be written here."""
@@ -292,44 +246,45 @@ class Store:
         """Hold the database's writer lock; a second writer fails fast naming the holder.
 
         Brings a database made by an older geosearch up to date first (date-source column,
-        ISO 8601 timestamps)."""
+        ISO 8601 timestamps, feedback tables)."""
         self.refuse_if_readonly()
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        lock = FileLock(lock_path, timeout=0)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            lock.acquire()
+        except Timeout:
+            holder = ""
+            with suppress(OSError):  # a lock that can't be read (Windows) names no one
+                holder = lock_path.read_text().strip()
             raise DatabaseError(
-                f"{self.path} is being written by {holder}; wait for it to finish"
+                f"{self.path} is being written by {holder or 'another process'}; "
+                "wait for it to finish"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"geosearch {command} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")
-        handle.flush()
         try:
-            self._upgrade()
+            with suppress(OSError):
+                lock_path.write_text(
+                    f"geosearch {command} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})"
+                )
+            if not self._current:
+                self._upgrade()
             yield self
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            lock.release()
 
     def _upgrade(self) -> None:
         """Add what older databases lack; each step is a no-op on an up-to-date one."""
-        if self._has_date_source:
-            return
-        with self.transaction() as db:
-            db.execute(f'ALTER TABLE {TILES} ADD COLUMN "acquired_source" TEXT')
-            # 'YYYY-MM-DD HH:MM:SS' (sqlite's datetime()) -> ISO 8601 with T and Z
-            for table, column in _TIMESTAMPS:
-                if _has_table(db, table):
-                    db.execute(
-                        f"UPDATE {table} SET {column} = "
-                        f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}) WHERE {column} NOT LIKE '%T%'"
-                    )
-        self._has_date_source = True
+        with transaction(self._connection) as db:
+            if not self._has_date_source:
+                db.execute(f'ALTER TABLE {TILES} ADD COLUMN "acquired_source" TEXT')
+                # 'YYYY-MM-DD HH:MM:SS' (sqlite's datetime()) -> ISO 8601 with T and Z
+                for table, column in _TIMESTAMPS:
+                    if has_table(db, table):
+                        db.execute(
+                            f"UPDATE {table} SET {column} = strftime('%Y-%m-%dT%H:%M:%fZ', "
+                            f"{column}) WHERE {column} NOT LIKE '%T%'"
+                        )
+            session_store.create_tables(db)
+        self._has_date_source = self._current = True
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -389,8 +344,6 @@ class Store:
         "done"; ``failed`` ones lose every tile written so far.
         """
         ids: list[int] = []
-        if not self._has_date_source:  # an older database written outside ``writer()``
-            self._upgrade()
         with self.transaction() as db:
             for record in started:
                 db.execute(
@@ -497,89 +450,6 @@ class Store:
             (after, after, before, before),
         )
         return {row[0] for row in rows}
-
-    # -- feedback ---------------------------------------------------------------------------
-
-    def _ensure_feedback_tables(self, db: sqlite3.Connection) -> None:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS feedback_sessions (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "name TEXT UNIQUE NOT NULL, created DATETIME NOT NULL, created_by TEXT, "
-            "query TEXT NOT NULL, last_results TEXT NOT NULL)"
-        )
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS feedback_marks (session_id INTEGER NOT NULL, "
-            "tile_id INTEGER NOT NULL, label INTEGER NOT NULL, marked_at DATETIME NOT NULL, "
-            "marked_by TEXT, PRIMARY KEY (session_id, tile_id))"
-        )
-        for table, text in (
-            ("feedback_sessions", "geosearch relevance-feedback sessions"),
-            ("feedback_marks", "tiles marked relevant (1) or not (-1), per session"),
-        ):
-            db.execute(
-                "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, "
-                "description) VALUES (?, 'attributes', ?, ?)",
-                (table, table, text),
-            )
-
-    def save_session(self, name: str, user: str, query: dict, last_results: list[int]) -> None:
-        """Create or update a feedback session: its query and the ids of its last results."""
-        with self.transaction() as db:
-            self._ensure_feedback_tables(db)
-            db.execute(
-                "INSERT INTO feedback_sessions (name, created, created_by, query, last_results) "
-                f"VALUES (?, {SQL_NOW}, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                "query = excluded.query, last_results = excluded.last_results",
-                (name, user, json.dumps(query), json.dumps(last_results)),
-            )
-
-    def session(self, name: str) -> dict[str, Any] | None:
-        """A session's query, last results and marks ({tile id: +1 or -1}), or None."""
-        try:
-            row = self._connection.execute(
-                "SELECT id, name, created, created_by, query, last_results "
-                "FROM feedback_sessions WHERE name = ?",
-                (name,),
-            ).fetchone()
-        except sqlite3.OperationalError:  # no session was ever saved
-            return None
-        if row is None:
-            return None
-        marks = self._connection.execute(
-            "SELECT tile_id, label, marked_at, marked_by FROM feedback_marks "
-            "WHERE session_id = ? ORDER BY marked_at, tile_id",
-            (row[0],),
-        ).fetchall()
-        return {
-            "name": row[1],
-            "created": row[2],
-            "created_by": row[3],
-            "query": json.loads(row[4]),
-            "last_results": json.loads(row[5]),
-            "marks": [
-                {"tile_id": t, "label": label, "marked_at": at, "marked_by": by}
-                for t, label, at, by in marks
-            ],
-        }
-
-    def sessions(self) -> list[str]:
-        try:
-            rows = self._connection.execute("SELECT name FROM feedback_sessions ORDER BY id")
-        except sqlite3.OperationalError:
-            return []
-        return [row[0] for row in rows]
-
-    def mark(self, name: str, labels: dict[int, int], user: str) -> None:
-        """Record tiles as relevant (+1) or not (-1) in a session; a new mark replaces an old."""
-        with self.transaction() as db:
-            self._ensure_feedback_tables(db)
-            (session_id,) = db.execute(
-                "SELECT id FROM feedback_sessions WHERE name = ?", (name,)
-            ).fetchone()
-            for tile_id, label in labels.items():
-                db.execute(
-                    f"INSERT OR REPLACE INTO feedback_marks VALUES (?, ?, ?, {SQL_NOW}, ?)",
-                    (session_id, tile_id, label, user),
-                )
 
     # -- checking --------------------------------------------------------------------------
 
@@ -736,58 +606,13 @@ class Store:
         return found, blob_vectors(blobs, dim)
 
 
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 def writable(path: Path) -> bool:
     """Whether this process may write the database and create files beside it (its journal,
     lock and index); False in a read-only folder, for a read-only file or on read-only media."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-def _readonly_uri(path: Path) -> str:
-    """SQLite URI opening ``path`` read-only; immutable (no locks, no -wal/-shm files) unless
-    a writer's WAL is beside it, whose committed pages must then be read."""
-    wal = path.with_name(path.name + "-wal")
-    immutable = not (wal.exists() and wal.stat().st_size > 0)
-    quoted = urllib.parse.quote(os.fspath(path.resolve()))
-    return f"file:{quoted}?mode=ro" + ("&immutable=1" if immutable else "")
-
-
-def _has_table(db: sqlite3.Connection, name: str) -> bool:
-    return bool(db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone())
-
-
 def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied"
     return exc.strerror or str(exc)
-
-
-def _create_geopackage(path: Path) -> None:
-    """An empty GeoPackage (version ``GPKG_VERSION``) with the ``tiles`` polygon layer,
-    created by GDAL itself."""
-    try:
-        write(
-            str(path),
-            geometry=np.array([], dtype=object),
-            field_data=[],
-            fields=[],
-            layer=TILES,
-            driver="GPKG",
-            geometry_type="MultiPolygon",
-            crs="EPSG:4326",
-            layer_options={"FID": "id", "GEOMETRY_NAME": "geom"},
-            dataset_options={"VERSION": GPKG_VERSION},
-        )
-    except Exception as exc:
-        path.unlink(missing_ok=True)
-        raise DatabaseError(f"cannot create database {path}: {exc}") from None

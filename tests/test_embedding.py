@@ -13,10 +13,11 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 import geosearch
+from geosearch.catalog import open_database
 from geosearch.cli import app
 from geosearch.config import Settings
 from geosearch.embeddings import Dequantization
-from geosearch.search import SearchFilters, open_database
+from geosearch.request import SearchFilters
 from tests.conftest import (
     ALPHAEARTH_LABELS,
     ALPHAEARTH_TILE,

@@ -13,7 +13,7 @@ from geosearch.index import (
     open_index,
     vectors_path,
 )
-from geosearch.sources import Window
+from geosearch.pixels import Window
 from geosearch.store import Store, TileRecord
 
 # IVF re-ranks from float16 rows: a cosine of unit vectors moves by at most about this.

@@ -15,11 +15,11 @@ from rasterio.transform import Affine, from_origin
 from typer.testing import CliRunner
 
 import geosearch
+from geosearch.catalog import open_database
 from geosearch.cli import app
 from geosearch.config import Settings
 from geosearch.embeddings import Dequantization
 from geosearch.maps import NODATA
-from geosearch.search import open_database
 from tests.conftest import (
     ALPHAEARTH_LABELS,
     ALPHAEARTH_TILE,

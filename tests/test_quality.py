@@ -61,8 +61,8 @@ def test_any_orientation_finds_a_turned_query_chip(naip128):
     0.27 as it lies, 0.90 any orientation, 0.97 for the chip as it lies)."""
     from dataclasses import replace
 
+    from geosearch.catalog import open_database
     from geosearch.orientation import turned
-    from geosearch.search import open_database
 
     catalog = open_database(naip128)
     try:

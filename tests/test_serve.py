@@ -197,10 +197,10 @@ def test_the_page_and_its_map_library_are_served_without_a_cdn(read_only):
 
 
 def test_basemap_comes_from_settings(naip_db):
-    class WithBasemap(Settings):  # the 'serve' section as the config will hold it
-        serve: dict[str, Any] = {"basemap": "https://tiles.invalid/{z}/{x}/{y}.png"}
-
-    client = TestClient(create_app(naip_db, WithBasemap()))
+    with_basemap = Settings().with_overrides(
+        {"serve.basemap": "https://tiles.invalid/{z}/{x}/{y}.png"}
+    )
+    client = TestClient(create_app(naip_db, with_basemap))
     assert client.get("/api/config").json()["basemap"] == "https://tiles.invalid/{z}/{x}/{y}.png"
     assert "img-src 'self' data: blob: https:" in client.get("/").headers["content-security-policy"]
 

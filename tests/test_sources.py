@@ -13,7 +13,8 @@ from rasterio.transform import from_origin
 
 from geosearch.dates import acquisition_date
 from geosearch.errors import InputError
-from geosearch.sources import open_source, tile_windows
+from geosearch.pixels import tile_windows
+from geosearch.sources import open_source
 from tests.conftest import shared, textured, write_geotiff
 
 

@@ -1,4 +1,8 @@
-"""What every engine shares: chunks of work, the per-chunk function, and the ordered writer.
+"""What every engine shares: the ingest's plan and report, chunks of work, the per-chunk
+function, and the ordered writer.
+
+``ingest`` plans (a ``FilePlan`` per file) and hands the plans to an engine (``engines.engine``),
+which reports into an ``IngestReport`` and an ``IngestProgress``.
 
 Files are cut into chunks of windows (``batch_size`` each). An engine (a scheduler) runs
 ``embed_chunk`` on each chunk somewhere — worker processes, Spark executors — and hands the
@@ -11,18 +15,91 @@ A file that fails half-way loses the tiles it had written.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
 
 import numpy as np
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
-from geosearch.errors import InputError
+from geosearch.errors import InputError, error_reason
 from geosearch.index import IndexState, VectorIndex, index_path, open_index
-from geosearch.ingest import FilePlan, IngestProgress, IngestReport, Skipped, error_reason
-from geosearch.sources import Window, window_grid
+from geosearch.pixels import Window
+from geosearch.sources import window_grid
 from geosearch.store import FileRecord, TileRecord
+
+Action = Literal["new", "resume", "replace", "unchanged"]
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """What ingest will do with one file."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    action: Action
+    sha256: str | None = None
+    scene: str | None = None  # a product (a scene of several files): what it is
+
+    def record(self, status: str = "partial") -> FileRecord:
+        return FileRecord(self.path, self.size, self.mtime_ns, status, sha256=self.sha256)
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; ``skipped`` lists every file that could not be ingested and why."""
+
+    db: str
+    files_found: int = 0
+    files_excluded: int = 0  # left out by --include/--exclude
+    files_ingested: int = 0
+    scenes_ingested: int = 0  # of files_ingested: products (a scene of several files)
+    files_unchanged: int = 0
+    files_resumed: int = 0
+    files_replaced: int = 0
+    tiles_added: int = 0
+    tiles_removed: int = 0
+    tiles_nodata: int = 0
+    seconds: float = 0.0
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. a file left empty
+    planned: list[dict] | None = None  # dry run: {"path", "action", "detail"} per file
+    kind: str | None = None  # what the database holds: "geo" or "plain"
+    kind_reason: str = ""  # why: the database's own kind, --kind, or the inputs' majority
+    new_database: bool = False  # the kind was decided by this run
+    engine: str = ""  # which engine ran it (``engines.ENGINES``)
+    remote_chunks: int = 0  # Spark: chunks computed by executors, outside the driver
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class IngestProgress(Protocol):
+    """Receives progress; the CLI draws a bar from it. Every method is optional to act on."""
+
+    def begin(self, files: int) -> None: ...
+
+    def advance(self, files: float, tiles: int = 0) -> None: ...
+
+    def skipped(self, path: str, reason: str) -> None: ...
+
+
+class SilentProgress:
+    def begin(self, files: int) -> None:
+        pass
+
+    def advance(self, files: float, tiles: int = 0) -> None:
+        pass
+
+    def skipped(self, path: str, reason: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -184,7 +261,7 @@ def _take(
 ) -> None:
     """Hand one finished chunk to the writer (in file order), committing full batches."""
     path = chunk.plan.path
-    tiles = len(result.records) + result.skipped if isinstance(result, EmbeddedTiles) else 0
+    tiles = len(result.records) + result.too_empty if isinstance(result, EmbeddedTiles) else 0
     progress.advance(chunk.share, tiles)
     if path in failed:
         return
@@ -198,7 +275,7 @@ def _take(
     if chunk.first:
         writer.started.append(chunk.plan.record())
     writer.add(result)
-    report.tiles_nodata += result.skipped
+    report.tiles_nodata += result.too_empty
     writer.kept[path] = writer.kept.get(path, 0) + len(result.records)
     if chunk.last:
         writer.finished.append(chunk.plan.record("done"))

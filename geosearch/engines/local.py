@@ -13,14 +13,21 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings
-from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
+from geosearch.engines.base import (
+    Chunk,
+    ChunkFailure,
+    FilePlan,
+    IngestProgress,
+    IngestReport,
+    embed_chunk,
+    ingest_chunks,
+)
 from geosearch.errors import GeosearchError
-from geosearch.ingest import FilePlan, IngestProgress, IngestReport
-from geosearch.sources import Window, gdal_messages
+from geosearch.pixels import Window
+from geosearch.sources import gdal_messages
 
 _worker_catalog: Catalog | None = None
 
@@ -87,25 +94,23 @@ class LocalScheduler:
             yield done, oldest.result()
 
 
-def run_local(
+def run(
     catalog: Catalog,
     plans: Sequence[FilePlan],
     settings: Settings,
     bands: Sequence[int] | None,
     report: IngestReport,
     progress: IngestProgress,
+    master: str | None = None,
 ) -> None:
-    """Ingest ``plans`` into ``catalog`` with this machine's cores."""
+    """Ingest ``plans`` into ``catalog`` with this machine's cores (``master``: unused)."""
     scheduler = LocalScheduler(worker_count(settings))
     ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
 
 
 def _pool(catalog: Catalog, workers: int) -> ProcessPoolExecutor:
     """Worker processes, each with the catalog (no database) and its share of the CPU threads."""
-    per_worker = max(1, (os.cpu_count() or 1) // workers)
-    features = catalog.features.model_copy(deep=True)
-    features.cnn.threads = per_worker
-    worker_catalog = replace(catalog, features=features, _extractors=None)
+    worker_catalog = catalog.for_workers(max(1, (os.cpu_count() or 1) // workers))
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["geosearch.engines.local"])
     return ProcessPoolExecutor(

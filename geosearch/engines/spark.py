@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,16 @@ import numpy as np
 
 from geosearch.catalog import Catalog, EmbeddedTiles
 from geosearch.config import Settings, SparkSettings
-from geosearch.engines.base import Chunk, ChunkFailure, embed_chunk, ingest_chunks
+from geosearch.engines.base import (
+    Chunk,
+    ChunkFailure,
+    FilePlan,
+    IngestProgress,
+    IngestReport,
+    embed_chunk,
+    ingest_chunks,
+)
 from geosearch.errors import ConfigError
-from geosearch.ingest import FilePlan, IngestProgress, IngestReport
 
 # Rows per Parquet shard of database vectors in batch search, and query rows per broadcast.
 SHARD_ROWS = 200_000
@@ -82,9 +88,7 @@ class SparkScheduler:
             return
         session = spark_session(self.settings, self.master)
         context = session.sparkContext
-        features = catalog.features.model_copy(deep=True)
-        features.cnn.threads = 1  # one task per executor core
-        shared = context.broadcast(replace(catalog, features=features, _extractors=None))
+        shared = context.broadcast(catalog.for_workers(1))  # one task per executor core
         partitions = self.settings.partitions or min(len(planned), 4 * context.defaultParallelism)
         work = [(i, c.plan.path, c.windows) for i, c in enumerate(planned)]
         select = list(bands) if bands else None
@@ -111,7 +115,7 @@ def _ordered_results(context: Any, rdd: Any) -> Iterator[Any]:
         yield from context.runJob(rdd, lambda items: items, partitions)
 
 
-def run_spark(
+def run(
     catalog: Catalog,
     plans: Sequence[FilePlan],
     settings: Settings,

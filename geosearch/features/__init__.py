@@ -26,7 +26,7 @@ from geosearch.features.base import Extractor, TileBatch
 from geosearch.features.cnn import TfliteCnnExtractor, cnn_extractor
 from geosearch.features.embedding import EmbeddingExtractor
 from geosearch.features.layout import LayoutExtractor
-from geosearch.sources import RawTile
+from geosearch.pixels import RawTile
 
 _EPSILON = 1e-12
 # Which bands each block's features depend on (see ``Extractor.band_use``), by block name.

@@ -6,7 +6,6 @@ default model runs on ai-edge-litert's interpreter (a few MB, no TensorFlow).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from PIL import Image
 
 from geosearch.errors import ModelError
 from geosearch.features.base import TileBatch
+from geosearch.sources import file_sha256
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 INPUT_SIZE = 224
@@ -69,14 +69,6 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def _resized_rgb(batch: TileBatch) -> np.ndarray:
     """(n, 224, 224, 3) uint8: each tile's RGB composite resized for the network."""
     out = np.empty((len(batch), INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
@@ -102,7 +94,7 @@ class TfliteCnnExtractor:
         self.model = model
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
-        self.weights_checksum = _checksum(self.model_path)
+        self.weights_checksum = file_sha256(self.model_path)[:16]
         self.version = f"{model}-{self.weights_checksum}"
         self.dim = 1024
         self._interpreter = None
@@ -159,7 +151,7 @@ class KerasCnnExtractor:
         if self.weights_path is None:  # download into the Keras cache now, then use that file
             self._network = self._load()
             self.weights_path = keras_cache_dir() / self.backbone.cache_file
-        self.weights_checksum = _checksum(self.weights_path)
+        self.weights_checksum = file_sha256(self.weights_path)[:16]
         self.version = f"{model}-{self.weights_checksum}"
         self.dim = self.backbone.dim
 

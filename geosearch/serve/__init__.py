@@ -28,6 +28,7 @@ def _require_extra() -> None:
         ("fastapi", ("fastapi",)),
         ("uvicorn", ("uvicorn",)),
         ("python-multipart", ("python_multipart", "multipart")),  # uploads
+        ("cachetools", ("cachetools",)),  # the preview cache
     ):
         if not any(_importable(module) for module in modules):
             raise ConfigError(

@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from geosearch.request import SearchFilters, SearchRequest
+
 MAX_TOP = 500
+SESSION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class ErrorBody(BaseModel):
@@ -67,6 +70,12 @@ class SearchOptions(BaseModel):
     good: list[int] = Field(default_factory=list, description="tile ids that are relevant")
     bad: list[int] = Field(default_factory=list, description="tile ids that are not relevant")
 
+    def filters(self) -> SearchFilters:
+        return SearchFilters(
+            bbox=self.bbox, after=self.after, before=self.before,
+            exclude_near=self.exclude_near, other_files=self.other_files,
+        )  # fmt: skip
+
 
 class SessionRequest(SearchOptions):
     """A new feedback session: a query by tile id, or by place (lon, lat and maybe date)."""
@@ -76,9 +85,7 @@ class SessionRequest(SearchOptions):
     lat: float | None = Field(None, ge=-90, le=90)
     date: datetime.date | None = Field(None, description="with lon/lat: the tile of that day")
     name: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-        description="session name [default: web-TIME-RANDOM]",
+        None, pattern=SESSION_NAME_PATTERN, description="session name [default: web-TIME-RANDOM]"
     )
 
     @model_validator(mode="after")
@@ -87,6 +94,15 @@ class SessionRequest(SearchOptions):
         if (self.tile is None) == (not by_place) or (by_place and None in (self.lon, self.lat)):
             raise ValueError("give either tile, or lon and lat")
         return self
+
+    def search_request(self, default_top: int) -> SearchRequest:
+        """The search this body asks for (``tile`` is a tile id)."""
+        place = (self.lon, self.lat) if self.tile is None else None
+        return SearchRequest(
+            tile_id=self.tile, lonlat=place, date=self.date, top=self.top or default_top,
+            filters=self.filters(), good=self.good, bad=self.bad, session=self.name,
+            any_orientation=False,  # a session made on the page searches tiles as they lie
+        )  # fmt: skip
 
 
 class MarkRequest(BaseModel):

@@ -12,54 +12,36 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from cachetools import LRUCache
 from PIL import Image
 
 from geosearch import api
-from geosearch.catalog import Catalog
+from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
-from geosearch.errors import ConfigError, InputError
+from geosearch.errors import ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
-from geosearch.search import (
-    Feedback,
-    Query,
-    SearchFilters,
-    SearchResult,
-    open_database,
-    resolve_point,
-    resolve_query,
-    resolve_tile,
-    search_vectors,
-)
-from geosearch.sessions import session_marks
-from geosearch.sources import file_identity, open_source
+from geosearch.request import SearchRequest
+from geosearch.search import SearchResult, stored_tile
+from geosearch.sessions import search, session_marks
+from geosearch.sources import open_source
 from geosearch.store import TileRecord
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000  # a PNG/JPEG is decoded whole: 40 MP is 120 MB of RGB
+UPLOAD_TOO_LARGE = f"upload: larger than {MAX_UPLOAD_BYTES // 2**20} MB; crop or downsample it"
 MAX_UPLOAD_TILES = 64  # an uploaded raster is embedded tile by tile: 64 tiles of 256 px = 2048²
 PREVIEW_CACHE_BYTES = 64 * 1024 * 1024
-SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-class NotFoundError(InputError):
-    """A tile id or session name the database does not hold (HTTP 404)."""
-
-
-class ConflictError(InputError):
-    """The request can't be carried out in the database's present state (HTTP 409)."""
 
 
 class UnsupportedUploadError(InputError):
@@ -88,54 +70,25 @@ class Preview:
     png: bytes | None
 
 
-@dataclass(frozen=True)
-class QueryTile:
-    """A query by stored tile (stateless searches and new sessions)."""
-
-    tile_id: int
-
-
-@dataclass(frozen=True)
-class QueryPoint:
-    """A query by place: the indexed tile containing lon/lat (on ``date`` if given)."""
-
-    lon: float
-    lat: float
-    date: str | None = None
-
-
 class _PngCache:
-    """Least-recently-used PNG bytes, bounded by their total size; safe across threads."""
+    """Least-recently-used PNG bytes, bounded by their total size (``cachetools``); safe
+    across threads. ``hits`` counts the PNGs served from memory."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, bytes] = OrderedDict()
-        self._bytes = 0
+        self._items: LRUCache[str, bytes] = LRUCache(max_bytes, getsizeof=len)
         self._lock = threading.Lock()
         self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
             png = self._items.get(key)
-            if png is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
+            self.hits += png is not None
             return png
 
     def put(self, key: str, png: bytes) -> None:
-        if len(png) > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = png
-            self._bytes += len(png)
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= len(dropped)
+        with self._lock, contextlib.suppress(ValueError):  # ValueError: larger than the cache
+            if key not in self._items:
+                self._items[key] = png
 
 
 class SearchService:
@@ -148,11 +101,8 @@ class SearchService:
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
-        catalog = open_database(self.db, self.settings)
-        try:
+        with open_database(self.db, self.settings) as catalog:
             yield catalog
-        finally:
-            catalog.store.close()
 
     # -- the database ------------------------------------------------------------------
 
@@ -189,12 +139,12 @@ class SearchService:
 
     def tile(self, tile_id: int) -> TileRecord:
         with self.catalog() as catalog:
-            return _tile(catalog, tile_id)
+            return stored_tile(catalog, tile_id)
 
     def preview(self, tile_id: int, size: int, etag_held: str | None = None) -> Preview:
         """A tile's preview PNG, cached in memory by what it shows (tile, file version, size)."""
         with self.catalog() as catalog:
-            record = _tile(catalog, tile_id)
+            record = stored_tile(catalog, tile_id)
             stored = catalog.store.file_record(record.path)
             version = (stored.size, stored.mtime_ns) if stored else None
             key = repr((catalog.name, record.id, record.path, record.window, version, size))
@@ -212,96 +162,55 @@ class SearchService:
 
     # -- searching without saving ---------------------------------------------------------
 
-    def similar(
-        self,
-        query: QueryTile | QueryPoint,
-        top: int,
-        filters: SearchFilters,
-        good: Sequence[int] = (),
-        bad: Sequence[int] = (),
-        any_orientation: bool = False,
-    ) -> SearchResult:
-        """Search with a stored tile or a place; nothing is written to the database."""
+    def similar(self, request: SearchRequest) -> SearchResult:
+        """Search with a stored tile or a place (``tile_id`` or ``lonlat``); nothing is written
+        to the database."""
+        request = request.with_defaults(self.settings)
         with self.catalog() as catalog:
-            if isinstance(query, QueryTile):
-                resolved = _tile_query(catalog, query.tile_id, any_orientation)
-            else:
-                resolved = resolve_point(catalog, query.lon, query.lat, query.date, any_orientation)
-            return _search(catalog, resolved, top, filters, good, bad, self.settings)
+            [result] = search(catalog, request, self.settings)
+            return result
 
     def similar_to_upload(
-        self,
-        upload: IO[bytes],
-        name: str,
-        top: int,
-        filters: SearchFilters,
-        good: Sequence[int] = (),
-        bad: Sequence[int] = (),
-        tile: int | None = None,
-        any_orientation: bool = False,
+        self, upload: IO[bytes], name: str, request: SearchRequest
     ) -> SearchResult:
-        """Search with an uploaded image (embedded like a file the database doesn't hold)."""
+        """Search with an uploaded image (embedded like a file the database doesn't hold; one
+        of its tiles with ``tile_index``)."""
+        request = request.with_defaults(self.settings)
         with self.catalog() as catalog, _saved_upload(upload) as path:
             _check_upload(catalog, path)
-            query = resolve_query(catalog, path, tile, any_orientation)
-            result = _search(catalog, query, top, filters, good, bad, self.settings)
-            query.label = query.path = Path(name).name or "upload"  # not the temporary path
+            [result] = search(
+                catalog, request.model_copy(update={"queries": [path]}), self.settings
+            )
+            result.query.label = result.query.path = Path(name).name or "upload"  # not the temp
             return result
 
     # -- feedback sessions ------------------------------------------------------------------
 
-    def create_session(
-        self,
-        query: QueryTile | QueryPoint,
-        top: int,
-        filters: SearchFilters,
-        good: Sequence[int] = (),
-        bad: Sequence[int] = (),
-        name: str | None = None,
-        any_orientation: bool = False,
-    ) -> SearchResult:
-        """Search and save the query as a feedback session (``api.similar`` with a name)."""
-        if name is None:
-            name = f"web-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        elif not SESSION_NAME.fullmatch(name):
-            raise ConfigError(
-                f"session name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
+    def create_session(self, request: SearchRequest) -> SearchResult:
+        """Search and save the query as a feedback session (``api.similar``; named
+        ``request.session``, else web-TIME-RANDOM)."""
+        name = request.session or f"web-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         with self.catalog() as catalog:
-            if catalog.store.session(name) is not None:
+            if catalog.store.sessions.get(name) is not None:
                 raise ConflictError(f"feedback session '{name}' exists already; pick a new name")
-            if isinstance(query, QueryTile):
-                record = _tile(catalog, query.tile_id)
-                position = _position_in_file(catalog, record)
-        common = {
-            "filters": filters, "good": good, "bad": bad, "session": name,
-            "any_orientation": any_orientation,
-        }  # fmt: skip
-        if isinstance(query, QueryTile):
-            [result] = api.similar(
-                self.db, [record.path], top, tile=position, settings=self.settings, **common
-            )
-        else:
-            [result] = api.similar(
-                self.db, [], top, lonlat=(query.lon, query.lat), date=query.date,
-                settings=self.settings, **common,
-            )  # fmt: skip
+        [result] = api.similar(
+            self.db, request.model_copy(update={"session": name}), settings=self.settings
+        )
         return result
 
     def session(self, name: str) -> dict[str, Any]:
         with self.catalog() as catalog:
-            saved = catalog.store.session(name)
+            saved = catalog.store.sessions.get(name)
         if saved is None:
             raise NotFoundError(f"no feedback session '{name}' in {self.db.name}")
         return saved
 
     def sessions(self) -> list[str]:
         with self.catalog() as catalog:
-            return catalog.store.sessions()
+            return catalog.store.sessions.names()
 
     def mark(
-        self, name: str, good: Sequence[int], bad: Sequence[int], top: int | None = None
+        self, name: str, good: list[int], bad: list[int], top: int | None = None
     ) -> SearchResult:
         """Mark tiles (by id) good or bad in a session and search again with every mark."""
         self.session(name)
@@ -314,65 +223,6 @@ class SearchService:
         self.session(name)
         saved = session_marks(self.db, name, self.settings)
         return json.dumps(marks_collection(saved), indent=1).encode()
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _tile(catalog: Catalog, tile_id: int) -> TileRecord:
-    found = catalog.store.tiles([tile_id])
-    if not found:
-        raise NotFoundError(f"no tile {tile_id} in {catalog.name}")
-    return found[0]
-
-
-def _tile_query(catalog: Catalog, tile_id: int, any_orientation: bool = False) -> Query:
-    """A query with one stored tile's stored vector (no file is read, no model loaded), and
-    with ``any_orientation`` its pixels read again and embedded under the 8 turns."""
-    return resolve_tile(catalog, _tile(catalog, tile_id), any_orientation)
-
-
-def _position_in_file(catalog: Catalog, record: TileRecord) -> int:
-    """Which of its file's tiles a tile is (``--tile N``), for a session that can be resolved
-    again; refused when the file changed on disk since ingest (it would be embedded anew)."""
-    stored = catalog.store.file_record(record.path)
-    try:
-        identity = file_identity(record.path)  # a scene: its member files'
-    except OSError:
-        identity = None  # gone from disk: the database still knows its tiles
-    if stored is None or stored.status != "done" or (
-        identity is not None and identity != (stored.size, stored.mtime_ns)
-    ):  # fmt: skip
-        raise ConflictError(
-            f"tile {record.id}: its file changed since it was ingested; run 'geosearch ingest' "
-            "on it again before starting a feedback session with it"
-        )
-    ids = [t.id for t in catalog.store.tiles_of_file(record.path)]
-    return ids.index(record.id)
-
-
-def _search(
-    catalog: Catalog,
-    query: Query,
-    top: int,
-    filters: SearchFilters,
-    good: Sequence[int],
-    bad: Sequence[int],
-    settings: Settings,
-) -> SearchResult:
-    """As a session round does: marked tiles move the query and are not shown again."""
-    marked = [int(t) for t in (*good, *bad)]
-    known = {t.id for t in catalog.store.tiles(sorted(set(marked)))}
-    missing = [t for t in marked if t not in known]
-    if missing:
-        raise InputError(f"tile id {missing[0]} is not in {catalog.name}")
-    query.also_exclude = frozenset(marked)
-    feedback = Feedback(tuple(int(t) for t in good), tuple(int(t) for t in bad))
-    [result] = search_vectors(
-        catalog, [query], top, filters, feedback, settings.feedback,
-        settings.search.orientation_bonus, settings.search,
-    )  # fmt: skip
-    return result
 
 
 _MAGIC_SUFFIXES = (
@@ -402,9 +252,7 @@ def _saved_upload(upload: IO[bytes]) -> Iterator[Path]:
             while chunk := upload.read(1 << 20):
                 written += len(chunk)
                 if written > MAX_UPLOAD_BYTES:
-                    raise UploadTooLargeError(
-                        f"upload: larger than {MAX_UPLOAD_BYTES // 2**20} MB; crop or downsample it"
-                    )
+                    raise UploadTooLargeError(UPLOAD_TOO_LARGE)
                 out.write(chunk)
         yield path
     finally:

@@ -1,0 +1,3 @@
+"""The version of geosearch (also in pyproject.toml); ``geosearch.__version__``."""
+
+__version__ = "0.1.0"
