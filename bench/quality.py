@@ -654,7 +654,7 @@ def run_orientation(work: Path, quick: bool) -> None:
             ratios = {}
             for protocol, turn in (("plain", None), ("turned", QUERY_TURN)):
                 oriented = chips if turn is None else [turned(chip, turn) for chip in chips]
-                turns = catalog.compute_orientations(oriented)
+                turns = catalog.compute_orientations(oriented)[0]
                 scores = rule_scores(turns, truth.vectors, bonus)
                 measured, expected = {}, {}
                 for rule, similarity in scores.items():
@@ -736,6 +736,11 @@ def offgrid_configs() -> list[SearchConfig]:
     ]
     if has_locate:
         configs.append(SearchConfig("default + locate", {}, {"search.locate": True}))
+        # these databases (<= 192 tiles) are too small to project by default: forced here
+        projected = {"vectors.min_sample": 2}
+        configs.append(
+            SearchConfig("default + locate, vectors projected", projected, {"search.locate": True})
+        )
     return configs
 
 
@@ -1406,7 +1411,50 @@ def run_scenes(work: Path, quick: bool) -> None:
         )
 
 
+# -- compact vectors ------------------------------------------------------------------------
+
+# (label, vectors settings): the fused vector in full (at float16), and projections to fewer
+# dimensions with more or less whitening; the default is vectors.dims 128, whitening 0.25.
+COMPACT_CONFIGS = (
+    ("full fused vector", {"vectors.dims": 0}),
+    ("pca 128, whitening 0", {"vectors.dims": 128, "vectors.whitening": 0.0}),
+    ("pca 128, whitening 0.25 (default)", {}),
+    ("pca 128, whitening 0.5", {"vectors.dims": 128, "vectors.whitening": 0.5}),
+    ("pca 64, whitening 0.25", {"vectors.dims": 64}),
+    ("pca 256, whitening 0.25", {"vectors.dims": 256}),
+)
+
+
+def run_compact(work: Path, quick: bool) -> None:
+    """Compact vectors (NAIP, same place in another year): at 64 px (900 tiles, a creation
+    sample of 640, projected by default) every setting of COMPACT_CONFIGS; at 128 px (240
+    tiles: too few to project by default) the default fusion unprojected and projected by
+    force (``vectors.min_sample`` 2: 120 dimensions, half its 240-tile sample)."""
+    runs = [(64, label, overrides) for label, overrides in COMPACT_CONFIGS[: 3 if quick else None]]
+    runs += [
+        (128, "full fused vector (default at this size)", {}),
+        (128, "pca 120 forced, whitening 0.25", {"vectors.min_sample": 2}),
+    ]
+    for tile_size, label, overrides in runs:
+        db = work / f"compact_naip{tile_size}_{_slug(label)}.gpkg"
+        ingested = ingest_into(db, [NAIP], {"tile_size": tile_size} | overrides)
+        with Store(db) as store:
+            truth = naip_truth(store)
+            dim = store.vectors([int(truth.ids[0])])[1].shape[1]
+        metrics, _ = ranking_metrics(truth)
+        emit(
+            {"dataset": "naip", "part": "compact", "protocol": "same place, other year"}
+            | {"tile_size": tile_size, "vectors": label, "dim": dim}
+            | metrics
+            | ingested
+            | {"db_bytes_per_tile": round(db.stat().st_size / ingested["tiles"])}
+        )
+
+
 def run(work: Path, quick: bool, only: str | None = None) -> None:
+    if only == "compact":
+        run_compact(work, quick)
+        return
     if only == "orientation":
         run_orientation(work, quick)
         return
@@ -1422,6 +1470,7 @@ def run(work: Path, quick: bool, only: str | None = None) -> None:
         if tile_size == 128:
             run_orientation(work, quick)  # reuses the 128 px databases run_naip made
     run_scenes(work, quick)
+    run_compact(work, quick)
     if not quick:
         run_offgrid(work, quick)
 
@@ -1432,9 +1481,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="keep the databases here (default: temp)")
     parser.add_argument(
         "--only",
-        choices=["orientation", "offgrid", "scenes"],
-        help="run only this part: NAIP 128 px orientation, queries cut anywhere (offgrid), or "
-        "whole scenes as queries",
+        choices=["orientation", "offgrid", "scenes", "compact"],
+        help="run only this part: NAIP 128 px orientation, queries cut anywhere (offgrid), "
+        "whole scenes as queries, or compact vectors",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()

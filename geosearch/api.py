@@ -16,6 +16,8 @@ from geosearch.errors import InputError
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, write_similarity_maps
+from geosearch.migrate import MigrateReport
+from geosearch.migrate import migrate as _migrate
 from geosearch.render import (
     PARQUET_NAME,
     LocationFiles,
@@ -95,6 +97,12 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
 def check(db: PathLike, repair: bool = False, settings: Settings | None = None) -> CheckReport:
     """Verify ``db`` (counts, vectors, footprints, index); ``repair`` fixes what it can."""
     return check_database(Path(db), repair, settings)
+
+
+def migrate(db: PathLike, settings: Settings | None = None) -> MigrateReport:
+    """Project and shrink the vectors of a database made before compact vectors (or from too
+    small a sample to project them then); see ``geosearch.migrate``."""
+    return _migrate(Path(db), settings)
 
 
 def similar(
@@ -249,9 +257,13 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
         described = index.describe()
         files = store.files()
         path = index_path(store.path)
+        tiles = store.tile_count()
+        index_bytes = sum(p.stat().st_size for p in (path, vectors_path(path)) if p.exists())
+        database_bytes = store.path.stat().st_size
+        per_tile = max(tiles, 1)
         return {
             "db": str(store.path),
-            "tiles": store.tile_count(),
+            "tiles": tiles,
             "files": sum(f.status == "done" for f in files),
             "files_partial": sum(f.status != "done" for f in files),
             "kind": catalog.manifest.kind,
@@ -263,13 +275,26 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
                 for b in catalog.fusion.blocks
             ],
             "dim": catalog.dim,
+            "vectors": {
+                "dim": catalog.dim,
+                "fused_dim": catalog.raw_dim,
+                "projected": catalog.fusion.projection is not None,
+                "dtype": "float16" if store.vector_dtype.endswith("f2") else "float32",
+                "raw_features": catalog.keeps_raw_features,
+            },
+            "bytes_per_tile": {
+                "database": round(database_bytes / per_tile),
+                "index_files": round(index_bytes / per_tile),
+                "disk": round((database_bytes + index_bytes) / per_tile),
+                "index_memory": round(described["bytes_per_million"] / 1e6),
+            },
             "fusion_fitted_on_tiles": store.meta("fusion_fitted_on_tiles"),
             "index": {
                 "type": described["type"],
                 "settings": described["settings"],
                 "vectors": index.count,
                 "file": str(path),
-                "bytes": sum(p.stat().st_size for p in (path, vectors_path(path)) if p.exists()),
+                "bytes": index_bytes,
                 "bytes_per_million_tiles": described["bytes_per_million"],
                 "disk_bytes_per_million_tiles": described["disk_bytes_per_million"],
             },
@@ -288,6 +313,7 @@ __all__ = [
     "ingest",
     "load_area",
     "load_settings",
+    "migrate",
     "locate",
     "prepare_output",
     "remove",

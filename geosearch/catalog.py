@@ -32,7 +32,7 @@ from geosearch.features import (
 from geosearch.orientation import ALL_ORIENTATIONS, turned
 from geosearch.pixels import RawTile, Window
 from geosearch.sources import ImageSource, file_identity, open_source
-from geosearch.store import FileRecord, Store, TileRecord
+from geosearch.store import VECTOR_DTYPE, FileRecord, Store, TileRecord
 from geosearch.version import __version__
 
 
@@ -47,6 +47,7 @@ class Catalog:
     max_nodata_fraction: float
     features: FeatureSettings
     _extractors: list[Extractor] | None = field(default=None, repr=False)
+    keeps_raw_features: bool = True  # databases made before vectors.raw_features kept them
 
     def __post_init__(self) -> None:
         self.name = self.store.path.name if self.store is not None else ""
@@ -87,6 +88,11 @@ class Catalog:
 
     @property
     def dim(self) -> int:
+        """Dimension of the vectors searched (projected when the database projects them)."""
+        return self.fusion.dim
+
+    @property
+    def raw_dim(self) -> int:
         return self.fusion.raw_dim
 
     def extractors(self) -> list[Extractor]:
@@ -207,12 +213,22 @@ class Catalog:
 
     def compute_orientations(
         self, tiles: Sequence[RawTile], bands: QueryBands | None = None
-    ) -> np.ndarray:
-        """(8, len(tiles), dim) vectors of the tiles under the eight dihedral orientations,
-        computed as one batch."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(8, len(tiles), dim) vectors and (8, len(tiles), raw_dim) raw features of the tiles
+        under the eight dihedral orientations, computed as one batch."""
         turned_tiles = [turned(tile, o) for o in ALL_ORIENTATIONS for tile in tiles]
-        vectors, _ = self.compute(turned_tiles, bands)
-        return vectors.reshape(len(ALL_ORIENTATIONS), len(tiles), -1)
+        vectors, raw = self.compute(turned_tiles, bands)
+        shape = (len(ALL_ORIENTATIONS), len(tiles))
+        return vectors.reshape(*shape, -1), raw.reshape(*shape, -1)
+
+    def block_vectors(
+        self, raw: np.ndarray, bands: QueryBands | None, block: str
+    ) -> np.ndarray | None:
+        """The vectors of raw features as one feature ``block`` alone sees them (in the space
+        of the searched vectors), or None if the database has no such block."""
+        if not self.fusion.has_block(block):
+            return None
+        return self.fusion.fuse(raw, self.absent_features(bands), only=block)
 
 
 def _with_missing_bands(tile: RawTile, bands: Sequence[int | None]) -> RawTile:
@@ -240,6 +256,7 @@ def stored_settings(settings: Settings) -> dict:
         "tile_size": settings.tile_size,
         "max_nodata_fraction": settings.max_nodata_fraction,
         "features": settings.features.model_dump(mode="json"),
+        "vectors": settings.vectors.model_dump(mode="json"),
     }
 
 
@@ -264,6 +281,7 @@ def open_catalog(store: Store, runtime: Settings) -> Catalog | None:
         tile_size=stored["tile_size"],
         max_nodata_fraction=stored["max_nodata_fraction"],
         features=features,
+        keeps_raw_features=stored.get("vectors", {}).get("raw_features", True),
     )
 
 
@@ -280,11 +298,12 @@ def initialise_catalog(
         raw = raw_features(prepare_batch(sample, manifest, pad_to), extractors)
     else:
         raw = np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)
-    fusion = Fusion.fit(extractors, block_weights(settings.features), raw)
+    fusion = Fusion.fit(extractors, block_weights(settings.features), raw, settings.vectors)
     store.set_meta(
         {
             "manifest": manifest.to_dict(),
             "fusion": fusion.to_dict(),
+            "vector_dtype": VECTOR_DTYPE,
             "settings": stored_settings(settings),
             "fusion_fitted_on_tiles": len(sample),
             "geosearch_version": __version__,
@@ -299,6 +318,7 @@ def initialise_catalog(
         max_nodata_fraction=settings.max_nodata_fraction,
         features=settings.features.model_copy(deep=True),
         _extractors=extractors,
+        keeps_raw_features=settings.vectors.raw_features,
     )
 
 

@@ -1,9 +1,10 @@
 """Verify a database, and repair what can be repaired without losing data.
 
-Checks: SQLite integrity; metadata present; every tile's vector and raw features the right
-length, finite, the vector of unit length; footprints valid; per-file tile counts; tiles of
-files the database doesn't list; the FAISS index in sync. Repairs: vectors re-fused from
-their raw features, tiles beyond repair deleted and their files marked for re-ingest (the
+Checks: SQLite integrity; metadata present; every tile's vector (and raw features, where the
+database keeps them) the right length, finite, the vector of unit length; footprints valid;
+per-file tile counts; tiles of files the database doesn't list; the FAISS index in sync.
+Repairs: vectors re-fused from their raw features where kept; tiles beyond repair (no raw
+features to fuse again, or damaged ones) deleted and their files marked for re-ingest (the
 next ``ingest`` reads those windows again), file counts corrected, the index rebuilt.
 """
 
@@ -20,7 +21,7 @@ from geosearch.config import Settings
 from geosearch.errors import DatabaseError
 from geosearch.geopackage import decode_geometry
 from geosearch.index import IndexState, VectorIndex, index_path
-from geosearch.store import Store, vector_blob
+from geosearch.store import RAW_DTYPE, Store, vector_blob
 
 UNIT_TOLERANCE = 1e-3
 
@@ -67,21 +68,27 @@ def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
         if store.tile_count():
             report.problems.append(Problem("metadata", "tiles present but no band manifest"))
         return report
-    dim = catalog.dim
     beyond_repair: list[int] = []  # tiles beyond repair
     files_to_reingest: set[str] = set()
     fused_again: list[tuple[int, bytes]] = []
     for tile_id, path, vector_bytes, feature_bytes, geom in store.tile_blobs():
         report.tiles += 1
-        vector = _floats(vector_bytes, dim)
-        raw = _floats(feature_bytes, dim)
-        if raw is None:
+        vector = _floats(vector_bytes, catalog.dim, store.vector_dtype)
+        raw = _floats(feature_bytes, catalog.raw_dim, RAW_DTYPE)
+        damaged = vector is None or abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE
+        if catalog.keeps_raw_features and raw is None:
             beyond_repair.append(tile_id)
             files_to_reingest.add(path)
             report.problems.append(Problem("features", f"tile {tile_id}: raw features damaged"))
-        elif vector is None or abs(float(np.linalg.norm(vector)) - 1.0) > UNIT_TOLERANCE:
+        elif damaged and raw is not None:
             fused = catalog.fusion.fuse(raw[None, :])[0]
-            fused_again.append((tile_id, vector_blob(fused)))
+            fused_again.append((tile_id, vector_blob(fused, store.vector_dtype)))
+            report.problems.append(
+                Problem("vector", f"tile {tile_id}: vector damaged or not unit length")
+            )
+        elif damaged:  # no raw features kept to fuse it again: its window is read again
+            beyond_repair.append(tile_id)
+            files_to_reingest.add(path)
             report.problems.append(
                 Problem("vector", f"tile {tile_id}: vector damaged or not unit length")
             )
@@ -114,10 +121,11 @@ def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
     return report
 
 
-def _floats(blob: bytes | None, dim: int) -> np.ndarray | None:
-    if blob is None or len(blob) != dim * 4:
+def _floats(blob: bytes | None, dim: int, dtype: str) -> np.ndarray | None:
+    """The stored values, or None if missing, of the wrong size or not finite."""
+    if blob is None or len(blob) != dim * np.dtype(dtype).itemsize:
         return None
-    values = np.frombuffer(blob, "<f4")
+    values = np.frombuffer(blob, dtype).astype(np.float32)
     return values if np.isfinite(values).all() else None
 
 

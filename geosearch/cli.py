@@ -348,6 +348,25 @@ def check(
         raise typer.Exit(DatabaseError.exit_code)
 
 
+@app.command()
+def migrate(
+    db: DbOption = None, config: ConfigOption = None, json_output: JsonOption = False
+) -> None:
+    """Compact a database made before compact vectors: vectors projected to vectors.dims,
+    stored at float16, raw features dropped (unless vectors.raw_features), space given back."""
+    settings, db_path = _settings(config, db)
+    report = _run(lambda: api.migrate(db_path, settings))
+    if json_output:
+        out.print(json.dumps(report.to_dict()), markup=False)
+        return
+    err.print(
+        f"{db_path}: {report.tiles} tiles, vectors {report.dim_before} -> {report.dim_after} "
+        f"dimensions at float16, {report.bytes_before / 1e6:.1f} -> "
+        f"{report.bytes_after / 1e6:.1f} MB; the index is rebuilt at the next search",
+        markup=False,
+    )
+
+
 def _print_results(results: list, files, json_output: bool) -> None:
     for result in results:
         _say_compared_on(result.query)
@@ -742,7 +761,14 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
                 for e in facts["extractors"]
             ),
         ),
-        ("vector", f"{facts['dim']} float32"),
+        ("vector", _vector_line(facts["vectors"])),
+        (
+            "per tile",
+            f"{facts['bytes_per_tile']['disk']} bytes on disk (database "
+            f"{facts['bytes_per_tile']['database']}, index files "
+            f"{facts['bytes_per_tile']['index_files']}), "
+            f"{facts['bytes_per_tile']['index_memory']} bytes of index in memory",
+        ),
         (
             "index",
             f"{index['type']}, {index['vectors']} vectors, "
@@ -753,6 +779,13 @@ def info(db: DbOption = None, config: ConfigOption = None, json_output: JsonOpti
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
         out.print(f"{label:<{width}}  {value}", markup=False)
+
+
+def _vector_line(vectors: dict[str, Any]) -> str:
+    """e.g. "128 float16 (PCA of the 2108-d fused vector), raw features not kept"."""
+    how = f"PCA of the {vectors['fused_dim']}-d fused vector" if vectors["projected"] else "fused"
+    raw = "raw features kept" if vectors["raw_features"] else "raw features not kept"
+    return f"{vectors['dim']} {vectors['dtype']} ({how}), {raw}"
 
 
 def _dates_line(sources: dict[str, int]) -> str:

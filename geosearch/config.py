@@ -139,6 +139,13 @@ class ServeSettings(_Section):
         return value
 
 
+class VectorSettings(_Section):
+    dims: int = Field(128, ge=0, le=4096)  # 0: no projection, the fused vector as it is
+    whitening: float = Field(0.25, ge=0, le=0.5)  # components divided by eigenvalue ** this
+    min_sample: int = Field(256, ge=2)  # fewer sample tiles at creation: no projection
+    raw_features: bool = False  # also store each tile's raw features (check --repair re-fuses)
+
+
 class Settings(_Section):
     db: Path = Path("geosearch.gpkg")
     tile_size: int = Field(256, ge=16, le=8192)
@@ -147,6 +154,7 @@ class Settings(_Section):
     batch_size: int = Field(64, ge=1, le=100000)
     bands: BandSettings = BandSettings()
     features: FeatureSettings = FeatureSettings()
+    vectors: VectorSettings = VectorSettings()
     search: SearchSettings = SearchSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     maps: MapSettings = MapSettings()

@@ -59,6 +59,7 @@ class Query:
     also_exclude: frozenset[int] = frozenset()  # e.g. tiles already marked in a session
     turned: np.ndarray | None = None  # (8, dim): the query under the 8 orientations
     tile_vectors: np.ndarray | None = None  # (tiles, dim) of a query of several tiles
+    cnn_alone: np.ndarray | None = None  # (orientations, dim): the CNN block's view of it
     bands: QueryBands | None = None  # how the file's bands map onto the database's
     window: Window | None = None  # the part of the file that is the query (None: all of it)
     compared_on: dict[str, Any] | None = None  # blocks and bands of a partial query
@@ -213,23 +214,36 @@ def resolve_query(
         tiles = [tiles[tile]]
         vectors = vectors[tile : tile + 1] if vectors is not None else None
         pixels = pixels[tile : tile + 1] if pixels is not None else None
-    turned = None
+    turned, raw = None, []
     if any_orientation:
         if pixels is None:
             _, pixels, _ = catalog.read(stored_path, [t.window for t in tiles])
-        all_turns = catalog.compute_orientations(pixels, bands)  # (8, tiles, dim); 0 = as is
+        all_turns, raw = catalog.compute_orientations(pixels, bands)  # 0 = as it lies
         turned = np.vstack([mean_vector(turn) for turn in all_turns])
         if vectors is None:
             vectors = all_turns[0]
     elif vectors is None:
-        vectors, _ = catalog.compute(pixels, bands)
+        vectors, as_is = catalog.compute(pixels, bands)
+        raw = [as_is]
     query = Query(str(path), stored_path, tiles, mean_vector(vectors), indexed, tile)
     query.turned = turned
+    query.cnn_alone = _block_alone(catalog, bands, raw, "cnn")
     query.tile_vectors = vectors if len(tiles) > 1 else None
     query.bands = bands
     query.window = tiles[0].window if tile is not None else None
     query.compared_on = _compared_on(catalog, bands)
     return query
+
+
+def _block_alone(
+    catalog: Catalog, bands: QueryBands, raw: Sequence[np.ndarray], block: str
+) -> np.ndarray | None:
+    """Per orientation of ``raw`` (each (tiles, raw_dim)), the query's vector as ``block``
+    alone sees it; None without raw features (an indexed query) or without that block."""
+    rows = [catalog.block_vectors(part, bands, block) for part in raw]
+    if not rows or rows[0] is None:
+        return None
+    return np.vstack([mean_vector(vectors) for vectors in rows])
 
 
 def _compared_on(catalog: Catalog, bands: QueryBands) -> dict[str, Any] | None:
@@ -281,7 +295,9 @@ def resolve_tile(
     query.window = tile.window
     if any_orientation:
         _, pixels, _ = catalog.read(tile.path, [tile.window])
-        query.turned = catalog.compute_orientations(pixels)[:, 0, :]
+        turns, raw = catalog.compute_orientations(pixels)
+        query.turned = turns[:, 0, :]
+        query.cnn_alone = _block_alone(catalog, query.bands, list(raw), "cnn")
     return query
 
 
@@ -659,14 +675,10 @@ def locate(
 def _shortlist(catalog: Catalog, index: VectorIndex, query: Query, size: int) -> list[int]:
     """Tiles to look for the query's place around, best first: the fused vector's ranking
     interleaved with the CNN block's alone (the most shift-tolerant block; under each of the
-    query's orientations), ``size`` in all."""
-    rows = [query.vector]
-    cnn = catalog.fusion.block_slice("cnn")
-    if cnn is not None:
-        for vector in query.turned if query.turned is not None else [query.vector]:
-            alone = np.zeros_like(vector)
-            alone[cnn] = vector[cnn]
-            rows.append(alone)
+    query's orientations; for queries whose raw features were computed), ``size`` in all."""
+    rows = [query.vector[None, :]]
+    if query.cnn_alone is not None:
+        rows.append(query.cnn_alone)
     _, found = index.search(np.vstack(rows).astype(np.float32), min(size, index.count))
     interleaved = found.T.ravel()  # each row's first, then each row's second...
     return list(dict.fromkeys(int(i) for i in interleaved if i >= 0))[:size]

@@ -3,8 +3,9 @@
 Layers (all readable by QGIS/GDAL as they are):
 - ``tiles``: footprint polygons in EPSG:4326 (NULL for plain images and rasters without a CRS)
   with source path, pixel window, native CRS and footprint, acquisition date and where it was
-  read (``acquired_source``), nodata fraction, the fused ``vector`` and the raw ``features``
-  (float32 little-endian BLOBs);
+  read (``acquired_source``), nodata fraction, the ``vector`` searched (little-endian float16
+  BLOB; float32 in databases made before, as the metadata's ``vector_dtype`` says) and, with
+  ``vectors.raw_features``, the raw ``features`` (float32 BLOB, else NULL);
 - ``files``: every file ingested, with size, mtime and whether all its tiles are in;
 - ``geosearch_meta``: band manifest, feature fusion, settings, versions (JSON values);
 - ``feedback_sessions``, ``feedback_marks``: feedback sessions (``geosearch.session_store``).
@@ -103,15 +104,22 @@ def normalise_path(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
 
 
-def vector_blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+# Vectors are stored at float16 (half the bytes; cosines move by ~1e-4) in databases that say
+# so in their metadata; databases made before hold float32. Raw features are always float32.
+VECTOR_DTYPE = "<f2"
+RAW_DTYPE = "<f4"
 
 
-def blob_vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """(len(blobs), dim) float32 from stored BLOBs."""
+def vector_blob(vector: np.ndarray, dtype: str = RAW_DTYPE) -> bytes:
+    return np.ascontiguousarray(vector, dtype=dtype).tobytes()
+
+
+def blob_vectors(blobs: Sequence[bytes], dtype: str = RAW_DTYPE) -> np.ndarray:
+    """(len(blobs), dim) float32 from stored BLOBs of one dimension and ``dtype``."""
     if not blobs:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+        return np.zeros((0, 0), dtype=np.float32)
+    values = np.frombuffer(b"".join(blobs), dtype=dtype)
+    return values.reshape(len(blobs), -1).astype(np.float32)
 
 
 class Store:
@@ -137,6 +145,7 @@ class Store:
         self._has_date_source = "acquired_source" in columns
         self._current = self._has_date_source and has_table(self._connection, "feedback_marks")
         self.sessions = SessionStore(self._connection, self.transaction)
+        self._vector_dtype: str | None = None
 
     def _create_atomically(self) -> None:
         """Build the empty database beside its final name, then rename it into place, so a
@@ -180,7 +189,7 @@ class Store:
                 ("acquired_source", "TEXT"),
                 ("nodata_fraction", "REAL"),
                 ("vector", "BLOB NOT NULL"),
-                ("features", "BLOB NOT NULL"),
+                ("features", "BLOB"),  # NULL unless vectors.raw_features
             ):
                 db.execute(f'ALTER TABLE {TILES} ADD COLUMN "{column}" {kind}')
             db.execute(f"CREATE UNIQUE INDEX tiles_window ON {TILES}(path, row, col)")
@@ -350,6 +359,7 @@ class Store:
                     f"INSERT OR IGNORE INTO files VALUES (?, ?, ?, 'partial', 0, {SQL_NOW}, ?)",
                     (record.path, record.size, record.mtime_ns, record.sha256),
                 )
+            vector_dtype = self.vector_dtype
             for tile, vector, features in tiles:
                 cursor = db.execute(
                     f"INSERT INTO {TILES} (geom, path, row, col, width, height, crs, "
@@ -366,8 +376,8 @@ class Store:
                         tile.footprint_native,
                         tile.acquired,
                         tile.nodata_fraction,
-                        vector_blob(vector),
-                        vector_blob(features),
+                        vector_blob(vector, vector_dtype),
+                        vector_blob(features) if features is not None else None,
                         tile.acquired_source,
                     ),
                 )
@@ -496,7 +506,54 @@ class Store:
                 )
             self._bump_generation(db, deleted=True)
 
+    def rewrite_vectors(
+        self, vectors: Sequence[tuple[int, np.ndarray]], dtype: str, drop_raw: bool
+    ) -> None:
+        """Replace tiles' vectors (stored as ``dtype``), dropping their raw features if asked,
+        in one transaction (``geosearch migrate``; the caller bumps the generation once)."""
+        with self.transaction() as db:
+            for tile_id, vector in vectors:
+                db.execute(
+                    f"UPDATE {TILES} SET vector = ?"
+                    + (", features = NULL" if drop_raw else "")
+                    + " WHERE id = ?",
+                    (vector_blob(vector, dtype), tile_id),
+                )
+
+    def changed(self, meta: dict[str, Any]) -> None:
+        """Record new metadata and a new generation: every vector may have changed (the index
+        is rebuilt), then give the space freed back to the file system (VACUUM)."""
+        with self.transaction() as db:
+            for key, value in meta.items():
+                self._set_meta(db, key, value)
+            self._bump_generation(db, deleted=True)
+        self._vector_dtype = None
+        self._connection.execute("VACUUM")
+
     # -- reading ---------------------------------------------------------------------------
+
+    def vector_batches(self, size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of every tile, ``size`` at a time in id order (never all at once)."""
+        after = 0
+        while True:
+            rows = self._connection.execute(
+                f"SELECT id, vector FROM {TILES} WHERE id > ? ORDER BY id LIMIT ?", (after, size)
+            ).fetchall()
+            if not rows:
+                return
+            after = rows[-1][0]
+            ids = np.asarray([row[0] for row in rows], dtype=np.int64)
+            yield ids, blob_vectors([row[1] for row in rows], self.vector_dtype)
+
+    def vector_sample(self, size: int, seed: int = 0) -> np.ndarray:
+        """The vectors of ``size`` tiles drawn at random (all of them if there are fewer)."""
+        ids = [row[0] for row in self._connection.execute(f"SELECT id FROM {TILES}")]
+        if len(ids) > size:
+            ids = sorted(np.random.default_rng(seed).choice(ids, size, replace=False).tolist())
+        parts = [  # SQLite binds at most 32,766 parameters a statement
+            self.vectors(ids[start : start + 16_384])[1] for start in range(0, len(ids), 16_384)
+        ]
+        return np.concatenate(parts) if parts else self.vectors([])[1]
 
     @property
     def _tile_columns(self) -> str:
@@ -600,10 +657,17 @@ class Store:
             rows = self._connection.execute(
                 f"SELECT id, {column} FROM {TILES} WHERE id > ? ORDER BY id", (after_id,)
             ).fetchall()
+        rows = [row for row in rows if row[1] is not None]  # raw features may not be kept
         found = np.asarray([row[0] for row in rows], dtype=np.int64)
-        blobs = [row[1] for row in rows]
-        dim = len(blobs[0]) // 4 if blobs else 0
-        return found, blob_vectors(blobs, dim)
+        dtype = self.vector_dtype if column == "vector" else RAW_DTYPE
+        return found, blob_vectors([row[1] for row in rows], dtype)
+
+    @property
+    def vector_dtype(self) -> str:
+        """How this database stores vectors: float16, or float32 if made before that."""
+        if self._vector_dtype is None:
+            self._vector_dtype = self.meta("vector_dtype", RAW_DTYPE)
+        return self._vector_dtype
 
 
 def writable(path: Path) -> bool:

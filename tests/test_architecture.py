@@ -13,9 +13,9 @@ them in the same order):
  5 index       index
  6 catalog     catalog (a database opened for work: store + manifest + fusion)
  7 search      request, feedback, register, locate, search
- 8 output      render, maps
+ 8 output      render, maps, coverage
  9 engines     engines/ (registry, shared writer, local, spark)
-10 commands    ingest, batch, sessions, check
+10 commands    ingest, batch, sessions, check, migrate
 11 api         api, geosearch (the package: its public names)
 12 front ends  cli, __main__, serve/
 
@@ -39,9 +39,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("index", ("index",)),
     ("catalog", ("catalog",)),
     ("search", ("request", "feedback", "register", "locate", "search")),
-    ("output", ("render", "maps")),
+    ("output", ("render", "maps", "coverage")),
     ("engines", ("engines",)),
-    ("commands", ("ingest", "batch", "sessions", "check")),
+    ("commands", ("ingest", "batch", "sessions", "check", "migrate")),
     ("api", ("api", "")),
     ("front ends", ("cli", "__main__", "serve")),
 ]

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import struct
 import warnings
 import zlib
@@ -31,6 +30,7 @@ import geosearch
 from geosearch.config import Settings
 from geosearch.ingest import IngestReport
 from geosearch.sources import open_source
+from geosearch.store import Store
 from tests.conftest import run_cli, shared, textured, write_geotiff
 
 SMALL = (1, 64, 64)  # the layout of the "good" files beside the bad ones: 1 band uint8
@@ -62,10 +62,9 @@ def tiles_in(db: Path) -> list[dict]:
 
 
 def stored_vectors(db: Path, column: str = "vector") -> np.ndarray:
-    """Every tile's fused ``vector`` or raw ``features`` (float32 BLOBs in the GeoPackage)."""
-    with sqlite3.connect(db) as connection:
-        blobs = [row[0] for row in connection.execute(f"SELECT {column} FROM tiles")]
-    return np.vstack([np.frombuffer(blob, dtype="<f4") for blob in blobs])
+    """Every tile's ``vector`` or raw ``features`` (where the database keeps them), as stored."""
+    with Store(db) as store:
+        return store.vectors(column=column)[1]
 
 
 def truncated(path: Path, keep: float | int) -> Path:
@@ -452,9 +451,10 @@ def test_float_values_at_the_limits_of_their_dtype_keep_their_statistics(tmp_pat
     for name, data in cases.items():
         write_geotiff(tmp_path / name, data)
         db = tmp_path / f"{name}.gpkg"
+        keeping_raw = settings.with_overrides({"vectors.raw_features": True})
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
-            report = geosearch.ingest([tmp_path / name], db, settings)
+            report = geosearch.ingest([tmp_path / name], db, keeping_raw)
         assert (report.tiles_added, report.skipped) == (1, [])
         bands = geosearch.info(db)["bands"]
         assert np.isfinite(bands["low"] + bands["high"]).all()

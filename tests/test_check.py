@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import numpy as np
+import pytest
 
 import geosearch
 from geosearch.index import index_path
@@ -30,29 +31,38 @@ def test_a_fresh_database_checks_ok(tmp_path, stats_only):
     assert report["ok"] and report["tiles"] == 6 and report["files"] == 3 and not report["problems"]
 
 
-def test_damage_is_found_and_repaired(tmp_path, stats_only):
-    folder, db = _db(tmp_path, stats_only)
+@pytest.mark.parametrize("raw_features", [True, False])
+def test_damage_is_found_and_repaired(tmp_path, stats_only, raw_features):
+    """With raw features kept, a damaged vector is fused again from them (and tiles whose raw
+    features are damaged are read again); without (the default), a damaged vector's tile is
+    deleted and its window read again by the next ingest."""
+    settings = stats_only.with_overrides({"vectors.raw_features": raw_features})
+    folder, db = _db(tmp_path, settings)
     with Store(db) as store:  # its connection knows the GeoPackage R-tree trigger functions
         connection = store._connection
         ids = [row[0] for row in connection.execute("SELECT id FROM tiles ORDER BY id")]
-        bad_vector = np.full(len(geosearch.info(db)["bands"]["bands"]) * 15, np.nan, "<f4")
+        dim = geosearch.info(db)["dim"]
+        bad_vector = np.full(dim, np.nan, store.vector_dtype)
         connection.execute(
             "UPDATE tiles SET vector = ? WHERE id = ?", (bad_vector.tobytes(), ids[0])
         )
-        connection.execute("UPDATE tiles SET features = x'00' WHERE id = ?", (ids[1],))
+        if raw_features:
+            connection.execute("UPDATE tiles SET features = x'00' WHERE id = ?", (ids[1],))
         connection.execute("UPDATE files SET tiles = 7 WHERE path LIKE '%f2.tif'")
     index_path(db).unlink()
     result = run_cli("check", "--db", str(db))
     assert result.returncode == 4
-    kinds = {line.split(":")[1].strip() for line in result.stdout.splitlines() if ":" in line}
-    assert {"vector", "features", "files", "index"} <= kinds and "NOT ok" in result.stdout
+    problems = [line for line in result.stdout.splitlines() if line.startswith("problem:")]
+    kinds = {line.split(":")[1].strip() for line in problems}
+    assert kinds == {"vector", "files", "index"} | ({"features"} if raw_features else set())
+    assert "NOT ok" in result.stdout
     repaired = run_cli("check", "--db", str(db), "--repair", "--json")
     assert repaired.returncode == 0, repaired.stdout
     assert run_cli("check", "--db", str(db)).returncode == 0
     with Store(db) as store:
         _, vectors = store.vectors()
-        assert len(vectors) == 5 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
-    report = geosearch.ingest([folder], db, stats_only)  # the deleted tile comes back
+        assert len(vectors) == 5 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+    report = geosearch.ingest([folder], db, settings)  # the deleted tile comes back
     assert report.files_resumed == 1 and report.tiles_added == 1
     with Store(db) as store:
         assert store.tile_count() == 6

@@ -29,6 +29,8 @@ from tests.conftest import (
 )
 
 LABELS, TILE = ALPHAEARTH_LABELS, ALPHAEARTH_TILE  # see conftest.alphaearth_db
+# Vectors are stored at float16: a value in -1..1 moves by up to half its step, 2^-11.
+FLOAT16 = 1e-3
 runner = CliRunner()
 
 
@@ -79,7 +81,7 @@ def test_alphaearth_cog_is_recognised_and_one_vector_per_tile_is_stored(alphaear
     alphaearth = Dequantization("alphaearth")
     for row, col in [(0, TILE), (TILE, 0), (7 * TILE, 5 * TILE)]:  # (0, 64) is half NoData
         window = values[:, row : row + TILE, col : col + TILE]
-        assert np.allclose(stored[(row, col)], expected_vector(window, alphaearth), atol=1e-5)
+        assert np.allclose(stored[(row, col)], expected_vector(window, alphaearth), atol=FLOAT16)
     assert (0, 0) not in stored  # all NoData: not indexed
 
 
@@ -140,7 +142,9 @@ def test_geotessera_tiff_is_recognised_and_zero_fill_is_nodata(tmp_path) -> None
     assert facts["extractors"][0]["version"] == "1-none"
     stored = tile_vectors(db)
     window = values[:, :TILE, :TILE]
-    assert np.allclose(stored[(0, 0)], expected_vector(window, Dequantization("none")), atol=1e-5)
+    assert np.allclose(
+        stored[(0, 0)], expected_vector(window, Dequantization("none")), atol=FLOAT16
+    )
     catalog = open_database(db)
     try:
         [tile] = [t for t in catalog.store.tiles([1, 2, 3, 4]) if t.window.col == t.window.row == 0]
@@ -165,7 +169,7 @@ def test_a_raster_declared_in_config_uses_its_linear_dequantisation(tmp_path) ->
     linear = Dequantization("linear", 0.001, -1.0)
     for row, col in [(0, 0), (16, 16)]:
         window = values[:, row : row + 16, col : col + 16]
-        assert np.allclose(stored[(row, col)], expected_vector(window, linear), atol=1e-5)
+        assert np.allclose(stored[(row, col)], expected_vector(window, linear), atol=FLOAT16)
 
 
 def test_feedback_and_filters_work_on_an_embedding_database(alphaearth_db, tmp_path) -> None:

@@ -10,7 +10,6 @@ finite. Each example gets its own folder and database.
 from __future__ import annotations
 
 import io
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 import geosearch
 from geosearch.config import Settings
 from geosearch.ingest import IngestReport
+from geosearch.store import Store
 from tests.conftest import textured, write_geotiff
 
 DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
@@ -115,10 +115,8 @@ def ingest_accounts_for_every_file(folder: Path, settings_: Settings) -> IngestR
     assert report.files_ingested + len(skipped) == report.files_found, report
     for item in report.skipped:
         assert item.reason and "\n" not in item.reason, item
-    with sqlite3.connect(db) as connection:
-        blobs = [row[0] for row in connection.execute("SELECT vector FROM tiles")]
-    for blob in blobs:
-        assert np.isfinite(np.frombuffer(blob, dtype="<f4")).all()
+    with Store(db) as store:
+        assert np.isfinite(store.vectors()[1]).all()
     return report
 
 

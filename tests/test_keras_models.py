@@ -32,7 +32,11 @@ def test_keras_model_runs_from_a_configured_weights_file(tmp_path, efficientnet_
     for seed in range(3):
         write_geotiff(folder / f"t{seed}.tif", textured((3, 96, 96), seed=seed))
     settings = Settings().with_overrides(
-        {"features.cnn.model": "efficientnetb0", "features.cnn.weights": str(efficientnet_weights)}
+        {
+            "features.cnn.model": "efficientnetb0",
+            "features.cnn.weights": str(efficientnet_weights),
+            "vectors.raw_features": True,  # kept, to look at the network's output below
+        }
     )
     db = tmp_path / "db.gpkg"
     report = geosearch.ingest([folder], db, settings)

@@ -32,6 +32,8 @@ from tests.conftest import (
 )
 
 LABELS, TILE = ALPHAEARTH_LABELS, ALPHAEARTH_TILE  # see conftest.alphaearth_db
+# Vectors are stored at float16: a value in -1..1 moves by up to half its step, 2^-11.
+FLOAT16 = 1e-3
 QUERY = (3, 3)  # the query tile (row, col), of class LABELS[3, 3]
 runner = CliRunner()
 
@@ -105,8 +107,8 @@ def test_tile_map_holds_every_tiles_similarity_on_the_tile_grid(alphaearth_db, t
     expected = np.full((8, 8), NODATA, dtype=np.float32)
     for (row, col), (vector, _) in tiles.items():
         expected[row, col] = (1 + vector @ query) / 2  # the similarity results show
-    assert np.allclose(values, expected, atol=1e-5)
-    assert values[0, 0] == NODATA and np.isclose(values[QUERY], 1.0, atol=1e-5)
+    assert np.allclose(values, expected, atol=FLOAT16)
+    assert values[0, 0] == NODATA and np.isclose(values[QUERY], 1.0, atol=FLOAT16)
     same = LABELS[QUERY] == LABELS
     same[0, 0] = False
     other = (LABELS[QUERY] != LABELS) & (values != NODATA)
@@ -146,7 +148,7 @@ def test_pixel_map_is_each_pixels_cosine_at_the_rasters_resolution(alphaearth_db
     assert not (inside & nodata).any() and nodata.any()  # NoData pixels stay NoData
     middle = np.s_[5:-5, 5:-5]  # away from the bbox's edges (a lon/lat box, curved in UTM)
     assert inside[middle][~nodata[middle]].all()
-    assert np.allclose(values[inside], by_hand[inside], atol=1e-5)
+    assert np.allclose(values[inside], by_hand[inside], atol=FLOAT16)
     classes = np.repeat(np.repeat(LABELS, TILE, 0), TILE, 1)[
         row0 : row0 + height, col0 : col0 + width
     ]
@@ -182,7 +184,7 @@ def test_maps_of_an_image_database_and_their_errors(tmp_path) -> None:
     with rasterio.open(tmp_path / "map.tif") as dataset:
         assert dataset.crs.to_epsg() == 32633  # 6 tiles in 32633, 1 in 32634
         values = dataset.read(1)
-        assert np.isclose(values[0, 0], 1.0, atol=1e-5)
+        assert np.isclose(values[0, 0], 1.0, atol=FLOAT16)
         assert values.shape == (2, 4) and (values != NODATA).sum() == 7
         assert values[0, 3] != NODATA  # east.tif's tile, beside west.tif's
     for options, message in (
@@ -210,7 +212,7 @@ def test_a_bottom_up_copy_gives_the_same_maps(alphaearth_db, tmp_path) -> None:
     mine, theirs = stored(db), stored(other)
     by_place = {np.round(centre, 6).tobytes(): vector for vector, centre in theirs.values()}
     for vector, centre in mine.values():  # the same tiles, found from the bottom
-        assert np.allclose(by_place[np.round(centre, 6).tobytes()], vector, atol=1e-5)
+        assert np.allclose(by_place[np.round(centre, 6).tobytes()], vector, atol=FLOAT16)
     west, north = mine[(0, 1)][1]
     east, south = mine[(4, 5)][1]
     bbox = f"{west},{south},{east},{north}"
@@ -221,7 +223,7 @@ def test_a_bottom_up_copy_gives_the_same_maps(alphaearth_db, tmp_path) -> None:
         )
         with rasterio.open(tmp_path / "p.tif") as dataset:
             maps.append((dataset.transform, dataset.read(1)))
-    assert maps[0][0] == maps[1][0] and np.allclose(maps[0][1], maps[1][1], atol=1e-5)
+    assert maps[0][0] == maps[1][0] and np.allclose(maps[0][1], maps[1][1], atol=FLOAT16)
 
 
 def test_pixel_map_places_rasters_of_other_grids_at_the_nearest_pixel(tmp_path) -> None:
@@ -252,4 +254,4 @@ def test_pixel_map_places_rasters_of_other_grids_at_the_nearest_pixel(tmp_path) 
         by_hand = (1 + cosine) / 2
         inside = pixels[half] != NODATA
         assert inside.mean() > 0.9
-        assert np.allclose(pixels[half][inside], by_hand[inside], atol=1e-5)
+        assert np.allclose(pixels[half][inside], by_hand[inside], atol=FLOAT16)

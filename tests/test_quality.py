@@ -82,7 +82,7 @@ def test_any_orientation_finds_a_turned_query_chip(naip128):
             ("turned", [turned(chip, quality.QUERY_TURN) for chip in chips]),
         ):
             scores = quality.rule_scores(
-                catalog.compute_orientations(oriented), truth.vectors, 0.05
+                catalog.compute_orientations(oriented)[0], truth.vectors, 0.05
             )
             for rule, similarity in scores.items():
                 top1[protocol, rule] = quality.ranking_metrics(truth, 4, similarity)[0]["top1"]

@@ -145,7 +145,7 @@ class _BatchWriter:
         self.report = report
         self.records: list[TileRecord] = []
         self.vectors: list[np.ndarray] = []
-        self.raw: list[np.ndarray] = []
+        self.raw: list[np.ndarray | None] = []  # None: the database keeps no raw features
         self.started: list[FileRecord] = []
         self.finished: list[FileRecord] = []
         self.failed: list[str] = []
@@ -154,7 +154,8 @@ class _BatchWriter:
     def add(self, embedded: EmbeddedTiles) -> None:
         self.records += embedded.records
         self.vectors += list(embedded.vectors)
-        self.raw += list(embedded.raw)
+        kept = embedded.raw if self.catalog.keeps_raw_features else [None] * len(embedded.records)
+        self.raw += list(kept)
 
     def drop_file(self, path: str) -> None:
         """Forget a failed file's pending tiles; delete the ones already committed."""

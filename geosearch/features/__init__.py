@@ -11,14 +11,15 @@ again, so that inner product is cosine similarity.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from geosearch.bands import BandManifest
-from geosearch.config import FeatureSettings
+from geosearch.config import FeatureSettings, VectorSettings
 from geosearch.embeddings import dequantization_for
 from geosearch.errors import ConfigError
 from geosearch.features.band_stats import BandStatsExtractor
@@ -81,20 +82,77 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Projection:
+    """The fused vectors' principal components, fitted on the creation sample: ``matrix``
+    holds the first ``dims`` of them, each divided by its eigenvalue ** whitening (partial
+    whitening: rare directions count more, which measured better than plain PCA)."""
+
+    mean: np.ndarray  # (fused dim,)
+    matrix: np.ndarray  # (fused dim, dims)
+
+    @property
+    def dims(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @classmethod
+    def fit(cls, fused: np.ndarray, dims: int, whitening: float) -> Projection:
+        """PCA of ``fused`` (n, d) unit vectors to ``dims`` components."""
+        sample = np.asarray(fused, dtype=np.float64)
+        mean = sample.mean(axis=0)
+        _, singular, directions = np.linalg.svd(sample - mean, full_matrices=False)
+        variance = np.maximum(singular[:dims] ** 2 / len(sample), _EPSILON)
+        matrix = directions[:dims].T / variance**whitening
+        return cls(mean.astype(np.float32), matrix.astype(np.float32))
+
+    def apply(self, fused: np.ndarray) -> np.ndarray:
+        """(n, fused dim) -> (n, dims) unit vectors."""
+        projected = (np.asarray(fused, dtype=np.float32) - self.mean) @ self.matrix
+        norms = np.linalg.norm(projected, axis=1, keepdims=True)
+        return (projected / np.maximum(norms, _EPSILON)).astype(np.float32)
+
+
+@dataclass(frozen=True)
 class Fusion:
-    """How raw feature blocks become one unit vector; stored in the database."""
+    """How raw feature blocks become one unit vector; stored in the database. Each block is
+    standardised, L2-normalised and weighted; the blocks are concatenated, L2-normalised and,
+    with a ``projection``, projected to fewer dimensions and normalised again."""
 
     blocks: tuple[Block, ...]
+    projection: Projection | None = None
 
     @property
     def raw_dim(self) -> int:
         return sum(block.dim for block in self.blocks)
 
+    @property
+    def dim(self) -> int:
+        """The dimension of the vectors searched and stored."""
+        return self.projection.dims if self.projection is not None else self.raw_dim
+
     @classmethod
     def fit(
+        cls,
+        extractors: Sequence[Extractor],
+        weights: dict[str, float],
+        raw: np.ndarray,
+        vectors: VectorSettings | None = None,
+    ) -> Fusion:
+        """Standardisation fitted on ``raw`` (a sample of tiles' concatenated raw features),
+        then, with ``vectors.dims`` and a sample of at least ``vectors.min_sample`` tiles,
+        the projection of the fused sample to ``vectors.dims`` dimensions, at most half the
+        sample's size (more over-fits the sample: bench/README.md "Compact vectors")."""
+        fusion = cls._standardised(extractors, weights, raw)
+        vectors = vectors or VectorSettings()
+        dims = min(vectors.dims, len(raw) // 2)
+        if 0 < dims < fusion.raw_dim and len(raw) >= vectors.min_sample:
+            projection = Projection.fit(fusion.fuse(raw), dims, vectors.whitening)
+            fusion = replace(fusion, projection=projection)
+        return fusion
+
+    @classmethod
+    def _standardised(
         cls, extractors: Sequence[Extractor], weights: dict[str, float], raw: np.ndarray
     ) -> Fusion:
-        """Standardisation fitted on ``raw`` (a sample of tiles' concatenated raw features)."""
         blocks, start = [], 0
         for extractor in extractors:
             part = raw[:, start : start + extractor.dim].astype(np.float64)
@@ -116,31 +174,31 @@ class Fusion:
             start += extractor.dim
         return cls(tuple(blocks))
 
-    def fuse(self, raw: np.ndarray, absent: np.ndarray | None = None) -> np.ndarray:
-        """(n, raw_dim) raw features to (n, raw_dim) fused unit vectors, float32.
+    def fuse(
+        self, raw: np.ndarray, absent: np.ndarray | None = None, only: str | None = None
+    ) -> np.ndarray:
+        """(n, raw_dim) raw features to (n, dim) unit vectors, float32.
 
         ``absent`` (bool, raw_dim) marks features a query could not compute (bands it lacks):
-        they are set to the sample mean, so the comparison rests on the others."""
+        they are set to the sample mean, so the comparison rests on the others. ``only``: the
+        vector of that one block (the others at their mean), in the same space."""
         parts, start = [], 0
         for block in self.blocks:
             part = (raw[:, start : start + block.dim] - block.mean) / block.std
             if absent is not None:
                 part[:, absent[start : start + block.dim]] = 0.0
+            if only is not None and block.name != only:
+                part[:] = 0.0
             norms = np.linalg.norm(part, axis=1, keepdims=True)
             parts.append(block.weight * part / np.maximum(norms, _EPSILON))
             start += block.dim
         fused = np.hstack(parts)
         norms = np.linalg.norm(fused, axis=1, keepdims=True)
-        return (fused / np.maximum(norms, _EPSILON)).astype(np.float32)
+        fused = (fused / np.maximum(norms, _EPSILON)).astype(np.float32)
+        return self.projection.apply(fused) if self.projection is not None else fused
 
-    def block_slice(self, name: str) -> slice | None:
-        """Where block ``name`` lies in the fused vector, or None if the fusion has none."""
-        start = 0
-        for block in self.blocks:
-            if block.name == name:
-                return slice(start, start + block.dim)
-            start += block.dim
-        return None
+    def has_block(self, name: str) -> bool:
+        return any(block.name == name for block in self.blocks)
 
     def absent_features(
         self, missing: Sequence[int], band_count: int, rgb: Sequence[int]
@@ -172,6 +230,7 @@ class Fusion:
         return names
 
     def to_dict(self) -> dict[str, Any]:
+        projection = self.projection
         return {
             "blocks": [
                 {
@@ -179,15 +238,19 @@ class Fusion:
                     "version": b.version,
                     "dim": b.dim,
                     "weight": b.weight,
-                    "mean": b.mean.tolist(),
-                    "std": b.std.tolist(),
+                    "mean": _packed(b.mean),
+                    "std": _packed(b.std),
                 }
                 for b in self.blocks
-            ]
+            ],
+            "projection": None
+            if projection is None
+            else {"mean": _packed(projection.mean), "matrix": _packed(projection.matrix)},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fusion:
+        projection = data.get("projection")  # None: made before projections, or unprojected
         return cls(
             tuple(
                 Block(
@@ -195,12 +258,30 @@ class Fusion:
                     b["version"],
                     b["dim"],
                     b["weight"],
-                    np.asarray(b["mean"], dtype=np.float32),
-                    np.asarray(b["std"], dtype=np.float32),
-                )
+                    _unpacked(b["mean"]),
+                    _unpacked(b["std"]),
+                )  # fmt: skip
                 for b in data["blocks"]
-            )
+            ),
+            None
+            if projection is None
+            else Projection(_unpacked(projection["mean"]), _unpacked(projection["matrix"])),
         )
+
+
+def _packed(values: np.ndarray) -> dict[str, Any]:
+    """An array for the database's JSON metadata: float32 bytes in base64 (a 1084 x 128
+    projection is 0.7 MB so, against 2.8 MB as a JSON list of numbers)."""
+    values = np.ascontiguousarray(values, dtype="<f4")
+    return {"shape": list(values.shape), "float32": base64.b64encode(values.tobytes()).decode()}
+
+
+def _unpacked(stored: dict[str, Any] | list) -> np.ndarray:
+    """``_packed``'s array back (a plain list in databases made before)."""
+    if isinstance(stored, list):
+        return np.asarray(stored, dtype=np.float32)
+    values = np.frombuffer(base64.b64decode(stored["float32"]), dtype="<f4")
+    return values.reshape(stored["shape"]).astype(np.float32)
 
 
 def prepare_batch(
