@@ -1,14 +1,18 @@
 """Query benchmark of geosearch's vector index: one JSON line per measurement on stdout.
 
-For each size: synthetic clustered vectors of the fused dimension (1084), 200 held-out queries,
-the exact top 10 as ground truth. Each index is built here, saved, then loaded and queried in
-a fresh process, so its peak RSS is that of a query process. Measured: ms/query (p50, p95) one
-query at a time and in batches, recall@10 against exact search, build time, file sizes. The
-baselines run in the same invocation: exact FAISS (flat) at every size, and at 10k vectors the
+For each size: synthetic tile vectors made like the stored ones (``bench/synthetic_tiles.py``:
+128 dimensions after the database's projection, calibrated against the real NAIP vectors),
+streamed to a float16 file on disk as the database stores them; 200 held-out queries (a new
+date of a place the data holds); the exact top 10 over the float16 vectors as ground truth.
+Each index is built streaming from that file (trained on a sample, filled in batches), saved,
+then loaded and queried in a fresh process, so its peak RSS is that of a query process.
+Measured: ms/query (p50, p95) one query at a time and in batches, recall@10 against exact
+search, build time, file sizes. The baselines run in the same invocation: exact FAISS (flat)
+at every size, the batched brute force that makes the ground truth, and at 10k vectors the
 naive per-item loop over sklearn's ``cosine_similarity``.
 
-    .venv/bin/python bench/query.py                       # 10k, 100k, 1M (1M: ~15 GB RAM)
-    .venv/bin/python bench/query.py --sizes 10000,100000  # quick
+    .venv/bin/python bench/query.py                        # 10k, 100k, 1M
+    .venv/bin/python bench/query.py --sizes 10000000       # 10M: ~1 h, 8 GB RAM, 12 GB disk
     .venv/bin/python bench/query.py --sizes 100000 --kinds hnsw,ivf --ef-search 32,64 --nprobe 8,16
 """
 
@@ -30,49 +34,60 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DIM = 1084  # 4 × 15 band statistics + 1024 MobileNet
+from synthetic_tiles import DIM, tiles  # noqa: E402
+
 K = 10
 NAIVE_SIZE = 10_000
+CHUNK_ROWS = 262_144  # rows read from the vectors file at once
 
 
-def clustered_vectors(n: int, seed: int, dim: int = DIM) -> np.ndarray:
-    """Unit vectors like pooled CNN features: 300 clusters in a 16-dimensional latent space,
-    mapped to ``dim`` non-negative features (ReLU; about half are zero), plus a little noise.
-
-    The clusters are the same for every ``seed`` (queries come from the data's distribution);
-    ``seed`` draws the points. Built in chunks: 1M vectors need only their own 4.3 GB."""
-    structure = np.random.default_rng(7)
-    latent, clusters = 16, 300
-    basis = structure.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
-    centres = structure.standard_normal((clusters, latent)).astype(np.float32)
-    spreads = structure.uniform(0.3, 0.8, clusters).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    vectors = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        rows = min(100_000, n - start)
-        cluster = rng.integers(0, clusters, rows)
-        points = centres[cluster] + (
-            rng.standard_normal((rows, latent), dtype=np.float32) * spreads[cluster, None]
-        )
-        chunk = np.maximum(points @ basis, 0)
-        chunk += np.abs(rng.standard_normal((rows, dim), dtype=np.float32)) * 0.01
-        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
-        vectors[start : start + rows] = chunk
-    return vectors
+def synthetic_file(n: int, queries: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, queries): ``n`` synthetic tile vectors written to ``path`` at float16 (a
+    read-only memory map is returned) and ``queries`` held-out query vectors (float32)."""
+    data = tiles(n, queries=queries, seed=1)
+    held_out = next(data)[0] if queries else np.zeros((0, DIM), np.float32)
+    stored = np.lib.format.open_memmap(path, mode="w+", dtype="<f2", shape=(n, DIM))
+    start = 0
+    for vectors, _ in data:
+        stored[start : start + len(vectors)] = vectors
+        start += len(vectors)
+    stored.flush()
+    del stored
+    return np.load(path, mmap_mode="r"), held_out
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of each query's exact top ``k`` (FAISS brute force, no index copy)."""
+def chunks(vectors: np.ndarray) -> Any:
+    """(ids, float32 rows) of ``vectors`` ``CHUNK_ROWS`` at a time; ids count from 1."""
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        part = np.asarray(vectors[start : start + CHUNK_ROWS], dtype=np.float32)
+        yield np.arange(start + 1, start + 1 + len(part), dtype=np.int64), part
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """(ids of each query's exact top ``k``, ms per query): FAISS brute force over the
+    float16 vectors, chunk by chunk, all queries at once (the exact baseline's speed)."""
     import faiss
 
-    return faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    started = time.perf_counter()
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), k), dtype=np.int64)
+    for ids, part in chunks(vectors):
+        scores, rows = faiss.knn(queries, part, k, metric=faiss.METRIC_INNER_PRODUCT)
+        scores = np.hstack([best_scores, scores])
+        found = np.hstack([best_ids, ids[rows]])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, order, 1)
+        best_ids = np.take_along_axis(found, order, 1)
+    return best_ids, (time.perf_counter() - started) * 1000 / len(queries)
 
 
 def naive_loop_ms(vectors: np.ndarray, queries: np.ndarray) -> float:
     """ms per query of the naive search: sklearn ``cosine_similarity`` per stored vector."""
     from sklearn.metrics.pairwise import cosine_similarity
 
+    vectors = np.asarray(vectors, dtype=np.float32)
     started = time.perf_counter()
     for query in queries:
         query = query[None, :]
@@ -114,11 +129,17 @@ def query_process(args: argparse.Namespace) -> None:
     index, _ = loaded
     load_s = time.perf_counter() - started
     rss_loaded = rss_bytes()
-    settings = {"hnsw": ("ef_search", args.ef_search), "ivf": ("nprobe", args.nprobe)}
-    name, values = settings.get(index.kind, (None, [None]))
-    for value in values:
-        if name and value:
-            setattr(index, name, value)
+    settings = [{}]
+    if index.kind == "hnsw":
+        settings = [{"ef_search": value} for value in args.ef_search]
+    elif index.kind in ("ivf", "ivfpq"):
+        settings = [
+            {"nprobe": nprobe, "rerank": rerank} for nprobe in args.nprobe for rerank in args.rerank
+        ]
+    defaults = {name: getattr(index, name) for choice in settings for name in choice}
+    for choice in settings:
+        for name, value in choice.items():
+            setattr(index, name, value or defaults[name])
         for query in queries[:10]:  # warm up
             index.search(query[None, :], K)
         single, found = [], []
@@ -160,19 +181,25 @@ def query_process(args: argparse.Namespace) -> None:
 def measure_kind(
     kind: str,
     role: str,
-    ids: np.ndarray,
     vectors: np.ndarray,
     folder: Path,
     args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
-    """Build and save one index here, query it in a fresh process; its JSON records."""
+    """Build (streaming from ``vectors``) and save one index here, query it in a fresh
+    process; its JSON records."""
     from geosearch.index import IndexState, VectorIndex, vectors_path
 
-    started = time.perf_counter()
-    index = VectorIndex.build(ids, vectors, kind=kind)
-    build_s = time.perf_counter() - started
+    def sample(size: int) -> np.ndarray:
+        rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
+        return np.asarray(vectors[rows], dtype=np.float32)
+
     path = folder / f"{kind}.faiss"
-    index.save(path, IndexState(0, int(ids.max()), index.count, index.dim))
+    started = time.perf_counter()
+    index = VectorIndex.build_from(
+        len(vectors), DIM, lambda: chunks(vectors), sample, kind=kind, spill=path
+    )
+    build_s = time.perf_counter() - started
+    index.save(path, IndexState(0, len(vectors), index.count, index.dim))
     del index
     files = {"index_file_bytes": path.stat().st_size}
     if vectors_path(path).exists():
@@ -182,8 +209,9 @@ def measure_kind(
     command += ["--truth-file", str(folder / "truth.npy")]
     command += ["--nprobe", ",".join(map(str, args.nprobe))]
     command += ["--ef-search", ",".join(map(str, args.ef_search))]
+    command += ["--rerank", ",".join(map(str, args.rerank))]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    base = {"measure": "query", "n": len(ids), "kind": kind, "role": role}
+    base = {"measure": "query", "n": len(vectors), "kind": kind, "role": role}
     return [
         base | {"build_s": round(build_s, 1)} | files | json.loads(line)
         for line in output.splitlines()
@@ -197,7 +225,12 @@ def emit(record: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> None:
     import faiss
 
-    from geosearch.index import EXACT_MAX_VECTORS, HNSW_MAX_VECTORS, choose_kind
+    from geosearch.index import (
+        EXACT_MAX_VECTORS,
+        HNSW_MAX_VECTORS,
+        IVF_SQ8_MAX_VECTORS,
+        choose_kind,
+    )
 
     emit(
         {
@@ -210,42 +243,58 @@ def run(args: argparse.Namespace) -> None:
             "numpy": np.__version__,
             "dim": DIM,
             "queries": args.queries,
-            "thresholds": {"exact_max": EXACT_MAX_VECTORS, "hnsw_max": HNSW_MAX_VECTORS},
+            "thresholds": {
+                "exact_max": EXACT_MAX_VECTORS,
+                "hnsw_max": HNSW_MAX_VECTORS,
+                "ivf_sq8_max": IVF_SQ8_MAX_VECTORS,
+            },
         }
     )
-    queries = clustered_vectors(args.queries, seed=2)
-    naive_ms = None
-    if args.naive_queries:
-        naive_ms = naive_loop_ms(
-            clustered_vectors(NAIVE_SIZE, seed=1), queries[: args.naive_queries]
-        )
-        emit(
-            {
-                "measure": "naive_sklearn_loop",
-                "n": NAIVE_SIZE,
-                "queries": args.naive_queries,
-                "ms_per_query": round(naive_ms, 1),
-                "extrapolated_ms_per_query": {
-                    str(n): round(naive_ms * n / NAIVE_SIZE) for n in (100_000, 1_000_000)
-                },
-            }
-        )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="geosearch-bench-"))
     try:
+        naive_ms = None
+        if args.naive_queries:
+            folder = workdir / "naive"
+            folder.mkdir(parents=True, exist_ok=True)
+            vectors, queries = synthetic_file(NAIVE_SIZE, args.naive_queries, folder / "v.npy")
+            naive_ms = naive_loop_ms(vectors, queries)
+            emit(
+                {
+                    "measure": "naive_sklearn_loop",
+                    "n": NAIVE_SIZE,
+                    "queries": args.naive_queries,
+                    "ms_per_query": round(naive_ms, 1),
+                    "extrapolated_ms_per_query": {
+                        str(n): round(naive_ms * n / NAIVE_SIZE) for n in (100_000, 1_000_000)
+                    },
+                }
+            )
         for n in args.sizes:
             folder = workdir / str(n)
             folder.mkdir(parents=True, exist_ok=True)
-            vectors = clustered_vectors(n, seed=1)
-            ids = np.arange(1, n + 1, dtype=np.int64)
+            started = time.perf_counter()
+            vectors, queries = synthetic_file(n, args.queries, folder / "vectors.npy")
+            made_s = time.perf_counter() - started
+            truth, exact_ms = exact_top(vectors, queries, K)
+            emit(
+                {
+                    "measure": "exact_brute_force",
+                    "n": n,
+                    "make_vectors_s": round(made_s, 1),
+                    "vectors_file_bytes": (folder / "vectors.npy").stat().st_size,
+                    "batched_ms_per_query": round(exact_ms, 2),
+                    "batch": args.queries,
+                }
+            )
             np.save(folder / "queries.npy", queries)
-            np.save(folder / "truth.npy", ids[exact_top(vectors, queries, K)])
+            np.save(folder / "truth.npy", truth)
             chosen = choose_kind(n)
             kinds = {"flat": "exact baseline"}
             kinds[chosen] = "default" if chosen != "flat" else "default = exact baseline"
             if args.kinds:
                 kinds = {kind: kinds.get(kind, "forced") for kind in args.kinds}
             for kind, role in kinds.items():
-                for record in measure_kind(kind, role, ids, vectors, folder, args):
+                for record in measure_kind(kind, role, vectors, folder, args):
                     if naive_ms and n == NAIVE_SIZE:
                         record["speedup_vs_naive_p50"] = round(
                             naive_ms / record["single_ms"]["p50"]
@@ -255,6 +304,8 @@ def run(args: argparse.Namespace) -> None:
                     for file in folder.glob(f"{kind}.faiss*"):
                         file.unlink()
             del vectors
+            if not args.workdir:
+                shutil.rmtree(folder, ignore_errors=True)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -275,6 +326,9 @@ def main() -> None:
         help="index kinds to measure (default: flat, the exact baseline, and the default kind)",
     )
     parser.add_argument("--nprobe", type=integers, default=[0], help="IVF nprobe (0: default)")
+    parser.add_argument(
+        "--rerank", type=integers, default=[0], help="IVF re-ranked candidates (0: default)"
+    )
     parser.add_argument(
         "--ef-search", type=integers, default=[0], help="HNSW efSearch (0: default)"
     )

@@ -5,10 +5,16 @@ Which index depends on how many vectors there are (thresholds measured in bench/
 - up to ``EXACT_MAX_VECTORS``: ``flat``, exact inner product;
 - up to ``HNSW_MAX_VECTORS``: ``hnsw``, an HNSW32 graph over the float32 vectors; approximate
   neighbours, exact scores;
-- above: ``ivf``, IVF(nlist ≈ 4·√N),SQ8 in memory, whose ``RERANK_CANDIDATES`` best candidates
-  are re-scored exactly from a float16 copy of the vectors on disk (``<db>.faiss.vectors``,
-  read with ``os.pread``: page cache, not process memory). Scores are the cosines of the
-  vectors at float16, the precision the database stores them at.
+- up to ``IVF_SQ8_MAX_VECTORS``: ``ivf``, IVF(nlist ≈ 4·√N),SQ8 in memory, whose
+  ``RERANK_CANDIDATES`` best candidates are re-scored exactly from a float16 copy of the
+  vectors on disk (``<db>.faiss.vectors``, read with ``os.pread``: page cache, not process
+  memory);
+- above: ``ivfpq``, the same lists holding 4-bit product-quantisation codes (FAISS fast scan,
+  ``dim / 4`` bytes a vector), so many more lists can be scanned in the same time; its
+  ``PQ_RERANK_CANDIDATES`` best are re-scored from the float16 file as for ``ivf``.
+
+Scores of ``ivf`` and ``ivfpq`` are the cosines of the vectors at float16, the precision the
+database stores them at.
 
 The kind is chosen when the index is built; ``open_index`` rebuilds when the count has crossed
 a threshold, an IVF index has outgrown its training (``IVF_RETRAIN_GROWTH``), or more than
@@ -55,6 +61,7 @@ from geosearch.store import Store
 
 EXACT_MAX_VECTORS = 20_000  # flat search: p50 ≈ 3 ms at 20k (1084 dims, one thread)
 HNSW_MAX_VECTORS = 200_000  # HNSW holds float32 vectors: 0.93 GB and 27 s to build at 200k
+IVF_SQ8_MAX_VECTORS = 2_000_000  # above, IVF-PQ fast scan (bench/README.md, 10M table)
 HNSW_LINKS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
@@ -64,9 +71,12 @@ IVF_TRAIN_POINTS_PER_LIST = 40  # k-means sample: 40·nlist vectors
 IVF_DIM_MULTIPLE = 16  # SQ8 distances use SIMD only when dim % 16 == 0: 1084 → 1088 (5× faster)
 IVF_NPROBE = 32  # recall@10 0.9925 at 16, 0.9985 at 24, 0.999 at 32 (1M, bench)
 RERANK_CANDIDATES = 100
+PQ_NPROBE_SHARE = 0.08  # ivfpq: lists probed, as a share of nlist (bench/README.md, 10M table)
+PQ_RERANK_CANDIDATES = 1000
 IVF_RETRAIN_GROWTH = 4  # retrain once the count is 4× what the lists were trained on
 MAX_REMOVED_FRACTION = 0.2  # compact once this fraction of HNSW/IVF rows are removed
-KINDS = ("flat", "hnsw", "ivf")
+KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+RERANKED = ("ivf", "ivfpq")  # kinds that re-rank from the float16 vectors file
 
 _MAGIC = b"GSINDEX1"
 _PREFIX = struct.Struct("<8sQQQ")  # magic, header JSON bytes, row-id bytes, FAISS bytes
@@ -95,12 +105,18 @@ class IndexState:
 
 
 def choose_kind(
-    count: int, exact_max: int = EXACT_MAX_VECTORS, hnsw_max: int = HNSW_MAX_VECTORS
+    count: int,
+    exact_max: int = EXACT_MAX_VECTORS,
+    hnsw_max: int = HNSW_MAX_VECTORS,
+    sq8_max: int = IVF_SQ8_MAX_VECTORS,
 ) -> str:
-    """The index kind for ``count`` vectors: flat up to ``exact_max``, HNSW up to ``hnsw_max``."""
+    """The index kind for ``count`` vectors: flat up to ``exact_max``, HNSW up to ``hnsw_max``,
+    IVF-SQ8 up to ``sq8_max``, IVF-PQ above."""
     if count <= exact_max:
         return "flat"
-    return "hnsw" if count <= hnsw_max else "ivf"
+    if count <= hnsw_max:
+        return "hnsw"
+    return "ivf" if count <= sq8_max else "ivfpq"
 
 
 def ivf_lists(count: int) -> int:
@@ -122,12 +138,12 @@ class VectorIndex:
         self.kind = kind
         self.ef_search = HNSW_EF_SEARCH
         self.nprobe = IVF_NPROBE
-        self.rerank = RERANK_CANDIDATES
+        self.rerank = PQ_RERANK_CANDIDATES if kind == "ivfpq" else RERANK_CANDIDATES
         self.trained_on = 0  # IVF: how many vectors the lists were trained for
         self._row_id_parts: list[np.ndarray] = []  # FAISS row → tile id, -1 once removed
         self._removed_rows = 0  # rows marked removed (HNSW, IVF); flat drops them
         self._skip_removed: tuple[Any, ...] | None = None  # HNSW's ID selector, kept alive
-        self._vectors = _RerankVectors(dim) if kind == "ivf" else None
+        self._vectors = _RerankVectors(dim) if kind in RERANKED else None
         if kind == "flat":
             self._index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
@@ -135,9 +151,12 @@ class VectorIndex:
             self._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         else:
             self.nlist = nlist or 1
+            codes = "SQ8" if kind == "ivf" else f"PQ{_padded_dim(dim) // 2}x4fs"
             self._index = faiss.index_factory(
-                _padded_dim(dim), f"IVF{self.nlist},SQ8", faiss.METRIC_INNER_PRODUCT
+                _padded_dim(dim), f"IVF{self.nlist},{codes}", faiss.METRIC_INNER_PRODUCT
             )
+        if kind == "ivfpq":
+            self.nprobe = max(1, round(PQ_NPROBE_SHARE * self.nlist))
 
     @classmethod
     def build(
@@ -180,7 +199,7 @@ class VectorIndex:
         index then writes its re-rank rows to that vectors file as they come, not to memory."""
         kind = kind or choose_kind(count, exact_max, hnsw_max)
         index = cls(dim, kind=kind, nlist=ivf_lists(count))
-        if kind == "ivf":
+        if kind in RERANKED:
             size = min(count, IVF_TRAIN_POINTS_PER_LIST * index.nlist)
             index._index.train(_pad(sample(size)))
             index.trained_on = count
@@ -212,7 +231,7 @@ class VectorIndex:
             return
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.kind == "ivf":
+        if self.kind in RERANKED:
             for start in range(0, len(ids), _ADD_ROWS):
                 part = vectors[start : start + _ADD_ROWS]
                 rows = np.arange(len(part), dtype=np.int64) + self._rows + start
@@ -231,7 +250,7 @@ class VectorIndex:
             self._index.remove_ids(faiss.IDSelectorBatch(rows))
             self._row_id_parts = [np.delete(self._row_ids, rows)]
             return
-        if self.kind == "ivf":
+        if self.kind in RERANKED:
             self._index.remove_ids(faiss.IDSelectorBatch(rows))
         self._row_ids[rows] = -1
         self._removed_rows += len(rows)
@@ -259,7 +278,7 @@ class VectorIndex:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         with _faiss_threads(1 if len(queries) == 1 else None):
-            if self.kind == "ivf":
+            if self.kind in RERANKED:
                 candidates = max(k, self.rerank)
                 params = faiss.SearchParametersIVF(nprobe=self._nprobe_for(candidates))
                 _, rows = self._index.search(_pad(queries), candidates, params=params)
@@ -284,7 +303,7 @@ class VectorIndex:
         scores = np.empty(len(row_ids), dtype=np.float32)
         for start in range(0, len(row_ids), _SCORE_ROWS):
             stop = min(len(row_ids), start + _SCORE_ROWS)
-            if self.kind == "ivf":
+            if self.kind in RERANKED:
                 scores[start:stop] = self._vectors.dot(query, start, stop)
             else:  # flat and HNSW keep their float32 vectors (HNSW in its flat storage)
                 scores[start:stop] = self._index.reconstruct_n(start, stop - start) @ query
@@ -329,7 +348,7 @@ class VectorIndex:
         """Whether a rebuild would change the kind, retrain IVF lists or compact removed rows."""
         return (
             self.kind != choose_kind(self.count, exact_max, hnsw_max)
-            or (self.kind == "ivf" and self.count > IVF_RETRAIN_GROWTH * self.trained_on)
+            or (self.kind in RERANKED and self.count > IVF_RETRAIN_GROWTH * self.trained_on)
             or self._removed_rows > MAX_REMOVED_FRACTION * max(1, self._rows)
         )
 
@@ -338,7 +357,7 @@ class VectorIndex:
 
         ``bytes_per_million`` is the process memory per million vectors of this kind, computed
         from FAISS's layouts (bench/query.py checks it against measured RSS);
-        ``disk_bytes_per_million`` adds what stays on disk (IVF's float32 vectors file)."""
+        ``disk_bytes_per_million`` adds what stays on disk (IVF's float16 vectors file)."""
         row = 4 * self.dim
         settings: dict[str, Any]
         if self.kind == "flat":
@@ -353,8 +372,9 @@ class VectorIndex:
             per_vector = row + 8 + 2 * HNSW_LINKS * 4 + 4 + 8 + 4
             on_disk = per_vector
         else:
+            codes = "SQ8" if self.kind == "ivf" else f"PQ{_padded_dim(self.dim) // 2}x4fs"
             name = (
-                f"IVF{self.nlist},SQ8 + exact re-rank of {self.rerank} "
+                f"IVF{self.nlist},{codes} + exact re-rank of {self.rerank} "
                 "(float16 vectors file, read with pread)"
             )
             settings = {
@@ -363,9 +383,11 @@ class VectorIndex:
                 "rerank": self.rerank,
                 "trained_on": self.trained_on,
             }
-            # 8-bit code + row number in its list + tile id; lists' centroids for 1M vectors
-            code = _padded_dim(self.dim)
-            per_vector = code + 8 + 8 + ivf_lists(1_000_000) * 4 * code / 1_000_000
+            # code (8 bits a dimension, or 4 bits per pair) + row number in its list + tile id;
+            # the lists' centroids for 1M vectors
+            padded = _padded_dim(self.dim)
+            code = padded if self.kind == "ivf" else padded // 4
+            per_vector = code + 8 + 8 + ivf_lists(1_000_000) * 4 * padded / 1_000_000
             on_disk = per_vector + _RERANK_DTYPE.itemsize * self.dim
         return {
             "kind": self.kind,
@@ -446,14 +468,14 @@ class VectorIndex:
         index = cls(header["dim"], kind=header["kind"], nlist=header.get("nlist"))
         removed = int(np.count_nonzero(row_ids < 0))
         if loaded.d != index._index.d or loaded.ntotal != len(row_ids) - (
-            removed if index.kind == "ivf" else 0
+            removed if index.kind in RERANKED else 0
         ):
             raise IndexFileError(f"{path}: index and its row ids disagree")
         index._index = loaded
         index.trained_on = header["trained_on"]
         index._row_id_parts = [row_ids.astype(np.int64, copy=False)]
         index._removed_rows = removed
-        if index.kind == "ivf":
+        if index.kind in RERANKED:
             index._vectors = _RerankVectors.open(
                 vectors_path(path), header["token"], index.dim, index._rows
             )
@@ -705,7 +727,7 @@ def index_path(db_path: Path) -> Path:
 
 
 def vectors_path(path: Path) -> Path:
-    """The float32 vectors file of an IVF index at ``path``."""
+    """The float16 re-rank vectors file of an IVF index at ``path``."""
     return path.with_name(path.name + ".vectors")
 
 
@@ -745,12 +767,15 @@ def open_index(
                 _save_quietly(index, path, state, save)
             return index
         index.close()
-    ids, vectors = store.vectors()
-    if len(ids):
-        index = VectorIndex.build(ids, vectors, exact_max=exact_max, hnsw_max=hnsw_max)
+    count, max_id = store.tile_count(), store.max_tile_id()
+    sample = store.vector_sample(1)
+    if count and len(sample):  # streamed: never every vector in memory at once
+        index = VectorIndex.build_from(
+            count, sample.shape[1], store.vector_batches, store.vector_sample,
+            exact_max=exact_max, hnsw_max=hnsw_max, spill=path if save else None,
+        )  # fmt: skip
     else:
         index = VectorIndex(0)
-    max_id = int(ids.max()) if len(ids) else 0
     _save_quietly(index, path, IndexState(generation, max_id, index.count, index.dim), save)
     return index
 

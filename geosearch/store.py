@@ -452,6 +452,28 @@ class Store:
         )
         return {row[0] for row in rows}
 
+    def bbox_page(
+        self, bbox: tuple[float, float, float, float], limit: int, offset: int = 0
+    ) -> tuple[list[int], int]:
+        """(ids of one page, in id order; how many in all) of the tiles whose footprint's
+        bounding box meets the lon/lat box (R-tree; no list of every id is built)."""
+        minx, miny, maxx, maxy = bbox
+        where = "FROM rtree_tiles_geom WHERE maxx >= ? AND minx <= ? AND maxy >= ? AND miny <= ?"
+        box = (minx, maxx, miny, maxy)
+        total = self._connection.execute(f"SELECT count(*) {where}", box).fetchone()[0]
+        rows = self._connection.execute(
+            f"SELECT id {where} ORDER BY id LIMIT ? OFFSET ?", (*box, limit, offset)
+        )
+        return [row[0] for row in rows], int(total)
+
+    def footprint_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lon, lat) of the centre of every footprint's bounding box (from the R-tree)."""
+        rows = self._connection.execute(
+            "SELECT (minx + maxx) / 2, (miny + maxy) / 2 FROM rtree_tiles_geom"
+        ).fetchall()
+        centres = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+        return centres[:, 0], centres[:, 1]
+
     def ids_acquired(self, after: str | None, before: str | None) -> set[int]:
         """Tiles acquired on or after ``after`` and on or before ``before`` (ISO dates)."""
         rows = self._connection.execute(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from geosearch.index import (
+    RERANKED,
     IndexState,
     VectorIndex,
     choose_kind,
@@ -19,7 +20,7 @@ from geosearch.store import Store, TileRecord
 # IVF re-ranks from float16 rows: a cosine of unit vectors moves by at most about this.
 FLOAT16_ROUNDING = 3e-4
 DIM = 256
-APPROXIMATE = ("hnsw", "ivf")
+APPROXIMATE = ("hnsw", "ivf", "ivfpq")
 KINDS = ("flat", *APPROXIMATE)
 
 
@@ -46,12 +47,15 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_kind_follows_count_and_thresholds():
-    assert [choose_kind(n) for n in (10, 20_000, 20_001, 200_000, 200_001)] == [
+    sizes = (10, 20_000, 20_001, 200_000, 200_001, 2_000_000, 2_000_001)
+    assert [choose_kind(n) for n in sizes] == [
         "flat",
         "flat",
         "hnsw",
         "hnsw",
         "ivf",
+        "ivf",
+        "ivfpq",
     ]
     assert [choose_kind(n, exact_max=100, hnsw_max=1000) for n in (100, 101, 1001)] == [
         "flat",
@@ -78,7 +82,7 @@ def test_approximate_recall_against_exact(data, thresholds, kind):
     expected = np.array(
         [[by_id[i] @ q for i in row] for row, q in zip(found, queries, strict=True)]
     )
-    np.testing.assert_allclose(scores, expected, atol=FLOAT16_ROUNDING if kind == "ivf" else 1e-5)
+    np.testing.assert_allclose(scores, expected, atol=FLOAT16_ROUNDING if kind in RERANKED else 1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
@@ -114,7 +118,7 @@ def test_add_remove_save_load_round_trip(tmp_path, data, kind):
     assert (again.kind, again.count, again.dim, state.generation) == (kind, len(live), DIM, 3)
     np.testing.assert_array_equal(again.search(queries, 10)[1], found)
     np.testing.assert_allclose(again.search(queries, 10)[0], scores, rtol=1e-6)
-    assert vectors_path(path).exists() == (kind == "ivf")
+    assert vectors_path(path).exists() == (kind in RERANKED)
 
     # a removed tile comes back (new vectors), then everything goes through a second save
     again.add(removed[:5], vectors[np.searchsorted(ids, removed[:5])])
@@ -143,7 +147,7 @@ def test_truncated_or_mismatched_files_are_detected(tmp_path, data):
         assert VectorIndex.load(path) is None
         path.write_bytes(whole)
         assert VectorIndex.load(path) is not None
-        if kind == "ivf":
+        if kind in RERANKED:
             with open(vectors_path(path), "r+b") as f:
                 f.truncate(f.seek(0, 2) - 4)
             assert VectorIndex.load(path) is None
@@ -248,7 +252,7 @@ def test_score_all_is_every_live_tiles_exact_score(data, kind, tmp_path):
     memory and (IVF) from the vectors file and the rows added since it was saved."""
     ids, vectors, queries = data
     index = VectorIndex.build(ids[:3000], vectors[:3000], kind=kind)
-    if kind == "ivf":  # the saved file's rows plus rows added after loading it
+    if kind in RERANKED:  # the saved file's rows plus rows added after loading it
         index.save(tmp_path / "x.faiss", IndexState(1, int(ids[2999]), 3000, DIM))
         index, _ = VectorIndex.load(tmp_path / "x.faiss")
     index.add(ids[3000:], vectors[3000:])
@@ -258,7 +262,7 @@ def test_score_all_is_every_live_tiles_exact_score(data, kind, tmp_path):
     live[::5] = False
     order = np.argsort(found)
     assert np.array_equal(found[order], ids[live])
-    tolerance = FLOAT16_ROUNDING if kind == "ivf" else 1e-5
+    tolerance = FLOAT16_ROUNDING if kind in RERANKED else 1e-5
     np.testing.assert_allclose(scores[order], vectors[live] @ queries[0], atol=tolerance)
 
 

@@ -138,6 +138,10 @@ class PageConfig(BaseModel):
 
     kind: Literal["geo", "plain"]
     tiles: int
+    generation: int
+    extent: tuple[float, float, float, float] | None = Field(
+        None, description="west, south, east, north of the tiles' centres (lon/lat)"
+    )
     allow_feedback: bool
     basemap: str | None
     top: int

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 
@@ -151,6 +152,26 @@ def tiles(
         "offset": offset,
         "next": following,
     }
+
+
+@router.get(
+    "/api/coverage/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}} | _ERRORS,
+    tags=["tiles"],
+)
+def coverage_tile(
+    service: Service,
+    z: Annotated[int, PathParam(ge=0, le=22)],
+    x: Annotated[int, PathParam(ge=0)],
+    y: Annotated[int, PathParam(ge=0)],
+) -> Response:
+    """Where the database has tiles, as an XYZ map tile (Web Mercator, 256 px): each pixel
+    coloured by how many tiles have their centre there. The page's first view at any size."""
+    if x >= 2**z or y >= 2**z:
+        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
+    png = service.coverage_tile(z, x, y)
+    return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
 
 
 @router.get("/api/tiles/{tile_id}", response_model=Feature, responses=_ERRORS, tags=["tiles"])

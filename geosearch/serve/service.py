@@ -29,6 +29,7 @@ from PIL import Image
 from geosearch import api
 from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
+from geosearch.coverage import Coverage
 from geosearch.errors import ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchRequest
@@ -98,6 +99,8 @@ class SearchService:
         self.db = Path(db)
         self.settings = settings or Settings()
         self.previews = _PngCache(PREVIEW_CACHE_BYTES)
+        self._coverage: tuple[int, Coverage] | None = None
+        self._coverage_lock = threading.Lock()
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
@@ -110,9 +113,33 @@ class SearchService:
         return api.info(self.db, self.settings)
 
     def summary(self) -> dict[str, Any]:
-        """Kind and tile count, without touching the index (cheap, for the page)."""
+        """Kind, tile count, generation and the extent of the tiles' centres (lon/lat), without
+        touching the index (for the page)."""
         with self.catalog() as catalog:
-            return {"kind": catalog.manifest.kind, "tiles": catalog.store.tile_count()}
+            kind, tiles = catalog.manifest.kind, catalog.store.tile_count()
+        generation, coverage = self.coverage()
+        return {"kind": kind, "tiles": tiles, "generation": generation, "extent": coverage.extent}
+
+    def coverage(self) -> tuple[int, Coverage]:
+        """(database generation, where its tiles are): the footprints' centres, read once
+        per generation (a second at a million tiles) and kept for the coverage layer."""
+        with self.catalog() as catalog:
+            generation = catalog.store.generation
+            with self._coverage_lock:
+                if self._coverage is None or self._coverage[0] != generation:
+                    centres = catalog.store.footprint_centres()
+                    self._coverage = (generation, Coverage.of(*centres))
+                return self._coverage
+
+    def coverage_tile(self, z: int, x: int, y: int) -> bytes:
+        """Map tile z/x/y of the coverage layer (PNG), cached with the previews."""
+        generation, coverage = self.coverage()
+        key = f"coverage:{generation}:{z}/{x}/{y}"
+        png = self.previews.get(key)
+        if png is None:
+            png = coverage.map_tile(z, x, y)
+            self.previews.put(key, png)
+        return png
 
     def tiles_page(
         self, bbox: tuple[float, float, float, float] | None, limit: int, offset: int
@@ -121,8 +148,8 @@ class SearchService:
         with self.catalog() as catalog:
             store = catalog.store
             if bbox is not None:
-                ids = sorted(store.ids_in_bbox(*bbox))
-                return TilePage(store.tiles(ids[offset : offset + limit]), len(ids), limit, offset)
+                ids, total = store.bbox_page(bbox, limit, offset)
+                return TilePage(store.tiles(ids), total, limit, offset)
             counts = sorted(store.tile_counts().items())
             total = sum(count for _, count in counts)
             tiles: list[TileRecord] = []

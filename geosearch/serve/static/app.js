@@ -11,12 +11,15 @@ const state = {
   session: null, // feedback session name, once one is saved
   good: [],
   bad: [],
-  tiles: new Map(), // id -> GeoJSON feature, as loaded for the map
+  tiles: new Map(), // id -> {feature, layers}: the footprints drawn now (those in view)
   here: [], // tiles under the last map click
   galleryOffset: 0,
 };
-const map = { leaflet: null, footprints: null, previews: null, outlines: null, byId: new Map() };
+const map = { leaflet: null, footprints: null, previews: null, outlines: null, byId: new Map(), loads: 0 };
 const MAX_PREVIEW_OVERLAYS = 400;
+// Footprints and previews are drawn when at most this many tiles are in view; above, only the
+// coverage layer (server-rendered map tiles) shows where tiles are. The page holds no more.
+const FOOTPRINTS_IN_VIEW = 1000;
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
@@ -102,6 +105,26 @@ function searchParams() {
 async function searchTile(id) {
   state.query = { kind: "tile", id };
   await newRound();
+}
+
+async function searchPlace(latlng) {
+  state.here = [];
+  renderHere();
+  state.session = null;
+  state.good = [];
+  state.bad = [];
+  const params = searchParams();
+  params.set("lon", latlng.lng.toFixed(6));
+  params.set("lat", latlng.lat.toFixed(6));
+  say("Searching…");
+  try {
+    const result = await api(`api/similar?${params}`);
+    const queryFeature = result.features.find((f) => f.properties.role === "query");
+    state.query = { kind: "tile", id: queryFeature.properties.id }; // marks refine this tile
+    show(result);
+  } catch (error) {
+    say(error.message, true);
+  }
 }
 
 async function onUpload(event) {
@@ -335,43 +358,29 @@ async function startMap() {
   if (state.config.basemap) {
     L.tileLayer(state.config.basemap, { maxZoom: 20, attribution: "basemap" }).addTo(leaflet);
   }
+  const coverage = `api/coverage/{z}/{x}/{y}.png?generation=${state.config.generation}`;
+  L.tileLayer(coverage, { maxZoom: 22, opacity: 0.85, attribution: "tiles: geosearch" }).addTo(
+    leaflet,
+  );
   leaflet.createPane("previews").style.zIndex = 350; // under the outlines
   map.previews = L.layerGroup().addTo(leaflet);
-  map.footprints = L.geoJSON(null, {
-    style: () => ({ color: "#37474f", weight: 1, fillOpacity: 0.03, className: "tile-footprint" }),
-    onEachFeature: (feature, layer) => layer.on("click", (event) => pickAt(event.latlng)),
-  }).addTo(leaflet);
+  map.footprints = L.layerGroup().addTo(leaflet);
   map.outlines = L.layerGroup().addTo(leaflet);
   L.control.scale().addTo(leaflet);
-  try {
-    addTiles(await api("api/tiles?limit=1000"));
-  } catch (error) {
-    say(error.message, true);
-  }
-  const bounds = map.footprints.getBounds();
-  if (bounds.isValid()) leaflet.fitBounds(bounds, { padding: [20, 20] });
-  else {
+  const extent = state.config.extent;
+  if (extent) {
+    const [west, south, east, north] = extent;
+    leaflet.fitBounds([[south, west], [north, east]], { padding: [20, 20], maxZoom: 17 });
+  } else {
     leaflet.setView([0, 0], 2);
     say("No tile has a footprint to show on the map (rasters without a CRS).");
   }
   leaflet.on("moveend", loadVisible);
+  leaflet.on("click", (event) => pickAt(event.latlng));
+  await loadVisible();
 }
 
-function addTiles(collection) {
-  const fresh = collection.features.filter((f) => f.geometry && !state.tiles.has(f.id));
-  fresh.sort((a, b) => (a.properties.acquired || "").localeCompare(b.properties.acquired || ""));
-  for (const feature of fresh) {
-    state.tiles.set(feature.id, feature);
-    map.footprints.addData(feature);
-    if (map.previews.getLayers().length < MAX_PREVIEW_OVERLAYS) {
-      const box = L.geoJSON(feature).getBounds();
-      L.imageOverlay(previewSrc(feature.properties.preview), box, { pane: "previews" }).addTo(
-        map.previews,
-      );
-    }
-  }
-}
-
+// Draw the footprints of the tiles in view (if few enough), dropping those out of view.
 async function loadVisible() {
   const b = map.leaflet.getBounds();
   const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
@@ -381,10 +390,44 @@ async function loadVisible() {
     clamp(b.getEast(), 180),
     clamp(b.getNorth(), 90),
   ].map((v) => v.toFixed(6));
+  const asked = ++map.loads;
+  let page;
   try {
-    addTiles(await api(`api/tiles?bbox=${box.join(",")}&limit=1000`));
+    page = await api(`api/tiles?bbox=${box.join(",")}&limit=${FOOTPRINTS_IN_VIEW}`);
   } catch (error) {
     say(error.message, true);
+    return;
+  }
+  if (asked !== map.loads) return; // the view moved on while this was asked
+  const shown = page.total <= FOOTPRINTS_IN_VIEW ? page.features : [];
+  showTiles(shown.filter((f) => f.geometry));
+  $("hint").textContent = shown.length
+    ? "Click a tile to find the places most like it."
+    : `${page.total} tiles in view: zoom in to see their footprints, or click a place.`;
+}
+
+function showTiles(features) {
+  const wanted = new Set(features.map((f) => f.id));
+  for (const [id, drawn] of state.tiles) {
+    if (wanted.has(id)) continue;
+    for (const layer of drawn.layers) layer.remove();
+    state.tiles.delete(id);
+  }
+  const fresh = features.filter((f) => !state.tiles.has(f.id));
+  fresh.sort((a, b) => (a.properties.acquired || "").localeCompare(b.properties.acquired || ""));
+  let previews = [...state.tiles.values()].filter((drawn) => drawn.layers.length > 1).length;
+  for (const feature of fresh) {
+    const footprint = L.geoJSON(feature, {
+      style: () => ({ color: "#37474f", weight: 1, fillOpacity: 0.03, className: "tile-footprint" }),
+    }).addTo(map.footprints);
+    const layers = [footprint];
+    if (previews < MAX_PREVIEW_OVERLAYS) {
+      const box = footprint.getBounds();
+      const preview = L.imageOverlay(previewSrc(feature.properties.preview), box, { pane: "previews" });
+      layers.push(preview.addTo(map.previews));
+      previews += 1;
+    }
+    state.tiles.set(feature.id, { feature, layers });
   }
 }
 
@@ -407,7 +450,12 @@ function contains(geometry, latlng) {
 }
 
 function pickAt(latlng) {
-  const here = [...state.tiles.values()].filter((f) => contains(f.geometry, latlng));
+  const drawn = [...state.tiles.values()].map((t) => t.feature);
+  if (!drawn.length) {
+    searchPlace(latlng); // footprints are not drawn at this zoom: the server finds the tile
+    return;
+  }
+  const here = drawn.filter((f) => contains(f.geometry, latlng));
   here.sort(
     (a, b) =>
       (b.properties.acquired || "").localeCompare(a.properties.acquired || "") || b.id - a.id,
