@@ -82,7 +82,9 @@ def test_approximate_recall_against_exact(data, thresholds, kind):
     expected = np.array(
         [[by_id[i] @ q for i in row] for row, q in zip(found, queries, strict=True)]
     )
-    np.testing.assert_allclose(scores, expected, atol=FLOAT16_ROUNDING if kind in RERANKED else 1e-5)
+    np.testing.assert_allclose(
+        scores, expected, atol=FLOAT16_ROUNDING if kind in RERANKED else 1e-5
+    )
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
