@@ -13,7 +13,7 @@ naive per-item loop over sklearn's ``cosine_similarity``.
 
     .venv/bin/python bench/query.py                        # 10k, 100k, 1M
     .venv/bin/python bench/query.py --sizes 10000000       # 10M: ~1 h, 8 GB RAM, 12 GB disk
-    .venv/bin/python bench/query.py --sizes 100000 --kinds hnsw,ivf --ef-search 32,64 --nprobe 8,16
+    .venv/bin/python bench/query.py --sizes 1000000 --kinds ivfpq --nprobe 200,400 --rerank 500,1000
 """
 
 from __future__ import annotations
@@ -151,9 +151,7 @@ def query_process(args: argparse.Namespace) -> None:
     load_s = time.perf_counter() - started
     rss_loaded = rss_bytes()
     settings = [{}]
-    if index.kind == "hnsw":
-        settings = [{"ef_search": value} for value in args.ef_search]
-    elif index.kind in ("ivf", "ivfpq"):
+    if index.kind == "ivfpq":
         settings = [
             {"nprobe": nprobe, "rerank": rerank} for nprobe in args.nprobe for rerank in args.rerank
         ]
@@ -232,7 +230,6 @@ def measure_kind(
     command += ["--queries-file", str(folder / "queries.npy")]
     command += ["--truth-file", str(folder / "truth.npy")]
     command += ["--nprobe", ",".join(map(str, args.nprobe))]
-    command += ["--ef-search", ",".join(map(str, args.ef_search))]
     command += ["--rerank", ",".join(map(str, args.rerank))]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     base = {"measure": "query", "n": len(vectors), "kind": kind, "role": role}
@@ -251,8 +248,8 @@ def run(args: argparse.Namespace) -> None:
 
     from geosearch.index import (
         EXACT_MAX_VECTORS,
-        HNSW_MAX_VECTORS,
-        IVF_SQ8_MAX_VECTORS,
+        PQ_NPROBE_SHARE,
+        PQ_RERANK_CANDIDATES,
         choose_kind,
     )
 
@@ -267,11 +264,8 @@ def run(args: argparse.Namespace) -> None:
             "numpy": np.__version__,
             "dim": DIM,
             "queries": args.queries,
-            "thresholds": {
-                "exact_max": EXACT_MAX_VECTORS,
-                "hnsw_max": HNSW_MAX_VECTORS,
-                "ivf_sq8_max": IVF_SQ8_MAX_VECTORS,
-            },
+            "exact_max": EXACT_MAX_VECTORS,
+            "ivf_defaults": {"nprobe_share": PQ_NPROBE_SHARE, "rerank": PQ_RERANK_CANDIDATES},
         }
     )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="geosearch-bench-"))
@@ -381,9 +375,6 @@ def main() -> None:
     parser.add_argument("--nprobe", type=integers, default=[0], help="IVF nprobe (0: default)")
     parser.add_argument(
         "--rerank", type=integers, default=[0], help="IVF re-ranked candidates (0: default)"
-    )
-    parser.add_argument(
-        "--ef-search", type=integers, default=[0], help="HNSW efSearch (0: default)"
     )
     parser.add_argument("--naive-queries", type=int, default=3, help="0 to skip the naive loop")
     parser.add_argument("--workdir", help="keep index files here (default: a temporary folder)")

@@ -1,26 +1,25 @@
 """The FAISS index over the stored vectors: ids are tile ids, scores are cosine similarities.
 
-Which index depends on how many vectors there are (thresholds measured in bench/README.md):
+Which index depends on how many vectors there are (measured in bench/README.md, on synthetic
+vectors made like the stored ones and checked against the real ones):
 
 - up to ``EXACT_MAX_VECTORS``: ``flat``, exact inner product;
-- up to ``HNSW_MAX_VECTORS``: ``hnsw``, an HNSW32 graph over the float32 vectors; approximate
-  neighbours, exact scores;
-- up to ``IVF_SQ8_MAX_VECTORS``: ``ivf``, IVF(nlist ≈ 4·√N),SQ8 in memory, whose
-  ``RERANK_CANDIDATES`` best candidates are re-scored exactly from a float16 copy of the
-  vectors on disk (``<db>.faiss.vectors``, read with ``os.pread``: page cache, not process
-  memory);
-- above: ``ivfpq``, the same lists holding 4-bit product-quantisation codes (FAISS fast scan,
-  ``dim / 4`` bytes a vector), so many more lists can be scanned in the same time; its
-  ``PQ_RERANK_CANDIDATES`` best are re-scored from the float16 file as for ``ivf``.
+- above: ``ivfpq``, IVF (nlist ≈ 4·√N) whose lists hold 4-bit product-quantisation codes
+  (FAISS fast scan, ``dim / 4`` bytes a vector, in memory); a query scans ``PQ_NPROBE_SHARE``
+  of the lists and re-scores its ``PQ_RERANK_CANDIDATES`` best candidates exactly from a
+  float16 copy of the vectors on disk (``<db>.faiss.vectors``, read with ``os.pread``: page
+  cache, not process memory). Scores are the cosines of the vectors at float16, the precision
+  the database stores them at.
 
-Scores of ``ivf`` and ``ivfpq`` are the cosines of the vectors at float16, the precision the
-database stores them at.
+Graphs (HNSW) and 8-bit IVF were measured too and lost on such vectors (neighbours at cosine
+0.3–0.6, a nearly flat spectrum): HNSW32 reached recall@10 0.82 at 1M, and 8-bit codes gave
+IVF the same recall as 4-bit fast-scan codes at twice the time. An index file of another kind
+(made by an older geosearch) is rebuilt.
 
 The kind is chosen when the index is built; ``open_index`` rebuilds when the count has crossed
-a threshold, an IVF index has outgrown its training (``IVF_RETRAIN_GROWTH``), or more than
-``MAX_REMOVED_FRACTION`` of its rows are removed. Removal: flat and IVF drop the vectors
-(``remove_ids``); HNSW cannot, so removed rows are marked and skipped by an ID selector until
-that rebuild. IVF's removed rows likewise stay, unused, in the vectors file until then.
+the threshold, an IVF index has outgrown its training (``IVF_RETRAIN_GROWTH``), or more than
+``MAX_REMOVED_FRACTION`` of its rows are removed. Removal: both kinds drop the vectors
+(``remove_ids``); IVF's removed rows stay, unused, in the vectors file until that rebuild.
 
 Files beside the database:
 
@@ -59,24 +58,16 @@ import numpy as np
 from geosearch.errors import DatabaseError
 from geosearch.store import Store
 
-EXACT_MAX_VECTORS = 20_000  # flat search: p50 ≈ 3 ms at 20k (1084 dims, one thread)
-HNSW_MAX_VECTORS = 200_000  # HNSW holds float32 vectors: 0.93 GB and 27 s to build at 200k
-IVF_SQ8_MAX_VECTORS = 2_000_000  # above, IVF-PQ fast scan (bench/README.md, 10M table)
-HNSW_LINKS = 32
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 64
+EXACT_MAX_VECTORS = 100_000  # flat search of 128-d vectors: p50 ≈ 2 ms at 100k, one thread
 IVF_LISTS_PER_SQRT = 4  # nlist = 4·√N ...
 IVF_MIN_POINTS_PER_LIST = 39  # ... but at most N / 39 (FAISS's minimum for training)
 IVF_TRAIN_POINTS_PER_LIST = 40  # k-means sample: 40·nlist vectors
-IVF_DIM_MULTIPLE = 16  # SQ8 distances use SIMD only when dim % 16 == 0: 1084 → 1088 (5× faster)
-IVF_NPROBE = 32  # recall@10 0.9925 at 16, 0.9985 at 24, 0.999 at 32 (1M, bench)
-RERANK_CANDIDATES = 100
-PQ_NPROBE_SHARE = 0.08  # ivfpq: lists probed, as a share of nlist (bench/README.md, 10M table)
+IVF_DIM_MULTIPLE = 16  # padded with zeros to a multiple of 16: 4-bit codes pair dimensions
+PQ_NPROBE_SHARE = 0.08  # lists probed, as a share of nlist (bench/README.md, 10M table)
 PQ_RERANK_CANDIDATES = 1000
 IVF_RETRAIN_GROWTH = 4  # retrain once the count is 4× what the lists were trained on
-MAX_REMOVED_FRACTION = 0.2  # compact once this fraction of HNSW/IVF rows are removed
-KINDS = ("flat", "hnsw", "ivf", "ivfpq")
-RERANKED = ("ivf", "ivfpq")  # kinds that re-rank from the float16 vectors file
+MAX_REMOVED_FRACTION = 0.2  # compact once this fraction of IVF rows are removed
+KINDS = ("flat", "ivfpq")
 
 _MAGIC = b"GSINDEX1"
 _PREFIX = struct.Struct("<8sQQQ")  # magic, header JSON bytes, row-id bytes, FAISS bytes
@@ -104,19 +95,9 @@ class IndexState:
     dim: int
 
 
-def choose_kind(
-    count: int,
-    exact_max: int = EXACT_MAX_VECTORS,
-    hnsw_max: int = HNSW_MAX_VECTORS,
-    sq8_max: int = IVF_SQ8_MAX_VECTORS,
-) -> str:
-    """The index kind for ``count`` vectors: flat up to ``exact_max``, HNSW up to ``hnsw_max``,
-    IVF-SQ8 up to ``sq8_max``, IVF-PQ above."""
-    if count <= exact_max:
-        return "flat"
-    if count <= hnsw_max:
-        return "hnsw"
-    return "ivf" if count <= sq8_max else "ivfpq"
+def choose_kind(count: int, exact_max: int = EXACT_MAX_VECTORS) -> str:
+    """The index kind for ``count`` vectors: flat up to ``exact_max``, IVF-PQ above."""
+    return "flat" if count <= exact_max else "ivfpq"
 
 
 def ivf_lists(count: int) -> int:
@@ -128,7 +109,7 @@ def ivf_lists(count: int) -> int:
 class VectorIndex:
     """Inner-product search over unit vectors, addressed by tile id (see the module docstring).
 
-    ``ef_search``, ``nprobe`` and ``rerank`` are the query-time settings; they are not saved.
+    ``nprobe`` and ``rerank`` are IVF's query-time settings; they are not saved.
     """
 
     def __init__(self, dim: int, *, kind: str = "flat", nlist: int | None = None) -> None:
@@ -136,27 +117,19 @@ class VectorIndex:
             raise ValueError(f"index kind {kind!r}: expected one of {', '.join(KINDS)}")
         self.dim = dim
         self.kind = kind
-        self.ef_search = HNSW_EF_SEARCH
-        self.nprobe = IVF_NPROBE
-        self.rerank = PQ_RERANK_CANDIDATES if kind == "ivfpq" else RERANK_CANDIDATES
+        self.rerank = PQ_RERANK_CANDIDATES
         self.trained_on = 0  # IVF: how many vectors the lists were trained for
         self._row_id_parts: list[np.ndarray] = []  # FAISS row → tile id, -1 once removed
-        self._removed_rows = 0  # rows marked removed (HNSW, IVF); flat drops them
-        self._skip_removed: tuple[Any, ...] | None = None  # HNSW's ID selector, kept alive
-        self._vectors = _RerankVectors(dim) if kind in RERANKED else None
+        self._removed_rows = 0  # IVF's rows marked removed; flat drops them
+        self._vectors = _RerankVectors(dim) if kind == "ivfpq" else None
         if kind == "flat":
             self._index = faiss.IndexFlatIP(dim)
-        elif kind == "hnsw":
-            self._index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-            self._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         else:
             self.nlist = nlist or 1
-            codes = "SQ8" if kind == "ivf" else f"PQ{_padded_dim(dim) // 2}x4fs"
-            self._index = faiss.index_factory(
-                _padded_dim(dim), f"IVF{self.nlist},{codes}", faiss.METRIC_INNER_PRODUCT
-            )
-        if kind == "ivfpq":
             self.nprobe = max(1, round(PQ_NPROBE_SHARE * self.nlist))
+            self._index = faiss.index_factory(
+                _padded_dim(dim), f"IVF{self.nlist},{_pq_codes(dim)}", faiss.METRIC_INNER_PRODUCT
+            )
 
     @classmethod
     def build(
@@ -165,7 +138,6 @@ class VectorIndex:
         vectors: np.ndarray,
         *,
         exact_max: int = EXACT_MAX_VECTORS,
-        hnsw_max: int = HNSW_MAX_VECTORS,
         kind: str | None = None,
     ) -> VectorIndex:
         """An index of the kind that suits ``len(ids)`` (or ``kind``), trained and filled."""
@@ -177,7 +149,7 @@ class VectorIndex:
 
         return cls.build_from(
             len(ids), vectors.shape[1], lambda: [(ids, vectors)], sample,
-            exact_max=exact_max, hnsw_max=hnsw_max, kind=kind,
+            exact_max=exact_max, kind=kind,
         )  # fmt: skip
 
     @classmethod
@@ -189,7 +161,6 @@ class VectorIndex:
         sample: Callable[[int], np.ndarray],
         *,
         exact_max: int = EXACT_MAX_VECTORS,
-        hnsw_max: int = HNSW_MAX_VECTORS,
         kind: str | None = None,
         spill: Path | None = None,
     ) -> VectorIndex:
@@ -197,9 +168,9 @@ class VectorIndex:
         trained on ``sample(n)`` (n random vectors), then every kind is filled from
         ``batches()`` of (ids, vectors). ``spill``: where the index will be saved; an IVF
         index then writes its re-rank rows to that vectors file as they come, not to memory."""
-        kind = kind or choose_kind(count, exact_max, hnsw_max)
+        kind = kind or choose_kind(count, exact_max)
         index = cls(dim, kind=kind, nlist=ivf_lists(count))
-        if kind in RERANKED:
+        if kind == "ivfpq":
             size = min(count, IVF_TRAIN_POINTS_PER_LIST * index.nlist)
             index._index.train(_pad(sample(size)))
             index.trained_on = count
@@ -211,7 +182,7 @@ class VectorIndex:
 
     @property
     def count(self) -> int:
-        return int(self._index.ntotal) - (self._removed_rows if self.kind == "hnsw" else 0)
+        return int(self._index.ntotal)
 
     @property
     def _row_ids(self) -> np.ndarray:
@@ -231,7 +202,7 @@ class VectorIndex:
             return
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.kind in RERANKED:
+        if self.kind == "ivfpq":
             for start in range(0, len(ids), _ADD_ROWS):
                 part = vectors[start : start + _ADD_ROWS]
                 rows = np.arange(len(part), dtype=np.int64) + self._rows + start
@@ -250,11 +221,9 @@ class VectorIndex:
             self._index.remove_ids(faiss.IDSelectorBatch(rows))
             self._row_id_parts = [np.delete(self._row_ids, rows)]
             return
-        if self.kind in RERANKED:
-            self._index.remove_ids(faiss.IDSelectorBatch(rows))
-        self._row_ids[rows] = -1
+        self._index.remove_ids(faiss.IDSelectorBatch(rows))
+        self._row_ids[rows] = -1  # the row stays in the vectors file until a rebuild
         self._removed_rows += len(rows)
-        self._skip_removed = None
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The rows holding ``ids`` (unknown or removed ids left out)."""
@@ -278,18 +247,11 @@ class VectorIndex:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         with _faiss_threads(1 if len(queries) == 1 else None):
-            if self.kind in RERANKED:
+            if self.kind == "ivfpq":
                 candidates = max(k, self.rerank)
                 params = faiss.SearchParametersIVF(nprobe=self._nprobe_for(candidates))
                 _, rows = self._index.search(_pad(queries), candidates, params=params)
                 scores, rows = self._rerank(queries, rows, k)
-            elif self.kind == "hnsw":
-                # removed rows are still walked: widen the search by their share
-                wide = math.ceil(k * self._rows / max(1, self.count))
-                params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, wide))
-                if self._removed_rows:
-                    params.sel = self._removed_selector()
-                scores, rows = self._index.search(queries, k, params=params)
             else:
                 scores, rows = self._index.search(queries, k)
         ids = np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)
@@ -303,11 +265,11 @@ class VectorIndex:
         scores = np.empty(len(row_ids), dtype=np.float32)
         for start in range(0, len(row_ids), _SCORE_ROWS):
             stop = min(len(row_ids), start + _SCORE_ROWS)
-            if self.kind in RERANKED:
+            if self.kind == "ivfpq":
                 scores[start:stop] = self._vectors.dot(query, start, stop)
-            else:  # flat and HNSW keep their float32 vectors (HNSW in its flat storage)
+            else:  # flat keeps its float32 vectors
                 scores[start:stop] = self._index.reconstruct_n(start, stop - start) @ query
-        kept = row_ids >= 0  # rows marked removed (HNSW, IVF) are left out
+        kept = row_ids >= 0  # rows marked removed (IVF) are left out
         return row_ids[kept], scores[kept]
 
     def _nprobe_for(self, candidates: int) -> int:
@@ -315,12 +277,6 @@ class VectorIndex:
         filtered search asks for many)."""
         enough = math.ceil(2 * candidates * self.nlist / max(1, self.count))
         return min(self.nlist, max(self.nprobe, enough))
-
-    def _removed_selector(self) -> Any:
-        if self._skip_removed is None:
-            removed = faiss.IDSelectorBatch(np.flatnonzero(self._row_ids < 0).astype(np.int64))
-            self._skip_removed = (faiss.IDSelectorNot(removed), removed)
-        return self._skip_removed[0]
 
     def _rerank(
         self, queries: np.ndarray, rows: np.ndarray, k: int
@@ -342,13 +298,11 @@ class VectorIndex:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, best, 1), np.take_along_axis(rows, best, 1)
 
-    def needs_rebuild(
-        self, exact_max: int = EXACT_MAX_VECTORS, hnsw_max: int = HNSW_MAX_VECTORS
-    ) -> bool:
+    def needs_rebuild(self, exact_max: int = EXACT_MAX_VECTORS) -> bool:
         """Whether a rebuild would change the kind, retrain IVF lists or compact removed rows."""
         return (
-            self.kind != choose_kind(self.count, exact_max, hnsw_max)
-            or (self.kind in RERANKED and self.count > IVF_RETRAIN_GROWTH * self.trained_on)
+            self.kind != choose_kind(self.count, exact_max)
+            or (self.kind == "ivfpq" and self.count > IVF_RETRAIN_GROWTH * self.trained_on)
             or self._removed_rows > MAX_REMOVED_FRACTION * max(1, self._rows)
         )
 
@@ -365,16 +319,9 @@ class VectorIndex:
             settings = {}
             per_vector = row + 8  # float32 vector + tile id
             on_disk = per_vector
-        elif self.kind == "hnsw":
-            name = f"HNSW{HNSW_LINKS} flat (approximate neighbours, exact scores)"
-            settings = {"M": HNSW_LINKS, "efSearch": self.ef_search}
-            # vector + tile id + 2M level-0 links + upper levels, offsets and level per node
-            per_vector = row + 8 + 2 * HNSW_LINKS * 4 + 4 + 8 + 4
-            on_disk = per_vector
         else:
-            codes = "SQ8" if self.kind == "ivf" else f"PQ{_padded_dim(self.dim) // 2}x4fs"
             name = (
-                f"IVF{self.nlist},{codes} + exact re-rank of {self.rerank} "
+                f"IVF{self.nlist},{_pq_codes(self.dim)} + exact re-rank of {self.rerank} "
                 "(float16 vectors file, read with pread)"
             )
             settings = {
@@ -383,11 +330,10 @@ class VectorIndex:
                 "rerank": self.rerank,
                 "trained_on": self.trained_on,
             }
-            # code (8 bits a dimension, or 4 bits per pair) + row number in its list + tile id;
-            # the lists' centroids for 1M vectors
+            # code (4 bits per pair of dimensions) + row number in its list + tile id; the
+            # lists' centroids for 1M vectors
             padded = _padded_dim(self.dim)
-            code = padded if self.kind == "ivf" else padded // 4
-            per_vector = code + 8 + 8 + ivf_lists(1_000_000) * 4 * padded / 1_000_000
+            per_vector = padded // 4 + 8 + 8 + ivf_lists(1_000_000) * 4 * padded / 1_000_000
             on_disk = per_vector + _RERANK_DTYPE.itemsize * self.dim
         return {
             "kind": self.kind,
@@ -468,14 +414,14 @@ class VectorIndex:
         index = cls(header["dim"], kind=header["kind"], nlist=header.get("nlist"))
         removed = int(np.count_nonzero(row_ids < 0))
         if loaded.d != index._index.d or loaded.ntotal != len(row_ids) - (
-            removed if index.kind in RERANKED else 0
+            removed if index.kind == "ivfpq" else 0
         ):
             raise IndexFileError(f"{path}: index and its row ids disagree")
         index._index = loaded
         index.trained_on = header["trained_on"]
         index._row_id_parts = [row_ids.astype(np.int64, copy=False)]
         index._removed_rows = removed
-        if index.kind in RERANKED:
+        if index.kind == "ivfpq":
             index._vectors = _RerankVectors.open(
                 vectors_path(path), header["token"], index.dim, index._rows
             )
@@ -658,6 +604,11 @@ class _RerankVectors:
             self.writing = False
 
 
+def _pq_codes(dim: int) -> str:
+    """FAISS's name for the codes: one 4-bit code per pair of (padded) dimensions, fast scan."""
+    return f"PQ{_padded_dim(dim) // 2}x4fs"
+
+
 def _padded_dim(dim: int) -> int:
     return -(-dim // IVF_DIM_MULTIPLE) * IVF_DIM_MULTIPLE
 
@@ -740,12 +691,11 @@ def open_index(
     save: bool = True,
     *,
     exact_max: int = EXACT_MAX_VECTORS,
-    hnsw_max: int = HNSW_MAX_VECTORS,
 ) -> VectorIndex:
     """The index in sync with ``store``: loaded, caught up, or rebuilt (and saved if it changed).
 
     A rebuild also happens when the index no longer suits its size (``needs_rebuild``): this is
-    where flat becomes HNSW and HNSW becomes IVF as the database grows."""
+    where flat becomes IVF as the database grows."""
     path = index_path(store.path)
     save = save and not store.readonly  # a read-only database: the index is kept in memory
     generation = store.generation
@@ -762,7 +712,7 @@ def open_index(
                 max_id = int(ids.max()) if len(ids) else state.max_id
                 state = IndexState(generation, max_id, index.count, index.dim)
                 changed = True
-        if state.generation == generation and not index.needs_rebuild(exact_max, hnsw_max):
+        if state.generation == generation and not index.needs_rebuild(exact_max):
             if changed:
                 _save_quietly(index, path, state, save)
             return index
@@ -772,7 +722,7 @@ def open_index(
     if count and len(sample):  # streamed: never every vector in memory at once
         index = VectorIndex.build_from(
             count, sample.shape[1], store.vector_batches, store.vector_sample,
-            exact_max=exact_max, hnsw_max=hnsw_max, spill=path if save else None,
+            exact_max=exact_max, spill=path if save else None,
         )  # fmt: skip
     else:
         index = VectorIndex(0)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from geosearch.index import (
-    RERANKED,
     IndexState,
     VectorIndex,
     choose_kind,
@@ -20,7 +19,7 @@ from geosearch.store import Store, TileRecord
 # IVF re-ranks from float16 rows: a cosine of unit vectors moves by at most about this.
 FLOAT16_ROUNDING = 3e-4
 DIM = 256
-APPROXIMATE = ("hnsw", "ivf", "ivfpq")
+APPROXIMATE = ("ivfpq",)
 KINDS = ("flat", *APPROXIMATE)
 
 
@@ -47,26 +46,13 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_kind_follows_count_and_thresholds():
-    sizes = (10, 20_000, 20_001, 200_000, 200_001, 2_000_000, 2_000_001)
-    assert [choose_kind(n) for n in sizes] == [
-        "flat",
-        "flat",
-        "hnsw",
-        "hnsw",
-        "ivf",
-        "ivf",
-        "ivfpq",
-    ]
-    assert [choose_kind(n, exact_max=100, hnsw_max=1000) for n in (100, 101, 1001)] == [
-        "flat",
-        "hnsw",
-        "ivf",
-    ]
+    assert [choose_kind(n) for n in (10, 100_000, 100_001)] == ["flat", "flat", "ivfpq"]
+    assert [choose_kind(n, exact_max=100) for n in (100, 101)] == ["flat", "ivfpq"]
 
 
 @pytest.mark.parametrize(
     ("thresholds", "kind"),
-    [({"exact_max": 1000}, "hnsw"), ({"exact_max": 1000, "hnsw_max": 2000}, "ivf")],
+    [({"exact_max": 1000}, "ivfpq")],
 )
 def test_approximate_recall_against_exact(data, thresholds, kind):
     ids, vectors, queries = data
@@ -76,15 +62,13 @@ def test_approximate_recall_against_exact(data, thresholds, kind):
     exact_scores, exact_ids = exact.search(queries, 10)
     scores, found = approximate.search(queries, 10)
     assert recall_at_10(found, exact_ids) >= 0.99
-    # scores are the cosines, best first (HNSW stores float32; IVF re-ranks from the float16
+    # scores are the cosines, best first (IVF re-ranks from the float16
     # rows the database stores: within float16's rounding)
     by_id = dict(zip(ids.tolist(), vectors, strict=True))
     expected = np.array(
         [[by_id[i] @ q for i in row] for row, q in zip(found, queries, strict=True)]
     )
-    np.testing.assert_allclose(
-        scores, expected, atol=FLOAT16_ROUNDING if kind in RERANKED else 1e-5
-    )
+    np.testing.assert_allclose(scores, expected, atol=FLOAT16_ROUNDING if kind == "ivfpq" else 1e-5)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
@@ -120,7 +104,7 @@ def test_add_remove_save_load_round_trip(tmp_path, data, kind):
     assert (again.kind, again.count, again.dim, state.generation) == (kind, len(live), DIM, 3)
     np.testing.assert_array_equal(again.search(queries, 10)[1], found)
     np.testing.assert_allclose(again.search(queries, 10)[0], scores, rtol=1e-6)
-    assert vectors_path(path).exists() == (kind in RERANKED)
+    assert vectors_path(path).exists() == (kind == "ivfpq")
 
     # a removed tile comes back (new vectors), then everything goes through a second save
     again.add(removed[:5], vectors[np.searchsorted(ids, removed[:5])])
@@ -149,7 +133,7 @@ def test_truncated_or_mismatched_files_are_detected(tmp_path, data):
         assert VectorIndex.load(path) is None
         path.write_bytes(whole)
         assert VectorIndex.load(path) is not None
-        if kind in RERANKED:
+        if kind == "ivfpq":
             with open(vectors_path(path), "r+b") as f:
                 f.truncate(f.seek(0, 2) - 4)
             assert VectorIndex.load(path) is None
@@ -164,7 +148,7 @@ def test_concurrent_savers_never_overwrite_saved_vectors(tmp_path, data):
     re-rank with the second's vectors. It writes a whole new vectors file instead."""
     ids, vectors, queries = data
     path = tmp_path / "db.gpkg.faiss"
-    index = VectorIndex.build(ids[:3000], vectors[:3000], kind="ivf")
+    index = VectorIndex.build(ids[:3000], vectors[:3000], kind="ivfpq")
     index.save(path, IndexState(1, 0, index.count, DIM))
     first, _ = VectorIndex.load(path)
     second, _ = VectorIndex.load(path)
@@ -195,19 +179,19 @@ def write_tiles(store: Store, path: str, vectors: np.ndarray) -> list[int]:
 
 def test_open_index_catches_up_and_switches_kind_at_thresholds(tmp_path, data):
     _, vectors, queries = data
-    thresholds = {"exact_max": 500, "hnsw_max": 1500}
+    thresholds = {"exact_max": 500}
     with Store(tmp_path / "db.gpkg", create=True) as store:
         write_tiles(store, "a.tif", vectors[:400])
         assert open_index(store, **thresholds).kind == "flat"
         write_tiles(store, "b.tif", vectors[400:1000])
-        index = open_index(store, **thresholds)  # caught up past exact_max: rebuilt as HNSW
-        assert (index.kind, index.count) == ("hnsw", 1000)
+        index = open_index(store, **thresholds)  # caught up past exact_max: rebuilt as IVF
+        assert (index.kind, index.count) == ("ivfpq", 1000)
         write_tiles(store, "c.tif", vectors[1000:1100])
         index = open_index(store, **thresholds)  # caught up, same kind
-        assert (index.kind, index.count) == ("hnsw", 1100)
+        assert (index.kind, index.count) == ("ivfpq", 1100)
         write_tiles(store, "d.tif", vectors[1100:2000])
         index = open_index(store, **thresholds)
-        assert (index.kind, index.count) == ("ivf", 2000)
+        assert (index.kind, index.count) == ("ivfpq", 2000)
         assert vectors_path(index_path(store.path)).exists()
         ids, stored = store.vectors()
         truth = ids[np.argsort(-(queries @ stored.T), axis=1)[:, :10]]
@@ -226,19 +210,18 @@ def test_describe_reports_kind_settings_and_memory(data):
     ids, vectors, _ = data
     described = {kind: VectorIndex.build(ids, vectors, kind=kind).describe() for kind in KINDS}
     assert described["flat"]["bytes_per_million"] == (4 * DIM + 8) * 1_000_000
-    assert described["hnsw"]["settings"]["M"] == 32
-    assert described["ivf"]["settings"]["nprobe"] >= 1
+    assert described["ivfpq"]["settings"]["nprobe"] >= 1
     for kind, facts in described.items():
         assert (facts["kind"], facts["vectors"], facts["dim"]) == (kind, len(ids), DIM)
     # IVF keeps 8-bit codes in memory and the float16 rows on disk
-    assert described["ivf"]["bytes_per_million"] < described["flat"]["bytes_per_million"] / 3
-    on_disk = described["ivf"]["disk_bytes_per_million"] - described["ivf"]["bytes_per_million"]
+    assert described["ivfpq"]["bytes_per_million"] < described["flat"]["bytes_per_million"] / 3
+    on_disk = described["ivfpq"]["disk_bytes_per_million"] - described["ivfpq"]["bytes_per_million"]
     assert on_disk == 2 * DIM * 1_000_000
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_asking_for_every_tile_returns_each_live_tile_once(data, kind):
-    """Filtered searches grow k up to the count: IVF then probes more lists, HNSW widens."""
+    """Filtered searches grow k up to the count: IVF then probes more lists."""
     ids, vectors, queries = data
     index = VectorIndex.build(ids, vectors, kind=kind)
     index.remove(ids[:500])
@@ -254,7 +237,7 @@ def test_score_all_is_every_live_tiles_exact_score(data, kind, tmp_path):
     memory and (IVF) from the vectors file and the rows added since it was saved."""
     ids, vectors, queries = data
     index = VectorIndex.build(ids[:3000], vectors[:3000], kind=kind)
-    if kind in RERANKED:  # the saved file's rows plus rows added after loading it
+    if kind == "ivfpq":  # the saved file's rows plus rows added after loading it
         index.save(tmp_path / "x.faiss", IndexState(1, int(ids[2999]), 3000, DIM))
         index, _ = VectorIndex.load(tmp_path / "x.faiss")
     index.add(ids[3000:], vectors[3000:])
@@ -264,7 +247,7 @@ def test_score_all_is_every_live_tiles_exact_score(data, kind, tmp_path):
     live[::5] = False
     order = np.argsort(found)
     assert np.array_equal(found[order], ids[live])
-    tolerance = FLOAT16_ROUNDING if kind in RERANKED else 1e-5
+    tolerance = FLOAT16_ROUNDING if kind == "ivfpq" else 1e-5
     np.testing.assert_allclose(scores[order], vectors[live] @ queries[0], atol=tolerance)
 
 
@@ -272,7 +255,7 @@ def test_a_streamed_build_equals_the_whole_build(tmp_path, data):
     """build_from never holds all vectors: IVF trains on a sample, is filled batch by batch and
     writes its re-rank rows straight to the vectors file it is saved with."""
     ids, vectors, queries = data
-    whole = VectorIndex.build(ids, vectors, kind="ivf")
+    whole = VectorIndex.build(ids, vectors, kind="ivfpq")
     path = tmp_path / "db.gpkg.faiss"
 
     def batches():
@@ -282,7 +265,7 @@ def test_a_streamed_build_equals_the_whole_build(tmp_path, data):
     def sample(size):
         return vectors[np.sort(np.random.default_rng(0).choice(len(ids), size, replace=False))]
 
-    streamed = VectorIndex.build_from(len(ids), DIM, batches, sample, kind="ivf", spill=path)
+    streamed = VectorIndex.build_from(len(ids), DIM, batches, sample, kind="ivfpq", spill=path)
     assert not streamed._vectors._tail  # nothing kept in memory
     np.testing.assert_array_equal(streamed.search(queries, 10)[1], whole.search(queries, 10)[1])
     streamed.save(path, IndexState(1, int(ids.max()), streamed.count, DIM))
