@@ -170,6 +170,34 @@ def test_tiles_in_a_box_come_paged_as_geojson(read_only):
     assert 0 < read_only.get("/api/tiles", params={"bbox": west}).json()["total"] < 20
 
 
+def test_coverage_layer_shows_where_tiles_are_at_any_zoom(read_only):
+    """The map page's first view: the extent of every tile and XYZ map tiles coloured where
+    tiles lie (transparent elsewhere), the same whatever the database's size."""
+    from geosearch.coverage import map_tile_bounds
+
+    config = read_only.get("/api/config").json()
+    west, south, east, north = config["extent"]
+    tiles = read_only.get("/api/tiles").json()["features"]
+    centres = [np.mean(np.array(f["geometry"]["coordinates"][0])[:-1], axis=0) for f in tiles]
+    assert all(west - 1e-3 <= x <= east + 1e-3 and south - 1e-3 <= y <= north + 1e-3
+               for x, y in centres)  # fmt: skip
+    lon, lat = (west + east) / 2, (south + north) / 2
+    for z in (3, 12):
+        n = 2**z
+        x = int((lon + 180) / 360 * n)
+        y = int((1 - np.arcsinh(np.tan(np.radians(lat))) / np.pi) / 2 * n)
+        w, s, e, nn = map_tile_bounds(z, x, y)
+        assert w <= lon <= e and s <= lat <= nn
+        response = read_only.get(f"/api/coverage/{z}/{x}/{y}.png")
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        alpha = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGBA"))[..., 3]
+        covered = int((alpha > 0).sum())
+        assert 0 < covered < alpha.size  # tiles here, and empty ground around them
+    empty = read_only.get("/api/coverage/3/0/0.png")  # the Arctic west of Alaska: no tile
+    assert not np.asarray(Image.open(io.BytesIO(empty.content)).convert("RGBA"))[..., 3].any()
+    assert read_only.get("/api/coverage/2/4/0.png").status_code == 404  # no such map tile
+
+
 def test_one_tile_and_unknown_ids(read_only):
     one = read_only.get("/api/tiles/1")
     assert one.status_code == 200 and one.json()["properties"]["id"] == 1
