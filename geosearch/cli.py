@@ -785,7 +785,10 @@ def _vector_line(vectors: dict[str, Any]) -> str:
     """e.g. "128 float16 (PCA of the 2108-d fused vector), raw features not kept"."""
     how = f"PCA of the {vectors['fused_dim']}-d fused vector" if vectors["projected"] else "fused"
     raw = "raw features kept" if vectors["raw_features"] else "raw features not kept"
-    return f"{vectors['dim']} {vectors['dtype']} ({how}), {raw}"
+    line = f"{vectors['dim']} {vectors['dtype']} ({how}), {raw}"
+    if vectors["dtype"] == "float32":  # made before compact vectors
+        line += "; 'geosearch migrate' compacts them"
+    return line
 
 
 def _dates_line(sources: dict[str, int]) -> str:

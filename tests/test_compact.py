@@ -87,6 +87,8 @@ def test_a_database_made_before_is_read_as_it_is_then_migrated(naip64, tmp_path)
     legacy = legacy_copy(naip64, tmp_path)
     facts = geosearch.info(legacy)
     assert (facts["vectors"]["dim"], facts["vectors"]["dtype"]) == (1084, "float32")
+    shown = run_cli("info", "--db", str(legacy))
+    assert "1084 float32 (fused)" in shown.stdout and "'geosearch migrate'" in shown.stdout
     query = shared("naip", "m_4709963_se_14_1_20150926.tif")
     before = geosearch.similar(legacy, [query], tile=40, top=4)[0]
     size_before = legacy.stat().st_size
