@@ -191,3 +191,67 @@ def test_search_by_a_screenshot_draws_where_it_was_found(page, naip_db, tmp_path
         expect(page.locator("#query .found")).to_contain_text("found in m_4709963_se_14_1_")
         expect(page.locator("path.location-outline")).to_have_count(1)
         screenshot(page, tmp_path, "serve-located-screenshot.png")
+
+
+COVERAGE_TILES = "img.leaflet-tile[src*='api/coverage/']"
+COVERAGE_LOADED = """() => [...document.querySelectorAll("%s")]
+  .every((image) => image.classList.contains("leaflet-tile-loaded"))""".replace(
+    "%s", COVERAGE_TILES
+)
+# How many pixels of the coverage map tiles in view show tiles (are not transparent).
+COVERAGE_PIXELS = """() => {
+  let covered = 0;
+  for (const image of document.querySelectorAll("%s")) {
+    const canvas = document.createElement("canvas");
+    canvas.width = image.naturalWidth;
+    canvas.height = image.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const alpha = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 3; i < alpha.length; i += 4) covered += alpha[i] > 0;
+  }
+  return covered;
+}""".replace("%s", COVERAGE_TILES)
+
+
+def test_many_tiles_coverage_first_footprints_when_zoomed_in(page, tmp_path, stats_only):
+    """More tiles than the page draws (1,089 > 1,000): the whole-extent view shows the coverage
+    layer and no footprint, a click there searches the tile at that place, and zooming in draws
+    the footprints of the tiles in view."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import textured, write_geotiff
+
+    write_geotiff(tmp_path / "images" / "grid.tif", textured((3, 1056, 1056), seed=3))
+    settings = stats_only.with_overrides({"tile_size": 32})  # 33 x 33 tiles
+    db = tmp_path / "many.gpkg"
+    assert geosearch.ingest([tmp_path / "images"], db, settings=settings).tiles_added == 1089
+    with running_server(create_app(db, settings)) as url:
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+        expect(page.locator(COVERAGE_TILES).first).to_be_attached()
+        page.wait_for_function(COVERAGE_LOADED)
+        assert page.evaluate(COVERAGE_PIXELS) > 100  # the tiles' centres are drawn
+        expect(page.locator("#hint")).to_contain_text("1089 tiles in view: zoom in")
+        assert page.locator("path.tile-footprint").count() == 0
+        assert page.evaluate("FOOTPRINTS_IN_VIEW") < 1089
+
+        box = page.locator("#map").bounding_box()
+        centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(*centre)  # no footprint drawn: the server finds the tile there
+        expect(page.locator("#results li")).to_have_count(5)
+        expect(page.locator("#query")).to_contain_text("Query: tile ")
+        assert page.locator("path.tile-footprint").count() == 0
+
+        page.mouse.move(*centre)
+        page.mouse.wheel(0, -200)  # zoom in 2 levels: about 1/16 of the tiles in view
+        footprints = page.locator("path.tile-footprint")
+        expect(footprints.first).to_be_attached(timeout=10000)
+        drawn = footprints.count()
+        assert 20 < drawn < 200
+        expect(page.locator("#hint")).to_have_text("Click a tile to find the places most like it.")
+        previews = page.locator("img.tile-preview")
+        expect(previews).to_have_count(drawn)  # few enough tiles in view: previews too
+        for image in previews.all():
+            expect(image).to_have_js_property("complete", True)
+        screenshot(page, tmp_path, "serve-map-zoomed-in.png")

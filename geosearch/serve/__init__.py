@@ -88,6 +88,7 @@ def run(
         )
     local = is_loopback(host)
     app = build(Path(db), settings, allow_feedback, trusted_hosts=LOOPBACK_NAMES if local else None)
+    app.state.service.coverage()  # the tiles' centres (a second at 1M tiles) before the first page
     sock = _listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     mode = "feedback sessions are saved" if allow_feedback else "read-only"

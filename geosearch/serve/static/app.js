@@ -15,11 +15,20 @@ const state = {
   here: [], // tiles under the last map click
   galleryOffset: 0,
 };
-const map = { leaflet: null, footprints: null, previews: null, outlines: null, byId: new Map(), loads: 0 };
-const MAX_PREVIEW_OVERLAYS = 400;
-// Footprints and previews are drawn when at most this many tiles are in view; above, only the
-// coverage layer (server-rendered map tiles) shows where tiles are. The page holds no more.
+const map = {
+  leaflet: null,
+  footprints: null,
+  previews: null,
+  outlines: null,
+  byId: new Map(),
+  loading: null, // the AbortController of the tiles-in-view request under way
+};
+// Footprints are drawn when at most this many tiles are in view; above, only the coverage layer
+// (server-rendered map tiles) shows where tiles are. The page holds no more footprints.
 const FOOTPRINTS_IN_VIEW = 1000;
+// Previews (rendered by the server, one request each) are laid over the footprints when at most
+// this many tiles are in view: large enough on screen to be seen (~60 px at 900 px wide).
+const PREVIEWS_IN_VIEW = 200;
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
@@ -382,7 +391,13 @@ async function startMap() {
 
 // Draw the footprints of the tiles in view (if few enough), dropping those out of view.
 async function loadVisible() {
+  if (map.loading) map.loading.abort(); // the view moved on: its answer is not wanted
   const b = map.leaflet.getBounds();
+  if (wholeExtentIn(b) && state.config.tiles > FOOTPRINTS_IN_VIEW) {
+    showTiles([], false); // every tile is in view: too many to draw, nothing to ask
+    hintTilesInView(state.config.tiles);
+    return;
+  }
   const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
   const box = [
     clamp(b.getWest(), 180),
@@ -390,45 +405,78 @@ async function loadVisible() {
     clamp(b.getEast(), 180),
     clamp(b.getNorth(), 90),
   ].map((v) => v.toFixed(6));
-  const asked = ++map.loads;
+  const loading = new AbortController();
+  map.loading = loading;
   let page;
   try {
-    page = await api(`api/tiles?bbox=${box.join(",")}&limit=${FOOTPRINTS_IN_VIEW}`);
+    const url = `api/tiles?bbox=${box.join(",")}&limit=${FOOTPRINTS_IN_VIEW}`;
+    page = await api(url, { signal: loading.signal });
   } catch (error) {
-    say(error.message, true);
+    if (!loading.signal.aborted) say(error.message, true);
     return;
+  } finally {
+    if (map.loading === loading) map.loading = null;
   }
-  if (asked !== map.loads) return; // the view moved on while this was asked
+  if (loading.signal.aborted) return; // (aborted while its body was read)
   const shown = page.total <= FOOTPRINTS_IN_VIEW ? page.features : [];
-  showTiles(shown.filter((f) => f.geometry));
-  $("hint").textContent = shown.length
-    ? "Click a tile to find the places most like it."
-    : `${page.total} tiles in view: zoom in to see their footprints, or click a place.`;
+  showTiles(shown.filter((f) => f.geometry), page.total <= PREVIEWS_IN_VIEW);
+  if (shown.length) $("hint").textContent = "Click a tile to find the places most like it.";
+  else hintTilesInView(page.total);
 }
 
-function showTiles(features) {
+// Whether the view holds every tile's centre (config.extent): then it holds all the tiles.
+function wholeExtentIn(bounds) {
+  const extent = state.config.extent;
+  if (!extent) return false;
+  const [west, south, east, north] = extent;
+  return bounds.contains([[south, west], [north, east]]);
+}
+
+function hintTilesInView(total) {
+  const advice = "zoom in to see their footprints, or click a place.";
+  $("hint").textContent = `${total} tiles in view: ${advice}`;
+}
+
+// Keep exactly ``features`` drawn (with previews if ``previews``), reusing what is drawn.
+function showTiles(features, previews) {
   const wanted = new Set(features.map((f) => f.id));
   for (const [id, drawn] of state.tiles) {
-    if (wanted.has(id)) continue;
-    for (const layer of drawn.layers) layer.remove();
+    if (wanted.has(id)) {
+      if (!previews) dropPreview(drawn);
+      continue;
+    }
+    map.footprints.removeLayer(drawn.footprint); // (layer.remove() would leave it in the group)
+    dropPreview(drawn);
     state.tiles.delete(id);
   }
   const fresh = features.filter((f) => !state.tiles.has(f.id));
   fresh.sort((a, b) => (a.properties.acquired || "").localeCompare(b.properties.acquired || ""));
-  let previews = [...state.tiles.values()].filter((drawn) => drawn.layers.length > 1).length;
   for (const feature of fresh) {
     const footprint = L.geoJSON(feature, {
       style: () => ({ color: "#37474f", weight: 1, fillOpacity: 0.03, className: "tile-footprint" }),
     }).addTo(map.footprints);
-    const layers = [footprint];
-    if (previews < MAX_PREVIEW_OVERLAYS) {
-      const box = footprint.getBounds();
-      const preview = L.imageOverlay(previewSrc(feature.properties.preview), box, { pane: "previews" });
-      layers.push(preview.addTo(map.previews));
-      previews += 1;
-    }
-    state.tiles.set(feature.id, { feature, layers });
+    state.tiles.set(feature.id, { feature, footprint, preview: null });
   }
+  if (!previews) return;
+  const order = [...state.tiles.values()]; // in drawing order: the latest date on top
+  const date = (drawn) => drawn.feature.properties.acquired || "";
+  order.sort((a, b) => date(a).localeCompare(date(b)));
+  for (const drawn of order) {
+    if (drawn.preview || !drawn.feature.properties.preview) continue;
+    const box = drawn.footprint.getBounds();
+    drawn.preview = L.imageOverlay(previewSrc(drawn.feature.properties.preview), box, {
+      pane: "previews",
+      className: "tile-preview",
+    }).addTo(map.previews);
+  }
+}
+
+function dropPreview(drawn) {
+  if (!drawn.preview) return;
+  const image = drawn.preview.getElement();
+  map.previews.removeLayer(drawn.preview);
+  if (image && !image.complete) image.src = L.Util.emptyImageUrl; // stops its download
+  drawn.preview = null;
 }
 
 function inRing(ring, x, y) {
