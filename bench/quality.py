@@ -1426,10 +1426,12 @@ COMPACT_CONFIGS = (
 
 
 def run_compact(work: Path, quick: bool) -> None:
-    """Compact vectors (NAIP, same place in another year): at 64 px (900 tiles, a creation
+    """Compact vectors. NAIP, same place in another year: at 64 px (900 tiles, a creation
     sample of 640, projected by default) every setting of COMPACT_CONFIGS; at 128 px (240
     tiles: too few to project by default) the default fusion unprojected and projected by
-    force (``vectors.min_sample`` 2: 120 dimensions, half its 240-tile sample)."""
+    force (``vectors.min_sample`` 2: 120 dimensions, half its 240-tile sample). Sentinel-2 at
+    128 px (12 bands, 4,276-d fused, 405 tiles with the shifted copies: projected by default),
+    each shifted copy against the original, for the whitening settings."""
     runs = [(64, label, overrides) for label, overrides in COMPACT_CONFIGS[: 3 if quick else None]]
     runs += [
         (128, "full fused vector (default at this size)", {}),
@@ -1449,6 +1451,23 @@ def run_compact(work: Path, quick: bool) -> None:
             | ingested
             | {"db_bytes_per_tile": round(db.stat().st_size / ingested["tiles"])}
         )
+    folder = work / "compact_s2_128"
+    folder.mkdir(exist_ok=True)
+    original, copies, offset = sentinel2_scenes(folder, 128)
+    for label, overrides in COMPACT_CONFIGS[: 3 if quick else 4]:
+        db = work / f"compact_s2_128_{_slug(label)}.gpkg"
+        ingested = ingest_into(db, [folder], {"tile_size": 128} | overrides)
+        for protocol, copy in copies.items():
+            with Store(db) as store:
+                truth = shifted_truth(store, {copy: [original]}, offset)
+                dim = store.vectors([int(truth.ids[0])])[1].shape[1]
+            metrics, _ = ranking_metrics(truth)
+            emit(
+                {"dataset": "sentinel2", "part": "compact", "protocol": protocol}
+                | {"tile_size": 128, "vectors": label, "dim": dim}
+                | metrics
+                | ingested
+            )
 
 
 def run(work: Path, quick: bool, only: str | None = None) -> None:

@@ -248,8 +248,10 @@ def run(args: argparse.Namespace) -> None:
 
     from geosearch.index import (
         EXACT_MAX_VECTORS,
-        PQ_NPROBE_SHARE,
+        PQ_MAX_SHARE,
+        PQ_MIN_SHARE,
         PQ_RERANK_CANDIDATES,
+        PQ_SCAN_CODES,
         choose_kind,
     )
 
@@ -265,7 +267,11 @@ def run(args: argparse.Namespace) -> None:
             "dim": DIM,
             "queries": args.queries,
             "exact_max": EXACT_MAX_VECTORS,
-            "ivf_defaults": {"nprobe_share": PQ_NPROBE_SHARE, "rerank": PQ_RERANK_CANDIDATES},
+            "ivf_defaults": {
+                "scan_codes": PQ_SCAN_CODES,
+                "share": [PQ_MIN_SHARE, PQ_MAX_SHARE],
+                "rerank": PQ_RERANK_CANDIDATES,
+            },
         }
     )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="geosearch-bench-"))

@@ -202,9 +202,7 @@ def fit(iterations: int = 300, seed: int = 0) -> dict[str, float]:
     def loss(params: dict[str, float]) -> float:
         big = [statistics(*synthetic_sample(900, s, params), seed=s) for s in range(3)]
         small = [statistics(*synthetic_sample(300, s, params), seed=s) for s in range(3)]
-        total = sum(
-            w * (np.mean([b[key] for b in big]) - real[key]) ** 2 for key, w in FIT_KEYS
-        )
+        total = sum(w * (np.mean([b[key] for b in big]) - real[key]) ** 2 for key, w in FIT_KEYS)
         return total + sum(
             (np.mean([s[key] for s in small]) - real_small[key]) ** 2 for key in small_keys
         )

@@ -84,8 +84,11 @@ class Block:
 @dataclass(frozen=True)
 class Projection:
     """The fused vectors' principal components, fitted on the creation sample: ``matrix``
-    holds the first ``dims`` of them, each divided by its eigenvalue ** whitening (partial
-    whitening: rare directions count more, which measured better than plain PCA)."""
+    holds the first ``dims`` of them, each divided by (its eigenvalue + the mean of the kept
+    eigenvalues) ** whitening. Partial whitening (rarer directions count more) measured better
+    than plain PCA; adding the mean keeps it from amplifying the weakest, least well estimated
+    directions, where noise lives (bench/quality.py --only compact: without it a noisy
+    Sentinel-2 copy found its place first 0.47 of the time instead of 0.65)."""
 
     mean: np.ndarray  # (fused dim,)
     matrix: np.ndarray  # (fused dim, dims)
@@ -100,8 +103,8 @@ class Projection:
         sample = np.asarray(fused, dtype=np.float64)
         mean = sample.mean(axis=0)
         _, singular, directions = np.linalg.svd(sample - mean, full_matrices=False)
-        variance = np.maximum(singular[:dims] ** 2 / len(sample), _EPSILON)
-        matrix = directions[:dims].T / variance**whitening
+        variance = singular[:dims] ** 2 / len(sample)
+        matrix = directions[:dims].T / np.maximum(variance + variance.mean(), _EPSILON) ** whitening
         return cls(mean.astype(np.float32), matrix.astype(np.float32))
 
     def apply(self, fused: np.ndarray) -> np.ndarray:
