@@ -141,7 +141,7 @@ class ServeSettings(_Section):
 
 class VectorSettings(_Section):
     dims: int = Field(128, ge=0, le=4096)  # 0: no projection, the fused vector as it is
-    whitening: float = Field(0.25, ge=0, le=0.5)  # components divided by eigenvalue ** this
+    whitening: float = Field(0.25, ge=0, le=0.5)  # divided by (eigenvalue + mean) ** this
     min_sample: int = Field(256, ge=2)  # fewer sample tiles at creation: no projection
     raw_features: bool = False  # also store each tile's raw features (check --repair re-fuses)
 
