@@ -294,10 +294,10 @@ def initialise_catalog(
         settings = settings.with_overrides({"features.layout.weight": layout.plain_weight})
     extractors = build_extractors(settings.features, manifest)
     pad_to = settings.tile_size if manifest.kind == "geo" else None
-    if sample:
-        raw = raw_features(prepare_batch(sample, manifest, pad_to), extractors)
-    else:
-        raw = np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)
+    raw = np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)
+    for start in range(0, len(sample), settings.batch_size):  # batch by batch: bounded memory
+        batch = prepare_batch(sample[start : start + settings.batch_size], manifest, pad_to)
+        raw = np.vstack([raw, raw_features(batch, extractors)])
     fusion = Fusion.fit(extractors, block_weights(settings.features), raw, settings.vectors)
     store.set_meta(
         {

@@ -43,7 +43,7 @@ from geosearch.store import FileRecord, Store, normalise_path
 # Tiles read to fit the fusion's standardisation when a database is created.
 FIT_SAMPLE_TILES = 1024  # the projection to vectors.dims needs twice as many
 FIT_SAMPLE_TILES_PER_FILE = 128
-FIT_SAMPLE_MAX_FILES = 64
+FIT_SAMPLE_MAX_FILES = 32  # each file opened costs; more tiles from fewer files instead
 
 
 def discover(paths: Iterable[Path]) -> list[str]:

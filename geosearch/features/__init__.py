@@ -109,7 +109,10 @@ class Projection:
 
     def apply(self, fused: np.ndarray) -> np.ndarray:
         """(n, fused dim) -> (n, dims) unit vectors."""
-        projected = (np.asarray(fused, dtype=np.float32) - self.mean) @ self.matrix
+        # np.einsum, not @: no BLAS threads, which in every ingest worker at once spin against
+        # each other (2 workers on 2 cores: 170 tiles/s with @, see bench/README.md Ingest)
+        centred = np.asarray(fused, dtype=np.float32) - self.mean
+        projected = np.einsum("nd,dk->nk", centred, self.matrix)
         norms = np.linalg.norm(projected, axis=1, keepdims=True)
         return (projected / np.maximum(norms, _EPSILON)).astype(np.float32)
 
