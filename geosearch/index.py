@@ -59,14 +59,14 @@ import numpy as np
 from geosearch.errors import DatabaseError
 from geosearch.store import Store
 
-EXACT_MAX_VECTORS = 100_000  # flat search of 128-d vectors: p50 ≈ 2 ms at 100k, one thread
+EXACT_MAX_VECTORS = 100_000  # flat search of 128-d vectors: p50 2.3 ms at 100k, one thread
 IVF_LISTS_PER_SQRT = 4  # nlist = 4·√N ...
 IVF_MIN_POINTS_PER_LIST = 39  # ... but at most N / 39 (FAISS's minimum for training)
 IVF_TRAIN_POINTS_PER_LIST = 40  # k-means sample: 40·nlist vectors
 IVF_DIM_MULTIPLE = 16  # padded with zeros to a multiple of 16: 4-bit codes pair dimensions
 # Lists probed (bench/README.md, "Which index"): enough for about PQ_SCAN_CODES codes, as a
 # share of nlist within [PQ_MIN_SHARE, PQ_MAX_SHARE]. Recall@10 of vectors like the stored ones
-# follows the share (1M: 0.94 at 10 %, 0.988 at 30 %, 0.99 at 40 %; 10M: 0.952 at 8 %) and
+# follows the share (1M: 0.94 at 10 %, 0.988 at 30 %, 0.9905 at 35 %; 10M: 0.952 at 8 %) and
 # time the codes scanned.
 PQ_SCAN_CODES = 350_000
 PQ_MIN_SHARE = 0.08
