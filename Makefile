@@ -31,7 +31,7 @@ serve: $(STAMP)
 	$(BIN)/geosearch serve --db demo.gpkg --allow-feedback
 
 # Benchmarks (need ../shared/data beside the project): the quick set, a few minutes.
-# Full runs: bench/README.md (bench/query.py with 1M vectors takes ~10 min and 9 GB).
+# Full runs: bench/README.md (bench/query.py: 1M vectors ~3 min, 10M ~45 min and 11 GB of disk).
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --copies 20
 	$(BIN)/python bench/query.py --sizes 10000,100000
