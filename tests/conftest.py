@@ -13,6 +13,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geosearch.config import Settings
+from geosearch.store import Store, TileRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -86,6 +87,13 @@ def run_cli(
         env={**os.environ, **(env or {})},
         timeout=600,
     )
+
+
+def stored_tiles(db: Path) -> list[tuple[TileRecord, np.ndarray]]:
+    """Every tile of ``db`` with its stored vector, in id order."""
+    with Store(db) as store:
+        ids, vectors = store.vectors()
+        return list(zip(store.tiles(ids.tolist()), vectors, strict=True))
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from tests.conftest import (
     ALPHAEARTH_TILE,
     alphaearth_values,
     planted_embeddings,
+    stored_tiles,
     write_alphaearth,
     write_geotessera,
     write_geotiff,
@@ -44,13 +45,7 @@ def expected_vector(values: np.ndarray, dequantization: Dequantization) -> np.nd
 
 def tile_vectors(db: Path) -> dict[tuple[int, int], np.ndarray]:
     """Stored vectors by (row, col) of their window."""
-    catalog = open_database(db)
-    try:
-        ids, vectors = catalog.store.vectors()
-        tiles = catalog.store.tiles(ids.tolist())
-    finally:
-        catalog.store.close()
-    return {(t.window.row, t.window.col): v for t, v in zip(tiles, vectors, strict=True)}
+    return {(t.window.row, t.window.col): v for t, v in stored_tiles(db)}
 
 
 def test_alphaearth_dequantisation_is_the_published_mapping() -> None:

@@ -15,7 +15,6 @@ from rasterio.transform import Affine, from_origin
 from typer.testing import CliRunner
 
 import geosearch
-from geosearch.catalog import open_database
 from geosearch.cli import app
 from geosearch.config import Settings
 from geosearch.embeddings import Dequantization
@@ -25,6 +24,7 @@ from tests.conftest import (
     ALPHAEARTH_TILE,
     alphaearth_values,
     planted_embeddings,
+    stored_tiles,
     textured,
     write_alphaearth,
     write_geotessera,
@@ -40,33 +40,13 @@ runner = CliRunner()
 
 def stored(db: Path) -> dict[tuple[int, int], tuple[np.ndarray, tuple[float, float]]]:
     """Per tile (row, col) of the tile grid: its stored vector and lon/lat centre."""
-    catalog = open_database(db)
-    try:
-        ids, vectors = catalog.store.vectors()
-        tiles = catalog.store.tiles(ids.tolist())
-    finally:
-        catalog.store.close()
     return {
         (t.window.row // TILE, t.window.col // TILE): (
             v,
             (t.footprint.centroid.x, t.footprint.centroid.y),
         )
-        for t, v in zip(tiles, vectors, strict=True)
+        for t, v in stored_tiles(db)
     }
-
-
-def stored_tiles(db: Path) -> list[SimpleNamespace]:
-    """Every tile's footprint, window and stored vector, in id order."""
-    catalog = open_database(db)
-    try:
-        ids, vectors = catalog.store.vectors()
-        tiles = catalog.store.tiles(ids.tolist())
-    finally:
-        catalog.store.close()
-    return [
-        SimpleNamespace(footprint=t.footprint, window=t.window, vector=v)
-        for t, v in zip(tiles, vectors, strict=True)
-    ]
 
 
 def similar(db: Path, tmp_path: Path, *options: str, query: Path | None = None) -> None:
@@ -235,7 +215,8 @@ def test_pixel_map_places_rasters_of_other_grids_at_the_nearest_pixel(tmp_path) 
         dataset.transform = from_origin(300000 + 640 + 3, 5770000 - 2, 10, 10)
     db = tmp_path / "tessera.gpkg"
     geosearch.ingest([tmp_path / "t"], db, Settings(tile_size=64, workers=1))
-    frames = stored_tiles(db)
+    frames = [SimpleNamespace(footprint=t.footprint, window=t.window, vector=v)
+              for t, v in stored_tiles(db)]  # fmt: skip
     west, south, _, north = frames[0].footprint.bounds
     _, _, east_edge, _ = frames[1].footprint.bounds
     result = runner.invoke(
