@@ -295,9 +295,12 @@ def initialise_catalog(
     extractors = build_extractors(settings.features, manifest)
     pad_to = settings.tile_size if manifest.kind == "geo" else None
     raw = np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)
-    for start in range(0, len(sample), settings.batch_size):  # batch by batch: bounded memory
-        batch = prepare_batch(sample[start : start + settings.batch_size], manifest, pad_to)
-        raw = np.vstack([raw, raw_features(batch, extractors)])
+    if sample:  # batch by batch: the prepared pixels of one batch in memory at a time
+        size = settings.batch_size
+        raw = np.concatenate([
+            raw_features(prepare_batch(sample[start : start + size], manifest, pad_to), extractors)
+            for start in range(0, len(sample), size)
+        ])  # fmt: skip
     fusion = Fusion.fit(extractors, block_weights(settings.features), raw, settings.vectors)
     store.set_meta(
         {

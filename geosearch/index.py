@@ -733,11 +733,10 @@ def open_index(
                 _save_quietly(index, path, state, save)
             return index
         index.close()
-    count, max_id = store.tile_count(), store.max_tile_id()
-    sample = store.vector_sample(1)
-    if count and len(sample):  # streamed: never every vector in memory at once
+    count, max_id, dim = store.tile_count(), store.max_tile_id(), store.vector_dim()
+    if count and dim:  # streamed: never every vector in memory at once
         index = VectorIndex.build_from(
-            count, sample.shape[1], store.vector_batches, store.vector_sample,
+            count, dim, store.vector_batches, store.vector_sample,
             exact_max=exact_max, spill=path if save else None,
         )  # fmt: skip
     else:

@@ -567,6 +567,11 @@ class Store:
             ids = np.asarray([row[0] for row in rows], dtype=np.int64)
             yield ids, blob_vectors([row[1] for row in rows], self.vector_dtype)
 
+    def vector_dim(self) -> int:
+        """The stored vectors' dimension (0 without tiles)."""
+        row = self._connection.execute(f"SELECT length(vector) FROM {TILES} LIMIT 1").fetchone()
+        return int(row[0]) // np.dtype(self.vector_dtype).itemsize if row else 0
+
     def vector_sample(self, size: int, seed: int = 0) -> np.ndarray:
         """The vectors of ``size`` tiles drawn at random (all of them if there are fewer)."""
         ids = [row[0] for row in self._connection.execute(f"SELECT id FROM {TILES}")]
