@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1324,15 +1324,23 @@ def run_sentinel2(work: Path, tile_size: int, quick: bool) -> None:
         db = work / f"s2_{tile_size}_{_slug(label)}_{_slug(bands)}.gpkg"
         settings = {"tile_size": tile_size} | weight_overrides(weights) | overrides
         ingested = ingest_into(db, [folder], settings)
-        for protocol, copy in copies.items():
-            with Store(db) as store:
-                truth = shifted_truth(store, {copy: [original]}, offset)
+        for protocol, truth in copy_truths(db, original, copies, offset):
             emit(
                 {"dataset": "sentinel2", "protocol": protocol, "tile_size": tile_size}
                 | {"features": label, "weights": weights, "bands": bands}
                 | measure(db, truth)
                 | ingested
             )
+
+
+def copy_truths(
+    db: Path, original: Path, copies: dict[str, Path], offset: int
+) -> Iterator[tuple[str, GroundTruth]]:
+    """(protocol, ground truth) of each shifted copy searched against the original in ``db``."""
+    for protocol, copy in copies.items():
+        with Store(db) as store:
+            truth = shifted_truth(store, {copy: [original]}, offset)
+        yield protocol, truth
 
 
 def measure(db: Path, truth: GroundTruth) -> dict[str, Any]:
@@ -1457,14 +1465,11 @@ def run_compact(work: Path, quick: bool) -> None:
     for label, overrides in COMPACT_CONFIGS[: 3 if quick else 4]:
         db = work / f"compact_s2_128_{_slug(label)}.gpkg"
         ingested = ingest_into(db, [folder], {"tile_size": 128} | overrides)
-        for protocol, copy in copies.items():
-            with Store(db) as store:
-                truth = shifted_truth(store, {copy: [original]}, offset)
-                dim = store.vectors([int(truth.ids[0])])[1].shape[1]
+        for protocol, truth in copy_truths(db, original, copies, offset):
             metrics, _ = ranking_metrics(truth)
             emit(
                 {"dataset": "sentinel2", "part": "compact", "protocol": protocol}
-                | {"tile_size": 128, "vectors": label, "dim": dim}
+                | {"tile_size": 128, "vectors": label, "dim": truth.vectors.shape[1]}
                 | metrics
                 | ingested
             )
