@@ -6,8 +6,9 @@
 
 Both run the same per-chunk function and hand results to the same ordered writer
 (``engines/base.py``, which also holds the ingest's plan and report types). A new engine is a
-module with a ``run`` function like ``local.run`` and one line in ``ENGINES``; its module is
-imported only when it runs, so an engine's optional packages stay optional.
+module with a ``scheduler(settings, master)`` function like ``local.scheduler`` (returning a
+``base.Scheduler``) and one line in ``ENGINES``; its module is imported only when it runs, so
+an engine's optional packages stay optional.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from geosearch.engines.base import ingest_chunks
 from geosearch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,8 +47,10 @@ class Engine:
         master: str | None = None,
     ) -> None:
         """Ingest ``plans`` into ``catalog`` on this engine (``master``: where, if it asks)."""
-        module = importlib.import_module(self.module)
-        module.run(catalog, plans, settings, bands, report, progress, master)
+        scheduler = importlib.import_module(self.module).scheduler(settings, master)
+        report.engine = scheduler.label
+        ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
+        report.remote_chunks = scheduler.remote_chunks
 
 
 ENGINES = {

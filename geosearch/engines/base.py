@@ -119,7 +119,12 @@ class ChunkFailure:
 
 
 class Scheduler(Protocol):
-    """Runs ``embed_chunk`` on chunks and yields (chunk, result) back in the chunks' order."""
+    """Runs ``embed_chunk`` on chunks and yields (chunk, result) back in the chunks' order;
+    ``label`` names it in the report, ``remote_chunks`` counts chunks run in other processes'
+    hosts (Spark executors)."""
+
+    label: str
+    remote_chunks: int
 
     def run(
         self, catalog: Catalog, chunks: Iterator[Chunk], bands: Sequence[int] | None

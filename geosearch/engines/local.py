@@ -19,11 +19,7 @@ from geosearch.config import Settings
 from geosearch.engines.base import (
     Chunk,
     ChunkFailure,
-    FilePlan,
-    IngestProgress,
-    IngestReport,
     embed_chunk,
-    ingest_chunks,
 )
 from geosearch.errors import GeosearchError
 from geosearch.pixels import Window
@@ -51,6 +47,9 @@ def worker_count(settings: Settings) -> int:
 
 class LocalScheduler:
     """Chunks in ``workers`` processes (forkserver), or inline when ``workers`` is 1."""
+
+    label = "local"
+    remote_chunks = 0
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -94,18 +93,9 @@ class LocalScheduler:
             yield done, oldest.result()
 
 
-def run(
-    catalog: Catalog,
-    plans: Sequence[FilePlan],
-    settings: Settings,
-    bands: Sequence[int] | None,
-    report: IngestReport,
-    progress: IngestProgress,
-    master: str | None = None,
-) -> None:
-    """Ingest ``plans`` into ``catalog`` with this machine's cores (``master``: unused)."""
-    scheduler = LocalScheduler(worker_count(settings))
-    ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
+def scheduler(settings: Settings, master: str | None = None) -> LocalScheduler:
+    """This engine's scheduler: this machine's cores (``master``: unused)."""
+    return LocalScheduler(worker_count(settings))
 
 
 def _pool(catalog: Catalog, workers: int) -> ProcessPoolExecutor:

@@ -28,11 +28,7 @@ from geosearch.config import Settings, SparkSettings
 from geosearch.engines.base import (
     Chunk,
     ChunkFailure,
-    FilePlan,
-    IngestProgress,
-    IngestReport,
     embed_chunk,
-    ingest_chunks,
 )
 from geosearch.errors import ConfigError
 
@@ -78,6 +74,7 @@ class SparkScheduler:
     def __init__(self, settings: SparkSettings, master: str | None = None) -> None:
         self.settings = settings
         self.master = master or settings.master
+        self.label = f"spark {self.master}"
         self.remote_chunks = 0  # chunks whose work ran outside this (driver) process
 
     def run(
@@ -115,20 +112,9 @@ def _ordered_results(context: Any, rdd: Any) -> Iterator[Any]:
         yield from context.runJob(rdd, lambda items: items, partitions)
 
 
-def run(
-    catalog: Catalog,
-    plans: Sequence[FilePlan],
-    settings: Settings,
-    bands: Sequence[int] | None,
-    report: IngestReport,
-    progress: IngestProgress,
-    master: str | None = None,
-) -> None:
-    """Ingest ``plans`` into ``catalog`` with Spark executors doing the per-tile work."""
-    scheduler = SparkScheduler(settings.spark, master)
-    report.engine = f"spark {scheduler.master}"
-    ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
-    report.remote_chunks = scheduler.remote_chunks
+def scheduler(settings: Settings, master: str | None = None) -> SparkScheduler:
+    """This engine's scheduler: Spark executors at ``master`` (default: ``spark.master``)."""
+    return SparkScheduler(settings.spark, master)
 
 
 def spark_top_k(
