@@ -29,7 +29,7 @@ from geosearch.features import (
     prepare_batch,
     raw_features,
 )
-from geosearch.orientation import ALL_ORIENTATIONS, turned
+from geosearch.orientation import ALL_ORIENTATIONS, invariance_copies, turned
 from geosearch.pixels import RawTile, Window
 from geosearch.sources import ImageSource, file_identity, open_source
 from geosearch.store import VECTOR_DTYPE, FileRecord, Store, TileRecord
@@ -294,14 +294,22 @@ def initialise_catalog(
         settings = settings.with_overrides({"features.layout.weight": layout.plain_weight})
     extractors = build_extractors(settings.features, manifest)
     pad_to = settings.tile_size if manifest.kind == "geo" else None
-    raw = np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)
-    if sample:  # batch by batch: the prepared pixels of one batch in memory at a time
+
+    def features_of(tiles: Sequence[RawTile]) -> np.ndarray:
+        """Raw features batch by batch: the prepared pixels of one batch in memory at a time."""
         size = settings.batch_size
-        raw = np.concatenate([
-            raw_features(prepare_batch(sample[start : start + size], manifest, pad_to), extractors)
-            for start in range(0, len(sample), size)
-        ])  # fmt: skip
-    fusion = Fusion.fit(extractors, block_weights(settings.features), raw, settings.vectors)
+        return np.concatenate([
+            raw_features(prepare_batch(tiles[start : start + size], manifest, pad_to), extractors)
+            for start in range(0, len(tiles), size)
+        ] or [np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)])  # fmt: skip
+
+    raw = features_of(sample)
+    copies = None
+    if settings.vectors.learn_from_copies and manifest.scaling != "none":
+        copied = [copy for tile in sample for copy in invariance_copies(tile)]
+        per_tile = len(copied) // max(len(sample), 1)
+        copies = (np.repeat(raw, per_tile, axis=0), features_of(copied))
+    fusion = Fusion.fit(extractors, block_weights(settings.features), raw, settings.vectors, copies)
     store.set_meta(
         {
             "manifest": manifest.to_dict(),

@@ -100,6 +100,7 @@ class SearchSettings(_Section):
     preview_size: int = Field(256, ge=16, le=2048)
     orientations: Literal["as_is", "any"] = "as_is"
     orientation_bonus: float = Field(0.05, ge=0, le=1)
+    expansion: int = Field(10, ge=0, le=1000)  # query moved toward its nearest tiles; 0 = off
     locate: bool = True
     locate_shortlist: int = Field(64, ge=1, le=1000)
     locate_min_margin: float = Field(0.15, ge=0, le=2)
@@ -111,11 +112,12 @@ class MapSettings(_Section):
 
 
 class FeedbackSettings(_Section):
-    method: Literal["rocchio", "classifier", "both"] = "both"
+    method: Literal["rocchio", "classifier", "both"] = "classifier"
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(0.75, ge=0)
     gamma: float = Field(0.25, ge=0)
     candidates: int = Field(200, ge=10, le=100000)
+    background: int = Field(100, ge=0, le=100000)  # classifier: database tiles as negatives
 
 
 class SparkSettings(_Section):
@@ -144,6 +146,7 @@ class VectorSettings(_Section):
     whitening: float = Field(0.25, ge=0, le=0.5)  # divided by (eigenvalue + mean) ** this
     min_sample: int = Field(256, ge=2)  # fewer sample tiles at creation: no projection
     raw_features: bool = False  # also store each tile's raw features (check --repair re-fuses)
+    learn_from_copies: bool = True  # projection whitened against turned/zoomed sample copies
 
 
 class Settings(_Section):

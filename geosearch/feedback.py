@@ -1,8 +1,9 @@
 """Relevance feedback: move the query toward tiles marked relevant and away from the others.
 
 Rocchio: q' = alpha q + beta mean(good) - gamma mean(bad), renormalised. The classifier
-method trains a logistic regression on the marked vectors (the query counts as relevant) and
-re-ranks Rocchio's candidates by its probability; "both" averages that with the cosine.
+method trains a logistic regression on the marked vectors (the query counts as relevant) and a
+sample of the database as background, and re-ranks Rocchio's candidates by its probability;
+"both" averages that with the cosine.
 """
 
 from __future__ import annotations
@@ -29,19 +30,28 @@ def rerank_scores(
     query: np.ndarray,
     good: np.ndarray,
     bad: np.ndarray,
+    background: np.ndarray,
     candidates: np.ndarray,
     cosine: np.ndarray,
     settings: FeedbackSettings,
 ) -> np.ndarray:
-    """Scores to rank ``candidates`` by under the configured method (higher is better)."""
-    if settings.method == "rocchio" or not len(bad):
-        return cosine  # a classifier needs both kinds of example
+    """Scores to rank ``candidates`` by under the configured method (higher is better).
+
+    The classifier learns the query and the good tiles against the bad ones and a
+    ``background`` sample of the database's tiles (most tiles are not what was marked: with 20
+    marks, whole-database AP on EuroSAT 0.60 without them, 0.74 with 100;
+    bench/README.md "Kinds of places")."""
+    if settings.method == "rocchio":
+        return cosine
     from sklearn.linear_model import LogisticRegression  # slow to import; only needed here
 
     positives = np.vstack([query[None, :], good]) if len(good) else query[None, :]
-    features = np.vstack([positives, bad])
-    labels = np.r_[np.ones(len(positives)), np.zeros(len(bad))]
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=200)
+    negatives = np.vstack([bad, background]) if len(bad) else background
+    if not len(negatives):
+        return cosine
+    features = np.vstack([positives, negatives])
+    labels = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=500)
     model.fit(features, labels)
     probability = model.predict_proba(candidates)[:, 1]
     if settings.method == "classifier":

@@ -40,10 +40,11 @@ from geosearch.sources import (
 )
 from geosearch.store import FileRecord, Store, normalise_path
 
-# Tiles read to fit the fusion's standardisation when a database is created.
+# Tiles read to fit the fusion's standardisation when a database is created, from files spread
+# over the whole input (the first 32 files of a folder of pictures were 32 pictures of one
+# kind: EuroSAT's fusion was fitted on AnnualCrop alone).
 FIT_SAMPLE_TILES = 1024  # the projection to vectors.dims needs twice as many
 FIT_SAMPLE_TILES_PER_FILE = 128
-FIT_SAMPLE_MAX_FILES = 32  # each file opened costs; more tiles from fewer files instead
 
 
 def discover(paths: Iterable[Path]) -> list[str]:
@@ -180,9 +181,8 @@ def create_catalog(
     unreadable: dict[str, str] = {}
     manifest = None
     sample: list[RawTile] = []
-    files_sampled = 0
-    for plan in plans:
-        if len(sample) >= FIT_SAMPLE_TILES or files_sampled >= FIT_SAMPLE_MAX_FILES:
+    for plan in spread(plans, FIT_SAMPLE_TILES):
+        if len(sample) >= FIT_SAMPLE_TILES:
             break
         try:
             with open_source(Path(plan.path)) as source:
@@ -197,13 +197,20 @@ def create_catalog(
                 ]
             manifest = layout
             sample += [t for t in tiles if t.worth_indexing(settings.max_nodata_fraction)]
-            files_sampled += 1
         except InputError as exc:
             unreadable[plan.path] = error_reason(exc, plan.path)
             progress.skipped(plan.path, unreadable[plan.path])
     if manifest is None:
         return None, unreadable
     return initialise_catalog(store, settings, manifest, sample), unreadable
+
+
+def spread(plans: Sequence[FilePlan], most: int) -> list[FilePlan]:
+    """Up to ``most`` of ``plans``, evenly spaced over them (first and last included)."""
+    if len(plans) <= most:
+        return list(plans)
+    step = (len(plans) - 1) / (most - 1)
+    return [plans[round(i * step)] for i in range(most)]
 
 
 def ingest(

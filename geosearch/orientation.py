@@ -43,3 +43,22 @@ ALL_ORIENTATIONS = tuple(
 def turned(tile: RawTile, orientation: Orientation) -> RawTile:
     """The tile's pixels and mask under ``orientation``."""
     return RawTile(pixels=orientation.apply(tile.pixels), valid=orientation.apply(tile.valid))
+
+
+def zoomed(tile: RawTile, share: float) -> RawTile:
+    """The central ``share`` of the tile, enlarged back to its size (nearest pixel)."""
+    height, width = tile.valid.shape
+    rows = ((np.arange(height) + 0.5) * share + height * (1 - share) / 2).astype(int)
+    cols = ((np.arange(width) + 0.5) * share + width * (1 - share) / 2).astype(int)
+    return RawTile(pixels=tile.pixels[:, rows][:, :, cols], valid=tile.valid[rows][:, cols])
+
+
+# What the vectors should not see as a difference: a turn, a mirror, a closer look.
+COPY_TRANSFORMS = (Orientation(1, False), Orientation(2, False), Orientation(0, True))
+COPY_ZOOM = 0.75
+
+
+def invariance_copies(tile: RawTile) -> list[RawTile]:
+    """Copies of a tile showing the same place: turned by 90 and 180 degrees, mirrored, and its
+    central 75 % enlarged; the projection learns to discount how they differ from it."""
+    return [turned(tile, o) for o in COPY_TRANSFORMS] + [zoomed(tile, COPY_ZOOM)]

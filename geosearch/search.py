@@ -469,11 +469,14 @@ def search_vectors(
     good = _stored_vectors(store, feedback.good) if feedback.good else np.zeros((0, index.dim))
     bad = _stored_vectors(store, feedback.bad) if feedback.bad else np.zeros((0, index.dim))
     vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
+    expansion = locate.expansion if locate is not None and not feedback else 0
     parents, row_vectors = orientation_rows(
-        queries, lambda v: rocchio(v, good, bad, feedback_settings)
+        [expanded(index, store, q, expansion) for q in queries],
+        lambda v: rocchio(v, good, bad, feedback_settings),
     )
     allowed = allowed_ids(store, filters)
-    reranking = bool(feedback) and feedback_settings.method != "rocchio" and len(bad) > 0
+    reranking = bool(feedback) and feedback_settings.method != "rocchio"
+    background = store.vector_sample(feedback_settings.background) if reranking else None
     wanted = max(top, feedback_settings.candidates) if reranking else top
 
     def passes(query: Query) -> Any:
@@ -520,8 +523,9 @@ def search_vectors(
             ids = [tile_id for _, tile_id in pairs]
             cosine = np.asarray([score for score, _ in pairs])
             scores = rerank_scores(
-                vector, good, bad, _stored_vectors(store, ids), cosine, feedback_settings
-            )
+                vector, good, bad, background, _stored_vectors(store, ids), cosine,
+                feedback_settings,
+            )  # fmt: skip
             order = np.argsort(-scores, kind="stable")
             pairs = [(float(scores[i]), ids[i]) for i in order]
         placed = placed[:top]
@@ -530,6 +534,27 @@ def search_vectors(
         location = placements[0] if placements else None
         results.append(SearchResult(query, matches, feedback=applied, location=location))
     return results
+
+
+def expanded(index: Any, store: Store, query: Query, neighbours: int) -> Query:
+    """The query moved toward its ``neighbours`` nearest tiles, each weighted by its cosine
+    (query expansion: label-free, what its neighbourhood agrees on counts more; EuroSAT
+    mAP@R 0.47 -> 0.53 at 10, bench/README.md "Kinds of places"). Queries of several tiles
+    and any-orientation queries are searched as they are."""
+    if neighbours <= 0 or query.turned is not None or is_scene_query(query):
+        return query
+    exclude = query.exclude
+    scores, ids = index.search(query.vector[None, :], min(neighbours + len(exclude), index.count))
+    pairs = [
+        (float(score), int(tile_id))
+        for score, tile_id in zip(scores[0], ids[0], strict=True)
+        if tile_id >= 0 and int(tile_id) not in exclude
+    ][:neighbours]
+    if not pairs:
+        return query
+    weights = np.asarray([max(score, 0.0) for score, _ in pairs], dtype=np.float32)
+    neighbourhood = weights @ _stored_vectors(store, [tile_id for _, tile_id in pairs])
+    return replace(query, vector=_unit(query.vector + neighbourhood))
 
 
 def ranked_matches(

@@ -24,6 +24,7 @@ class BandStatsExtractor:
 
     name = "band_stats"
     band_use = "each"
+    standardisation = "standard"
 
     def __init__(self, band_count: int, histogram_bins: int = 8) -> None:
         if LEVELS % histogram_bins:

@@ -33,12 +33,16 @@ class TileBatch:
 class Extractor(Protocol):
     """A feature family: a name, a version that changes when its output does, a dimension, and
     which bands its features depend on (``band_use``): "each" (dims laid out band by band, so a
-    query lacking a band can be compared on the others), "rgb" (the RGB composite) or "all"."""
+    query lacking a band can be compared on the others), "rgb" (the RGB composite) or "all", and
+    how ``Fusion`` standardises its block (``standardisation``): "standard" (each dimension to
+    mean 0, std 1 over the creation sample), "centred" (the sample mean subtracted, scales kept)
+    or "none"."""
 
     name: str
     version: str
     dim: int
     band_use: str
+    standardisation: str
 
     def extract(self, batch: TileBatch) -> np.ndarray:
         """(len(batch), dim) float32 features."""

@@ -20,7 +20,7 @@ class EmbeddingExtractor:
     values in the file's dtype: the manifest's scaling ``none``)."""
 
     name = "embedding"
-    standardised = False  # Fusion keeps the vector as it is: inner product = embedding cosine
+    standardisation = "none"  # kept as it is: inner product = embedding cosine
 
     def __init__(self, band_count: int, dequantization: Dequantization) -> None:
         self.dequantization = dequantization

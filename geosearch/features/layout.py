@@ -18,6 +18,7 @@ class LayoutExtractor:
 
     name = "layout"
     band_use = "each"
+    standardisation = "standard"
 
     def __init__(self, band_count: int, side: int = 16) -> None:
         self.band_count = band_count
