@@ -34,7 +34,9 @@ import numpy as np
 from bench.protocols.common import DATA, emit, ingest_into, slug, unit_rows, write_raster
 from geosearch import GeosearchError
 from geosearch.catalog import open_database
+from geosearch.config import FeedbackSettings, Settings
 from geosearch.features import prepare_batch
+from geosearch.feedback import rocchio
 from geosearch.store import Store, normalise_path
 
 EUROSAT = DATA / "eurosat"
@@ -47,7 +49,7 @@ TIMED_QUERIES = 30  # similar calls timed (and checked against the numpy ranking
 GEO_CRS = "EPSG:32633"
 GEO_PIXEL_M = 10.0
 GEO_SPACING_M = 10_000.0  # between places: no two footprints touch
-GEO_QUERIES = 1000  # similar calls in the geo variant (seeded sample when fewer pictures)
+GEO_QUERIES = 300  # similar calls per geo database: a seeded sample of its pictures
 
 
 @dataclass(frozen=True)
@@ -208,13 +210,10 @@ def feedback_queries(labels: np.ndarray, per_class: int = FEEDBACK_PER_CLASS) ->
 
 
 def rocchio_ranking(vectors: np.ndarray, row: int, good: list[int], bad: list[int]) -> np.ndarray:
-    """Every row ranked by the Rocchio query (ROCCHIO weights) on unit ``vectors``."""
+    """Every row ranked by geosearch's Rocchio query (ROCCHIO weights) on unit ``vectors``."""
     alpha, beta, gamma = ROCCHIO
-    moved = alpha * vectors[row].astype(np.float64)
-    if good:
-        moved += beta * vectors[good].mean(axis=0)
-    if bad:
-        moved -= gamma * vectors[bad].mean(axis=0)
+    weights = FeedbackSettings(method="rocchio", alpha=alpha, beta=beta, gamma=gamma)
+    moved = rocchio(vectors[row], vectors[good], vectors[bad], weights)
     return np.argsort(-(vectors @ moved), kind="stable")
 
 
@@ -329,7 +328,6 @@ def geo_variant(
     through ``geosearch.similar`` (top R, second stage included) for a seeded sample of
     GEO_QUERIES, and the stored vectors ranked alone (numpy) for comparison."""
     from geosearch import similar
-    from geosearch.config import Settings
 
     geo = write_geo_pictures(kinds, work / "kinds_geotiffs")
     db = fresh_db(work / f"kinds_geo{len(kinds.paths)}_{slug(label)}.gpkg")
