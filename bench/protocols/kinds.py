@@ -54,7 +54,7 @@ GEO_QUERIES = 300  # similar calls per geo database: a seeded sample of its pict
 
 @dataclass(frozen=True)
 class KindsSet:
-    """The pictures of one sample, their labels (class folder) and what names its files."""
+    """The pictures of one sample and the set's name; a picture's label is its class folder."""
 
     name: str
     paths: list[Path]
@@ -98,7 +98,9 @@ def average_precision(hits: np.ndarray, relevant: int) -> float:
     return float(precision[hits].sum() / relevant)
 
 
-def kinds_metrics(rankings: Sequence[np.ndarray], labels: np.ndarray, queries: Sequence[int]):
+def kinds_metrics(
+    rankings: Sequence[np.ndarray], labels: np.ndarray, queries: Sequence[int]
+) -> dict[str, Any]:
     """mAP@R and P@10 over ``queries`` (rows), each with its ranking of the other rows."""
     maps, precisions = [], []
     for row, order in zip(queries, rankings, strict=True):
@@ -113,7 +115,7 @@ def kinds_metrics(rankings: Sequence[np.ndarray], labels: np.ndarray, queries: S
     }
 
 
-def cosine_rankings(vectors: np.ndarray, rows: Sequence[int], chunk: int = 500) -> list:
+def cosine_rankings(vectors: np.ndarray, rows: Sequence[int], chunk: int = 500) -> list[np.ndarray]:
     """Each row's ranking of every other row by cosine (unit rows: dot product), best first."""
     rankings = []
     rows = list(rows)
