@@ -12,6 +12,7 @@ metrics, ingest and ``emit``.
     .venv/bin/python bench/quality.py            # 128 and 256 px, every config, off the grid
     .venv/bin/python bench/quality.py --only orientation  # that part alone (~2 min)
     .venv/bin/python bench/quality.py --only offgrid --quick  # off the grid, 2015 only (~1 min)
+    .venv/bin/python bench/quality.py --only semantic --quick  # EuroSAT kinds, 100 a class
 """
 
 from __future__ import annotations
