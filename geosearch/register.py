@@ -7,10 +7,22 @@ scene's with normalised cross-correlation (OpenCV ``matchTemplate``), at one sca
 query's ground resolution is known and over a sweep of scales when it is not (a screenshot),
 and under the eight rotations/mirrors when asked. The best peak gives the query's window in the
 scene and a correlation in -1..1.
+
+How sure a peak is comes from the pictures' own texture (``independent_pixels``): neighbouring
+gradient pixels are not independent, and by Bartlett's formula the chance correlation of two
+unrelated pictures has a variance of (sum over lags of their autocorrelations' product) / pixels.
+A query of broad, smooth structure (water, haze, cloud, one shore) has few independent pixels,
+so chance alone gives it high correlations; a query rich in small edges has many. Gradient
+images are spiky (a few strong edges carry most of the variance), which makes chance's tail
+heavier than a Gaussian's: the count is divided by the template's kurtosis over a Gaussian's
+(3), so that one road across a field counts for little. Measured on NAIP and Landsat chips
+placed where their ground is not, the best chance fit over a region then stays below 4.5
+sigmas (``bench/placements.py``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +46,9 @@ SCALE_SWEEP = tuple(float(2 ** (k / 4)) for k in range(-4, 5))  # 0.5 .. 2, step
 # Then the best is refined at full resolution over these factors (2^(1/16) apart, half a
 # sweep step either way).
 REFINE_STEPS = tuple(float(2 ** (k / 16)) for k in range(-2, 3))
+# Autocorrelations are summed out to this share of the template's shorter side (Bartlett's
+# formula; further lags are too noisy to estimate from one picture).
+AUTOCORRELATION_REACH = 0.25
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,36 @@ class Registration:
     margin: float  # correlation here minus the best elsewhere in the scene
     height: float  # the window's size in scene pixels (the turned, scaled query)
     width: float
+    elsewhere: float = 0.0  # the best correlation away from the peak
+    independent_pixels: float = 1.0  # of the query against this scene (see module docstring)
+    trials: float = 1.0  # independent placements tried: positions x scales x orientations
+
+    @property
+    def sigmas(self) -> float:
+        """The correlation as standard deviations of chance (Fisher's z times the square root
+        of the independent pixels)."""
+        return fisher_sigmas(self.correlation, self.independent_pixels)
+
+    @property
+    def sigmas_over_elsewhere(self) -> float:
+        """How far the peak stands above the best placement elsewhere, in the same units."""
+        return self.sigmas - fisher_sigmas(self.elsewhere, self.independent_pixels)
+
+
+def fisher_sigmas(correlation: float, independent_pixels: float) -> float:
+    """A correlation as standard deviations of the chance correlation of unrelated pictures
+    with ``independent_pixels`` (Fisher's transform: atanh(r) x sqrt(n - 3))."""
+    r = min(max(correlation, -0.999999), 0.999999)
+    return math.atanh(r) * math.sqrt(max(independent_pixels - 3.0, 1.0))
+
+
+def chance_sigmas(trials: float, false_alarm: float) -> float:
+    """The sigmas the best of ``trials`` chance correlations exceeds with probability
+    ``false_alarm`` (Gaussian tail, Bonferroni over the trials)."""
+    from statistics import NormalDist
+
+    tail = min(0.5, false_alarm / max(trials, 1.0))
+    return NormalDist().inv_cdf(1.0 - tail)
 
 
 def gradient_image(grey: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -75,20 +120,54 @@ def _resized(image: np.ndarray, factor: float) -> np.ndarray:
 
 def _best(
     template: np.ndarray, scene: np.ndarray, valid: np.ndarray | None
-) -> tuple[float, float, int, int]:
-    """(correlation, margin, row, col) of the best placement of ``template`` in ``scene``; the
-    margin is how much better it is than the best placement away from it (more than a quarter
-    of the template's side off): a true match stands out, chance resemblance does not.
-    Placements over less than ``MIN_VALID_SHARE`` valid scene pixels don't count."""
+) -> tuple[float, float, int, int, int]:
+    """(correlation, margin, row, col, positions) of the best placement of ``template`` in
+    ``scene``; the margin is how much better it is than the best placement away from it (more
+    than a quarter of the template's side off): a true match stands out, chance resemblance
+    does not. Placements over less than ``MIN_VALID_SHARE`` valid scene pixels don't count;
+    ``positions``: how many did."""
     scores = cv2.matchTemplate(scene, template, cv2.TM_CCOEFF_NORMED)
     np.nan_to_num(scores, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)
     if valid is not None and not valid.all():
         scores[_valid_share(valid, template.shape) < MIN_VALID_SHARE] = -1.0
+    positions = int(np.count_nonzero(scores > -1.0))
     _, peak, _, (col, row) = cv2.minMaxLoc(scores)
     radius = max(4, min(template.shape) // 4)
     scores[max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1] = -1.0
     elsewhere = cv2.minMaxLoc(scores)[1] if (scores > -1.0).any() else 0.0
-    return float(peak), float(peak - elsewhere), row, col
+    return float(peak), float(peak - elsewhere), row, col, positions
+
+
+def correlation_cell(template: np.ndarray, scene: np.ndarray) -> float:
+    """Pixels per independent sample when ``template`` is correlated with ``scene``: the sum
+    over lags of the product of their normalised autocorrelations (Bartlett's formula), at
+    least 1. Broad, smooth structure in either makes it large."""
+    reach = max(1, int(AUTOCORRELATION_REACH * min(template.shape)))
+    product = _autocorrelation(template, reach) * _autocorrelation(scene, reach)
+    return max(1.0, float(product.sum()))
+
+
+def _kurtosis(image: np.ndarray) -> float:
+    """The fourth standardised moment of an image's values (3 for Gaussian ones)."""
+    values = np.asarray(image, dtype=np.float64)
+    centred = values - values.mean()
+    variance = float(np.mean(centred**2))
+    return float(np.mean(centred**4)) / variance**2 if variance > 0 else 3.0
+
+
+def _autocorrelation(image: np.ndarray, reach: int) -> np.ndarray:
+    """Normalised autocorrelation (biased estimate, 1 at lag 0) at lags -reach..reach."""
+    values = np.asarray(image, dtype=np.float64)
+    values = values - values.mean()
+    height, width = values.shape
+    spectrum = np.fft.rfft2(values, s=(height + reach, width + reach))
+    circular = np.fft.irfft2(spectrum * np.conj(spectrum), s=(height + reach, width + reach))
+    if circular[0, 0] <= 0:  # a flat picture: nothing correlates, one sample
+        out = np.zeros((2 * reach + 1, 2 * reach + 1))
+        out[reach, reach] = 1.0
+        return out
+    lags = np.r_[-reach : reach + 1]
+    return circular[np.ix_(lags, lags)] / circular[0, 0]
 
 
 def _valid_share(valid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -153,7 +232,7 @@ def register(
             template = query.template(scale * COARSE_FACTOR, orientation)
             if template is None or not _fits(template, coarse_scene):
                 continue
-            _, margin, row, col = _best(template, coarse_scene, coarse_valid)
+            _, margin, row, col, _ = _best(template, coarse_scene, coarse_valid)
             centre = ((row + template.shape[0] / 2), (col + template.shape[1] / 2))
             ranked.append((margin, scale, orientation, centre))
         if not ranked:
@@ -169,9 +248,24 @@ def register(
     template = query.template(scale, orientation)
     if template is None or not _fits(template, scene_gradient):
         return None
-    correlation, margin, row, col = _best(template, scene_gradient, scene_valid)
+    correlation, margin, row, col, positions = _best(template, scene_gradient, scene_valid)
     height, width = template.shape
-    return Registration(row, col, scale, orientation, correlation, margin, height, width)
+    cell = correlation_cell(template, scene_gradient)
+    valid_pixels = height * width * (float(query.valid.mean()) if query.valid is not None else 1.0)
+    spikiness = max(1.0, _kurtosis(template) / 3.0)
+    return Registration(
+        row,
+        col,
+        scale,
+        orientation,
+        correlation,
+        margin,
+        height,
+        width,
+        elsewhere=correlation - margin,
+        independent_pixels=valid_pixels / (cell * spikiness),
+        trials=max(1.0, positions / cell) * len(trials),
+    )
 
 
 def _refined_scale(
