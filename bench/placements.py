@@ -225,6 +225,7 @@ def run_placements(
     compare: bool = False,
     years: str = "2015",
     record: Path | None = None,
+    only: str = "",
 ) -> None:
     """Every round's chips searched with the second stage (``overrides`` on the defaults),
     false placements counted; ``compare``: also without it; ``record``: every query's line."""
@@ -236,7 +237,7 @@ def run_placements(
     vectors_only = settings.with_overrides({"search.locate": False})
     totals: dict[str, list[int]] = {"present": [0, 0], "absent": [0, 0]}
     records = []
-    for round_ in rounds(folder, years):
+    for round_ in [r for r in rounds(folder, years) if r.dataset.startswith(only)]:
         db = folder / f"{_slug(round_.dataset)}_{round_.database[0].stem}.gpkg"
         if not db.exists():
             ingest_into(db, round_.database, {"tile_size": round_.tile_size})
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", action="store_true", help="also without the second stage")
     parser.add_argument("--years", default="2015", help="NAIP year held out, or 'all'")
     parser.add_argument("--record", type=Path, help="write every query's line (JSON lines)")
+    parser.add_argument("--only", default="", help="datasets starting with this: naip, landsat8")
     parser.add_argument(
         "--set", action="append", default=[], help="a setting KEY=VALUE (repeatable)"
     )
@@ -289,10 +291,12 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {key: json.loads(value) for key, value in (s.split("=", 1) for s in args.set)}
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        run_placements(args.workdir, args.quick, overrides, args.compare, args.years, args.record)
+        work = args.workdir
     else:
-        with tempfile.TemporaryDirectory() as work:
-            run_placements(Path(work), args.quick, overrides, args.compare, args.years, args.record)
+        work = Path(tempfile.mkdtemp())
+    run_placements(
+        work, args.quick, overrides, args.compare, args.years, args.record, args.only
+    )
 
 
 if __name__ == "__main__":

@@ -245,10 +245,7 @@ class Locator:
 
     def _anchor(self, shortlist: Sequence[TileRecord]) -> Placement | None:
         """The surest fit around the shortlisted tiles, searched ``SHORTLIST_STEP`` tiles at a
-        time until one is sure against everything tried so far; None if none is.
-
-        Its rivals are the best placements elsewhere in its region and the best fits on other
-        ground (a scene of another date over the same ground is the same place, not a rival)."""
+        time until one is sure against everything tried so far; None if none is."""
         found: list[Placement] = []
         trials = 0.0
         for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while none is sure
@@ -260,23 +257,19 @@ class Locator:
             if not found:
                 continue
             best = max(found, key=lambda p: p.sigmas)
-            rivals = [p.correlation for p in found if not p.footprint.intersects(best.footprint)]
-            if self._sure(best, trials, max(rivals, default=best.elsewhere)):
+            if self._sure(best, trials):
                 return best
         return None
 
-    def _sure(
-        self, found: Placement | None, trials: float | None = None, rival: float | None = None
-    ) -> bool:
+    def _sure(self, found: Placement | None, trials: float | None = None) -> bool:
         """A sure fit: its sigmas beat what chance reaches over ``trials`` independent
         placements (its own region's by default) with probability ``false_alarm``, and stand
-        ``margin_sigmas`` above the best elsewhere in its region (and ``rival``, a correlation
-        on other ground)."""
+        ``margin_sigmas`` above the best placement elsewhere in its region (its neighbours)."""
         if found is None:
             return False
         needed = chance_sigmas(trials or found.trials, self.false_alarm)
-        rival_sigmas = found.sigmas_of(max(found.elsewhere, rival if rival is not None else -1.0))
-        return found.sigmas >= needed and found.sigmas - rival_sigmas >= self.margin_sigmas
+        above_elsewhere = found.sigmas - found.sigmas_of(found.elsewhere)
+        return found.sigmas >= needed and above_elsewhere >= self.margin_sigmas
 
     # -- registration in one scene ---------------------------------------------------------
 

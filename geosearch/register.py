@@ -11,7 +11,9 @@ scene and a correlation in -1..1.
 How sure a peak is comes from the pictures' own texture (``independent_pixels``): neighbouring
 gradient pixels are not independent, and by Bartlett's formula the chance correlation of two
 unrelated pictures has a variance of (sum over lags of their autocorrelations' product) / pixels.
-A query of broad, smooth structure (water, haze, cloud, one shore) has few independent pixels,
+The query's own autocorrelation stands in for both (a scene's would cost an FFT of every
+region searched). A query of broad, smooth structure (water, haze, cloud, one shore) has few
+independent pixels,
 so chance alone gives it high correlations; a query rich in small edges has many. Gradient
 images are spiky (a few strong edges carry most of the variance), which makes chance's tail
 heavier than a Gaussian's: the count is divided by the template's kurtosis over a Gaussian's
@@ -138,13 +140,13 @@ def _best(
     return float(peak), float(peak - elsewhere), row, col, positions
 
 
-def correlation_cell(template: np.ndarray, scene: np.ndarray) -> float:
-    """Pixels per independent sample when ``template`` is correlated with ``scene``: the sum
-    over lags of the product of their normalised autocorrelations (Bartlett's formula), at
-    least 1. Broad, smooth structure in either makes it large."""
+def texture_of(template: np.ndarray) -> tuple[float, float]:
+    """(pixels per independent sample, spikiness) of a gradient template: the sum over lags
+    of its squared normalised autocorrelation (Bartlett's formula, taking the scene's texture
+    to be like the query's), at least 1, and its kurtosis over a Gaussian's, at least 1."""
     reach = max(1, int(AUTOCORRELATION_REACH * min(template.shape)))
-    product = _autocorrelation(template, reach) * _autocorrelation(scene, reach)
-    return max(1.0, float(product.sum()))
+    cell = max(1.0, float(np.sum(_autocorrelation(template, reach) ** 2)))
+    return cell, max(1.0, _kurtosis(template) / 3.0)
 
 
 def _kurtosis(image: np.ndarray) -> float:
@@ -187,6 +189,7 @@ class QueryPicture:
         self.grey = np.asarray(grey, dtype=np.float32)
         self.valid = valid if valid is not None and not valid.all() else None
         self._templates: dict[tuple[float, Orientation], np.ndarray | None] = {}
+        self._textures: dict[float, tuple[float, float]] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -205,6 +208,20 @@ class QueryPicture:
                 template = orientation.apply(gradient_image(resized, mask))
             self._templates[key] = template
         return self._templates[key]
+
+    def texture(self, scale: float) -> tuple[float, float]:
+        """``texture_of`` the template at ``scale`` (turns change neither)."""
+        key = round(scale, 6)
+        if key not in self._textures:
+            self._textures[key] = texture_of(self.template(scale, IDENTITY))
+        return self._textures[key]
+
+    def independent_pixels(self, scale: float) -> float:
+        """How many independent pixels the query has at ``scale`` (see the module docstring)."""
+        height, width = self.template(scale, IDENTITY).shape
+        valid = float(self.valid.mean()) if self.valid is not None else 1.0
+        cell, spikiness = self.texture(scale)
+        return height * width * valid / (cell * spikiness)
 
 
 def register(
@@ -250,9 +267,7 @@ def register(
         return None
     correlation, margin, row, col, positions = _best(template, scene_gradient, scene_valid)
     height, width = template.shape
-    cell = correlation_cell(template, scene_gradient)
-    valid_pixels = height * width * (float(query.valid.mean()) if query.valid is not None else 1.0)
-    spikiness = max(1.0, _kurtosis(template) / 3.0)
+    cell, _ = query.texture(scale)
     return Registration(
         row,
         col,
@@ -263,7 +278,7 @@ def register(
         height,
         width,
         elsewhere=correlation - margin,
-        independent_pixels=valid_pixels / (cell * spikiness),
+        independent_pixels=query.independent_pixels(scale),
         trials=max(1.0, positions / cell) * len(trials),
     )
 
