@@ -35,11 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from quality import (  # noqa: I001  (bench/ is on sys.path when run as a script)
     ABSENT,
     GRID,
-    K,
     LANDSAT,
     NAIP,
     OFFSET,
@@ -50,6 +48,7 @@ from quality import (  # noqa: I001  (bench/ is on sys.path when run as a script
     TURNED,
     Chip,
     ChipProtocol,
+    K,
     _slug,
     _year,
     cut_chips,
@@ -60,6 +59,7 @@ from quality import (  # noqa: I001  (bench/ is on sys.path when run as a script
     write_raster,
     write_window,
 )
+
 from geosearch import GeosearchError, similar
 from geosearch.config import Settings
 
@@ -294,9 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         work = args.workdir
     else:
         work = Path(tempfile.mkdtemp())
-    run_placements(
-        work, args.quick, overrides, args.compare, args.years, args.record, args.only
-    )
+    run_placements(work, args.quick, overrides, args.compare, args.years, args.record, args.only)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,9 @@ class Locator:
         trials = 0.0
         for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while none is sure
             for path, region, scales in self._regions(shortlist[start : start + SHORTLIST_STEP]):
-                placement = self._register(self._scenes[path], path, region, scales, self.orientations)
+                placement = self._register(
+                    self._scenes[path], path, region, scales, self.orientations
+                )
                 if placement is not None:
                     trials += placement.trials
                     found.append(placement)
