@@ -83,8 +83,24 @@ class Round:
     min_col: int = 0
 
 
-def rounds(folder: Path, years: str) -> list[Round]:
-    """NAIP (2015 held out, or every year), Sentinel-2 and Landsat 8 (64 px) rounds."""
+def rounds(folder: Path, years: str, only: str = "") -> list[Round]:
+    """NAIP (2015 held out, or every year), Sentinel-2 and Landsat 8 (64 px) rounds; ``only``:
+    those whose dataset starts with it (the others' scenes are not written)."""
+    return [
+        round_
+        for dataset, make in (
+            ("naip", lambda: naip_rounds(folder, years)),
+            ("sentinel2", lambda: sentinel2_rounds(folder)),
+            ("landsat8", lambda: landsat_rounds(folder)),
+        )
+        if dataset.startswith(only) or only.startswith(dataset)
+        for round_ in make()
+        if round_.dataset.startswith(only)
+    ]
+
+
+def naip_rounds(folder: Path, years: str) -> list[Round]:
+    """NAIP 128 px: each held-out year against the other four, and its absent chips."""
     naip = sorted(NAIP.glob("*.tif"))
     held_out = naip if years == "all" else [y for y in naip if _year(y) == years]
     out = []
@@ -96,17 +112,29 @@ def rounds(folder: Path, years: str) -> list[Round]:
             Round(f"naip {_year(scene)}", 128, scene, others, present, (1, 2, 3)),
             Round(f"naip {_year(scene)}", 128, scene, west, (ABSENT,), (1, 2, 3), 467 + 32),
         ]
+    return out
+
+
+def sentinel2_rounds(folder: Path) -> list[Round]:
+    """Sentinel-2 128 px against its synthetic second date, and its absent chips."""
     s2_folder = folder / "sentinel2"
     s2_folder.mkdir(exist_ok=True)
     s2_original, s2_copies, shift = sentinel2_scenes(s2_folder, 128)
     s2_copy = s2_copies["shift+gain+noise"]
     s2_west = _west(s2_original, folder, 549)
+    return [
+        Round("sentinel2", 128, s2_copy, [s2_original], (OFFSET, SCALED[1]), tuple(S2_RGB)),
+        Round("sentinel2", 128, s2_copy, [s2_west], (ABSENT,), tuple(S2_RGB), 549 + 32 - shift),
+    ]
+
+
+def landsat_rounds(folder: Path) -> list[Round]:
+    """Landsat 8 at 64 px against its synthetic second date (with cloudy and changed places),
+    and its absent chips."""
     l8_original, l8_copy = landsat_scenes(folder)
     l8_west = _west(l8_original, folder, 128)
     l8_present = (GRID, OFFSET, SCALED[1], TURNED, SCREENSHOT, CLOUDY, PASTED, OTHER_BANDS)
-    return out + [
-        Round("sentinel2", 128, s2_copy, [s2_original], (OFFSET, SCALED[1]), tuple(S2_RGB)),
-        Round("sentinel2", 128, s2_copy, [s2_west], (ABSENT,), tuple(S2_RGB), 549 + 32 - shift),
+    return [
         Round("landsat8 64px", 64, l8_copy, [l8_original], l8_present, (4, 3, 2)),
         Round("landsat8 64px", 64, l8_copy, [l8_west], (ABSENT,), (4, 3, 2), 128 + 16),
     ]
@@ -237,7 +265,7 @@ def run_placements(
     vectors_only = settings.with_overrides({"search.locate": False})
     totals: dict[str, list[int]] = {"present": [0, 0], "absent": [0, 0]}
     records = []
-    for round_ in [r for r in rounds(folder, years) if r.dataset.startswith(only)]:
+    for round_ in rounds(folder, years, only):
         db = folder / f"{_slug(round_.dataset)}_{round_.database[0].stem}.gpkg"
         if not db.exists():
             ingest_into(db, round_.database, {"tile_size": round_.tile_size})
@@ -289,12 +317,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     overrides = {key: json.loads(value) for key, value in (s.split("=", 1) for s in args.set)}
+    run = (args.quick, overrides, args.compare, args.years, args.record, args.only)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        work = args.workdir
-    else:
-        work = Path(tempfile.mkdtemp())
-    run_placements(work, args.quick, overrides, args.compare, args.years, args.record, args.only)
+        run_placements(args.workdir, *run)
+    else:  # databases and chips are thrown away afterwards
+        with tempfile.TemporaryDirectory() as work:
+            run_placements(Path(work), *run)
 
 
 if __name__ == "__main__":
