@@ -17,7 +17,7 @@ database too), chips with a 32 px block of elsewhere pasted in, and chips whose 
 B5,B6,B7 (another look of the same ground: NIR and SWIR edges).
 
     .venv/bin/python bench/placements.py --quick --compare
-    .venv/bin/python bench/placements.py --set search.locate_false_alarm=0.001
+    .venv/bin/python bench/placements.py --set search.locate_margin_sigmas=2
 
 Hook into the quality runner: ``run_placements(work, quick)`` has ``run_offgrid``'s shape; one
 line in ``bench/quality.py``'s ``run`` (and ``placements`` in ``--only``) adds it.
@@ -224,7 +224,7 @@ def search(db: Path, chip: Chip, settings: Settings, shapes: Any) -> dict[str, A
     if location is not None:
         covered = location.footprint.intersection(chip.lonlat).area / chip.lonlat.area
         line |= {"covered": covered, "correlation": location.correlation}
-        for name in ("sigmas", "independent_pixels", "trials", "elsewhere", "margin"):
+        for name in ("sigmas", "independent_pixels", "elsewhere", "margin"):
             line[name] = getattr(location, name, None)  # None: a library before these
     return line
 

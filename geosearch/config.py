@@ -102,8 +102,7 @@ class SearchSettings(_Section):
     orientation_bonus: float = Field(0.05, ge=0, le=1)
     locate: bool = True
     locate_shortlist: int = Field(64, ge=1, le=1000)
-    locate_false_alarm: float = Field(0.01, gt=0, le=1)
-    locate_margin_sigmas: float = Field(2.0, ge=0, le=100)
+    locate_margin_sigmas: float = Field(1.5, ge=0, le=100)
 
 
 class MapSettings(_Section):

@@ -4,12 +4,11 @@ The vectors' shortlist names scenes (indexed files) and the tiles in them that l
 query. Around each shortlisted tile the query picture is registered against the scene's pixels
 (``geosearch.register``: gradient images, normalised cross-correlation). Where it fits
 surely, the query's place is found, and the same place in every other scene that covers it
-(other dates, other sensors) is registered too. Sure is a significance test from the query's
-own texture: its correlation, in standard deviations of chance for as many independent pixels
-as the two pictures have, must beat what the best of all the independent placements tried
-(positions x scales x turns, over the whole area searched so far) reaches by chance with
-probability ``search.locate_false_alarm``, and stand ``search.locate_margin_sigmas`` above
-the best placement elsewhere (in its region, or on other ground). Tiles covering the placed
+(other dates, other sensors) is registered too. Sure is measured in the query's own texture:
+its correlation and the best elsewhere in the region searched, both in standard deviations of
+chance for as many independent pixels as the query has, must stand
+``search.locate_margin_sigmas`` apart (a texture-poor query needs a wider gap in correlation
+than a rich one), with a correlation of at least ``MIN_CORRELATION``. Tiles covering the placed
 query then lead the results, ordered by correlation times the share of the query they cover;
 the vectors' ranking follows. When the query's place is not in the database nothing fits, and
 the vectors' ranking stands unchanged.
@@ -44,7 +43,6 @@ from geosearch.register import (
     SCALE_SWEEP,
     QueryPicture,
     Registration,
-    chance_sigmas,
     fisher_sigmas,
     register,
 )
@@ -66,6 +64,12 @@ EXPAND_PIXELS = 8
 # There, a query without a georeference is first tried at these factors of the first fit's
 # scale.
 RESCALE_AROUND = tuple(float(2 ** (k / 8)) for k in range(-4, 5))  # 0.71 .. 1.41
+# No fit with a lower correlation counts, however far above its neighbours (in a small region
+# the best elsewhere is a poor sample of chance).
+MIN_CORRELATION = 0.4
+# A sure fit this many times ``search.locate_margin_sigmas`` above its neighbours ends the
+# search of the shortlist at once.
+OVERWHELMING = 2.0
 # A fit in another scene counts, however weak, when its corners land within this many pixels
 # (plus a share of the query's side) of where the first placement puts them: the same place.
 CONSISTENT_PIXELS = 4.0
@@ -115,7 +119,6 @@ class Placement:
     footprint: Any  # lon/lat geometry
     query_to_scene: Affine = field(repr=False)  # query image pixel -> scene pixel
     independent_pixels: float = 1.0  # of the query against this scene (``register``)
-    trials: float = 1.0  # independent placements tried in the region searched
     elsewhere: float = 0.0  # the best correlation away from the peak in that region
 
     @property
@@ -123,9 +126,10 @@ class Placement:
         """The correlation in standard deviations of chance (``register.fisher_sigmas``)."""
         return fisher_sigmas(self.correlation, self.independent_pixels)
 
-    def sigmas_of(self, correlation: float) -> float:
-        """Another correlation in this placement's units of chance."""
-        return fisher_sigmas(correlation, self.independent_pixels)
+    @property
+    def sigmas_over_elsewhere(self) -> float:
+        """How far it stands above the best placement elsewhere in its region, in sigmas."""
+        return self.sigmas - fisher_sigmas(self.elsewhere, self.independent_pixels)
 
     @property
     def query_transform(self) -> Affine:
@@ -198,7 +202,6 @@ class Locator:
     ) -> None:
         self.catalog = catalog
         self.image = image
-        self.false_alarm = settings.locate_false_alarm
         self.margin_sigmas = settings.locate_margin_sigmas
         self.orientations = ALL_ORIENTATIONS if any_orientation else (IDENTITY,)
         self.georeferenced = image.transform is not None and image.crs_wkt is not None
@@ -245,33 +248,30 @@ class Locator:
 
     def _anchor(self, shortlist: Sequence[TileRecord]) -> Placement | None:
         """The surest fit around the shortlisted tiles, searched ``SHORTLIST_STEP`` tiles at a
-        time until one is sure against everything tried so far; None if none is."""
-        found: list[Placement] = []
-        trials = 0.0
+        time until one is sure (see ``_sure``); a fit that stands ``OVERWHELMING`` times the
+        margin above its neighbours ends the search at once. None if none is sure."""
+        sure: list[Placement] = []
         for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while none is sure
             for path, region, scales in self._regions(shortlist[start : start + SHORTLIST_STEP]):
-                placement = self._register(
-                    self._scenes[path], path, region, scales, self.orientations
-                )
-                if placement is not None:
-                    trials += placement.trials
-                    found.append(placement)
-            if not found:
-                continue
-            best = max(found, key=lambda p: p.sigmas)
-            if self._sure(best, trials):
-                return best
+                found = self._register(self._scenes[path], path, region, scales, self.orientations)
+                if not self._sure(found):
+                    continue
+                if found.sigmas_over_elsewhere >= OVERWHELMING * self.margin_sigmas:
+                    return found
+                sure.append(found)
+            if sure:
+                return max(sure, key=lambda p: p.sigmas)
         return None
 
-    def _sure(self, found: Placement | None, trials: float | None = None) -> bool:
-        """A sure fit: its sigmas beat what chance reaches over ``trials`` independent
-        placements (its own region's by default) with probability ``false_alarm``, and stand
-        ``margin_sigmas`` above the best placement elsewhere in its region (its neighbours)."""
-        if found is None:
-            return False
-        needed = chance_sigmas(trials or found.trials, self.false_alarm)
-        above_elsewhere = found.sigmas - found.sigmas_of(found.elsewhere)
-        return found.sigmas >= needed and above_elsewhere >= self.margin_sigmas
+    def _sure(self, found: Placement | None) -> bool:
+        """A sure fit: it stands ``margin_sigmas`` above the best placement elsewhere in its
+        region, in standard deviations of chance for this query's texture, with a correlation
+        of at least ``MIN_CORRELATION``."""
+        return (
+            found is not None
+            and found.correlation >= MIN_CORRELATION
+            and found.sigmas_over_elsewhere >= self.margin_sigmas
+        )
 
     # -- registration in one scene ---------------------------------------------------------
 
@@ -402,10 +402,6 @@ def _lands_on(found: Placement, expected: np.ndarray | None) -> bool:
     return float(np.abs(found.corners - expected[:4]).max()) <= tolerance
 
 
-def _correlation(placement: Placement | None) -> float:
-    return placement.correlation if placement is not None else -2.0
-
-
 def _merged(windows: Sequence[Window]) -> list[Window]:
     """Windows with overlapping ones replaced by their common bounding window whenever that is
     no larger than the two were apart (so no pixel is read twice without need)."""
@@ -482,7 +478,6 @@ def _placement(
         footprint=footprint.wgs84,
         query_to_scene=query_to_scene,
         independent_pixels=found.independent_pixels,
-        trials=found.trials,
         elsewhere=found.elsewhere,
     )
 

@@ -13,13 +13,17 @@ gradient pixels are not independent, and by Bartlett's formula the chance correl
 unrelated pictures has a variance of (sum over lags of their autocorrelations' product) / pixels.
 The query's own autocorrelation stands in for both (a scene's would cost an FFT of every
 region searched). A query of broad, smooth structure (water, haze, cloud, one shore) has few
-independent pixels,
-so chance alone gives it high correlations; a query rich in small edges has many. Gradient
-images are spiky (a few strong edges carry most of the variance), which makes chance's tail
+independent pixels, so chance alone gives it high correlations; a query rich in small edges
+has many. Gradient images are spiky (a few strong edges carry most of the variance), which makes chance's tail
 heavier than a Gaussian's: the count is divided by the template's kurtosis over a Gaussian's
-(3), so that one road across a field counts for little. Measured on NAIP and Landsat chips
-placed where their ground is not, the best chance fit over a region then stays below 4.5
-sigmas (``bench/placements.py``).
+(3), so that one road across a field counts for little.
+
+A peak is then judged against the best placement elsewhere in the same region, in these units
+(``Registration.sigmas_over_elsewhere``): chance correlations of aerial pictures are
+heavy-tailed and repeat where the ground does, so an absolute bar (what the best of that many
+independent placements reaches by chance) turned away true NAIP chips of poor texture and was
+not needed against the wrong fits measured; the gap to the neighbours separates the two
+(``bench/placements.py``).
 """
 
 from __future__ import annotations
@@ -69,7 +73,6 @@ class Registration:
     width: float
     elsewhere: float = 0.0  # the best correlation away from the peak
     independent_pixels: float = 1.0  # of the query against this scene (see module docstring)
-    trials: float = 1.0  # independent placements tried: positions x scales x orientations
 
     @property
     def sigmas(self) -> float:
@@ -88,15 +91,6 @@ def fisher_sigmas(correlation: float, independent_pixels: float) -> float:
     with ``independent_pixels`` (Fisher's transform: atanh(r) x sqrt(n - 3))."""
     r = min(max(correlation, -0.999999), 0.999999)
     return math.atanh(r) * math.sqrt(max(independent_pixels - 3.0, 1.0))
-
-
-def chance_sigmas(trials: float, false_alarm: float) -> float:
-    """The sigmas the best of ``trials`` chance correlations exceeds with probability
-    ``false_alarm`` (Gaussian tail, Bonferroni over the trials)."""
-    from statistics import NormalDist
-
-    tail = min(0.5, false_alarm / max(trials, 1.0))
-    return NormalDist().inv_cdf(1.0 - tail)
 
 
 def gradient_image(grey: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -122,22 +116,20 @@ def _resized(image: np.ndarray, factor: float) -> np.ndarray:
 
 def _best(
     template: np.ndarray, scene: np.ndarray, valid: np.ndarray | None
-) -> tuple[float, float, int, int, int]:
-    """(correlation, margin, row, col, positions) of the best placement of ``template`` in
-    ``scene``; the margin is how much better it is than the best placement away from it (more
-    than a quarter of the template's side off): a true match stands out, chance resemblance
-    does not. Placements over less than ``MIN_VALID_SHARE`` valid scene pixels don't count;
-    ``positions``: how many did."""
+) -> tuple[float, float, int, int]:
+    """(correlation, margin, row, col) of the best placement of ``template`` in ``scene``; the
+    margin is how much better it is than the best placement away from it (more than a quarter
+    of the template's side off): a true match stands out, chance resemblance does not.
+    Placements over less than ``MIN_VALID_SHARE`` valid scene pixels don't count."""
     scores = cv2.matchTemplate(scene, template, cv2.TM_CCOEFF_NORMED)
     np.nan_to_num(scores, copy=False, nan=-1.0, posinf=-1.0, neginf=-1.0)
     if valid is not None and not valid.all():
         scores[_valid_share(valid, template.shape) < MIN_VALID_SHARE] = -1.0
-    positions = int(np.count_nonzero(scores > -1.0))
     _, peak, _, (col, row) = cv2.minMaxLoc(scores)
     radius = max(4, min(template.shape) // 4)
     scores[max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1] = -1.0
     elsewhere = cv2.minMaxLoc(scores)[1] if (scores > -1.0).any() else 0.0
-    return float(peak), float(peak - elsewhere), row, col, positions
+    return float(peak), float(peak - elsewhere), row, col
 
 
 def texture_of(template: np.ndarray) -> tuple[float, float]:
@@ -249,7 +241,7 @@ def register(
             template = query.template(scale * COARSE_FACTOR, orientation)
             if template is None or not _fits(template, coarse_scene):
                 continue
-            _, margin, row, col, _ = _best(template, coarse_scene, coarse_valid)
+            _, margin, row, col = _best(template, coarse_scene, coarse_valid)
             centre = ((row + template.shape[0] / 2), (col + template.shape[1] / 2))
             ranked.append((margin, scale, orientation, centre))
         if not ranked:
@@ -265,9 +257,8 @@ def register(
     template = query.template(scale, orientation)
     if template is None or not _fits(template, scene_gradient):
         return None
-    correlation, margin, row, col, positions = _best(template, scene_gradient, scene_valid)
+    correlation, margin, row, col = _best(template, scene_gradient, scene_valid)
     height, width = template.shape
-    cell, _ = query.texture(scale)
     return Registration(
         row,
         col,
@@ -279,7 +270,6 @@ def register(
         width,
         elsewhere=correlation - margin,
         independent_pixels=query.independent_pixels(scale),
-        trials=max(1.0, positions / cell) * len(trials),
     )
 
 
