@@ -14,9 +14,9 @@ unrelated pictures has a variance of (sum over lags of their autocorrelations' p
 The query's own autocorrelation stands in for both (a scene's would cost an FFT of every
 region searched). A query of broad, smooth structure (water, haze, cloud, one shore) has few
 independent pixels, so chance alone gives it high correlations; a query rich in small edges
-has many. Gradient images are spiky (a few strong edges carry most of the variance), which makes chance's tail
-heavier than a Gaussian's: the count is divided by the template's kurtosis over a Gaussian's
-(3), so that one road across a field counts for little.
+has many. Gradient images are spiky (a few strong edges carry most of the variance), which
+makes chance's tail heavier than a Gaussian's: the count is divided by the template's kurtosis
+over a Gaussian's (3), so that one road across a field counts for little.
 
 A peak is then judged against the best placement elsewhere in the same region, in these units
 (``Registration.sigmas_over_elsewhere``): chance correlations of aerial pictures are
