@@ -103,7 +103,7 @@ class SearchSettings(_Section):
     expansion: int = Field(10, ge=0, le=1000)  # query moved toward its nearest tiles; 0 = off
     locate: bool = True
     locate_shortlist: int = Field(64, ge=1, le=1000)
-    locate_min_margin: float = Field(0.15, ge=0, le=2)
+    locate_margin_sigmas: float = Field(1.5, ge=0, le=100)
 
 
 class MapSettings(_Section):

@@ -3,9 +3,12 @@
 The vectors' shortlist names scenes (indexed files) and the tiles in them that look like the
 query. Around each shortlisted tile the query picture is registered against the scene's pixels
 (``geosearch.register``: gradient images, normalised cross-correlation). Where it fits
-distinctly (its correlation beats the best elsewhere in the region searched by
-``search.locate_min_margin``) the query's place is found, and the same place in every other
-scene that covers it (other dates, other sensors) is registered too. Tiles covering the placed
+surely, the query's place is found, and the same place in every other scene that covers it
+(other dates, other sensors) is registered too. Sure is measured in the query's own texture:
+its correlation and the best elsewhere in the region searched, both in standard deviations of
+chance for as many independent pixels as the query has, must stand
+``search.locate_margin_sigmas`` apart (a texture-poor query needs a wider gap in correlation
+than a rich one), with a correlation of at least ``MIN_CORRELATION``. Tiles covering the placed
 query then lead the results, ordered by correlation times the share of the query they cover;
 the vectors' ranking follows. When the query's place is not in the database nothing fits, and
 the vectors' ranking stands unchanged.
@@ -32,10 +35,17 @@ from shapely.geometry import Polygon, mapping
 
 from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog
+from geosearch.config import SearchSettings
 from geosearch.errors import InputError
 from geosearch.orientation import ALL_ORIENTATIONS, IDENTITY, Orientation
 from geosearch.pixels import Window
-from geosearch.register import SCALE_SWEEP, QueryPicture, Registration, register
+from geosearch.register import (
+    SCALE_SWEEP,
+    QueryPicture,
+    Registration,
+    fisher_sigmas,
+    register,
+)
 from geosearch.sources import GeoRasterSource, open_source, pixel_footprint
 from geosearch.store import Store, TileRecord
 
@@ -54,8 +64,12 @@ EXPAND_PIXELS = 8
 # There, a query without a georeference is first tried at these factors of the first fit's
 # scale.
 RESCALE_AROUND = tuple(float(2 ** (k / 8)) for k in range(-4, 5))  # 0.71 .. 1.41
-# No fit with a lower correlation counts, however distinct.
+# No fit with a lower correlation counts, however far above its neighbours (in a small region
+# the best elsewhere is a poor sample of chance).
 MIN_CORRELATION = 0.4
+# A sure fit this many times ``search.locate_margin_sigmas`` above its neighbours ends the
+# search of the shortlist at once.
+OVERWHELMING = 2.0
 # A fit in another scene counts, however weak, when its corners land within this many pixels
 # (plus a share of the query's side) of where the first placement puts them: the same place.
 CONSISTENT_PIXELS = 4.0
@@ -104,6 +118,18 @@ class Placement:
     footprint_native: Polygon
     footprint: Any  # lon/lat geometry
     query_to_scene: Affine = field(repr=False)  # query image pixel -> scene pixel
+    independent_pixels: float = 1.0  # of the query against this scene (``register``)
+    elsewhere: float = 0.0  # the best correlation away from the peak in that region
+
+    @property
+    def sigmas(self) -> float:
+        """The correlation in standard deviations of chance (``register.fisher_sigmas``)."""
+        return fisher_sigmas(self.correlation, self.independent_pixels)
+
+    @property
+    def sigmas_over_elsewhere(self) -> float:
+        """How far it stands above the best placement elsewhere in its region, in sigmas."""
+        return self.sigmas - fisher_sigmas(self.elsewhere, self.independent_pixels)
 
     @property
     def query_transform(self) -> Affine:
@@ -116,6 +142,8 @@ class Placement:
             "path": self.path,
             "correlation": round(self.correlation, 4),
             "margin": round(self.margin, 4),
+            "sigmas": round(self.sigmas, 2),
+            "independent_pixels": round(self.independent_pixels, 1),
             "scale": round(self.scale, 4),
             "rotation": 90 * self.orientation.quarter_turns,
             "mirrored": self.orientation.mirrored,
@@ -169,12 +197,12 @@ class Locator:
         self,
         catalog: Catalog,
         image: QueryImage,
-        min_margin: float,
+        settings: SearchSettings,
         any_orientation: bool = False,
     ) -> None:
         self.catalog = catalog
         self.image = image
-        self.min_margin = min_margin
+        self.margin_sigmas = settings.locate_margin_sigmas
         self.orientations = ALL_ORIENTATIONS if any_orientation else (IDENTITY,)
         self.georeferenced = image.transform is not None and image.crs_wkt is not None
         self.picture = QueryPicture(image.grey, image.valid)
@@ -192,47 +220,57 @@ class Locator:
         self.close()
 
     def place(self, shortlist: Sequence[TileRecord]) -> list[Placement]:
-        """Placements of the query, best first: the best distinct fit around the shortlisted
-        tiles (see ``_fits``), then every other scene covering that place, registered again
-        there (kept if it fits distinctly too, or lands where the best placement says, within
+        """Placements of the query, best first: the surest fit around the shortlisted tiles
+        (see ``_sure``), then every other scene covering that place, registered again there
+        (kept if it fits surely too, or lands where the best placement says, within
         ``CONSISTENT_PIXELS``: the same ground seen another time).
 
         A query without a georeference is first looked for at scales around the first fit's in
         the other scenes; the best fit of all then sets the ground scale every scene is placed
         at (one query has one ground size, however much the place changed between dates)."""
-        anchor = None
-        for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while nothing fits
-            for path, region, scales in self._regions(shortlist[start : start + SHORTLIST_STEP]):
-                scene = self._scenes[path]
-                found = self._register(scene, path, region, scales, self.orientations)
-                if self._fits(found) and found.correlation > _correlation(anchor):
-                    anchor = found
-            if anchor is not None:
-                break
+        anchor = self._anchor(shortlist)
         if anchor is None:
             return []
         others = self._other_scenes(anchor)
         if not self.georeferenced:  # the best fit anywhere sets the scale
             for path in others:
                 found = self._place_again(anchor, path, RESCALE_AROUND)
-                if self._fits(found) and found.correlation > anchor.correlation:
+                if self._sure(found) and found.correlation > anchor.correlation:
                     anchor = found
             others = [path for path in [anchor.path, *others] if path != anchor.path]
         placed = [anchor]
         for path in others:
             found = self._place_again(anchor, path)
             expected = _in_scene_pixels(anchor, self._scenes[path])
-            if found is not None and (self._fits(found) or _lands_on(found, expected)):
+            if found is not None and (self._sure(found) or _lands_on(found, expected)):
                 placed.append(found)
         return sorted(placed, key=lambda p: -p.correlation)
 
-    def _fits(self, found: Placement | None) -> bool:
-        """A distinct fit: its margin over the best elsewhere at least ``min_margin``, and a
-        correlation of at least ``MIN_CORRELATION``."""
+    def _anchor(self, shortlist: Sequence[TileRecord]) -> Placement | None:
+        """The surest fit around the shortlisted tiles, searched ``SHORTLIST_STEP`` tiles at a
+        time until one is sure (see ``_sure``); a fit that stands ``OVERWHELMING`` times the
+        margin above its neighbours ends the search at once. None if none is sure."""
+        sure: list[Placement] = []
+        for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while none is sure
+            for path, region, scales in self._regions(shortlist[start : start + SHORTLIST_STEP]):
+                found = self._register(self._scenes[path], path, region, scales, self.orientations)
+                if not self._sure(found):
+                    continue
+                if found.sigmas_over_elsewhere >= OVERWHELMING * self.margin_sigmas:
+                    return found
+                sure.append(found)
+            if sure:
+                return max(sure, key=lambda p: p.sigmas)
+        return None
+
+    def _sure(self, found: Placement | None) -> bool:
+        """A sure fit: it stands ``margin_sigmas`` above the best placement elsewhere in its
+        region, in standard deviations of chance for this query's texture, with a correlation
+        of at least ``MIN_CORRELATION``."""
         return (
             found is not None
-            and found.margin >= self.min_margin
             and found.correlation >= MIN_CORRELATION
+            and found.sigmas_over_elsewhere >= self.margin_sigmas
         )
 
     # -- registration in one scene ---------------------------------------------------------
@@ -364,10 +402,6 @@ def _lands_on(found: Placement, expected: np.ndarray | None) -> bool:
     return float(np.abs(found.corners - expected[:4]).max()) <= tolerance
 
 
-def _correlation(placement: Placement | None) -> float:
-    return placement.correlation if placement is not None else -2.0
-
-
 def _merged(windows: Sequence[Window]) -> list[Window]:
     """Windows with overlapping ones replaced by their common bounding window whenever that is
     no larger than the two were apart (so no pixel is read twice without need)."""
@@ -443,6 +477,8 @@ def _placement(
         footprint_native=shapely.from_wkt(footprint.native_wkt),
         footprint=footprint.wgs84,
         query_to_scene=query_to_scene,
+        independent_pixels=found.independent_pixels,
+        elsewhere=found.elsewhere,
     )
 
 

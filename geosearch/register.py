@@ -7,10 +7,28 @@ scene's with normalised cross-correlation (OpenCV ``matchTemplate``), at one sca
 query's ground resolution is known and over a sweep of scales when it is not (a screenshot),
 and under the eight rotations/mirrors when asked. The best peak gives the query's window in the
 scene and a correlation in -1..1.
+
+How sure a peak is comes from the pictures' own texture (``independent_pixels``): neighbouring
+gradient pixels are not independent, and by Bartlett's formula the chance correlation of two
+unrelated pictures has a variance of (sum over lags of their autocorrelations' product) / pixels.
+The query's own autocorrelation stands in for both (a scene's would cost an FFT of every
+region searched). A query of broad, smooth structure (water, haze, cloud, one shore) has few
+independent pixels, so chance alone gives it high correlations; a query rich in small edges
+has many. Gradient images are spiky (a few strong edges carry most of the variance), which
+makes chance's tail heavier than a Gaussian's: the count is divided by the template's kurtosis
+over a Gaussian's (3), so that one road across a field counts for little.
+
+A peak is then judged against the best placement elsewhere in the same region, in these units
+(``Registration.sigmas_over_elsewhere``): chance correlations of aerial pictures are
+heavy-tailed and repeat where the ground does, so an absolute bar (what the best of that many
+independent placements reaches by chance) turned away true NAIP chips of poor texture and was
+not needed against the wrong fits measured; the gap to the neighbours separates the two
+(``bench/placements.py``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +52,9 @@ SCALE_SWEEP = tuple(float(2 ** (k / 4)) for k in range(-4, 5))  # 0.5 .. 2, step
 # Then the best is refined at full resolution over these factors (2^(1/16) apart, half a
 # sweep step either way).
 REFINE_STEPS = tuple(float(2 ** (k / 16)) for k in range(-2, 3))
+# Autocorrelations are summed out to this share of the template's shorter side (Bartlett's
+# formula; further lags are too noisy to estimate from one picture).
+AUTOCORRELATION_REACH = 0.25
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,26 @@ class Registration:
     margin: float  # correlation here minus the best elsewhere in the scene
     height: float  # the window's size in scene pixels (the turned, scaled query)
     width: float
+    elsewhere: float = 0.0  # the best correlation away from the peak
+    independent_pixels: float = 1.0  # of the query against this scene (see module docstring)
+
+    @property
+    def sigmas(self) -> float:
+        """The correlation as standard deviations of chance (Fisher's z times the square root
+        of the independent pixels)."""
+        return fisher_sigmas(self.correlation, self.independent_pixels)
+
+    @property
+    def sigmas_over_elsewhere(self) -> float:
+        """How far the peak stands above the best placement elsewhere, in the same units."""
+        return self.sigmas - fisher_sigmas(self.elsewhere, self.independent_pixels)
+
+
+def fisher_sigmas(correlation: float, independent_pixels: float) -> float:
+    """A correlation as standard deviations of the chance correlation of unrelated pictures
+    with ``independent_pixels`` (Fisher's transform: atanh(r) x sqrt(n - 3))."""
+    r = min(max(correlation, -0.999999), 0.999999)
+    return math.atanh(r) * math.sqrt(max(independent_pixels - 3.0, 1.0))
 
 
 def gradient_image(grey: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -91,6 +132,38 @@ def _best(
     return float(peak), float(peak - elsewhere), row, col
 
 
+def texture_of(template: np.ndarray) -> tuple[float, float]:
+    """(pixels per independent sample, spikiness) of a gradient template: the sum over lags
+    of its squared normalised autocorrelation (Bartlett's formula, taking the scene's texture
+    to be like the query's), at least 1, and its kurtosis over a Gaussian's, at least 1."""
+    reach = max(1, int(AUTOCORRELATION_REACH * min(template.shape)))
+    cell = max(1.0, float(np.sum(_autocorrelation(template, reach) ** 2)))
+    return cell, max(1.0, _kurtosis(template) / 3.0)
+
+
+def _kurtosis(image: np.ndarray) -> float:
+    """The fourth standardised moment of an image's values (3 for Gaussian ones)."""
+    values = np.asarray(image, dtype=np.float64)
+    centred = values - values.mean()
+    variance = float(np.mean(centred**2))
+    return float(np.mean(centred**4)) / variance**2 if variance > 0 else 3.0
+
+
+def _autocorrelation(image: np.ndarray, reach: int) -> np.ndarray:
+    """Normalised autocorrelation (biased estimate, 1 at lag 0) at lags -reach..reach."""
+    values = np.asarray(image, dtype=np.float64)
+    values = values - values.mean()
+    height, width = values.shape
+    spectrum = np.fft.rfft2(values, s=(height + reach, width + reach))
+    circular = np.fft.irfft2(spectrum * np.conj(spectrum), s=(height + reach, width + reach))
+    if circular[0, 0] <= 0:  # a flat picture: nothing correlates, one sample
+        out = np.zeros((2 * reach + 1, 2 * reach + 1))
+        out[reach, reach] = 1.0
+        return out
+    lags = np.r_[-reach : reach + 1]
+    return circular[np.ix_(lags, lags)] / circular[0, 0]
+
+
 def _valid_share(valid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """For every placement of a ``shape`` window in ``valid``, the share of valid pixels under
     it (the layout of ``matchTemplate``'s result)."""
@@ -108,6 +181,7 @@ class QueryPicture:
         self.grey = np.asarray(grey, dtype=np.float32)
         self.valid = valid if valid is not None and not valid.all() else None
         self._templates: dict[tuple[float, Orientation], np.ndarray | None] = {}
+        self._textures: dict[float, tuple[float, float]] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -126,6 +200,20 @@ class QueryPicture:
                 template = orientation.apply(gradient_image(resized, mask))
             self._templates[key] = template
         return self._templates[key]
+
+    def texture(self, scale: float) -> tuple[float, float]:
+        """``texture_of`` the template at ``scale`` (turns change neither)."""
+        key = round(scale, 6)
+        if key not in self._textures:
+            self._textures[key] = texture_of(self.template(scale, IDENTITY))
+        return self._textures[key]
+
+    def independent_pixels(self, scale: float) -> float:
+        """How many independent pixels the query has at ``scale`` (see the module docstring)."""
+        height, width = self.template(scale, IDENTITY).shape
+        valid = float(self.valid.mean()) if self.valid is not None else 1.0
+        cell, spikiness = self.texture(scale)
+        return height * width * valid / (cell * spikiness)
 
 
 def register(
@@ -171,7 +259,18 @@ def register(
         return None
     correlation, margin, row, col = _best(template, scene_gradient, scene_valid)
     height, width = template.shape
-    return Registration(row, col, scale, orientation, correlation, margin, height, width)
+    return Registration(
+        row,
+        col,
+        scale,
+        orientation,
+        correlation,
+        margin,
+        height,
+        width,
+        elsewhere=correlation - margin,
+        independent_pixels=query.independent_pixels(scale),
+    )
 
 
 def _refined_scale(

@@ -665,7 +665,7 @@ def place_query(
     index = index or index_for_search(catalog.store)
     shortlist = catalog.store.tiles(_shortlist(catalog, index, query, settings.locate_shortlist))
     any_orientation = query.turned is not None
-    with Locator(catalog, image, settings.locate_min_margin, any_orientation) as locator:
+    with Locator(catalog, image, settings, any_orientation) as locator:
         return locator.place(shortlist)
 
 

@@ -176,3 +176,55 @@ def _native(db, tile_id: int) -> str:
 
     with Store(db) as store:
         return store.tiles([tile_id])[0].footprint_native
+
+
+LANDSAT_RGB = ("B4", "B3", "B2")
+
+
+@pytest.fixture(scope="module")
+def landsat_rgb(tmp_path_factory: pytest.TempPathFactory):
+    """The Landsat 8 scene's B4,B3,B2 as one GeoTIFF, in a database of 64 px tiles."""
+    folder = tmp_path_factory.mktemp("landsat")
+    bands = []
+    for name in LANDSAT_RGB:
+        with rasterio.open(shared("landsat8", "LC08_L1TP_016037_20170813", f"{name}.TIF")) as src:
+            bands.append(src.read(1))
+            profile = src.profile | {"count": 3, "nodata": 0, "driver": "GTiff"}
+    scene = folder / "LC08_016037_20170813_rgb.tif"
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(np.stack(bands))
+        for number, name in enumerate(LANDSAT_RGB, start=1):
+            dst.set_band_description(number, name)
+    db = folder / "landsat.gpkg"
+    geosearch.ingest([scene], db, Settings().with_overrides({"tile_size": 64}))
+    return scene, db
+
+
+def test_a_landsat_chip_whose_place_is_not_sure_leaves_the_vectors_ranking(landsat_rgb, tmp_path):
+    scene, db = landsat_rgb
+    chip = tmp_path / "turned.tif"
+    with rasterio.open(scene) as src:  # turned, searched as it lies: its place can't be found
+        window = Window(150, 120, 64, 64)
+        pixels = Orientation(1, True).apply(src.read(window=window))
+        profile = src.profile | {
+            "width": 64,
+            "height": 64,
+            "transform": src.window_transform(window),
+        }
+    with rasterio.open(chip, "w", **profile) as dst:
+        dst.write(pixels)
+        for number, name in enumerate(LANDSAT_RGB, start=1):
+            dst.set_band_description(number, name)
+    [turned_back] = geosearch.similar(db, [chip], top=4, any_orientation=True)
+    [plain] = geosearch.similar(db, [chip], top=4, settings=LOCATE_OFF)
+    [result] = geosearch.similar(db, [chip], top=4)
+    truth = box(*rasterio.windows.bounds(window, _transform(scene)))
+    assert iou(turned_back.location.footprint_native, truth) > 0.8  # where its place is sure
+    assert result.location is None
+    assert [m.tile.id for m in result.matches] == [m.tile.id for m in plain.matches]
+    assert [m.score for m in result.matches] == [m.score for m in plain.matches]
+
+
+def _transform(path):
+    with rasterio.open(path) as src:
+        return src.transform
