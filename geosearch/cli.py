@@ -9,21 +9,17 @@ file; 4 database problem; 5 model/weights problem; 6 ingest finished but skipped
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from geosearch import SearchFilters, SearchRequest, __version__, api, engines
-from geosearch.config import Settings
-from geosearch.dates import DATE_SOURCES
+from geosearch import engines
 from geosearch.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -34,8 +30,33 @@ from geosearch.errors import (
     InputError,
 )
 from geosearch.formats import KINDS
-from geosearch.ingest import IngestReport
-from geosearch.sources import gdal_messages
+from geosearch.version import __version__
+
+if TYPE_CHECKING:
+    from geosearch.config import Settings
+    from geosearch.ingest import IngestReport
+    from geosearch.request import SearchRequest
+
+
+class _MadeOnUse:
+    """An object made at its first attribute access: the API module pulls in numpy, rasterio,
+    GDAL and FAISS, and rich's consoles take a while too; ``geosearch --version`` and
+    ``--help`` need none of them."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+
+    def made(self) -> Any:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.made(), attr)
+
+
+api: Any = _MadeOnUse(lambda: importlib.import_module("geosearch.api"))
 
 app = typer.Typer(
     add_completion=False,
@@ -43,15 +64,26 @@ app = typer.Typer(
     rich_markup_mode=None,  # help text as written: "[default: x]" and "geosearch[spark]" stay
     help="Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example.",
 )
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _console(**options: Any) -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True, **options)
+
+
+out: Any = _MadeOnUse(lambda: _console(width=None if sys.stdout.isatty() else 120))
+err: Any = _MadeOnUse(lambda: _console(stderr=True))
 
 T = TypeVar("T")
 
 
+VERSION_LINE = f"geosearch {__version__}"
+
+
 def _version(shown: bool) -> None:
     if shown:
-        out.print(f"geosearch {__version__}", markup=False)
+        out.print(VERSION_LINE, markup=False)
         raise typer.Exit()
 
 
@@ -67,6 +99,8 @@ def main_options(
     ] = False,
 ) -> None:
     """Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example."""
+    from geosearch.sources import gdal_messages
+
     gdal_messages(verbose)
 
 
@@ -164,6 +198,14 @@ class _ProgressBar:
     """Rich progress bar for ingest; skipped files are printed above it as they happen."""
 
     def __init__(self, enabled: bool, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.quiet = quiet
         self.bar = Progress(
             TextColumn("[bold]ingest"),
@@ -171,7 +213,7 @@ class _ProgressBar:
             MofNCompleteColumn(),
             TextColumn("files · {task.fields[tiles]} tiles"),
             TimeElapsedColumn(),
-            console=err,
+            console=err.made(),
             disable=not enabled,
             transient=False,
         )
@@ -368,6 +410,8 @@ def migrate(
 
 
 def _print_results(results: list, files, json_output: bool) -> None:
+    from rich.table import Table
+
     for result in results:
         _say_compared_on(result.query)
     for note in dict.fromkeys(note for result in results for note in result.notes):
@@ -524,6 +568,8 @@ def similar(
 
     Each query is saved as a feedback session: refine it with 'geosearch feedback SESSION'.
     """
+    from geosearch.request import SearchFilters, SearchRequest
+
     settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
     area = _run(lambda: api.load_area(within)) if within is not None else None
     filters = SearchFilters(
@@ -793,6 +839,8 @@ def _vector_line(vectors: dict[str, Any]) -> str:
 
 def _dates_line(sources: dict[str, int]) -> str:
     """Tiles per date source, undated last: "20 from names, 3 from metadata, 5 undated"."""
+    from geosearch.dates import DATE_SOURCES
+
     words = DATE_SOURCES
     shown = [f"{n} from {words.get(k, k)}" for k, n in sources.items() if k != "undated"]
     return ", ".join([*shown, f"{sources.get('undated', 0)} undated"])
@@ -800,6 +848,9 @@ def _dates_line(sources: dict[str, int]) -> str:
 
 def main() -> None:
     """Entry point of the ``geosearch`` console script."""
+    if sys.argv[1:] == ["--version"]:  # answered before Typer builds every command's options
+        print(VERSION_LINE)
+        return
     try:
         app()
     except KeyboardInterrupt:
