@@ -219,12 +219,16 @@ def write_results(
     out: PathLike = "results",
     preview_size: int = 256,
     settings: Settings | None = None,
-    previews: bool = True,
+    previews: int | str | None = None,
     parquet: bool = False,
 ) -> ResultFiles:
-    """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``."""
+    """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``.
+
+    ``previews``: results per query given a preview, a number, "all" or "none" (default: the
+    setting ``search.previews``); the others say ``preview: null``."""
+    count = (settings or Settings()).search.previews_per_query(previews)
     with open_database(Path(db), settings) as catalog:
-        files = _write_results(results, catalog, Path(out), preview_size, previews)
+        files = _write_results(results, catalog, Path(out), preview_size, count)
     if parquet:
         files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
     return files

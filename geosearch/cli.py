@@ -512,6 +512,14 @@ OutDir = Annotated[
     Path | None,
     typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
 ]
+Previews = Annotated[
+    str | None,
+    typer.Option(
+        "--previews",
+        help="Results of each query given a preview PNG: N (the top N), all or none; the "
+        "others say preview: null. [default: search.previews, 10]",
+    ),
+]
 AnyOrientation = Annotated[
     bool | None,
     typer.Option(
@@ -556,6 +564,7 @@ def similar(
     bad: BadIds = None,
     session: SessionName = None,
     out_dir: OutDir = None,
+    previews: Previews = None,
     any_orientation: AnyOrientation = None,
     engine: EngineOption = engines.DEFAULT_ENGINE,
     master: MasterOption = None,
@@ -570,7 +579,8 @@ def similar(
     """
     from geosearch.request import SearchFilters, SearchRequest
 
-    settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
+    overrides = {"search.top": top, "search.out": out_dir, "search.previews": previews}
+    settings, db_path = _settings(config, db, **overrides)
     area = _run(lambda: api.load_area(within)) if within is not None else None
     filters = SearchFilters(
         bbox=bbox, within=area, after=after, before=before, exclude_near=exclude_near,
@@ -687,7 +697,7 @@ def _similar_in_batch(
     files = _run(
         lambda: api.write_results(
             results, db_path, search.out, search.preview_size, settings,
-            previews=len(results) <= 20, parquet=True,
+            previews=None if len(results) <= 20 else "none", parquet=True,
         )
     )  # fmt: skip
     if json_output:
@@ -720,10 +730,13 @@ def feedback(
     config: ConfigOption = None,
     top: Top = None,
     out_dir: OutDir = None,
+    previews: Previews = None,
     json_output: JsonOption = False,
 ) -> None:
     """Mark a session's results good or bad and search again (or --export its marks)."""
-    settings, db_path = _settings(config, db, **{"search.out": out_dir})
+    settings, db_path = _settings(
+        config, db, **{"search.out": out_dir, "search.previews": previews}
+    )
     if export is not None and not (good or bad):
         written = _run(lambda: api.export_feedback(db_path, session, export, settings))
         err.print(f"wrote {written}", markup=False)
