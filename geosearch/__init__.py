@@ -16,6 +16,8 @@ The names are imported when first used (PEP 562), so ``import geosearch`` and
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from geosearch.version import __version__
@@ -58,19 +60,31 @@ _HOMES = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    """A public name, imported from its module on first use."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'geosearch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+class _Package(types.ModuleType):
+    """The package, whose public names are imported on first use. ``check``, ``feedback`` and
+    ``ingest`` are also submodules: importing one must not put the module where the API
+    function is (as the eager ``from geosearch.api import ...`` used to ensure)."""
+
+    def __getattr__(self, name: str) -> Any:
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module 'geosearch' has no attribute {name!r}")
+        module = importlib.import_module(home)
+        for public, where in _HOMES.items():
+            if where == home:
+                self.__dict__[public] = getattr(module, public)
+        return self.__dict__[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return  # a submodule named like an API function (sys.modules still has it)
+        super().__setattr__(name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *__all__})
 
 
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "BandLayoutError",

@@ -40,7 +40,7 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 PREVIEW_COMPRESSION = 1
 PREVIEW_WINDOWS_PER_TASK = 16  # windows of one file rendered by one thread, the file opened once
 SHEET_QUERIES = 3  # up to this many queries: a contact sheet each; more: one for the batch
-BATCH_SHEET_ROWS = 25  # the batch's contact sheet shows the first queries, one row each
+BATCH_SHEET_ROWS = 10  # the batch's contact sheet shows the first queries, one row each
 BATCH_SHEET_CELL = 128  # pixels per side of a cell of the batch's contact sheet
 
 
@@ -476,21 +476,22 @@ def write_results(
         ),
         preview_size,
     )
-    written: list[Path] = []
+    files: list[tuple[Path, bytes]] = []
     rows: list[list[tuple[bytes | None, Sequence[str]]]] = []
     for number, result in enumerate(shown, start=1):
         query = result.query
         query_png = rendered[_query_key(result)]
-        result.query_preview = _save(
-            query_png, previews_dir / f"query{number}.png", out_dir, written
-        )
+        result.query_preview = _save(query_png, previews_dir / f"query{number}.png", out_dir, files)
         cells = [(query_png, ["query", query.tiles[0].acquired or "", Path(query.path).name])]
         for match in result.matches[:previews]:
             png = rendered[(match.tile.path, match.tile.window)]
             name = f"query{number}_rank{match.rank}_tile{match.tile.id}.png"
-            match.preview = _save(png, previews_dir / name, out_dir, written)
+            match.preview = _save(png, previews_dir / name, out_dir, files)
             cells.append((png, _label(match)))
         rows.append(cells)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda file: _write_bytes(*file), files))
+    written = [path for path, _ in files]
     sheets = _write_contact_sheets(rows, out_dir, preview_size)
     geojson = out_dir / GEOJSON_NAME
     _write_bytes(geojson, json.dumps(feature_collection(results), indent=1).encode())
@@ -547,11 +548,13 @@ def _clear_earlier_results(out_dir: Path) -> None:
             raise OutputError(f"cannot replace {path}: {exc.strerror or exc}") from None
 
 
-def _save(png: bytes | None, path: Path, out_dir: Path, written: list[Path]) -> str | None:
+def _save(
+    png: bytes | None, path: Path, out_dir: Path, files: list[tuple[Path, bytes]]
+) -> str | None:
+    """Queue ``png`` to be written at ``path``; its name relative to ``out_dir`` (None: none)."""
     if png is None:
         return None
-    _write_bytes(path, png)
-    written.append(path)
+    files.append((path, png))
     return path.relative_to(out_dir).as_posix()
 
 
