@@ -126,7 +126,8 @@ def create_geopackage(path: Path, layer: str) -> None:
     (feature id ``id``, geometry ``geom``), created by GDAL itself.
 
     pyogrio is imported here, not with the module: its package imports geopandas and pandas
-    when they are installed (0.3 s), and only a new database needs it."""
+    when they are installed (0.3 s), and only a new database needs it. It must come before
+    TensorFlow (whose SQLite lacks R-tree): the Keras extractor imports it first."""
     from pyogrio.raw import write
 
     try:
