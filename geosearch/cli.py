@@ -26,8 +26,10 @@ from geosearch.errors import (
     EXIT_SKIPPED,
     ConfigError,
     DatabaseError,
+    DiskFullError,
     GeosearchError,
     InputError,
+    is_disk_full,
 )
 from geosearch.formats import KINDS
 from geosearch.version import __version__
@@ -126,6 +128,12 @@ def _run(action: Callable[[], T]) -> T:
     except GeosearchError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # a full disk met outside the API's writes: still one line
+        if not is_disk_full(exc):
+            raise
+        full = DiskFullError(getattr(exc, "filename", None) or "the database's files")
+        err.print(f"error: {full}", markup=False)
+        raise typer.Exit(full.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: committed work is kept; run the same command to resume")
         raise typer.Exit(EXIT_INTERRUPTED) from None

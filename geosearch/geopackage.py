@@ -103,7 +103,8 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite may have rolled back itself (a full disk, for one)
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,7 +39,7 @@ from filelock import FileLock, Timeout
 from shapely.geometry.base import BaseGeometry
 
 from geosearch import session_store
-from geosearch.errors import DatabaseError
+from geosearch.errors import DatabaseError, DiskFullError
 from geosearch.geopackage import (
     SQL_NOW,
     add_attributes_table,
@@ -54,6 +55,7 @@ from geosearch.session_store import SessionStore
 
 SCHEMA_VERSION = 1
 TILES = "tiles"
+FULL_DISK_BYTES = 1 << 20  # less free space than this: SQLite's -shm/-wal may not fit
 WGS84_SRS_ID = 4326
 _TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
                ("feedback_marks", "marked_at"))  # fmt: skip
@@ -126,7 +128,9 @@ class Store:
     """A geosearch GeoPackage, opened for reading or (with ``writer()``) for writing.
 
     ``readonly`` is True where this process can't write the database or its folder: it is then
-    opened read-only and immutable, and every write raises "permission denied: PATH".
+    opened read-only and immutable, and every write raises "permission denied: PATH". On a full
+    disk (``full``), where SQLite can't even make its shared-memory file, it is read the same
+    way and a write raises ``DiskFullError``.
     """
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
@@ -139,7 +143,14 @@ class Store:
         if not exists:
             self._create_atomically()
         self.readonly = not writable(self.path)
-        self._connection = self._connect(self.path, self.readonly)
+        self.full = False
+        try:
+            self._connection = self._connect(self.path, self.readonly)
+        except DatabaseError:
+            if self.readonly or not disk_full(self.path):
+                raise
+            self.readonly = self.full = True
+            self._connection = self._connect(self.path, readonly=True)
         self._check_is_ours()
         columns = {row[1] for row in self._connection.execute(f"PRAGMA table_info({TILES})")}
         self._has_date_source = "acquired_source" in columns
@@ -243,7 +254,10 @@ class Store:
         return transaction(self._connection)
 
     def refuse_if_readonly(self) -> None:
-        """``DatabaseError`` "permission denied: PATH" when the database can't be written here."""
+        """``DatabaseError`` "permission denied: PATH" when the database can't be written here
+        (``DiskFullError`` on a full disk)."""
+        if self.full:
+            raise DiskFullError(self.path)
         if self.readonly:
             raise DatabaseError(
                 f"permission denied: {self.path} (read-only here; reading commands work, "
@@ -701,6 +715,14 @@ def writable(path: Path) -> bool:
     """Whether this process may write the database and create files beside it (its journal,
     lock and index); False in a read-only folder, for a read-only file or on read-only media."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` has no room left for SQLite's journal files."""
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def _os_reason(exc: OSError) -> str:
