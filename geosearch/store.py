@@ -55,7 +55,7 @@ from geosearch.session_store import SessionStore
 
 SCHEMA_VERSION = 1
 TILES = "tiles"
-FULL_DISK_BYTES = 1 << 20  # less free space than this: SQLite's -shm/-wal may not fit
+FULL_DISK_BYTES = 256 << 10  # a failed open with less free space than this: a full disk
 WGS84_SRS_ID = 4326
 _TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
                ("feedback_marks", "marked_at"))  # fmt: skip
