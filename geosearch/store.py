@@ -28,7 +28,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -546,25 +546,35 @@ class Store:
         self, vectors: Sequence[tuple[int, np.ndarray]], dtype: str, drop_raw: bool
     ) -> None:
         """Replace tiles' vectors (stored as ``dtype``), dropping their raw features if asked,
-        in one transaction (``geosearch migrate``; the caller bumps the generation once)."""
+        in one transaction."""
         with self.transaction() as db:
-            for tile_id, vector in vectors:
-                db.execute(
-                    f"UPDATE {TILES} SET vector = ?"
-                    + (", features = NULL" if drop_raw else "")
-                    + " WHERE id = ?",
-                    (vector_blob(vector, dtype), tile_id),
-                )
+            _update_vectors(db, vectors, dtype, drop_raw)
 
-    def changed(self, meta: dict[str, Any]) -> None:
-        """Record new metadata and a new generation: every vector may have changed (the index
-        is rebuilt), then give the space freed back to the file system (VACUUM)."""
+    def convert_vectors(
+        self,
+        convert: Callable[[np.ndarray], np.ndarray],
+        dtype: str,
+        drop_raw: bool,
+        meta: dict[str, Any],
+        batch: int,
+    ) -> int:
+        """Every tile's vector replaced by ``convert`` of it (stored as ``dtype``, ``batch`` at a
+        time), raw features dropped if asked, ``meta`` recorded and a new generation (the index
+        is rebuilt), all in one transaction: a process killed half-way leaves the database as
+        it was (``geosearch migrate``). Then the space freed goes back to the file system
+        (VACUUM, itself atomic). Returns the tiles rewritten."""
+        tiles = 0
         with self.transaction() as db:
+            for ids, stored in self.vector_batches(batch):  # rows not yet rewritten, in order
+                _update_vectors(db, zip(ids.tolist(), convert(stored), strict=True), dtype,
+                                drop_raw)  # fmt: skip
+                tiles += len(ids)
             for key, value in meta.items():
                 self._set_meta(db, key, value)
             self._bump_generation(db, deleted=True)
         self._vector_dtype = None
         self._connection.execute("VACUUM")
+        return tiles
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -715,6 +725,17 @@ def writable(path: Path) -> bool:
     """Whether this process may write the database and create files beside it (its journal,
     lock and index); False in a read-only folder, for a read-only file or on read-only media."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _update_vectors(
+    db: sqlite3.Connection, vectors: Iterable[tuple[int, np.ndarray]], dtype: str, drop_raw: bool
+) -> None:
+    for tile_id, vector in vectors:
+        db.execute(
+            f"UPDATE {TILES} SET vector = ?" + (", features = NULL" if drop_raw else "")
+            + " WHERE id = ?",
+            (vector_blob(vector, dtype), tile_id),
+        )  # fmt: skip
 
 
 def disk_full(path: Path) -> bool:
