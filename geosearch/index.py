@@ -338,7 +338,7 @@ class VectorIndex:
         else:
             name = (
                 f"IVF{self.nlist},{_pq_codes(self.dim)} + exact re-rank of {self.rerank} "
-                "(float16 vectors file, read with pread)"
+                "(float16 vectors file, mapped)"
             )
             settings = {
                 "nlist": self.nlist,

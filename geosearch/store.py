@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -55,6 +56,7 @@ from geosearch.session_store import SessionStore
 
 SCHEMA_VERSION = 1
 TILES = "tiles"
+DAMAGE_LINES = 20  # problems ``check`` lists of a damaged SQLite file
 FULL_DISK_BYTES = 256 << 10  # a failed open with less free space than this: a full disk
 WGS84_SRS_ID = 4326
 _TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
@@ -502,6 +504,86 @@ class Store:
     def integrity(self) -> str:
         """SQLite's own integrity check: "ok" or the first problem found."""
         return str(self._connection.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def damage(self, limit: int = DAMAGE_LINES) -> list[str]:
+        """SQLite's integrity check, one line a problem, each damaged page named with the
+        table or index it belongs to (where SQLite's dbstat can still say); [] if whole."""
+        found = self._connection.execute(f"PRAGMA integrity_check({limit})").fetchall()
+        lines = [line for (text,) in found for line in str(text).splitlines()]
+        if lines == ["ok"]:
+            return []
+        try:
+            owners = dict(self._connection.execute("SELECT pageno, name FROM dbstat"))
+        except sqlite3.DatabaseError:
+            owners = {}
+        named = []
+        for line in lines:
+            if line.startswith("*** in database"):
+                continue
+            page = re.search(r"\bpage (\d+)", line)
+            owner = owners.get(int(page[1])) if page else None
+            named.append(f"{line} (page of {owner})" if owner else line)
+        return named
+
+    def salvage(self) -> tuple[Path, dict[str, int]]:
+        """Every row of geosearch's tables that can still be read, copied into a new database
+        beside this one: (its path, rows copied per table). ``check --repair`` of a damaged
+        file puts it in this one's place."""
+        target = self.path.with_name(f".{self.path.stem}.{os.getpid()}.salvaged.gpkg")
+        target.unlink(missing_ok=True)
+        copied: dict[str, int] = {}
+        with Store(target, create=True) as salvaged, transaction(salvaged._connection) as db:
+            for table in (TILES, "files", "geosearch_meta", *session_store.TABLES):
+                if not has_table(self._connection, table):
+                    continue
+                ours = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                theirs = [row[1] for row in self._connection.execute(f"PRAGMA table_info({table})")]
+                columns = [column for column in theirs if column in ours]
+                names = ", ".join(f'"{column}"' for column in columns)
+                insert = (
+                    f"INSERT OR REPLACE INTO {table} (rowid, {names}) "
+                    f"VALUES (?{', ?' * len(columns)})"
+                )
+                rows = self._readable_rows(table, names)
+                db.executemany(insert, rows)
+                copied[table] = len(rows)
+        return target, copied
+
+    def _readable_rows(self, table: str, names: str) -> list[tuple]:
+        """The rows of ``table`` that read (rowid and ``names``): in blocks, a failed block
+        row by row, an unreadable run of rowids stepped over."""
+        read = self._connection.execute
+        rows: list[tuple] = []
+        after = -(1 << 62)
+        try:
+            last = read(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+        except sqlite3.DatabaseError:
+            last = None
+        while last is None or after < last:
+            try:
+                block = read(f"SELECT rowid, {names} FROM {table} WHERE rowid > ? ORDER BY rowid "
+                             "LIMIT 256", (after,)).fetchall()  # fmt: skip
+            except sqlite3.DatabaseError:
+                block = None
+            if block == []:
+                return rows
+            if block:
+                rows += block
+                after = block[-1][0]
+                continue
+            try:  # rowids (a smaller read) of the block that failed, then each row alone
+                ids = [r[0] for r in read(f"SELECT rowid FROM {table} WHERE rowid > ? "
+                                          "ORDER BY rowid LIMIT 256", (after,))]  # fmt: skip
+            except sqlite3.DatabaseError:
+                if last is None:  # nothing says how far the damage goes: the rest is lost
+                    return rows
+                ids = [after + 1]
+            for rowid in ids:
+                with suppress(sqlite3.DatabaseError):  # else this row is lost
+                    rows += read(f"SELECT rowid, {names} FROM {table} WHERE rowid = ?",
+                                 (rowid,)).fetchall()  # fmt: skip
+            after = ids[-1]
+        return rows
 
     def tile_blobs(self) -> Iterator[tuple[int, str, bytes, bytes, bytes | None]]:
         """(id, path, vector, features, geometry) of every tile, as stored."""
