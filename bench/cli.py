@@ -28,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EUROSAT = ROOT.parent / "shared" / "data" / "eurosat"
-DEMO_QUERY = ["sample_tiles/naip/m_4709963_se_14_1_20090818.tif", "--tile", "3", "--top", "5"]
+DEMO_FILE = ROOT / "sample_tiles" / "naip" / "m_4709963_se_14_1_20090818.tif"
+DEMO_QUERY = [str(DEMO_FILE), "--tile", "3", "--top", "5"]
 # -P: the checkout under test comes from PYTHONPATH, not from the working folder
 GEOSEARCH = [
     sys.executable,
@@ -89,15 +90,15 @@ def main() -> None:
             (listed / f"{image.parent.name}_{image.name}").symlink_to(image)
         for db, source in ((demo, ROOT / "sample_tiles"), (euro, listed)):
             ingest = ["ingest", str(source), "--db", str(db), "--quiet"]
-            timed(ROOT, ingest, work, 1)
+            timed(ROOT, ingest, work, 1)  # in ``work``: no config.yaml there, the defaults
         queries = sorted(listed.iterdir())[: args.queries]
         batch = [*map(str, queries), "--top", str(args.top), "--json", "--db", str(euro)]
         figures: dict[str, object] = {"images": len(images), "queries": len(queries)}
         for name, code in codes.items():
             out = ["--db", str(demo), "--out", str(work / f"demo-{name}")]
             figures[name] = {
-                "version_s": timed(code, ["--version"], ROOT, args.repeat * 2),
-                "demo_query_s": timed(code, ["similar", *DEMO_QUERY, *out], ROOT, args.repeat),
+                "version_s": timed(code, ["--version"], work, args.repeat * 2),
+                "demo_query_s": timed(code, ["similar", *DEMO_QUERY, *out], work, args.repeat),
                 "batch_cli_s": timed(
                     code, ["similar", *batch, "--out", str(work / f"batch-{name}")], work, 1
                 ),
