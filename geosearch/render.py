@@ -42,6 +42,7 @@ PREVIEW_WINDOWS_PER_TASK = 16  # windows of one file rendered by one thread, the
 SHEET_QUERIES = 3  # up to this many queries: a contact sheet each; more: one for the batch
 BATCH_SHEET_ROWS = 10  # the batch's contact sheet shows the first queries, one row each
 BATCH_SHEET_CELL = 128  # pixels per side of a cell of the batch's contact sheet
+INDENTED_FEATURES = 1000  # similar.geojson is indented up to this many features
 
 
 @dataclass
@@ -494,7 +495,11 @@ def write_results(
     written = [path for path, _ in files]
     sheets = _write_contact_sheets(rows, out_dir, preview_size)
     geojson = out_dir / GEOJSON_NAME
-    _write_bytes(geojson, json.dumps(feature_collection(results), indent=1).encode())
+    collection = feature_collection(results)
+    # indented for a person up to INDENTED_FEATURES; larger files compact: json's C encoder
+    # only runs without indent (10,200 features: ~1 s less)
+    indent = 1 if len(collection["features"]) <= INDENTED_FEATURES else None
+    _write_bytes(geojson, json.dumps(collection, indent=indent).encode())
     located = [
         location_feature(result.location, number)
         for number, result in enumerate(results, start=1)
