@@ -12,7 +12,7 @@ from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines.base import IngestProgress, IngestReport
-from geosearch.errors import InputError
+from geosearch.errors import InputError, disk_full_said
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, write_similarity_maps
@@ -54,26 +54,18 @@ def ingest(
     exclude: Sequence[str] = (),
 ) -> IngestReport:
     """Ingest every image and scene under ``paths`` into ``db``; see
-    ``geosearch.ingest.ingest``."""
-    return _ingest(
-        [Path(p) for p in paths],
-        Path(db),
-        settings,
-        bands=bands,
-        progress=progress,
-        verify=verify,
-        dry_run=dry_run,
-        engine=engine,
-        master=master,
-        kind=kind,
-        include=include,
-        exclude=exclude,
-    )
+    ``geosearch.ingest.ingest``. A full disk: ``DiskFullError``; the same call resumes."""
+    with disk_full_said(db):
+        return _ingest(
+            [Path(p) for p in paths], Path(db), settings, bands=bands, progress=progress,
+            verify=verify, dry_run=dry_run, engine=engine, master=master, kind=kind,
+            include=include, exclude=exclude,
+        )  # fmt: skip
 
 
 def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
     """Delete files (or every file under folders) from ``db``: their tiles, vectors, index rows."""
-    with Store(Path(db)) as store, store.writer("remove"):
+    with disk_full_said(db), Store(Path(db)) as store, store.writer("remove"):
         known = {record.path for record in store.files()}
         chosen: list[str] = []
         for path in paths:
@@ -96,13 +88,15 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
 
 def check(db: PathLike, repair: bool = False, settings: Settings | None = None) -> CheckReport:
     """Verify ``db`` (counts, vectors, footprints, index); ``repair`` fixes what it can."""
-    return check_database(Path(db), repair, settings)
+    with disk_full_said(db):
+        return check_database(Path(db), repair, settings)
 
 
 def migrate(db: PathLike, settings: Settings | None = None) -> MigrateReport:
     """Project and shrink the vectors of a database made before compact vectors (or from too
     small a sample to project them then); see ``geosearch.migrate``."""
-    return _migrate(Path(db), settings)
+    with disk_full_said(db):
+        return _migrate(Path(db), settings)
 
 
 def similar(
@@ -178,7 +172,8 @@ def feedback(
 ) -> SearchResult:
     """Mark results of a session good/bad (by rank in its last results, or by tile id) and
     search again with every mark so far."""
-    return refine(Path(db), session, good, bad, by_rank=by_rank, top=top, settings=settings)
+    with disk_full_said(db):
+        return refine(Path(db), session, good, bad, by_rank=by_rank, top=top, settings=settings)
 
 
 def export_feedback(
@@ -219,12 +214,16 @@ def write_results(
     out: PathLike = "results",
     preview_size: int = 256,
     settings: Settings | None = None,
-    previews: bool = True,
+    previews: int | str | None = None,
     parquet: bool = False,
 ) -> ResultFiles:
-    """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``."""
+    """Write GeoJSON (and previews, contact sheets; a Parquet table) for ``results``.
+
+    ``previews``: results per query given a preview, a number, "all" or "none" (default: the
+    setting ``search.previews``); the others say ``preview: null``."""
+    count = (settings or Settings()).search.previews_per_query(previews)
     with open_database(Path(db), settings) as catalog:
-        files = _write_results(results, catalog, Path(out), preview_size, previews)
+        files = _write_results(results, catalog, Path(out), preview_size, count)
     if parquet:
         files.parquet = write_parquet(results, Path(out) / PARQUET_NAME)
     return files

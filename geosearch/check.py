@@ -10,6 +10,7 @@ next ``ingest`` reads those windows again), file counts corrected, the index reb
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from geosearch.index import IndexState, VectorIndex, index_path
 from geosearch.store import RAW_DTYPE, Store, vector_blob
 
 UNIT_TOLERANCE = 1e-3
+DAMAGED_SUFFIX = ".damaged"  # a repaired file's damaged original, kept beside it
 
 
 @dataclass
@@ -49,19 +51,50 @@ class CheckReport:
 
 
 def check_database(db: Path, repair: bool = False, settings: Settings | None = None) -> CheckReport:
-    """Check ``db``; with ``repair``, fix what can be fixed (holding the writer lock)."""
+    """Check ``db``; with ``repair``, fix what can be fixed (holding the writer lock). A
+    damaged SQLite file is repaired by copying what can still be read into a new one, which
+    takes its place (the damaged file is kept beside it, ``DAMAGED_SUFFIX``)."""
+    settings = settings or Settings()
     with Store(Path(db)) as store:
         if not repair:
-            return _check(store, repair=False, settings=settings or Settings())
+            return _check(store, repair=False, settings=settings)
         with store.writer("check --repair"):
-            return _check(store, repair=True, settings=settings or Settings())
+            damage = store.damage()
+            if not damage:
+                return _check(store, repair=True, settings=settings)
+            salvaged, copied = store.salvage()
+            store.close()
+            _put_in_place(salvaged, store.path)
+    with Store(Path(db)) as store, store.writer("check --repair"):
+        report = _check(store, repair=True, settings=settings, salvaged=True)
+    rows = ", ".join(f"{n} rows of {table}" for table, n in copied.items())
+    kept = (
+        f"what could be read ({rows}) copied into a new {store.path.name}, files missing tiles "
+        f"marked for the next ingest; the damaged file is kept as {store.path.name}"
+        f"{DAMAGED_SUFFIX}"
+    )
+    report.problems[:0] = [Problem("sqlite", line, fixed=True) for line in damage]
+    report.problems.insert(len(damage), Problem("sqlite", kept, fixed=True))
+    return report
 
 
-def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
+def _put_in_place(salvaged: Path, db: Path) -> None:
+    """The salvaged copy becomes ``db``; the damaged file (and its WAL) move aside first, so
+    that no journal of the damaged file is ever read with the new one."""
+    for suffix in ("", "-wal", "-shm"):
+        old = db.with_name(db.name + suffix)
+        if old.exists():
+            os.replace(old, db.with_name(db.name + DAMAGED_SUFFIX + suffix))
+    os.replace(salvaged, db)
+
+
+def _check(store: Store, repair: bool, settings: Settings, salvaged: bool = False) -> CheckReport:
+    """The checks (and with ``repair`` the fixes) of a whole SQLite file; ``salvaged``: rows
+    were lost, so files missing tiles are read again by the next ingest."""
     report = CheckReport(db=str(store.path))
-    verdict = store.integrity()
-    if verdict != "ok":
-        report.problems.append(Problem("sqlite", f"integrity check: {verdict}"))
+    damage = store.damage()
+    if damage:
+        report.problems += [Problem("sqlite", line) for line in damage]
         return report  # nothing else can be trusted
     catalog = open_catalog(store, settings)
     if catalog is None:
@@ -108,6 +141,8 @@ def _check(store: Store, repair: bool, settings: Settings) -> CheckReport:
         files_to_reingest.add(path)
         report.problems.append(Problem("files", f"{path}: tiles without a files record"))
     miscounted = [f for f in files if f.status == "done" and f.tiles != counts.get(f.path, 0)]
+    if salvaged:
+        files_to_reingest.update(record.path for record in miscounted)
     for record in miscounted:
         report.problems.append(
             Problem("files", f"{record.path}: recorded {record.tiles} tiles, has "

@@ -9,33 +9,56 @@ file; 4 database problem; 5 model/weights problem; 6 ingest finished but skipped
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from geosearch import SearchFilters, SearchRequest, __version__, api, engines
-from geosearch.config import Settings
-from geosearch.dates import DATE_SOURCES
+from geosearch import engines
 from geosearch.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SKIPPED,
     ConfigError,
     DatabaseError,
+    DiskFullError,
     GeosearchError,
     InputError,
+    is_disk_full,
 )
 from geosearch.formats import KINDS
-from geosearch.ingest import IngestReport
-from geosearch.sources import gdal_messages
+from geosearch.version import __version__
+
+if TYPE_CHECKING:
+    from geosearch.config import Settings
+    from geosearch.ingest import IngestReport
+    from geosearch.request import SearchRequest
+
+
+class _MadeOnUse:
+    """An object made at its first attribute access: the API module pulls in numpy, rasterio,
+    GDAL and FAISS, and rich's consoles take a while too; ``geosearch --version`` and
+    ``--help`` need none of them."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+
+    def made(self) -> Any:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.made(), attr)
+
+
+api: Any = _MadeOnUse(lambda: importlib.import_module("geosearch.api"))
 
 app = typer.Typer(
     add_completion=False,
@@ -43,15 +66,26 @@ app = typer.Typer(
     rich_markup_mode=None,  # help text as written: "[default: x]" and "geosearch[spark]" stay
     help="Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example.",
 )
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _console(**options: Any) -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True, **options)
+
+
+out: Any = _MadeOnUse(lambda: _console(width=None if sys.stdout.isatty() else 120))
+err: Any = _MadeOnUse(lambda: _console(stderr=True))
 
 T = TypeVar("T")
 
 
+VERSION_LINE = f"geosearch {__version__}"
+
+
 def _version(shown: bool) -> None:
     if shown:
-        out.print(f"geosearch {__version__}", markup=False)
+        out.print(VERSION_LINE, markup=False)
         raise typer.Exit()
 
 
@@ -67,6 +101,8 @@ def main_options(
     ] = False,
 ) -> None:
     """Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example."""
+    from geosearch.sources import gdal_messages
+
     gdal_messages(verbose)
 
 
@@ -92,6 +128,12 @@ def _run(action: Callable[[], T]) -> T:
     except GeosearchError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # a full disk met outside the API's writes: still one line
+        if not is_disk_full(exc):
+            raise
+        full = DiskFullError(getattr(exc, "filename", None) or "the database's files")
+        err.print(f"error: {full}", markup=False)
+        raise typer.Exit(full.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: committed work is kept; run the same command to resume")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -164,6 +206,14 @@ class _ProgressBar:
     """Rich progress bar for ingest; skipped files are printed above it as they happen."""
 
     def __init__(self, enabled: bool, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.quiet = quiet
         self.bar = Progress(
             TextColumn("[bold]ingest"),
@@ -171,7 +221,7 @@ class _ProgressBar:
             MofNCompleteColumn(),
             TextColumn("files · {task.fields[tiles]} tiles"),
             TimeElapsedColumn(),
-            console=err,
+            console=err.made(),
             disable=not enabled,
             transient=False,
         )
@@ -368,6 +418,8 @@ def migrate(
 
 
 def _print_results(results: list, files, json_output: bool) -> None:
+    from rich.table import Table
+
     for result in results:
         _say_compared_on(result.query)
     for note in dict.fromkeys(note for result in results for note in result.notes):
@@ -468,6 +520,14 @@ OutDir = Annotated[
     Path | None,
     typer.Option("--out", help="Folder for GeoJSON and previews. [default: results]"),
 ]
+Previews = Annotated[
+    str | None,
+    typer.Option(
+        "--previews",
+        help="Results of each query given a preview PNG: N (the top N), all or none; the "
+        "others say preview: null. [default: search.previews, 10]",
+    ),
+]
 AnyOrientation = Annotated[
     bool | None,
     typer.Option(
@@ -512,6 +572,7 @@ def similar(
     bad: BadIds = None,
     session: SessionName = None,
     out_dir: OutDir = None,
+    previews: Previews = None,
     any_orientation: AnyOrientation = None,
     engine: EngineOption = engines.DEFAULT_ENGINE,
     master: MasterOption = None,
@@ -524,7 +585,10 @@ def similar(
 
     Each query is saved as a feedback session: refine it with 'geosearch feedback SESSION'.
     """
-    settings, db_path = _settings(config, db, **{"search.top": top, "search.out": out_dir})
+    from geosearch.request import SearchFilters, SearchRequest
+
+    overrides = {"search.top": top, "search.out": out_dir, "search.previews": previews}
+    settings, db_path = _settings(config, db, **overrides)
     area = _run(lambda: api.load_area(within)) if within is not None else None
     filters = SearchFilters(
         bbox=bbox, within=area, after=after, before=before, exclude_near=exclude_near,
@@ -641,7 +705,7 @@ def _similar_in_batch(
     files = _run(
         lambda: api.write_results(
             results, db_path, search.out, search.preview_size, settings,
-            previews=len(results) <= 20, parquet=True,
+            previews=None if len(results) <= 20 else "none", parquet=True,
         )
     )  # fmt: skip
     if json_output:
@@ -674,10 +738,13 @@ def feedback(
     config: ConfigOption = None,
     top: Top = None,
     out_dir: OutDir = None,
+    previews: Previews = None,
     json_output: JsonOption = False,
 ) -> None:
     """Mark a session's results good or bad and search again (or --export its marks)."""
-    settings, db_path = _settings(config, db, **{"search.out": out_dir})
+    settings, db_path = _settings(
+        config, db, **{"search.out": out_dir, "search.previews": previews}
+    )
     if export is not None and not (good or bad):
         written = _run(lambda: api.export_feedback(db_path, session, export, settings))
         err.print(f"wrote {written}", markup=False)
@@ -793,6 +860,8 @@ def _vector_line(vectors: dict[str, Any]) -> str:
 
 def _dates_line(sources: dict[str, int]) -> str:
     """Tiles per date source, undated last: "20 from names, 3 from metadata, 5 undated"."""
+    from geosearch.dates import DATE_SOURCES
+
     words = DATE_SOURCES
     shown = [f"{n} from {words.get(k, k)}" for k, n in sources.items() if k != "undated"]
     return ", ".join([*shown, f"{sources.get('undated', 0)} undated"])
@@ -800,6 +869,9 @@ def _dates_line(sources: dict[str, int]) -> str:
 
 def main() -> None:
     """Entry point of the ``geosearch`` console script."""
+    if sys.argv[1:] == ["--version"]:  # answered before Typer builds every command's options
+        print(VERSION_LINE)
+        return
     try:
         app()
     except KeyboardInterrupt:

@@ -98,12 +98,30 @@ class SearchSettings(_Section):
     top: int = Field(5, ge=1, le=10000)
     out: Path = Path("results")
     preview_size: int = Field(256, ge=16, le=2048)
+    # results of each query given a preview PNG (and the query one): a number, all or none
+    previews: int | Literal["all", "none"] = 10
     orientations: Literal["as_is", "any"] = "as_is"
     orientation_bonus: float = Field(0.05, ge=0, le=1)
     expansion: int = Field(10, ge=0, le=1000)  # query moved toward its nearest tiles; 0 = off
     locate: bool = True
     locate_shortlist: int = Field(64, ge=1, le=1000)
     locate_margin_sigmas: float = Field(1.5, ge=0, le=100)
+
+    @field_validator("previews", mode="before")
+    @classmethod
+    def _count_or_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not (
+            value in ("all", "none") or (isinstance(value, int) and value >= 0)
+        ):
+            raise ValueError("expected a number of previews (0 or more), all or none")
+        return value
+
+    def previews_per_query(self, previews: int | str | None = None) -> int | None:
+        """``previews`` (default: ``self.previews``) as a count: None for all, 0 for none."""
+        chosen = self.previews if previews is None else previews
+        return {"all": None, "none": 0}.get(chosen, chosen)  # type: ignore[arg-type]
 
 
 class MapSettings(_Section):

@@ -7,6 +7,11 @@ callers of the Python API can catch either.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from os import PathLike
+
 
 class GeosearchError(Exception):
     """Base class: a problem the user can act on, with a one-line message."""
@@ -42,6 +47,40 @@ class DatabaseError(GeosearchError, OSError):
     """The database is missing, incompatible, locked or inconsistent."""
 
     exit_code = 4
+
+
+class DiskFullError(DatabaseError):
+    """The disk filled up while writing: what was committed is kept, the rest rolled back."""
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        super().__init__(
+            f"no space left on device writing {path}: free space and run the same command "
+            "again; it resumes"
+        )
+        self.path = path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error from the OS, SQLite ("database or disk is full") or FAISS (its C++
+    write errors carry the errno's text) means the disk or quota is full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "database or disk is full" in text or "No space left on device" in text
+
+
+@contextmanager
+def disk_full_said(path: str | PathLike[str]) -> Iterator[None]:
+    """Turn a full disk met while writing ``path`` (or the file the error names) into one
+    ``DiskFullError``, whatever layer met it."""
+    try:
+        yield
+    except GeosearchError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(getattr(exc, "filename", None) or path) from None
 
 
 class ModelError(GeosearchError, RuntimeError):

@@ -18,11 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-
-# GDAL (through pyogrio) and sqlite3 are loaded here, at import, on purpose: TensorFlow, when a
-# Keras model is used, brings its own SQLite without R-tree support, and libraries loaded after
-# it would bind to that one.
-from pyogrio.raw import write
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
@@ -108,7 +103,8 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite may have rolled back itself (a full disk, for one)
+            db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
 
@@ -128,7 +124,13 @@ def add_attributes_table(db: sqlite3.Connection, table: str, description: str) -
 
 def create_geopackage(path: Path, layer: str) -> None:
     """An empty GeoPackage (version ``GPKG_VERSION``) with one MultiPolygon layer in EPSG:4326
-    (feature id ``id``, geometry ``geom``), created by GDAL itself."""
+    (feature id ``id``, geometry ``geom``), created by GDAL itself.
+
+    pyogrio is imported here, not with the module: its package imports geopandas and pandas
+    when they are installed (0.3 s), and only a new database needs it. It must come before
+    TensorFlow (whose SQLite lacks R-tree): the Keras extractor imports it first."""
+    from pyogrio.raw import write
+
     try:
         write(
             str(path),

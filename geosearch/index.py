@@ -338,7 +338,7 @@ class VectorIndex:
         else:
             name = (
                 f"IVF{self.nlist},{_pq_codes(self.dim)} + exact re-rank of {self.rerank} "
-                "(float16 vectors file, read with pread)"
+                "(float16 vectors file, mapped)"
             )
             settings = {
                 "nlist": self.nlist,
@@ -454,9 +454,10 @@ class VectorIndex:
 
 
 class _RerankVectors:
-    """IVF's float16 rows for the exact re-rank: rows in a file, read with ``os.pread`` (not
-    ``np.memmap``, whose touched pages count towards the process's RSS), plus rows added
-    since the file was written, in memory until the next save."""
+    """IVF's float16 rows for the exact re-rank: rows in a file, mapped once and gathered
+    from the map (a query's 1000 rows: about 0.3 ms, against 2.7 ms for one ``os.pread`` a
+    row; the pages touched are file-backed, the kernel's to drop, though counted in RSS), plus
+    rows added since the file was written, in memory until the next save."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -467,6 +468,8 @@ class _RerankVectors:
         self.file_rows = 0
         self.writing = False  # a file being made by a streamed build (``create``)
         self._tail: list[np.ndarray] = []
+        self._map: mmap.mmap | None = None  # the file's rows, mapped by ``_mapped_rows``
+        self._mapped: np.ndarray | None = None
 
     @classmethod
     def create(cls, path: Path, dim: int) -> _RerankVectors:
@@ -521,19 +524,35 @@ class _RerankVectors:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         in_file = int(np.searchsorted(rows, self.file_rows))
         if in_file:
-            data = b"".join(
-                os.pread(self.fd, self.row_bytes, _VECTORS_HEADER.size + row * self.row_bytes)
-                for row in rows[:in_file].tolist()
-            )
-            if len(data) != in_file * self.row_bytes:
-                raise IndexFileError(
-                    f"{self.path} was truncated while in use; run the command again "
-                    "(the index is then rebuilt)"
-                )
-            out[:in_file] = np.frombuffer(data, dtype=_RERANK_DTYPE).reshape(in_file, self.dim)
+            out[:in_file] = self._mapped_rows()[rows[:in_file]]
         if in_file < len(rows):
             out[in_file:] = self._tail_rows()[rows[in_file:] - self.file_rows]
         return out
+
+    def _mapped_rows(self) -> np.ndarray:
+        """The file's ``file_rows`` rows, (file_rows, dim), from a read-only map of the file
+        made at the first read (again after an append in place or a new file)."""
+        if self._mapped is None or len(self._mapped) != self.file_rows:
+            self._unmap()
+            length = _VECTORS_HEADER.size + self.file_rows * self.row_bytes
+            try:
+                self._map = mmap.mmap(self.fd, length, access=mmap.ACCESS_READ)
+            except ValueError:  # "mmap length is greater than file size"
+                raise IndexFileError(
+                    f"{self.path} was truncated while in use; run the command again "
+                    "(the index is then rebuilt)"
+                ) from None
+            rows = np.frombuffer(self._map, _RERANK_DTYPE, self.file_rows * self.dim,
+                                 _VECTORS_HEADER.size)  # fmt: skip
+            self._mapped = rows.reshape(self.file_rows, self.dim)
+        return self._mapped
+
+    def _unmap(self) -> None:
+        self._mapped = None  # the map closes only once no array uses it
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a caller still holds rows: GC closes it
+                self._map.close()
+            self._map = None
 
     def dot(self, query: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Inner products of the consecutive rows ``start`` to ``stop`` with ``query``. Rows in
@@ -612,6 +631,7 @@ class _RerankVectors:
         return True
 
     def close(self) -> None:
+        self._unmap()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -6,7 +6,8 @@ projection stores them in full at float16 and, once grown, migrates the same way
 fits the projection on a sample of the stored vectors (as a new database fits it on its
 creation sample: ``vectors`` settings), rewrites every vector projected and at float16, drops
 the raw features unless ``vectors.raw_features`` keeps them, gives the space back (VACUUM)
-and lets the index be rebuilt. Searches give the same places; scores move a little.
+and lets the index be rebuilt. Searches give the same places; scores move a little. The
+rewrite is one transaction: a migration killed at any point leaves the database as it was.
 """
 
 from __future__ import annotations
@@ -59,22 +60,17 @@ def migrate(db: Path, settings: Settings | None = None) -> MigrateReport:
             if 0 < dims < fusion.raw_dim and len(sample) >= vectors.min_sample:
                 projection = Projection.fit(sample, dims, vectors.whitening)
                 fusion = replace(fusion, projection=projection)
-            tiles = 0
-            for ids, stored in store.vector_batches(REWRITE_BATCH):
-                projected = fusion.projection.apply(stored) if fusion.projection else stored
-                store.rewrite_vectors(
-                    list(zip(ids.tolist(), projected, strict=True)),
-                    VECTOR_DTYPE,
-                    drop_raw=not vectors.raw_features,
-                )
-                tiles += len(ids)
             settings_stored = store.meta("settings") | {"vectors": vectors.model_dump(mode="json")}
-            store.changed(
-                {
+            tiles = store.convert_vectors(
+                fusion.projection.apply if fusion.projection else lambda stored: stored,
+                VECTOR_DTYPE,
+                drop_raw=not vectors.raw_features,
+                meta={
                     "fusion": fusion.to_dict(),
                     "vector_dtype": VECTOR_DTYPE,
                     "settings": settings_stored,
-                }
+                },
+                batch=REWRITE_BATCH,
             )
         for path in (index_path(store.path), vectors_path(index_path(store.path))):
             path.unlink(missing_ok=True)  # rebuilt for the new vectors at the next search

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,14 @@ LOCATED_GEOJSON_NAME = "located.geojson"
 PARQUET_NAME = "similar.parquet"
 COORDINATE_DECIMALS = 7
 STRETCH_PERCENTILES = (2.0, 98.0)
+# zlib level of preview PNGs: 1 encodes a 256-px preview several times faster than PNG's usual 6
+# for files about a third larger (bench/README.md, "Previews").
+PREVIEW_COMPRESSION = 1
+PREVIEW_WINDOWS_PER_TASK = 16  # windows of one file rendered by one thread, the file opened once
+SHEET_QUERIES = 3  # up to this many queries: a contact sheet each; more: one for the batch
+BATCH_SHEET_ROWS = 10  # the batch's contact sheet shows the first queries, one row each
+BATCH_SHEET_CELL = 128  # pixels per side of a cell of the batch's contact sheet
+INDENTED_FEATURES = 1000  # similar.geojson is indented up to this many features
 
 
 @dataclass
@@ -60,19 +70,78 @@ def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    image.save(buffer, format="PNG", optimize=False, compress_level=PREVIEW_COMPRESSION)
     return buffer.getvalue()
 
 
 def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: int) -> bytes:
     """PNG of one tile (``window``) or of a whole file (``window=None``): a file of the database
     or a query (its RGB bands, or its first band where it lacks one)."""
-    with open_source(Path(path)) as source:
-        bands = catalog.manifest.query_bands(source, catalog.name)
-        shown = bands.shown()
-        read = [bands.read[slot] for slot in shown]
-        tile = source.overview(read, max_side) if window is None else source.read(window, read)
-    return render_png(bands.manifest.scale(tile, shown), tile.valid, max_side)
+    png = file_previews(catalog, path, [window], max_side, strict=True)[0]
+    assert png is not None  # strict: an unreadable window raised
+    return png
+
+
+def file_previews(
+    catalog: Catalog,
+    path: str,
+    windows: Sequence[Window | None],
+    max_side: int,
+    strict: bool = False,
+) -> list[bytes | None]:
+    """PNGs of ``windows`` of one file (``None``: the whole file), the file opened once and
+    each window read once. Not ``strict``: a file or window that cannot be read gets None."""
+    try:
+        with open_source(Path(path)) as source:
+            bands = catalog.manifest.query_bands(source, catalog.name)
+            shown = bands.shown()
+            read = [bands.read[slot] for slot in shown]
+            pngs: list[bytes | None] = []
+            for window in windows:
+                try:
+                    tile = (
+                        source.overview(read, max_side)
+                        if window is None
+                        else source.read(window, read)
+                    )
+                    pngs.append(render_png(bands.manifest.scale(tile, shown), tile.valid, max_side))
+                except GeosearchError:
+                    if strict:
+                        raise
+                    pngs.append(None)
+            return pngs
+    except GeosearchError:
+        if strict:
+            raise
+        return [None] * len(windows)
+
+
+PreviewKey = tuple[str, Window | None]
+
+
+def render_previews(
+    catalog: Catalog, wanted: Iterable[PreviewKey], max_side: int
+) -> dict[PreviewKey, bytes | None]:
+    """PNGs of (file, window) pairs, each rendered once, on a thread per core: windows are
+    grouped by file so that a file is opened once per few windows (GDAL, numpy's percentiles
+    and PNG encoding release the GIL)."""
+    by_file: dict[str, list[Window | None]] = {}
+    for path, window in dict.fromkeys(wanted):
+        by_file.setdefault(path, []).append(window)
+    tasks = [
+        (path, windows[start : start + PREVIEW_WINDOWS_PER_TASK])
+        for path, windows in by_file.items()
+        for start in range(0, len(windows), PREVIEW_WINDOWS_PER_TASK)
+    ]
+
+    def render(task: tuple[str, list[Window | None]]) -> list[bytes | None]:
+        return file_previews(catalog, task[0], task[1], max_side)
+
+    rendered: dict[PreviewKey, bytes | None] = {}
+    with ThreadPoolExecutor(max_workers=min(len(tasks), os.cpu_count() or 1) or 1) as pool:
+        for (path, windows), pngs in zip(tasks, pool.map(render, tasks), strict=True):
+            rendered.update(zip(((path, w) for w in windows), pngs, strict=True))
+    return rendered
 
 
 def lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
@@ -325,29 +394,37 @@ def _label(match: Match) -> list[str]:
     return [first, match.tile.acquired or "undated", Path(match.tile.path).name]
 
 
-def contact_sheet(images: Sequence[tuple[bytes | None, Sequence[str]]], cell: int) -> bytes:
-    """PNG of labelled previews side by side (query first, then results in rank order); each
-    label's lines are cut to the cell's width."""
+def contact_sheet(rows: Sequence[Sequence[tuple[bytes | None, Sequence[str]]]], cell: int) -> bytes:
+    """PNG of labelled previews, a row per query (the query first, then results in rank
+    order); each label's lines are cut to the cell's width."""
     line_height = max(14, cell // 14)
     font = ImageFont.load_default(size=max(10, line_height - 3))
-    lines = max(len(label) for _, label in images)
-    sheet = Image.new("RGB", (cell * len(images), cell + lines * line_height + 4), "white")
+    lines = max(len(label) for row in rows for _, label in row)
+    row_height = cell + lines * line_height + 4
+    columns = max(len(row) for row in rows)
+    sheet = Image.new("RGB", (cell * columns, row_height * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (png, label) in enumerate(images):
-        if png is not None:
-            with Image.open(io.BytesIO(png)) as picture:
-                picture = picture.convert("RGBA")
-                picture.thumbnail((cell, cell))
-                offset = (i * cell + (cell - picture.width) // 2, (cell - picture.height) // 2)
-                sheet.paste(picture, offset, picture)
-        else:
-            draw.text((i * cell + 4, cell // 2), "(missing)", fill="gray", font=font)
-        for n, text in enumerate(label):
-            shown = _fitted(text, font, cell - 8)
-            colour = "black" if n == 0 else "dimgray"
-            draw.text((i * cell + 4, cell + 2 + n * line_height), shown, fill=colour, font=font)
+    for r, row in enumerate(rows):
+        top = r * row_height
+        for i, (png, label) in enumerate(row):
+            if png is not None:
+                with Image.open(io.BytesIO(png)) as picture:
+                    picture = picture.convert("RGBA")
+                    picture.thumbnail((cell, cell))
+                    offset = (
+                        i * cell + (cell - picture.width) // 2,
+                        top + (cell - picture.height) // 2,
+                    )
+                    sheet.paste(picture, offset, picture)
+            else:
+                draw.text((i * cell + 4, top + cell // 2), "(missing)", fill="gray", font=font)
+            for n, text in enumerate(label):
+                shown = _fitted(text, font, cell - 8)
+                colour = "black" if n == 0 else "dimgray"
+                position = (i * cell + 4, top + cell + 2 + n * line_height)
+                draw.text(position, shown, fill=colour, font=font)
     buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
+    sheet.save(buffer, format="PNG", compress_level=PREVIEW_COMPRESSION)
     return buffer.getvalue()
 
 
@@ -377,38 +454,52 @@ def write_results(
     catalog: Catalog,
     out_dir: Path,
     preview_size: int,
-    previews: bool = True,
+    previews: int | None = 10,
 ) -> ResultFiles:
     """Write previews, contact sheets and similar.geojson under ``out_dir``.
 
-    Sets each result's preview paths (relative to ``out_dir``). A tile whose source file can no
-    longer be read gets no preview (``preview: null``); the rest are written.
+    ``previews``: how many results of each query get a preview (and the query one), in rank
+    order; None: all; 0: none. Sets those results' preview paths (relative to ``out_dir``); the
+    others, and a tile whose source file can no longer be read, say ``preview: null``. A
+    contact sheet is written per query up to ``SHEET_QUERIES`` queries, else one for the batch.
     """
     out_dir = Path(out_dir)
     previews_dir = prepare_output(out_dir)
     _clear_earlier_results(out_dir)
-    written: list[Path] = []
-    sheets: list[Path] = []
-    for number, result in enumerate(results if previews else [], start=1):
+    shown = [] if previews == 0 else results
+    rendered = render_previews(
+        catalog,
+        (
+            key
+            for result in shown
+            for key in [_query_key(result)]
+            + [(m.tile.path, m.tile.window) for m in result.matches[:previews]]
+        ),
+        preview_size,
+    )
+    files: list[tuple[Path, bytes]] = []
+    rows: list[list[tuple[bytes | None, Sequence[str]]]] = []
+    for number, result in enumerate(shown, start=1):
         query = result.query
-        window = query.tiles[0].window if len(query.tiles) == 1 else None
-        query_png = _try_preview(catalog, query.path, window, preview_size)
-        result.query_preview = _save(
-            query_png, previews_dir / f"query{number}.png", out_dir, written
-        )
+        query_png = rendered[_query_key(result)]
+        result.query_preview = _save(query_png, previews_dir / f"query{number}.png", out_dir, files)
         cells = [(query_png, ["query", query.tiles[0].acquired or "", Path(query.path).name])]
-        for match in result.matches:
-            png = _try_preview(catalog, match.tile.path, match.tile.window, preview_size)
+        for match in result.matches[:previews]:
+            png = rendered[(match.tile.path, match.tile.window)]
             name = f"query{number}_rank{match.rank}_tile{match.tile.id}.png"
-            match.preview = _save(png, previews_dir / name, out_dir, written)
+            match.preview = _save(png, previews_dir / name, out_dir, files)
             cells.append((png, _label(match)))
-        sheet_path = out_dir / (
-            "contact_sheet.png" if len(results) == 1 else f"contact_sheet_{number}.png"
-        )
-        _write_bytes(sheet_path, contact_sheet(cells, min(preview_size, 256)))
-        sheets.append(sheet_path)
+        rows.append(cells)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda file: _write_bytes(*file), files))
+    written = [path for path, _ in files]
+    sheets = _write_contact_sheets(rows, out_dir, preview_size)
     geojson = out_dir / GEOJSON_NAME
-    _write_bytes(geojson, json.dumps(feature_collection(results), indent=1).encode())
+    collection = feature_collection(results)
+    # indented for a person up to INDENTED_FEATURES; larger files compact: json's C encoder
+    # only runs without indent (10,200 features: ~1 s less)
+    indent = 1 if len(collection["features"]) <= INDENTED_FEATURES else None
+    _write_bytes(geojson, json.dumps(collection, indent=indent).encode())
     located = [
         location_feature(result.location, number)
         for number, result in enumerate(results, start=1)
@@ -419,6 +510,32 @@ def write_results(
         collection = {"type": "FeatureCollection", "features": located}
         _write_bytes(located_path, json.dumps(collection, indent=1).encode())
     return ResultFiles(geojson, written, sheets, located=located_path if located else None)
+
+
+def _query_key(result: SearchResult) -> PreviewKey:
+    """What a query's preview shows: its tile, or the whole file for a file's mean."""
+    query = result.query
+    return (query.path, query.tiles[0].window if len(query.tiles) == 1 else None)
+
+
+def _write_contact_sheets(
+    rows: Sequence[Sequence[tuple[bytes | None, Sequence[str]]]], out_dir: Path, preview_size: int
+) -> list[Path]:
+    """A sheet per query (``contact_sheet.png`` for one, ``contact_sheet_N.png`` for a few), or
+    one ``contact_sheet.png`` for a batch: a row per query, the first ``BATCH_SHEET_ROWS``."""
+    if not rows:
+        return []
+    if len(rows) == 1:
+        named = [(out_dir / "contact_sheet.png", rows[0])]
+    elif len(rows) <= SHEET_QUERIES:
+        named = [(out_dir / f"contact_sheet_{n}.png", row) for n, row in enumerate(rows, 1)]
+    else:
+        sheet = contact_sheet(rows[:BATCH_SHEET_ROWS], min(preview_size, BATCH_SHEET_CELL))
+        _write_bytes(out_dir / "contact_sheet.png", sheet)
+        return [out_dir / "contact_sheet.png"]
+    for path, row in named:
+        _write_bytes(path, contact_sheet([row], min(preview_size, 256)))
+    return [path for path, _ in named]
 
 
 def _clear_earlier_results(out_dir: Path) -> None:
@@ -436,18 +553,13 @@ def _clear_earlier_results(out_dir: Path) -> None:
             raise OutputError(f"cannot replace {path}: {exc.strerror or exc}") from None
 
 
-def _try_preview(catalog: Catalog, path: str, window: Window | None, size: int) -> bytes | None:
-    try:
-        return tile_preview(catalog, path, window, size)
-    except GeosearchError:
-        return None
-
-
-def _save(png: bytes | None, path: Path, out_dir: Path, written: list[Path]) -> str | None:
+def _save(
+    png: bytes | None, path: Path, out_dir: Path, files: list[tuple[Path, bytes]]
+) -> str | None:
+    """Queue ``png`` to be written at ``path``; its name relative to ``out_dir`` (None: none)."""
     if png is None:
         return None
-    _write_bytes(path, png)
-    written.append(path)
+    files.append((path, png))
     return path.relative_to(out_dir).as_posix()
 
 

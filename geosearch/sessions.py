@@ -10,6 +10,7 @@ again. The sessions' tables are ``geosearch.session_store``'s.
 from __future__ import annotations
 
 import getpass
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
-from geosearch.errors import ConfigError, ConflictError, InputError
+from geosearch.errors import ConfigError, ConflictError, InputError, is_disk_full
 from geosearch.request import SearchRequest
 from geosearch.search import (
     Query,
@@ -60,19 +61,30 @@ def search_and_save(db: Path, request: SearchRequest, settings: Settings) -> lis
     with open_database(db, settings) as catalog:
         request = _by_file(catalog, request)
         store = catalog.store
-        readonly = [f"{store.path} is read-only here: searched without saving a feedback session"]
-        results = search(catalog, request, settings, readonly if store.readonly else ())
+        unsaved = "searched without saving a feedback session"
+        state = "has no space left on device" if store.full else "is read-only here"
+        notes = [f"{store.path} {state}: {unsaved}"] if store.readonly else ()
+        results = search(catalog, request, settings, notes)
         if store.readonly:
             return results
         base = request.session or time.strftime("%Y%m%d-%H%M%S")
         marks = request.marks()
-        for number, result in enumerate(results, start=1):
-            name = base if len(results) == 1 else f"{base}-{number}"
-            saved = _one_query(request, result.query).saved()
-            store.sessions.save(name, current_user(), saved, [m.tile.id for m in result.matches])
-            if marks:
-                store.sessions.mark(name, marks, current_user())
-            result.session = name
+        try:
+            for number, result in enumerate(results, start=1):
+                name = base if len(results) == 1 else f"{base}-{number}"
+                saved = _one_query(request, result.query).saved()
+                matches = [m.tile.id for m in result.matches]
+                store.sessions.save(name, current_user(), saved, matches)
+                if marks:
+                    store.sessions.mark(name, marks, current_user())
+                result.session = name
+        except sqlite3.OperationalError as exc:  # the disk filled up: the results stand
+            if not is_disk_full(exc):
+                raise
+            kept = sum(result.session is not None for result in results)
+            lost = f"only {kept} of {len(results)} feedback sessions saved" if kept else unsaved
+            for result in results:
+                result.notes.append(f"{store.path} has no space left on device: {lost}")
         return results
 
 

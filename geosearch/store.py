@@ -25,9 +25,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from filelock import FileLock, Timeout
 from shapely.geometry.base import BaseGeometry
 
 from geosearch import session_store
-from geosearch.errors import DatabaseError
+from geosearch.errors import DatabaseError, DiskFullError
 from geosearch.geopackage import (
     SQL_NOW,
     add_attributes_table,
@@ -54,6 +56,8 @@ from geosearch.session_store import SessionStore
 
 SCHEMA_VERSION = 1
 TILES = "tiles"
+DAMAGE_LINES = 20  # problems ``check`` lists of a damaged SQLite file
+FULL_DISK_BYTES = 256 << 10  # a failed open with less free space than this: a full disk
 WGS84_SRS_ID = 4326
 _TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
                ("feedback_marks", "marked_at"))  # fmt: skip
@@ -126,7 +130,9 @@ class Store:
     """A geosearch GeoPackage, opened for reading or (with ``writer()``) for writing.
 
     ``readonly`` is True where this process can't write the database or its folder: it is then
-    opened read-only and immutable, and every write raises "permission denied: PATH".
+    opened read-only and immutable, and every write raises "permission denied: PATH". On a full
+    disk (``full``), where SQLite can't even make its shared-memory file, it is read the same
+    way and a write raises ``DiskFullError``.
     """
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
@@ -139,7 +145,14 @@ class Store:
         if not exists:
             self._create_atomically()
         self.readonly = not writable(self.path)
-        self._connection = self._connect(self.path, self.readonly)
+        self.full = False
+        try:
+            self._connection = self._connect(self.path, self.readonly)
+        except DatabaseError:
+            if self.readonly or not disk_full(self.path):
+                raise
+            self.readonly = self.full = True
+            self._connection = self._connect(self.path, readonly=True)
         self._check_is_ours()
         columns = {row[1] for row in self._connection.execute(f"PRAGMA table_info({TILES})")}
         self._has_date_source = "acquired_source" in columns
@@ -243,7 +256,10 @@ class Store:
         return transaction(self._connection)
 
     def refuse_if_readonly(self) -> None:
-        """``DatabaseError`` "permission denied: PATH" when the database can't be written here."""
+        """``DatabaseError`` "permission denied: PATH" when the database can't be written here
+        (``DiskFullError`` on a full disk)."""
+        if self.full:
+            raise DiskFullError(self.path)
         if self.readonly:
             raise DatabaseError(
                 f"permission denied: {self.path} (read-only here; reading commands work, "
@@ -489,6 +505,86 @@ class Store:
         """SQLite's own integrity check: "ok" or the first problem found."""
         return str(self._connection.execute("PRAGMA integrity_check").fetchone()[0])
 
+    def damage(self, limit: int = DAMAGE_LINES) -> list[str]:
+        """SQLite's integrity check, one line a problem, each damaged page named with the
+        table or index it belongs to (where SQLite's dbstat can still say); [] if whole."""
+        found = self._connection.execute(f"PRAGMA integrity_check({limit})").fetchall()
+        lines = [line for (text,) in found for line in str(text).splitlines()]
+        if lines == ["ok"]:
+            return []
+        try:
+            owners = dict(self._connection.execute("SELECT pageno, name FROM dbstat"))
+        except sqlite3.DatabaseError:
+            owners = {}
+        named = []
+        for line in lines:
+            if line.startswith("*** in database"):
+                continue
+            page = re.search(r"\bpage (\d+)", line)
+            owner = owners.get(int(page[1])) if page else None
+            named.append(f"{line} (page of {owner})" if owner else line)
+        return named
+
+    def salvage(self) -> tuple[Path, dict[str, int]]:
+        """Every row of geosearch's tables that can still be read, copied into a new database
+        beside this one: (its path, rows copied per table). ``check --repair`` of a damaged
+        file puts it in this one's place."""
+        target = self.path.with_name(f".{self.path.stem}.{os.getpid()}.salvaged.gpkg")
+        target.unlink(missing_ok=True)
+        copied: dict[str, int] = {}
+        with Store(target, create=True) as salvaged, transaction(salvaged._connection) as db:
+            for table in (TILES, "files", "geosearch_meta", *session_store.TABLES):
+                if not has_table(self._connection, table):
+                    continue
+                ours = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                theirs = [row[1] for row in self._connection.execute(f"PRAGMA table_info({table})")]
+                columns = [column for column in theirs if column in ours]
+                names = ", ".join(f'"{column}"' for column in columns)
+                insert = (
+                    f"INSERT OR REPLACE INTO {table} (rowid, {names}) "
+                    f"VALUES (?{', ?' * len(columns)})"
+                )
+                rows = self._readable_rows(table, names)
+                db.executemany(insert, rows)
+                copied[table] = len(rows)
+        return target, copied
+
+    def _readable_rows(self, table: str, names: str) -> list[tuple]:
+        """The rows of ``table`` that read (rowid and ``names``): in blocks, a failed block
+        row by row, an unreadable run of rowids stepped over."""
+        read = self._connection.execute
+        rows: list[tuple] = []
+        after = -(1 << 62)
+        try:
+            last = read(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+        except sqlite3.DatabaseError:
+            last = None
+        while last is None or after < last:
+            try:
+                block = read(f"SELECT rowid, {names} FROM {table} WHERE rowid > ? ORDER BY rowid "
+                             "LIMIT 256", (after,)).fetchall()  # fmt: skip
+            except sqlite3.DatabaseError:
+                block = None
+            if block == []:
+                return rows
+            if block:
+                rows += block
+                after = block[-1][0]
+                continue
+            try:  # rowids (a smaller read) of the block that failed, then each row alone
+                ids = [r[0] for r in read(f"SELECT rowid FROM {table} WHERE rowid > ? "
+                                          "ORDER BY rowid LIMIT 256", (after,))]  # fmt: skip
+            except sqlite3.DatabaseError:
+                if last is None:  # nothing says how far the damage goes: the rest is lost
+                    return rows
+                ids = [after + 1]
+            for rowid in ids:
+                with suppress(sqlite3.DatabaseError):  # else this row is lost
+                    rows += read(f"SELECT rowid, {names} FROM {table} WHERE rowid = ?",
+                                 (rowid,)).fetchall()  # fmt: skip
+            after = ids[-1]
+        return rows
+
     def tile_blobs(self) -> Iterator[tuple[int, str, bytes, bytes, bytes | None]]:
         """(id, path, vector, features, geometry) of every tile, as stored."""
         yield from self._connection.execute(
@@ -532,25 +628,35 @@ class Store:
         self, vectors: Sequence[tuple[int, np.ndarray]], dtype: str, drop_raw: bool
     ) -> None:
         """Replace tiles' vectors (stored as ``dtype``), dropping their raw features if asked,
-        in one transaction (``geosearch migrate``; the caller bumps the generation once)."""
+        in one transaction."""
         with self.transaction() as db:
-            for tile_id, vector in vectors:
-                db.execute(
-                    f"UPDATE {TILES} SET vector = ?"
-                    + (", features = NULL" if drop_raw else "")
-                    + " WHERE id = ?",
-                    (vector_blob(vector, dtype), tile_id),
-                )
+            _update_vectors(db, vectors, dtype, drop_raw)
 
-    def changed(self, meta: dict[str, Any]) -> None:
-        """Record new metadata and a new generation: every vector may have changed (the index
-        is rebuilt), then give the space freed back to the file system (VACUUM)."""
+    def convert_vectors(
+        self,
+        convert: Callable[[np.ndarray], np.ndarray],
+        dtype: str,
+        drop_raw: bool,
+        meta: dict[str, Any],
+        batch: int,
+    ) -> int:
+        """Every tile's vector replaced by ``convert`` of it (stored as ``dtype``, ``batch`` at a
+        time), raw features dropped if asked, ``meta`` recorded and a new generation (the index
+        is rebuilt), all in one transaction: a process killed half-way leaves the database as
+        it was (``geosearch migrate``). Then the space freed goes back to the file system
+        (VACUUM, itself atomic). Returns the tiles rewritten."""
+        tiles = 0
         with self.transaction() as db:
+            for ids, stored in self.vector_batches(batch):  # rows not yet rewritten, in order
+                _update_vectors(db, zip(ids.tolist(), convert(stored), strict=True), dtype,
+                                drop_raw)  # fmt: skip
+                tiles += len(ids)
             for key, value in meta.items():
                 self._set_meta(db, key, value)
             self._bump_generation(db, deleted=True)
         self._vector_dtype = None
         self._connection.execute("VACUUM")
+        return tiles
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -701,6 +807,25 @@ def writable(path: Path) -> bool:
     """Whether this process may write the database and create files beside it (its journal,
     lock and index); False in a read-only folder, for a read-only file or on read-only media."""
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _update_vectors(
+    db: sqlite3.Connection, vectors: Iterable[tuple[int, np.ndarray]], dtype: str, drop_raw: bool
+) -> None:
+    for tile_id, vector in vectors:
+        db.execute(
+            f"UPDATE {TILES} SET vector = ?" + (", features = NULL" if drop_raw else "")
+            + " WHERE id = ?",
+            (vector_blob(vector, dtype), tile_id),
+        )  # fmt: skip
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` has no room left for SQLite's journal files."""
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def _os_reason(exc: OSError) -> str:

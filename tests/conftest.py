@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyogrio  # noqa: F401  GDAL before TensorFlow, which test_keras_models imports when collected
 import pytest
 import rasterio
 from rasterio.transform import from_origin

@@ -97,3 +97,38 @@ def test_results_to_an_unwritable_place_is_a_clear_error_and_db_untouched(tmp_pa
     )
     assert result.returncode == 7 and result.stderr.startswith("error: cannot write results to")
     assert db.read_bytes() == before
+
+
+def test_a_damaged_sqlite_page_is_named_and_repair_keeps_what_can_be_read(tmp_path, stats_only):
+    folder, db = _db(tmp_path, stats_only)
+    with sqlite3.connect(db) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        [page] = connection.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'tiles' AND pagetype = 'leaf' LIMIT 1"
+        ).fetchone()
+    with open(db, "r+b") as f:  # garbage over the page's cell pointers
+        f.seek((page - 1) * page_size + 8)
+        f.write(b"\xff" * 64)
+    found = run_cli("check", "--db", str(db))
+    assert found.returncode == 4
+    assert f"problem: sqlite: On tree page {page} " in found.stdout
+    assert "(page of tiles)" in found.stdout
+    repaired = run_cli("check", "--repair", "--db", str(db))
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "copied into a new db.gpkg" in repaired.stdout
+    assert (tmp_path / "db.gpkg.damaged").exists()
+    report = json.loads(run_cli("check", "--db", str(db), "--json").stdout)
+    assert report["ok"] and report["files"] == 3 and report["tiles"] < 6
+    resumed = run_cli("ingest", str(folder), "--db", str(db), "--json",
+                      "--config", str(_stats_config(tmp_path)))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["tiles_added"] == 6 - report["tiles"]
+    assert json.loads(run_cli("check", "--db", str(db), "--json").stdout)["tiles"] == 6
+
+
+def _stats_config(folder):
+    """The settings ``stats_only`` gives the library, as a file for the command."""
+    config = folder / "stats.yaml"
+    config.write_text("features:\n  cnn:\n    weight: 0\n")
+    return config

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -105,3 +109,32 @@ def test_a_database_made_before_is_read_as_it_is_then_migrated(naip64, tmp_path)
     again = run_cli("migrate", "--db", str(legacy))
     assert again.returncode == 4 and "nothing to migrate" in again.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_migration_killed_half_way_leaves_the_database_as_it_was(naip64, tmp_path):
+    legacy = legacy_copy(naip64, tmp_path)
+    with sqlite3.connect(legacy) as connection:  # an empty WAL: its growth is the migration's
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    wal = legacy.with_name(legacy.name + "-wal")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geosearch", "migrate", "--db", str(legacy)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if wal.exists() and wal.stat().st_size > 1 << 20:  # a quarter of the vectors rewritten
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "migrate finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    check = run_cli("check", "--db", str(legacy), "--json")
+    assert check.returncode == 0, check.stdout
+    assert json.loads(check.stdout)["tiles"] == 900
+    facts = geosearch.info(legacy)["vectors"]
+    assert (facts["dim"], facts["dtype"], facts["projected"]) == (1084, "float32", False)
+    again = run_cli("migrate", "--db", str(legacy), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["tiles"] == 900
+    assert geosearch.info(legacy)["vectors"]["dtype"] == "float16"

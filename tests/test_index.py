@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -15,6 +20,7 @@ from geosearch.index import (
 )
 from geosearch.pixels import Window
 from geosearch.store import Store, TileRecord
+from tests.conftest import ROOT
 
 # IVF re-ranks from float16 rows: a cosine of unit vectors moves by at most about this.
 FLOAT16_ROUNDING = 3e-4
@@ -272,3 +278,30 @@ def test_a_streamed_build_equals_the_whole_build(tmp_path, data):
     loaded, _ = VectorIndex.load(path)
     np.testing.assert_array_equal(loaded.search(queries, 10)[1], whole.search(queries, 10)[1])
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_build_killed_half_way_leaves_no_index_or_a_whole_one(tmp_path, data):
+    """kill -9 while an IVF index is being built and saved: the next search finds the old
+    index, or none and builds it again, never half of one."""
+    ids, vectors, queries = data
+    db = tmp_path / "db.gpkg"
+    with Store(db, create=True) as store:
+        write_tiles(store, "a.tif", vectors)
+    build = f"from geosearch.index import open_index\nfrom geosearch.store import Store\n" \
+            f"open_index(Store({str(db)!r}), exact_max=500)"  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-c", build], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if list(tmp_path.glob("db.gpkg.faiss*.tmp*")):  # the build is writing its files
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, "the build finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert VectorIndex.load(index_path(db)) is None  # nothing saved half-way
+    with Store(db) as store:
+        index = open_index(store, exact_max=500)
+        stored_ids, stored = store.vectors()
+    assert (index.kind, index.count) == ("ivfpq", 4000)
+    truth = stored_ids[np.argsort(-(queries @ stored.T), axis=1)[:, :10]]
+    assert recall_at_10(index.search(queries, 10)[1], truth) >= 0.95

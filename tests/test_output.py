@@ -124,3 +124,68 @@ def test_a_chip_with_an_alpha_band_is_explained_to_ingest_and_searched_on_rgb(na
                      "--out", str(tmp_path / "r"))  # fmt: skip
     assert search.returncode == 0, search.stderr
     assert json.loads(search.stdout)["query"]["compared_on"]["missing"] == ["band4"]
+
+
+def test_previews_are_rendered_for_the_top_results_and_the_rest_say_null(naip_db, tmp_path):
+    out = tmp_path / "results"
+    run = run_cli("similar", str(YEARS[0]), "--tile", "1", "--db", str(naip_db), "--top", "5",
+                  "--previews", "2", "--out", str(out), "--json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    previews = [item["preview"] for item in shown["results"]]
+    assert previews[2:] == [None, None, None] and None not in previews[:2]
+    assert all((out / path).stat().st_size > 0 for path in previews[:2])
+    assert (out / shown["query"]["preview"]).exists()
+    assert len(list((out / "previews").iterdir())) == 3  # the query and its top 2
+    collection = json.loads((out / "similar.geojson").read_text())
+    results = [f["properties"] for f in collection["features"]]
+    results = [properties for properties in results if properties["role"] == "result"]
+    assert [p["preview"] for p in results] == previews and len(results) == 5
+    assert (out / "contact_sheet.png").exists()
+
+
+def test_no_previews_writes_no_picture_but_every_result(naip_db, tmp_path):
+    out = tmp_path / "results"
+    run = run_cli("similar", str(YEARS[0]), "--tile", "1", "--db", str(naip_db), "--top", "4",
+                  "--previews", "none", "--out", str(out), "--json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    assert [item["preview"] for item in shown["results"]] == [None] * 4
+    assert shown["query"]["preview"] is None
+    assert not list((out / "previews").iterdir()) and not list(out.glob("contact_sheet*"))
+    bad = run_cli("similar", str(YEARS[0]), "--db", str(naip_db), "--previews", "some")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().endswith("expected a number of previews (0 or more), all or none "
+                                       "(got 'some')")  # fmt: skip
+
+
+def test_a_batch_of_queries_gets_one_contact_sheet_a_row_each(naip_db, tmp_path):
+    from PIL import Image
+
+    from geosearch.render import BATCH_SHEET_CELL
+
+    results = geosearch.similar(naip_db, [YEARS[0]] * 4, top=3, tile=2)
+    few = geosearch.write_results(results[:2], naip_db, tmp_path / "few", preview_size=128)
+    assert [p.name for p in few.contact_sheets] == ["contact_sheet_1.png", "contact_sheet_2.png"]
+    files = geosearch.write_results(results, naip_db, tmp_path / "r", preview_size=256)
+    assert [p.name for p in files.contact_sheets] == ["contact_sheet.png"]
+    assert len(files.previews) == 4 * (1 + 3)  # each query and its results, as named before
+    with Image.open(files.contact_sheets[0]) as sheet, Image.open(few.contact_sheets[0]) as one:
+        assert sheet.width == 4 * BATCH_SHEET_CELL  # the query and 3 results a row
+        row = BATCH_SHEET_CELL + 3 * 14 + 4  # a cell and three lines of label
+        assert sheet.height == 4 * row and one.height == 128 + 3 * 14 + 4
+
+
+def test_a_window_is_rendered_once_and_an_unreadable_file_gets_no_preview(naip_db, tmp_path):
+    from geosearch.catalog import open_database
+    from geosearch.pixels import Window
+    from geosearch.render import render_previews, tile_preview
+
+    window = Window(0, 256, 256, 256)
+    wanted = [(str(YEARS[1]), window), (str(tmp_path / "gone.tif"), window)] * 3
+    with open_database(naip_db) as catalog:
+        rendered = render_previews(catalog, wanted, 128)
+        alone = tile_preview(catalog, str(YEARS[1]), window, 128)
+    assert len(rendered) == 2
+    assert rendered[(str(YEARS[1]), window)] == alone
+    assert rendered[(str(tmp_path / "gone.tif"), window)] is None

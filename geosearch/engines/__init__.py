@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from geosearch.engines.base import ingest_chunks
 from geosearch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,6 +46,8 @@ class Engine:
         master: str | None = None,
     ) -> None:
         """Ingest ``plans`` into ``catalog`` on this engine (``master``: where, if it asks)."""
+        from geosearch.engines.base import ingest_chunks  # numpy, the store: only when it runs
+
         scheduler = importlib.import_module(self.module).scheduler(settings, master)
         report.engine = scheduler.label
         ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)

@@ -185,6 +185,10 @@ class KerasCnnExtractor:
         )
 
     def _load(self):
+        # GDAL (pyogrio's, which creates databases) before TensorFlow: TensorFlow brings its own
+        # SQLite without R-tree support, and libraries loaded after it would bind to that one.
+        import pyogrio  # noqa: F401
+
         try:
             import keras
         except ImportError:

@@ -1,0 +1,63 @@
+"""Start-up: the command loads a library when a command uses it, not before (README "Start-up";
+the import table in bench/README.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import geosearch
+from tests.conftest import ROOT, SAMPLE_TILES
+
+HEAVY = ("tensorflow", "faiss", "pyspark", "fastapi", "cv2")
+LATER = ("numpy", "rasterio", "pyogrio", "geopandas", "pandas", "geosearch.api")
+
+
+def loaded_after(code: str) -> tuple[str, list[str]]:
+    """What a fresh interpreter prints running ``code``, and which of the heavy modules it has
+    loaded by then."""
+    probe = (
+        f"{code}\nimport json, sys\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY + LATER!r} if m in sys.modules)))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    *printed, loaded = run.stdout.splitlines()
+    return "\n".join(printed), json.loads(loaded)
+
+
+def test_importing_the_command_loads_no_heavy_library():
+    assert loaded_after("import geosearch.cli") == ("", [])
+
+
+def test_the_version_is_answered_before_any_library_loads():
+    printed, loaded = loaded_after(
+        "import sys\nfrom geosearch.cli import main\nsys.argv = ['geosearch', '--version']\nmain()"
+    )
+    assert printed == f"geosearch {geosearch.__version__}"
+    assert loaded == []
+
+
+def test_the_public_names_are_the_api_functions_even_after_their_namesake_modules_load():
+    printed, loaded = loaded_after(
+        "import geosearch.check, geosearch.feedback, geosearch.ingest\nimport geosearch\n"
+        "print([getattr(geosearch, n).__module__ for n in ('check', 'feedback', 'ingest')])"
+    )
+    assert printed == "['geosearch.api', 'geosearch.api', 'geosearch.api']"
+    assert "geosearch.api" in loaded
+
+
+def test_a_search_of_an_indexed_tile_loads_no_tensorflow_spark_or_fastapi(naip_db, tmp_path):
+    query = sorted((SAMPLE_TILES / "naip").glob("*.tif"))[0]
+    argv = ["geosearch", "similar", str(query), "--tile", "3", "--top", "3", "--db",
+            str(naip_db), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    printed, loaded = loaded_after(
+        f"import sys\nfrom geosearch.cli import main\nsys.argv = {argv!r}\n"
+        "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code"
+    )
+    assert json.loads(printed)["results"][0]["rank"] == 1
+    assert "faiss" in loaded  # the search ran on the index
+    assert not {"tensorflow", "pyspark", "fastapi", "geopandas", "pandas"} & set(loaded)
