@@ -31,6 +31,7 @@ from bench.protocols.compact import run_compact  # noqa: E402
 from bench.protocols.kinds import run_kinds  # noqa: E402
 from bench.protocols.offgrid import run_offgrid  # noqa: E402
 from bench.protocols.orientation import run_orientation  # noqa: E402
+from bench.protocols.placements import run_placements  # noqa: E402
 from bench.protocols.same_place import run_naip  # noqa: E402
 from bench.protocols.satellite import run_sentinel2  # noqa: E402
 from bench.protocols.scenes import run_scenes  # noqa: E402
@@ -52,6 +53,9 @@ def run(work: Path, quick: bool, only: str | None = None) -> None:
     if only == "semantic":
         run_kinds(work, quick)
         return
+    if only == "placements":
+        run_placements(work, quick, compare=True)
+        return
     for tile_size in (128,) if quick else (128, 256):
         run_naip(work, tile_size, quick)
         run_sentinel2(work, tile_size, quick)
@@ -61,6 +65,7 @@ def run(work: Path, quick: bool, only: str | None = None) -> None:
     run_compact(work, quick)
     if not quick:
         run_offgrid(work, quick)
+        run_placements(work, quick, compare=True)
         run_kinds(work, quick)
 
 
@@ -70,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="keep the databases here (default: temp)")
     parser.add_argument(
         "--only",
-        choices=["orientation", "offgrid", "scenes", "compact", "semantic"],
+        choices=["orientation", "offgrid", "placements", "scenes", "compact", "semantic"],
         help="run only this part: NAIP 128 px orientation, queries cut anywhere (offgrid), "
-        "whole scenes as queries, compact vectors, or kinds of places on EuroSAT (semantic)",
+        "false placements of the second stage (placements), whole scenes as queries, compact "
+        "vectors, or kinds of places on EuroSAT (semantic)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -23,7 +23,7 @@ A peak is then judged against the best placement elsewhere in the same region, i
 heavy-tailed and repeat where the ground does, so an absolute bar (what the best of that many
 independent placements reaches by chance) turned away true NAIP chips of poor texture and was
 not needed against the wrong fits measured; the gap to the neighbours separates the two
-(``bench/placements.py``).
+(``bench/protocols/placements.py``).
 """
 
 from __future__ import annotations

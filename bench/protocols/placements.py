@@ -16,8 +16,8 @@ changed places: chips where the scene's BQA marks cloud over >= 30 % (its clouds
 database too), chips with a 32 px block of elsewhere pasted in, and chips whose R,G,B hold
 B5,B6,B7 (another look of the same ground: NIR and SWIR edges).
 
-    .venv/bin/python bench/placements.py --quick --compare
-    .venv/bin/python bench/placements.py --set search.locate_margin_sigmas=2
+    .venv/bin/python -m bench.protocols.placements --quick --compare
+    .venv/bin/python -m bench.protocols.placements --set search.locate_margin_sigmas=2
 
 Hook into the quality runner: ``run_placements(work, quick)`` has ``run_offgrid``'s shape; one
 line in ``bench/quality.py``'s ``run`` (and ``placements`` in ``--only``) adds it.
@@ -35,31 +35,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from quality import (  # noqa: I001  (bench/ is on sys.path when run as a script)
+
+from bench.protocols.common import (
+    NAIP,
+    K,
+    ingest_into,
+    write_raster,
+    write_window,
+)
+from bench.protocols.common import naip_year as _year
+from bench.protocols.common import slug as _slug
+from bench.protocols.offgrid import (
     ABSENT,
     GRID,
-    LANDSAT,
-    NAIP,
     OFFSET,
     RELEVANT_COVER,
-    S2_RGB,
     SCALED,
     SCREENSHOT,
     TURNED,
     Chip,
     ChipProtocol,
-    K,
-    _slug,
-    _year,
     cut_chips,
-    ingest_into,
-    landsat_scenes,
-    sentinel2_scenes,
     tile_footprints,
-    write_raster,
-    write_window,
 )
-
+from bench.protocols.satellite import LANDSAT, S2_RGB, landsat_scenes, sentinel2_scenes
 from geosearch import GeosearchError, similar
 from geosearch.config import Settings
 
