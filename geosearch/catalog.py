@@ -305,7 +305,8 @@ def initialise_catalog(
 
     raw = features_of(sample)
     copies = None
-    if settings.vectors.learn_from_copies and manifest.scaling != "none":
+    projected = 0 < settings.vectors.dims and len(sample) >= settings.vectors.min_sample
+    if projected and settings.vectors.learn_from_copies and manifest.scaling != "none":
         copied = [copy for tile in sample for copy in invariance_copies(tile)]
         per_tile = len(copied) // max(len(sample), 1)
         copies = (np.repeat(raw, per_tile, axis=0), features_of(copied))

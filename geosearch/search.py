@@ -97,9 +97,10 @@ def similarity_of(cosine: float | np.ndarray) -> float | np.ndarray:
 class Match:
     """One result: its rank (1 = most similar), score and tile.
 
-    ``score`` orders the results: the vectors' cosine, or for a tile where the second stage
-    found the query's place (``located``), 1 + correlation x the share of the query it covers.
-    ``similarity`` is what people read: the cosine mapped to 0..1.
+    ``score`` orders the results: the cosine to the query as searched (expanded toward its
+    neighbours, moved by feedback), or for a tile where the second stage found the query's
+    place (``located``), 1 + correlation x the share of the query it covers. ``cosine`` is to
+    the query as given; ``similarity`` is what people read: that cosine mapped to 0..1.
     """
 
     rank: int
