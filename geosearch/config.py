@@ -164,7 +164,7 @@ class VectorSettings(_Section):
     whitening: float = Field(0.25, ge=0, le=0.5)  # divided by (eigenvalue + mean) ** this
     min_sample: int = Field(256, ge=2)  # fewer sample tiles at creation: no projection
     raw_features: bool = False  # also store each tile's raw features (check --repair re-fuses)
-    learn_from_copies: bool = True  # projection whitened against turned/zoomed sample copies
+    learn_from_copies: bool = False  # projection whitened against turned/zoomed sample copies
 
 
 class Settings(_Section):
