@@ -305,7 +305,7 @@ def initialise_catalog(
 
     raw = features_of(sample)
     copies = None
-    projected = 0 < settings.vectors.dims and len(sample) >= settings.vectors.min_sample
+    projected = settings.vectors.dims > 0 and len(sample) >= settings.vectors.min_sample
     if projected and settings.vectors.learn_from_copies and manifest.scaling != "none":
         copied = [copy for tile in sample for copy in invariance_copies(tile)]
         per_tile = len(copied) // max(len(sample), 1)
