@@ -1,0 +1,467 @@
+"""What changed between two dates: the places covered in both periods, ranked by change.
+
+A period is a year, a month or a day (``Period.parse``); a place is a tile position. Places
+covered in both periods are paired (``pair_places``): tiles on the same grid (the same native
+footprint), else tiles whose lon/lat footprints overlap by at least half of each. With several
+tiles of a place in one period, the one nearest the period's end is taken (``choices`` says how
+many there were).
+
+Each pair is scored from its stored vectors (``vector_change``: (1 - cosine) / 2, 0..1): the
+vectors are made to ignore a year's radiometry (layout standardised within the tile, CNN). On
+georeferenced imagery the top candidates then get a second look at their pixels
+(``pixel_change``): the later tile is registered on the earlier one (a few pixels of
+misalignment absorbed), each band of the later is fitted as ``a * before + b`` over the tile
+(a season's, a sensor's or haze's colours), and the change is the share of the tile whose
+local structure the fit does not explain. ``bench/changes.py`` measures both.
+
+Significance is the database's own: a pair is significant when its score stands out of the
+spread of this run's pair scores (median + ``changes.mad_k`` scaled MADs; for the second look,
+of a random sample of pairs looked at the same way), never above a fixed number.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import shapely
+from shapely.strtree import STRtree
+
+from geosearch.catalog import Catalog
+from geosearch.config import ChangeSettings
+from geosearch.errors import ConfigError, GeosearchError, InputError
+from geosearch.pixels import Window
+from geosearch.register import gradient_image
+from geosearch.search import similarity_of
+from geosearch.sources import open_source
+from geosearch.store import Store, TileRecord
+
+_PERIOD = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per median absolute deviation
+SHIFT = 3  # pixels of misalignment the second look absorbs, each way
+BLOCKS = 4  # the second look judges the tile in BLOCKS x BLOCKS blocks
+
+
+@dataclass(frozen=True)
+class Period:
+    """A span of days, first and last (ISO dates), as the user wrote it."""
+
+    text: str
+    first: str
+    last: str
+
+    @classmethod
+    def parse(cls, text: str, option: str = "DATE") -> Period:
+        """YYYY (a year), YYYY-MM (a month) or YYYY-MM-DD (a day); ``ConfigError`` otherwise."""
+        match = _PERIOD.fullmatch(text.strip())
+        try:
+            if not match:
+                raise ValueError(text)
+            year, month, day = (int(part) if part else None for part in match.groups())
+            if month is None:
+                return cls(text, f"{year:04d}-01-01", f"{year:04d}-12-31")
+            last_day = calendar.monthrange(year, month)[1]
+            if day is None:
+                return cls(
+                    text, f"{year:04d}-{month:02d}-01", f"{year:04d}-{month:02d}-{last_day:02d}"
+                )
+            if not 1 <= day <= last_day:
+                raise ValueError(text)
+            return cls(text, *[f"{year:04d}-{month:02d}-{day:02d}"] * 2)
+        except ValueError:
+            raise ConfigError(
+                f"{option}: expected a year, a month or a day (2018, 2018-07, 2018-07-20), "
+                f"got {text!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class PlacePair:
+    """One place seen in both periods: the tile taken in each, and how many there were."""
+
+    before: TileRecord
+    after: TileRecord
+    before_choices: int = 1
+    after_choices: int = 1
+    paired_by: str = "grid"  # "grid" (same native footprint) or "overlap"
+
+
+@dataclass
+class PlaceChange:
+    """A pair scored: ``change`` 0..1 (the second look's where there was one), significant."""
+
+    pair: PlacePair
+    change: float
+    vector_change: float
+    pixel_change: float | None
+    significant: bool
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        before, after = self.pair.before, self.pair.after
+        return {
+            "rank": self.rank,
+            "change": round(self.change, 4),
+            "significant": self.significant,
+            "vector_change": round(self.vector_change, 4),
+            "pixel_change": None if self.pixel_change is None else round(self.pixel_change, 4),
+            "before_id": before.id,
+            "after_id": after.id,
+            "before_file": before.path,
+            "after_file": after.path,
+            "before_date": before.acquired,
+            "after_date": after.acquired,
+            "before_tiles": self.pair.before_choices,
+            "after_tiles": self.pair.after_choices,
+            "paired_by": self.pair.paired_by,
+            "window": [before.window.row, before.window.col, before.window.width,
+                       before.window.height],
+        }  # fmt: skip
+
+
+@dataclass
+class ChangeResult:
+    """The top places by change, and what the run saw."""
+
+    before: Period
+    after: Period
+    places: list[PlaceChange]
+    pairs: int
+    significant: int
+    threshold: float
+    pixel_threshold: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.before.text, "to": self.after.text, "pairs": self.pairs,
+            "significant": self.significant, "threshold": round(self.threshold, 4),
+            "pixel_threshold": None if self.pixel_threshold is None
+            else round(self.pixel_threshold, 4),
+        }  # fmt: skip
+
+
+# -- pairing ---------------------------------------------------------------------------------
+
+
+def _latest(tiles: Iterable[TileRecord], key: Any) -> dict[Any, tuple[TileRecord, int]]:
+    """Per place (``key`` of a tile): the tile acquired last (then the highest id), and how
+    many the place had."""
+    chosen: dict[Any, tuple[TileRecord, int]] = {}
+    for tile in tiles:
+        place = key(tile)
+        held = chosen.get(place)
+        if held is None:
+            chosen[place] = (tile, 1)
+        else:
+            best = max(held[0], tile, key=lambda t: (t.acquired or "", t.id or 0))
+            chosen[place] = (best, held[1] + 1)
+    return chosen
+
+
+def _grid_key(tile: TileRecord) -> Any:
+    """Tiles on the same grid share their CRS and native footprint (else: their own id)."""
+    if tile.crs is None or tile.footprint_native is None:
+        return ("tile", tile.id)
+    return (tile.crs, tile.footprint_native)
+
+
+def period_ids(store: Store, period: Period, allowed: set[int] | None) -> list[int]:
+    """Tiles acquired in ``period`` that the filters allow, in id order."""
+    ids = store.ids_acquired(period.first, period.last)
+    return sorted(ids if allowed is None else ids & allowed)
+
+
+def pair_places(before: Sequence[TileRecord], after: Sequence[TileRecord]) -> list[PlacePair]:
+    """Every place covered in both periods: same grid first, else footprints overlapping by at
+    least half of each; the tile nearest each period's end per place."""
+    earlier = _latest(before, _grid_key)
+    later = _latest(after, _grid_key)
+    pairs = [
+        PlacePair(earlier[key][0], later[key][0], earlier[key][1], later[key][1])
+        for key in earlier.keys() & later.keys()
+    ]
+    left = [earlier[key] for key in earlier.keys() - later.keys()]
+    right = [later[key] for key in later.keys() - earlier.keys()]
+    pairs += _overlap_pairs(left, right)
+    pairs.sort(key=lambda pair: pair.before.id or 0)
+    return pairs
+
+
+def _overlap_pairs(
+    before: list[tuple[TileRecord, int]], after: list[tuple[TileRecord, int]]
+) -> list[PlacePair]:
+    """Pairs of places on different grids whose footprints overlap by at least half of each;
+    each place in one pair at most, the largest overlaps first."""
+    before = [held for held in before if held[0].footprint is not None]
+    after = [held for held in after if held[0].footprint is not None]
+    if not before or not after:
+        return []
+    shapes = [held[0].footprint for held in after]
+    tree = STRtree(shapes)
+    candidates = []
+    for i, (tile, _) in enumerate(before):
+        for j in tree.query(tile.footprint, predicate="intersects"):
+            other = shapes[j]
+            common = shapely.area(shapely.intersection(tile.footprint, other))
+            if common >= 0.5 * max(tile.footprint.area, other.area):
+                candidates.append((common, i, int(j)))
+    used_before: set[int] = set()
+    used_after: set[int] = set()
+    pairs = []
+    for _, i, j in sorted(candidates, reverse=True):
+        if i in used_before or j in used_after:
+            continue
+        used_before.add(i)
+        used_after.add(j)
+        (b, nb), (a, na) = before[i], after[j]
+        pairs.append(PlacePair(b, a, nb, na, "overlap"))
+    return pairs
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def vector_change(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """(n,) float32 change of row pairs of unit vectors: (1 - cosine) / 2, 0 the same."""
+    dots = np.einsum("ij,ij->i", before.astype(np.float32), after.astype(np.float32))
+    return (1.0 - similarity_of(dots)).astype(np.float32)
+
+
+def score_chunks(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Change of every pair, chunk by chunk (only the scores are kept: 4 bytes a pair)."""
+    parts = [vector_change(before, after) for before, after in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def top_order(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indexes of the ``count`` highest scores, highest first (a partial sort)."""
+    count = min(count, len(scores))
+    if count <= 0:
+        return np.zeros(0, np.int64)
+    chosen = np.argpartition(-scores, count - 1)[:count]
+    return chosen[np.argsort(-scores[chosen], kind="stable")]
+
+
+def spread_threshold(scores: np.ndarray, k: float) -> float:
+    """What stands out of a set of scores: median + ``k`` scaled median absolute deviations
+    (robust: the changed places themselves barely move it)."""
+    if not len(scores):
+        return float("inf")
+    middle = float(np.median(scores))
+    spread = float(np.median(np.abs(scores - middle))) * MAD_TO_SIGMA
+    return middle + k * max(spread, 1e-6)
+
+
+def _stored_vector_chunks(
+    store: Store, pairs: Sequence[PlacePair], size: int = 16_384
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(before, after) vectors of the pairs, ``size`` pairs at a time."""
+    for start in range(0, len(pairs), size):
+        chunk = pairs[start : start + size]
+        halves = []
+        for side in ("before", "after"):
+            ids = [getattr(pair, side).id for pair in chunk]
+            found, vectors = store.vectors(sorted(set(ids)))
+            row = {int(tid): n for n, tid in enumerate(found)}
+            halves.append(vectors[[row[tid] for tid in ids]])
+        yield halves[0], halves[1]
+
+
+# -- the second look: pixels -----------------------------------------------------------------
+
+
+def _read_scaled(catalog: Catalog, tile: TileRecord, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, h, w) float32 0..1 and validity of a tile's window grown by ``margin`` pixels
+    (clipped to the file), NaN-free."""
+    with open_source(Path(tile.path)) as source:
+        bands = catalog.manifest.query_bands(source, catalog.name)
+        read = [band for band in bands.read if band is not None]
+        w = tile.window
+        top, left = max(0, w.row - margin), max(0, w.col - margin)
+        bottom = min(source.height, w.row + w.height + margin)
+        right = min(source.width, w.col + w.width + margin)
+        grown = Window(top, left, right - left, bottom - top)
+        raw = source.read(grown, read)
+        return bands.manifest.scale(raw), raw.valid
+
+
+def _registered(
+    before: np.ndarray, after: np.ndarray, after_valid: np.ndarray, margin: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The part of ``after`` (read ``margin`` pixels wider) that best matches ``before``: the
+    shift, within ``margin`` pixels, maximising the correlation of their gradient images."""
+    grey_before = before.mean(axis=0)
+    grey_after = after.mean(axis=0)
+    template = gradient_image(grey_before)
+    scene = gradient_image(grey_after, after_valid)
+    height, width = grey_before.shape
+    if scene.shape[0] < height or scene.shape[1] < width:
+        return after[:, :height, :width], after_valid[:height, :width]
+    scores = cv2.matchTemplate(scene, template, cv2.TM_CCOEFF_NORMED)
+    np.nan_to_num(scores, copy=False, nan=-1.0)
+    row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    return after[:, row : row + height, col : col + width], after_valid[
+        row : row + height, col : col + width
+    ]
+
+
+def structure_change(
+    before: np.ndarray, after: np.ndarray, valid: np.ndarray, blocks: int = BLOCKS
+) -> float:
+    """Share of a tile (``blocks`` x ``blocks`` blocks) whose picture the later one does not
+    keep, after each band of ``after`` is fitted as ``a * before + b`` over the tile: per block,
+    (1 - correlation of the fitted bands' gradients) / 2, the mean of the worst quarter of the
+    blocks (a change of a quarter of the tile or more shows fully)."""
+    fitted = np.empty_like(after)
+    for band in range(before.shape[0]):
+        x, y = before[band][valid], after[band][valid]
+        if x.size < 16 or float(x.std()) < 1e-6:
+            fitted[band] = after[band]
+            continue
+        a, b = np.polyfit(x, y, 1)
+        fitted[band] = (after[band] - b) / a if abs(a) > 1e-6 else after[band]
+    gradients = [
+        np.stack([gradient_image(image[band], valid) for band in range(image.shape[0])])
+        for image in (before, fitted)
+    ]
+    height, width = valid.shape
+    rows = np.linspace(0, height, blocks + 1).astype(int)
+    cols = np.linspace(0, width, blocks + 1).astype(int)
+    scores = []
+    for top, bottom in zip(rows[:-1], rows[1:], strict=True):
+        for left, right in zip(cols[:-1], cols[1:], strict=True):
+            inside = valid[top:bottom, left:right]
+            if inside.mean() < 0.5:
+                continue
+            x = gradients[0][:, top:bottom, left:right][:, inside].ravel()
+            y = gradients[1][:, top:bottom, left:right][:, inside].ravel()
+            x, y = x - x.mean(), y - y.mean()
+            norm = float(np.sqrt((x @ x) * (y @ y)))
+            correlation = float(x @ y) / norm if norm > 0 else 1.0
+            scores.append((1.0 - correlation) / 2.0)
+    if not scores:
+        return 0.0
+    worst = np.sort(scores)[::-1][: max(1, len(scores) // 4)]
+    return float(np.mean(worst))
+
+
+def pixel_change(catalog: Catalog, pair: PlacePair) -> float | None:
+    """The second look at a pair's pixels (``structure_change`` after registration); None when
+    a file cannot be read any more."""
+    try:
+        before, before_valid = _read_scaled(catalog, pair.before, 0)
+        after, after_valid = _read_scaled(catalog, pair.after, SHIFT)
+    except (GeosearchError, OSError):
+        return None
+    after, after_valid = _registered(before, after, after_valid, SHIFT)
+    if after.shape != before.shape:
+        return None
+    return structure_change(before, after, before_valid & after_valid)
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+
+def find_changes(
+    catalog: Catalog,
+    before: Period,
+    after: Period,
+    allowed: set[int] | None,
+    top: int,
+    settings: ChangeSettings,
+) -> ChangeResult:
+    """The ``top`` places that changed most from ``before`` to ``after`` (see the module)."""
+    if before.first > after.last or before.first > after.first:
+        raise ConfigError(f"--from {before.text} is after --to {after.text}")
+    store = catalog.store
+    earlier = store.tiles(period_ids(store, before, allowed))
+    later = store.tiles(period_ids(store, after, allowed))
+    pairs = pair_places(earlier, later)
+    if not pairs:
+        raise InputError(
+            f"no place is covered in both periods: {before.text} holds {_holds(earlier)}, "
+            f"{after.text} holds {_holds(later)}"
+        )
+    scores = score_chunks(_stored_vector_chunks(store, pairs))
+    threshold = spread_threshold(scores, settings.mad_k)
+    looks = settings.second_look if catalog.manifest.scaling != "none" else 0
+    looks = min(looks, len(pairs))
+    order = top_order(scores, max(top, looks))
+    looked: dict[int, float] = {}
+    pixel_threshold = None
+    if looks:
+        reference = _reference_sample(len(pairs), settings.reference_pairs)
+        for index in dict.fromkeys([*order[:looks].tolist(), *reference.tolist()]):
+            value = pixel_change(catalog, pairs[index])
+            if value is not None:
+                looked[index] = value
+        sample = np.array([looked[i] for i in reference.tolist() if i in looked], np.float32)
+        pixel_threshold = spread_threshold(sample, settings.mad_k) if len(sample) else None
+    places = []
+    for index in order.tolist():
+        second = looked.get(index) if index in order[:looks] else None
+        significant = bool(scores[index] > threshold)
+        if second is not None and pixel_threshold is not None:
+            significant = significant and second > pixel_threshold
+        places.append(
+            PlaceChange(
+                pairs[index],
+                second if second is not None else float(scores[index]),
+                float(scores[index]),
+                second,
+                significant,
+            )  # fmt: skip
+        )
+    places.sort(key=lambda place: (place.pixel_change is None, -place.change))
+    places = places[:top]
+    for rank, place in enumerate(places, start=1):
+        place.rank = rank
+    flagged = int((scores > threshold).sum())
+    if looks:  # the second look overrules the vectors where it looked
+        vetoed = sum(
+            1 for i in order[:looks].tolist()
+            if scores[i] > threshold and pixel_threshold is not None and i in looked
+            and looked[i] <= pixel_threshold
+        )  # fmt: skip
+        flagged -= vetoed
+    return ChangeResult(before, after, places, len(pairs), flagged, threshold, pixel_threshold,
+                        _notes(pairs, before, after))  # fmt: skip
+
+
+def _reference_sample(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """Pairs drawn at random (all when fewer): what an ordinary place scores on the pixels."""
+    if count <= size:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+
+
+def _holds(tiles: Sequence[TileRecord]) -> str:
+    """What a period holds: "no tile", or "12 tiles of 2 files (2014-07-20..2014-07-20)"."""
+    if not tiles:
+        return "no tile"
+    dates = sorted(t.acquired for t in tiles if t.acquired)
+    files = len({t.path for t in tiles})
+    return f"{len(tiles)} tiles of {files} file{'s' * (files != 1)} ({dates[0]}..{dates[-1]})"
+
+
+def _notes(pairs: Sequence[PlacePair], before: Period, after: Period) -> list[str]:
+    """What the user should know of the pairing."""
+    notes = []
+    for period, side in ((before, "before"), (after, "after")):
+        several = sum(getattr(pair, f"{side}_choices") > 1 for pair in pairs)
+        if several:
+            notes.append(
+                f"{several} places have several tiles in {period.text}: the one nearest "
+                f"{period.last} was taken"
+            )
+    overlapped = sum(pair.paired_by == "overlap" for pair in pairs)
+    if overlapped:
+        notes.append(f"{overlapped} places paired by footprint overlap (other grids)")
+    return notes
