@@ -22,6 +22,8 @@ of a random sample of pairs looked at the same way), never above a fixed number.
 from __future__ import annotations
 
 import calendar
+import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,14 +33,24 @@ from typing import Any
 import cv2
 import numpy as np
 import shapely
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
 
 from geosearch.catalog import Catalog
-from geosearch.config import ChangeSettings
+from geosearch.config import ChangeSettings, MapSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError
+from geosearch.maps import (
+    CHANGE,
+    SimilarityMap,
+    change_of,
+    tile_values,
+    write_pixel_change_map,
+    write_tile_map,
+)
 from geosearch.pixels import Window
 from geosearch.register import gradient_image
-from geosearch.search import similarity_of
+from geosearch.render import contact_sheet, feature, prepare_output, render_previews, write_bytes
 from geosearch.sources import open_source
 from geosearch.store import Store, TileRecord
 
@@ -79,6 +91,15 @@ class Period:
                 f"{option}: expected a year, a month or a day (2018, 2018-07, 2018-07-20), "
                 f"got {text!r}"
             ) from None
+
+
+def periods(date_from: str, date_to: str) -> tuple[Period, Period]:
+    """The two periods compared; ``ConfigError`` if one does not parse or --from starts after
+    --to."""
+    before, after = Period.parse(date_from, "--from"), Period.parse(date_to, "--to")
+    if before.first > after.first:
+        raise ConfigError(f"--from {before.text} starts after --to {after.text}")
+    return before, after
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,8 @@ class ChangeResult:
     threshold: float
     pixel_threshold: float | None
     notes: list[str] = field(default_factory=list)
+    all_pairs: list[PlacePair] = field(default_factory=list, repr=False)  # every pair scored
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,7 +254,7 @@ def _overlap_pairs(
 def vector_change(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     """(n,) float32 change of row pairs of unit vectors: (1 - cosine) / 2, 0 the same."""
     dots = np.einsum("ij,ij->i", before.astype(np.float32), after.astype(np.float32))
-    return (1.0 - similarity_of(dots)).astype(np.float32)
+    return change_of(dots).astype(np.float32)
 
 
 def score_chunks(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -378,8 +401,6 @@ def find_changes(
     settings: ChangeSettings,
 ) -> ChangeResult:
     """The ``top`` places that changed most from ``before`` to ``after`` (see the module)."""
-    if before.first > after.last or before.first > after.first:
-        raise ConfigError(f"--from {before.text} is after --to {after.text}")
     store = catalog.store
     earlier = store.tiles(period_ids(store, before, allowed))
     later = store.tiles(period_ids(store, after, allowed))
@@ -432,7 +453,7 @@ def find_changes(
         )  # fmt: skip
         flagged -= vetoed
     return ChangeResult(before, after, places, len(pairs), flagged, threshold, pixel_threshold,
-                        _notes(pairs, before, after))  # fmt: skip
+                        _notes(pairs, before, after), list(pairs), scores)  # fmt: skip
 
 
 def _reference_sample(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -465,3 +486,93 @@ def _notes(pairs: Sequence[PlacePair], before: Period, after: Period) -> list[st
     if overlapped:
         notes.append(f"{overlapped} places paired by footprint overlap (other grids)")
     return notes
+
+
+# -- what a run leaves on disk ---------------------------------------------------------------
+
+GEOJSON_NAME = "changes.geojson"
+SHEET_NAME = "contact_sheet.png"
+
+
+@dataclass
+class ChangeFiles:
+    """Paths written for a run of ``changes``."""
+
+    geojson: Path
+    contact_sheet: Path | None
+    previews: list[Path]
+    maps: list[SimilarityMap] = field(default_factory=list)
+
+
+def change_collection(result: ChangeResult) -> dict[str, Any]:
+    """RFC 7946 FeatureCollection: each place's footprint (the earlier tile's) and its change."""
+    features = [
+        feature(place.pair.before.footprint or place.pair.after.footprint, place.to_dict())
+        for place in result.places
+    ]
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_changes(
+    result: ChangeResult, catalog: Catalog, out_dir: Path, preview_size: int
+) -> ChangeFiles:
+    """``changes.geojson``, before and after previews of each place and a contact sheet of
+    the pairs (a row each, labelled) in ``out_dir``."""
+    previews_dir = prepare_output(out_dir)
+    keys = [(tile.path, tile.window) for place in result.places
+            for tile in (place.pair.before, place.pair.after)]  # fmt: skip
+    rendered = render_previews(catalog, keys, preview_size)
+    rows, written = [], []
+    for place in result.places:
+        cells = []
+        for side, tile in (("before", place.pair.before), ("after", place.pair.after)):
+            png = rendered[(tile.path, tile.window)]
+            if png is not None:
+                path = previews_dir / f"change{place.rank}_{side}.png"
+                write_bytes(path, png)
+                written.append(path)
+            label = [f"#{place.rank} {side}" + (
+                f"  change {place.change:.2f}{' *' * place.significant}" if side == "before"
+                else ""), tile.acquired or "", Path(tile.path).name]  # fmt: skip
+            cells.append((png, label))
+        rows.append(cells)
+    sheet = None
+    if rows:
+        sheet = Path(out_dir) / SHEET_NAME
+        write_bytes(sheet, contact_sheet(rows, min(preview_size, 256)))
+    geojson = Path(out_dir) / GEOJSON_NAME
+    write_bytes(geojson, json.dumps(change_collection(result), indent=1).encode())
+    return ChangeFiles(geojson, sheet, written)
+
+
+def change_maps(
+    result: ChangeResult,
+    catalog: Catalog,
+    tiles: Path | None,
+    pixels: Path | None,
+    area: BaseGeometry | None,
+    settings: MapSettings,
+) -> list[SimilarityMap]:
+    """``tiles``: every pair's change from its vectors on the tile grid (at the earlier tile's
+    cell); ``pixels`` (embedding databases): every pixel's change over ``area`` (default: the
+    places paired)."""
+    written = []
+    if tiles is not None:
+        ids = np.array([pair.before.id for pair in result.all_pairs], np.int64)
+        grid, values, count = tile_values(catalog.store, ids, result.scores, catalog.tile_size)
+        written.append(write_tile_map(tiles, grid, values, count, CHANGE))
+    if pixels is not None:
+        pairs = result.all_pairs
+        if area is None:
+            bounds = [p.before.footprint.bounds for p in pairs if p.before.footprint is not None]
+            if not bounds:
+                raise InputError("the places paired have no footprint: no pixel map")
+            corners = np.array(bounds)
+            area = box(*corners[:, :2].min(axis=0), *corners[:, 2:].max(axis=0))
+        before = sorted({pair.before.path for pair in pairs})
+        after = sorted({pair.after.path for pair in pairs} - set(before))
+        threads = settings.threads or os.cpu_count() or 1
+        written.append(
+            write_pixel_change_map(catalog, before, after, area, pixels, settings.window, threads)
+        )
+    return written

@@ -262,7 +262,7 @@ def pixel_cosines(
     return cosines.reshape(height, width)
 
 
-def _embedding_only(catalog: Catalog) -> None:
+def check_embedding(catalog: Catalog) -> None:
     """``ConfigError`` unless the database holds embedding rasters (pixel maps need them)."""
     if catalog.manifest.scaling != "none":
         raise ConfigError(
@@ -283,7 +283,7 @@ def write_pixel_map(
 ) -> SimilarityMap:
     """Every pixel's similarity to ``query`` over ``area`` (lon/lat), at the rasters' resolution,
     from the files holding the ``allowed`` tiles, streamed window by window in ``threads``."""
-    _embedding_only(catalog)
+    check_embedding(catalog)
     paths = catalog.store.paths_of(sorted(allowed))
     if not paths:
         raise InputError("no indexed tile lies in the area: the pixel map would be empty")
@@ -305,7 +305,7 @@ def write_pixel_change_map(
     """Every pixel's change from the ``before`` rasters to the ``after`` ones over ``area``
     (lon/lat): (1 - cosine of the two pixel vectors) / 2, at the rasters' resolution, streamed
     window by window in ``threads``; NoData where either has no vector."""
-    _embedding_only(catalog)
+    check_embedding(catalog)
     if not before or not after:
         raise InputError("no indexed tile lies in the area: the pixel map would be empty")
     grid, placed, native_area, skipped = _pixel_grid([*before, *after], area)
@@ -593,16 +593,16 @@ class _ChangeWindowComputer(_WindowComputer):
             np.copyto(kept, fresh, where=np.isfinite(fresh))
         before, after = vectors[False], vectors[True]
         if before is None or after is None:
-            return self._finished(window, np.full(shape, np.nan, np.float32), _change_of)
+            return self._finished(window, np.full(shape, np.nan, np.float32), change_of)
         dots = np.einsum("bhw,bhw->hw", before, after)
         norms = np.sqrt(np.einsum("bhw,bhw->hw", before, before) * np.einsum(
             "bhw,bhw->hw", after, after))  # fmt: skip
         with np.errstate(divide="ignore", invalid="ignore"):
             cosines = dots / norms
-        return self._finished(window, cosines, _change_of)
+        return self._finished(window, cosines, change_of)
 
 
-def _change_of(cosines: np.ndarray) -> np.ndarray:
+def change_of(cosines: np.ndarray) -> np.ndarray:
     """Change as the maps and ``geosearch changes`` give it: (1 - cosine) / 2, 0..1."""
     return 1.0 - similarity_of(cosines)
 
@@ -756,7 +756,7 @@ def write_similarity_maps(
 ) -> list[SimilarityMap]:
     """The maps asked for, one per query: tile level (``tiles``) and per pixel (``pixels``,
     embedding databases, over the filters' area). Tile maps honour the filters too."""
-    area = _area(filters)
+    area = area_of(filters)
     if pixels is not None and area is None:
         raise ConfigError("--map-pixels needs an area: give --bbox or --within")
     allowed = allowed_ids(catalog.store, filters)
@@ -780,7 +780,7 @@ def write_similarity_maps(
     return written
 
 
-def _area(filters: SearchFilters) -> BaseGeometry | None:
+def area_of(filters: SearchFilters) -> BaseGeometry | None:
     """The lon/lat area of the --bbox and --within filters (both: where they meet)."""
     shapes = [box(*filters.bbox)] if filters.bbox else []
     if filters.within is not None:
@@ -800,6 +800,9 @@ __all__ = [
     "file_frames",
     "pixel_cosines",
     "style_qml",
+    "area_of",
+    "change_of",
+    "check_embedding",
     "tile_similarity",
     "tile_values",
     "write_pixel_change_map",
