@@ -40,6 +40,7 @@ from shapely.strtree import STRtree
 from geosearch.catalog import Catalog
 from geosearch.config import ChangeSettings, MapSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError
+from geosearch.features import prepare_batch, raw_features
 from geosearch.maps import (
     CHANGE,
     SimilarityMap,
@@ -48,7 +49,7 @@ from geosearch.maps import (
     write_pixel_change_map,
     write_tile_map,
 )
-from geosearch.pixels import Window
+from geosearch.pixels import RawTile, Window
 from geosearch.register import gradient_image
 from geosearch.render import contact_sheet, feature, prepare_output, render_previews, write_bytes
 from geosearch.sources import open_source
@@ -57,7 +58,6 @@ from geosearch.store import Store, TileRecord
 _PERIOD = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per median absolute deviation
 SHIFT = 3  # pixels of misalignment the second look absorbs, each way
-BLOCKS = 4  # the second look judges the tile in BLOCKS x BLOCKS blocks
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def _stored_vector_chunks(
 
 def _read_scaled(catalog: Catalog, tile: TileRecord, margin: int) -> tuple[np.ndarray, np.ndarray]:
     """(bands, h, w) float32 0..1 and validity of a tile's window grown by ``margin`` pixels
-    (clipped to the file), NaN-free."""
+    (clipped to the file)."""
     with open_source(Path(tile.path)) as source:
         bands = catalog.manifest.query_bands(source, catalog.name)
         read = [band for band in bands.read if band is not None]
@@ -310,83 +310,84 @@ def _read_scaled(catalog: Catalog, tile: TileRecord, margin: int) -> tuple[np.nd
         top, left = max(0, w.row - margin), max(0, w.col - margin)
         bottom = min(source.height, w.row + w.height + margin)
         right = min(source.width, w.col + w.width + margin)
-        grown = Window(top, left, right - left, bottom - top)
-        raw = source.read(grown, read)
+        raw = source.read(Window(top, left, right - left, bottom - top), read)
         return bands.manifest.scale(raw), raw.valid
 
 
-def _registered(
-    before: np.ndarray, after: np.ndarray, after_valid: np.ndarray, margin: int
+def registered(
+    before: np.ndarray, after: np.ndarray, after_valid: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The part of ``after`` (read ``margin`` pixels wider) that best matches ``before``: the
-    shift, within ``margin`` pixels, maximising the correlation of their gradient images."""
-    grey_before = before.mean(axis=0)
-    grey_after = after.mean(axis=0)
-    template = gradient_image(grey_before)
-    scene = gradient_image(grey_after, after_valid)
-    height, width = grey_before.shape
-    if scene.shape[0] < height or scene.shape[1] < width:
-        return after[:, :height, :width], after_valid[:height, :width]
+    """The part of ``after`` (read a few pixels wider) that best matches ``before``: the shift
+    maximising the correlation of their gradient images."""
+    height, width = before.shape[1:]
+    if after.shape[1] < height or after.shape[2] < width:
+        return after, after_valid
+    template = gradient_image(before.mean(axis=0))
+    scene = gradient_image(after.mean(axis=0), after_valid)
     scores = cv2.matchTemplate(scene, template, cv2.TM_CCOEFF_NORMED)
     np.nan_to_num(scores, copy=False, nan=-1.0)
     row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    return after[:, row : row + height, col : col + width], after_valid[
-        row : row + height, col : col + width
-    ]
+    rows, cols = slice(row, row + height), slice(col, col + width)
+    return after[:, rows, cols], after_valid[rows, cols]
 
 
-def structure_change(
-    before: np.ndarray, after: np.ndarray, valid: np.ndarray, blocks: int = BLOCKS
-) -> float:
-    """Share of a tile (``blocks`` x ``blocks`` blocks) whose picture the later one does not
-    keep, after each band of ``after`` is fitted as ``a * before + b`` over the tile: per block,
-    (1 - correlation of the fitted bands' gradients) / 2, the mean of the worst quarter of the
-    blocks (a change of a quarter of the tile or more shows fully)."""
-    fitted = np.empty_like(after)
+def gradient_change(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> float:
+    """How much of a tile's structure the later picture does not keep: per band, (1 -
+    correlation of the two gradient-magnitude images) / 2, averaged. A correlation ignores
+    each band's gain and offset (season, sensor, haze); the gradients' blur absorbs a pixel
+    of misalignment; a new pit or field brings edges the earlier picture does not have."""
+    changes = []
     for band in range(before.shape[0]):
-        x, y = before[band][valid], after[band][valid]
-        if x.size < 16 or float(x.std()) < 1e-6:
-            fitted[band] = after[band]
-            continue
-        a, b = np.polyfit(x, y, 1)
-        fitted[band] = (after[band] - b) / a if abs(a) > 1e-6 else after[band]
-    gradients = [
-        np.stack([gradient_image(image[band], valid) for band in range(image.shape[0])])
-        for image in (before, fitted)
-    ]
-    height, width = valid.shape
-    rows = np.linspace(0, height, blocks + 1).astype(int)
-    cols = np.linspace(0, width, blocks + 1).astype(int)
-    scores = []
-    for top, bottom in zip(rows[:-1], rows[1:], strict=True):
-        for left, right in zip(cols[:-1], cols[1:], strict=True):
-            inside = valid[top:bottom, left:right]
-            if inside.mean() < 0.5:
-                continue
-            x = gradients[0][:, top:bottom, left:right][:, inside].ravel()
-            y = gradients[1][:, top:bottom, left:right][:, inside].ravel()
-            x, y = x - x.mean(), y - y.mean()
-            norm = float(np.sqrt((x @ x) * (y @ y)))
-            correlation = float(x @ y) / norm if norm > 0 else 1.0
-            scores.append((1.0 - correlation) / 2.0)
-    if not scores:
-        return 0.0
-    worst = np.sort(scores)[::-1][: max(1, len(scores) // 4)]
-    return float(np.mean(worst))
+        x = gradient_image(before[band], valid)[valid]
+        y = gradient_image(after[band], valid)[valid]
+        x, y = x - x.mean(), y - y.mean()
+        norm = float(np.sqrt((x @ x) * (y @ y)))
+        changes.append((1.0 - float(x @ y) / norm) / 2.0 if norm > 0 else 0.0)
+    return float(np.mean(changes)) if changes else 0.0
 
 
-def pixel_change(catalog: Catalog, pair: PlacePair) -> float | None:
-    """The second look at a pair's pixels (``structure_change`` after registration); None when
-    a file cannot be read any more."""
+def _pixel_pair(catalog: Catalog, pair: PlacePair) -> tuple[float, RawTile, RawTile] | None:
+    """``gradient_change`` of a registered pair and both tiles' raw pixels; None when a file
+    cannot be read any more or the windows do not match."""
     try:
         before, before_valid = _read_scaled(catalog, pair.before, 0)
         after, after_valid = _read_scaled(catalog, pair.after, SHIFT)
+        raw = [catalog.read(tile.path, [tile.window])[1] for tile in (pair.before, pair.after)]
     except (GeosearchError, OSError):
         return None
-    after, after_valid = _registered(before, after, after_valid, SHIFT)
-    if after.shape != before.shape:
+    after, after_valid = registered(before, after, after_valid)
+    if after.shape != before.shape or not raw[0] or not raw[1]:
         return None
-    return structure_change(before, after, before_valid & after_valid)
+    return gradient_change(before, after, before_valid & after_valid), raw[0][0], raw[1][0]
+
+
+def second_look(catalog: Catalog, pairs: Sequence[PlacePair], reference: int) -> list[float | None]:
+    """The pixels' change of each pair, 0..1: the mean of ``gradient_change`` and of the CNN's
+    change, (1 - cosine) / 2 of the two tiles' CNN features, each period's features centred on
+    its mean over the first ``reference`` pairs (a random sample: what the period looks like,
+    so that a season or sensor shared by every place is not a change). Without a CNN in the
+    database: ``gradient_change`` alone. None where the pixels could not be read."""
+    looked = [_pixel_pair(catalog, pair) for pair in pairs]
+    read = [n for n, found in enumerate(looked) if found is not None]
+    gradients = np.array([looked[n][0] for n in read], dtype=np.float64)
+    cnn = (
+        [e for e in catalog.extractors() if e.name == "cnn"] if catalog.features.cnn.weight else []
+    )
+    if cnn and read:
+        sides = []
+        for side in (1, 2):
+            batch = prepare_batch([looked[n][side] for n in read], catalog.manifest,
+                                  catalog.pad_to())  # fmt: skip
+            features = raw_features(batch, cnn).astype(np.float64)
+            sample = [i for i, n in enumerate(read) if n < reference] or list(range(len(read)))
+            sides.append(features - features[sample].mean(axis=0))
+        norms = np.linalg.norm(sides[0], axis=1) * np.linalg.norm(sides[1], axis=1)
+        cosines = np.einsum("ij,ij->i", *sides) / np.maximum(norms, 1e-12)
+        gradients = (gradients + change_of(cosines)) / 2.0
+    scores: list[float | None] = [None] * len(pairs)
+    for n, value in zip(read, gradients.tolist(), strict=True):
+        scores[n] = float(value)
+    return scores
 
 
 # -- the whole run ---------------------------------------------------------------------------
@@ -418,19 +419,19 @@ def find_changes(
     looked: dict[int, float] = {}
     pixel_threshold = None
     if looks:
-        reference = _reference_sample(len(pairs), settings.reference_pairs)
-        for index in dict.fromkeys([*order[:looks].tolist(), *reference.tolist()]):
-            value = pixel_change(catalog, pairs[index])
-            if value is not None:
-                looked[index] = value
-        sample = np.array([looked[i] for i in reference.tolist() if i in looked], np.float32)
+        reference = _reference_sample(len(pairs), settings.reference_pairs).tolist()
+        chosen = list(dict.fromkeys([*reference, *order[:looks].tolist()]))
+        values = second_look(catalog, [pairs[i] for i in chosen], len(reference))
+        looked = {i: v for i, v in zip(chosen, values, strict=True) if v is not None}
+        sample = np.array([looked[i] for i in reference if i in looked], np.float32)
         pixel_threshold = spread_threshold(sample, settings.mad_k) if len(sample) else None
+    looked_top = set(order[:looks].tolist())
     places = []
     for index in order.tolist():
-        second = looked.get(index) if index in order[:looks] else None
+        second = looked.get(index) if index in looked_top else None
         significant = bool(scores[index] > threshold)
         if second is not None and pixel_threshold is not None:
-            significant = significant and second > pixel_threshold
+            significant = second > pixel_threshold  # the pixels overrule the vectors
         places.append(
             PlaceChange(
                 pairs[index],
@@ -445,13 +446,9 @@ def find_changes(
     for rank, place in enumerate(places, start=1):
         place.rank = rank
     flagged = int((scores > threshold).sum())
-    if looks:  # the second look overrules the vectors where it looked
-        vetoed = sum(
-            1 for i in order[:looks].tolist()
-            if scores[i] > threshold and pixel_threshold is not None and i in looked
-            and looked[i] <= pixel_threshold
-        )  # fmt: skip
-        flagged -= vetoed
+    for index in looked_top & looked.keys():  # the pixels overrule the vectors where they looked
+        if pixel_threshold is not None:
+            flagged += int(looked[index] > pixel_threshold) - int(scores[index] > threshold)
     return ChangeResult(before, after, places, len(pairs), flagged, threshold, pixel_threshold,
                         _notes(pairs, before, after), list(pairs), scores)  # fmt: skip
 
