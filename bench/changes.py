@@ -214,7 +214,7 @@ def measure(name: str, folder: Path, scene: tuple[str, str, set]) -> None:
                 "flagged_planted": int((significant & relevant).sum()),
                 "flagged_other": int((significant & ~relevant).sum()),
                 "flagged_share": round(float(significant.mean()), 4),
-                "threshold": round(result.threshold, 4) if label != "mean-diff" else None,
+                "thresholds": result.to_dict()["thresholds"] if label != "mean-diff" else None,
                 "seconds": round(took, 2), "ingest_seconds": round(ingest_seconds, 1),
             }  # fmt: skip
             print(json.dumps(line), flush=True)

@@ -120,7 +120,7 @@ class PlaceChange:
     pair: PlacePair
     change: float
     vector_change: float
-    pixel_change: float | None
+    looked: Look | None  # the second look at its pixels, if it had one
     significant: bool
     rank: int = 0
 
@@ -131,7 +131,8 @@ class PlaceChange:
             "change": round(self.change, 4),
             "significant": self.significant,
             "vector_change": round(self.vector_change, 4),
-            "pixel_change": None if self.pixel_change is None else round(self.pixel_change, 4),
+            "structure_change": _rounded(self.looked and self.looked.structure),
+            "cnn_change": _rounded(self.looked and self.looked.cnn),
             "before_id": before.id,
             "after_id": after.id,
             "before_file": before.path,
@@ -146,6 +147,24 @@ class PlaceChange:
         }  # fmt: skip
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+@dataclass(frozen=True)
+class Look:
+    """The second look at a pair's pixels: how much of its structure changed
+    (``gradient_change``) and how much its CNN features did (None without a CNN), 0..1."""
+
+    structure: float
+    cnn: float | None
+
+    @property
+    def change(self) -> float:
+        """Their mean: the pair's change."""
+        return self.structure if self.cnn is None else (self.structure + self.cnn) / 2.0
+
+
 @dataclass
 class ChangeResult:
     """The top places by change, and what the run saw."""
@@ -155,8 +174,7 @@ class ChangeResult:
     places: list[PlaceChange]
     pairs: int
     significant: int
-    threshold: float
-    pixel_threshold: float | None
+    thresholds: dict[str, float]  # what stands out, per measure: vectors, structure, cnn
     notes: list[str] = field(default_factory=list)
     all_pairs: list[PlacePair] = field(default_factory=list, repr=False)  # every pair scored
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
@@ -164,9 +182,8 @@ class ChangeResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "from": self.before.text, "to": self.after.text, "pairs": self.pairs,
-            "significant": self.significant, "threshold": round(self.threshold, 4),
-            "pixel_threshold": None if self.pixel_threshold is None
-            else round(self.pixel_threshold, 4),
+            "significant": self.significant,
+            "thresholds": {name: round(value, 4) for name, value in self.thresholds.items()},
         }  # fmt: skip
 
 
@@ -361,33 +378,32 @@ def _pixel_pair(catalog: Catalog, pair: PlacePair) -> tuple[float, RawTile, RawT
     return gradient_change(before, after, before_valid & after_valid), raw[0][0], raw[1][0]
 
 
-def second_look(catalog: Catalog, pairs: Sequence[PlacePair], reference: int) -> list[float | None]:
-    """The pixels' change of each pair, 0..1: the mean of ``gradient_change`` and of the CNN's
-    change, (1 - cosine) / 2 of the two tiles' CNN features, each period's features centred on
-    its mean over the first ``reference`` pairs (a random sample: what the period looks like,
-    so that a season or sensor shared by every place is not a change). Without a CNN in the
-    database: ``gradient_change`` alone. None where the pixels could not be read."""
+def second_look(catalog: Catalog, pairs: Sequence[PlacePair], reference: int) -> list[Look | None]:
+    """The second look at each pair's pixels: ``gradient_change`` after registration, and the
+    CNN's change, (1 - cosine) / 2 of the two tiles' CNN features with each period's features
+    centred on its mean over the first ``reference`` pairs (a random sample: what the period
+    looks like, so that a season or sensor shared by every place is not a change). None where
+    the pixels could not be read."""
     looked = [_pixel_pair(catalog, pair) for pair in pairs]
     read = [n for n, found in enumerate(looked) if found is not None]
-    gradients = np.array([looked[n][0] for n in read], dtype=np.float64)
-    cnn = (
-        [e for e in catalog.extractors() if e.name == "cnn"] if catalog.features.cnn.weight else []
-    )
-    if cnn and read:
+    cnn_changes: list[float | None] = [None] * len(read)
+    with_cnn = catalog.features.cnn.weight > 0
+    cnn = [e for e in catalog.extractors() if e.name == "cnn"] if with_cnn and read else []
+    if cnn:
         sides = []
+        sample = [i for i, n in enumerate(read) if n < reference] or list(range(len(read)))
         for side in (1, 2):
-            batch = prepare_batch([looked[n][side] for n in read], catalog.manifest,
-                                  catalog.pad_to())  # fmt: skip
+            tiles = [looked[n][side] for n in read]
+            batch = prepare_batch(tiles, catalog.manifest, catalog.pad_to())
             features = raw_features(batch, cnn).astype(np.float64)
-            sample = [i for i, n in enumerate(read) if n < reference] or list(range(len(read)))
             sides.append(features - features[sample].mean(axis=0))
         norms = np.linalg.norm(sides[0], axis=1) * np.linalg.norm(sides[1], axis=1)
         cosines = np.einsum("ij,ij->i", *sides) / np.maximum(norms, 1e-12)
-        gradients = (gradients + change_of(cosines)) / 2.0
-    scores: list[float | None] = [None] * len(pairs)
-    for n, value in zip(read, gradients.tolist(), strict=True):
-        scores[n] = float(value)
-    return scores
+        cnn_changes = change_of(cosines).tolist()
+    looks: list[Look | None] = [None] * len(pairs)
+    for n, cnn_change in zip(read, cnn_changes, strict=True):
+        looks[n] = Look(looked[n][0], cnn_change)
+    return looks
 
 
 # -- the whole run ---------------------------------------------------------------------------
@@ -412,44 +428,59 @@ def find_changes(
             f"{after.text} holds {_holds(later)}"
         )
     scores = score_chunks(_stored_vector_chunks(store, pairs))
-    threshold = spread_threshold(scores, settings.mad_k)
+    thresholds = {"vectors": spread_threshold(scores, settings.mad_k)}
     looks = settings.second_look if catalog.manifest.scaling != "none" else 0
     looks = min(looks, len(pairs))
     order = top_order(scores, max(top, looks))
-    looked: dict[int, float] = {}
-    pixel_threshold = None
+    looked: dict[int, Look] = {}
     if looks:
         reference = _reference_sample(len(pairs), settings.reference_pairs).tolist()
         chosen = list(dict.fromkeys([*reference, *order[:looks].tolist()]))
-        values = second_look(catalog, [pairs[i] for i in chosen], len(reference))
-        looked = {i: v for i, v in zip(chosen, values, strict=True) if v is not None}
-        sample = np.array([looked[i] for i in reference if i in looked], np.float32)
-        pixel_threshold = spread_threshold(sample, settings.mad_k) if len(sample) else None
-    looked_top = set(order[:looks].tolist())
-    places = []
-    for index in order.tolist():
-        second = looked.get(index) if index in looked_top else None
-        significant = bool(scores[index] > threshold)
-        if second is not None and pixel_threshold is not None:
-            significant = second > pixel_threshold  # the pixels overrule the vectors
-        places.append(
-            PlaceChange(
-                pairs[index],
-                second if second is not None else float(scores[index]),
-                float(scores[index]),
-                second,
-                significant,
-            )  # fmt: skip
+        found = second_look(catalog, [pairs[i] for i in chosen], len(reference))
+        looked = {i: look for i, look in zip(chosen, found, strict=True) if look is not None}
+        sample = [looked[i] for i in reference if i in looked]
+        if sample:
+            thresholds["structure"] = spread_threshold(
+                np.array([look.structure for look in sample]), settings.mad_k
+            )
+        if sample and sample[0].cnn is not None:
+            thresholds["cnn"] = spread_threshold(
+                np.array([look.cnn for look in sample]), settings.mad_k
+            )
+    looked = {i: looked[i] for i in order[:looks].tolist() if i in looked}
+    vector_k = settings.vectors_only_mad_k
+    vectors_alone = spread_threshold(scores, vector_k)
+
+    def significant(index: int) -> bool:
+        """Above every measure's threshold where it was looked at; else the vectors' own."""
+        look = looked.get(index)
+        if look is None or "structure" not in thresholds:
+            return bool(scores[index] > vectors_alone)
+        return bool(
+            scores[index] > thresholds["vectors"]
+            and look.structure > thresholds["structure"]
+            and (look.cnn is None or look.cnn > thresholds.get("cnn", -1.0))
         )
-    places.sort(key=lambda place: (place.pixel_change is None, -place.change))
+
+    places = [
+        PlaceChange(
+            pairs[i],
+            looked[i].change if i in looked else float(scores[i]),
+            float(scores[i]),
+            looked.get(i),
+            significant(i),
+        )  # fmt: skip
+        for i in order.tolist()
+    ]
+    places.sort(key=lambda place: (place.looked is None, -place.change))
     places = places[:top]
     for rank, place in enumerate(places, start=1):
         place.rank = rank
-    flagged = int((scores > threshold).sum())
-    for index in looked_top & looked.keys():  # the pixels overrule the vectors where they looked
-        if pixel_threshold is not None:
-            flagged += int(looked[index] > pixel_threshold) - int(scores[index] > threshold)
-    return ChangeResult(before, after, places, len(pairs), flagged, threshold, pixel_threshold,
+    flagged = int((scores > vectors_alone).sum())
+    flagged += sum(significant(i) - bool(scores[i] > vectors_alone) for i in looked)
+    if vector_k != settings.mad_k:
+        thresholds["vectors_alone"] = vectors_alone
+    return ChangeResult(before, after, places, len(pairs), flagged, thresholds,
                         _notes(pairs, before, after), list(pairs), scores)  # fmt: skip
 
 

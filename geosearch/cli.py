@@ -682,8 +682,8 @@ def changes(
         _print_changes(result)
     err.print(
         f"{result.pairs} places in both {result.before.text} and {result.after.text}, "
-        f"{result.significant} significant (change above {result.threshold:.3f}"
-        + (f", pixels above {result.pixel_threshold:.3f}" if result.pixel_threshold else "")
+        f"{result.significant} significant (above "
+        + ", ".join(f"{name} {value:.3f}" for name, value in result.thresholds.items())
         + f"); wrote {files.geojson}"
         + (f", {files.contact_sheet}" if files.contact_sheet else ""),
         markup=False,

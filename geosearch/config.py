@@ -132,9 +132,10 @@ class MapSettings(_Section):
 class ChangeSettings(_Section):
     """``geosearch changes``: how pairs are judged."""
 
-    mad_k: float = Field(3.0, gt=0, le=100)  # significant: above median + k scaled MADs
+    mad_k: float = Field(1.5, gt=0, le=100)  # significant: every measure above median + k MADs
+    vectors_only_mad_k: float = Field(3.0, gt=0, le=100)  # where the vectors judge alone
     second_look: int = Field(100, ge=0, le=100000)  # top pairs whose pixels are compared
-    reference_pairs: int = Field(64, ge=2, le=100000)  # random pairs: the pixels' own spread
+    reference_pairs: int = Field(128, ge=2, le=100000)  # random pairs: the pixels' own spread
 
 
 class FeedbackSettings(_Section):
