@@ -323,8 +323,9 @@ def _stored_vector_chunks(
 # -- the second look: pixels -----------------------------------------------------------------
 
 
-def _read_scaled(catalog: Catalog, tile: TileRecord, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bands, h, w) float32 0..1 and validity of a tile's window grown by ``margin`` pixels
+def _read_values(catalog: Catalog, tile: TileRecord, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, h, w) float32 values as stored (not scaled: a brighter year is not clipped at
+    the database's scaling range) and validity of a tile's window grown by ``margin`` pixels
     (clipped to the file)."""
     with open_source(Path(tile.path)) as source:
         bands = catalog.manifest.query_bands(source, catalog.name)
@@ -334,7 +335,8 @@ def _read_scaled(catalog: Catalog, tile: TileRecord, margin: int) -> tuple[np.nd
         bottom = min(source.height, w.row + w.height + margin)
         right = min(source.width, w.col + w.width + margin)
         raw = source.read(Window(top, left, right - left, bottom - top), read)
-        return bands.manifest.scale(raw), raw.valid
+        values = np.nan_to_num(raw.pixels.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        return values, raw.valid
 
 
 def registered(
@@ -373,8 +375,8 @@ def _pixel_pair(catalog: Catalog, pair: PlacePair) -> tuple[float, RawTile, RawT
     """``gradient_change`` of a registered pair and both tiles' raw pixels; None when a file
     cannot be read any more or the windows do not match."""
     try:
-        before, before_valid = _read_scaled(catalog, pair.before, 0)
-        after, after_valid = _read_scaled(catalog, pair.after, SHIFT)
+        before, before_valid = _read_values(catalog, pair.before, 0)
+        after, after_valid = _read_values(catalog, pair.after, SHIFT)
         raw = [catalog.read(tile.path, [tile.window])[1] for tile in (pair.before, pair.after)]
     except (GeosearchError, OSError):
         return None
