@@ -310,8 +310,9 @@ def write_pixel_change_map(
         raise InputError("no indexed tile lies in the area: the pixel map would be empty")
     grid, placed, native_area, skipped = _pixel_grid([*before, *after], area)
     dequantization = dequantization_for(catalog.features.embedding, catalog.manifest)
-    later = {str(p) for p in after}
-    compute = _ChangeWindowComputer(catalog, placed, grid, native_area, later, dequantization)
+    no_query = np.zeros(0, np.float32)
+    compute = _ChangeWindowComputer(catalog, placed, grid, native_area, no_query, dequantization)
+    compute.after = frozenset(str(p) for p in after)
     return _write_windows(path, grid, placed, compute, window, threads, skipped, CHANGE)
 
 
@@ -561,19 +562,10 @@ class _WindowComputer:
 
 class _ChangeWindowComputer(_WindowComputer):
     """Computes change map windows: each pixel's vector in the earlier rasters against the
-    later ones' (``after``: their paths); where rasters of one period overlap, the last."""
+    later ones' (``after``: their paths, set once made); where rasters of one period
+    overlap, the last."""
 
-    def __init__(
-        self,
-        catalog: Catalog,
-        placed: list[_Placed],
-        grid: Grid,
-        area: BaseGeometry,
-        after: set[str],
-        dequantization: Dequantization,
-    ) -> None:
-        super().__init__(catalog, placed, grid, area, np.zeros(0, np.float32), dequantization)
-        self.after = after
+    after: frozenset[str] = frozenset()
 
     def compute(self, window: Window) -> np.ndarray:
         shape = (window.height, window.width)
