@@ -29,6 +29,7 @@ peak RSS (VmHWM).
 
     .venv/bin/python bench/changes.py            # scenes + timing
     .venv/bin/python bench/changes.py --no-timing
+    .venv/bin/python bench/changes.py --pixel-map 4096   # a two-year AlphaEarth-like pixel map
 """
 
 from __future__ import annotations
@@ -247,6 +248,57 @@ def timing(pairs: int, dim: int = 128, chunk: int = 262_144) -> dict:
     }  # fmt: skip
 
 
+def pixel_map_timing(side: int, work: Path) -> dict:
+    """An AlphaEarth-like pair of ``side`` x ``side`` rasters (64 int8 bands, two years, a
+    block changed) ingested at 256 px tiles, then ``write_pixel_change_map`` over the whole:
+    seconds and peak RSS."""
+    import rasterio
+    import rasterio.warp
+    from rasterio.transform import from_origin
+    from shapely.geometry import box
+
+    import geosearch
+    from geosearch.catalog import open_database
+    from geosearch.config import Settings
+    from geosearch.maps import write_pixel_change_map
+
+    rng = np.random.default_rng(0)
+    folder = work / "aef"
+    folder.mkdir()
+    options = {
+        "driver": "GTiff", "width": side, "height": side, "count": 64, "dtype": "int8",
+        "crs": "EPSG:32633", "transform": from_origin(500000, 5200000, 10, 10), "nodata": -128,
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "interleave": "pixel",
+    }  # fmt: skip
+    paths = [folder / "aef_2019.tif", folder / "aef_2020.tif"]
+    for n, path in enumerate(paths):
+        with rasterio.open(path, "w", **options) as dst:
+            for band in range(1, 65):
+                values = rng.integers(-127, 128, (side, side), dtype=np.int8)
+                if n:
+                    values[: side // 4, : side // 4] = -values[: side // 4, : side // 4]
+                dst.write(values, band)
+                dst.set_band_description(band, f"A{band - 1:02d}")
+    db = work / "aef.gpkg"
+    settings = Settings(tile_size=256)
+    geosearch.ingest(paths, db, settings)
+    with open_database(db, settings) as catalog:
+        with rasterio.open(paths[0]) as src:
+            area = box(*rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+        start = time.perf_counter()
+        written = write_pixel_change_map(
+            catalog, [str(paths[0])], [str(paths[1])], area, work / "change.tif", 512, 2
+        )
+        seconds = time.perf_counter() - start
+    status = Path("/proc/self/status").read_text()
+    peak = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+    return {
+        "bench": "changes", "timing": "pixel map", "side": side, "bands": 64,
+        "seconds": round(seconds, 2), "cells": written.cells,
+        "peak_rss_mb": round(int(peak.split()[1]) / 1024),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="Folder for scenes (temporary).")
@@ -254,7 +306,18 @@ def main() -> None:
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--timing-only", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["naip", "sentinel2", "radiometric"], default=None)
+    parser.add_argument(
+        "--pixel-map",
+        type=int,
+        default=None,
+        metavar="SIDE",
+        help="Only time a SIDE x SIDE two-year AlphaEarth-like pixel map.",
+    )
     args = parser.parse_args()
+    if args.pixel_map:
+        with tempfile.TemporaryDirectory(dir=args.work) as work:
+            print(json.dumps(pixel_map_timing(args.pixel_map, Path(work))), flush=True)
+        return
     if args.timing_only:
         print(json.dumps(timing(args.timing_only)), flush=True)
         return
