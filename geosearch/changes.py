@@ -575,7 +575,8 @@ def write_changes(
     sheet = None
     if rows:
         sheet = Path(out_dir) / SHEET_NAME
-        write_bytes(sheet, contact_sheet(rows, min(preview_size, 256)))
+        cell = min(preview_size, max(128, catalog.tile_size))  # previews are never enlarged
+        write_bytes(sheet, contact_sheet(rows, cell))
     geojson = Path(out_dir) / GEOJSON_NAME
     write_bytes(geojson, json.dumps(change_collection(result), indent=1).encode())
     return ChangeFiles(geojson, sheet, written)

@@ -183,3 +183,23 @@ def test_pixel_change_map_of_two_embedding_years(tmp_path: Path) -> None:
     assert np.abs(values[outside]).max() < 1e-3
     assert 0.35 < float(np.median(inside)) < 0.65 and inside.min() > 0.2
     assert (tmp_path / "pixels.qml").exists()
+
+
+def test_http_changes_lists_places_with_before_and_after_previews(naip_years: Path) -> None:
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'geosearch[serve]'")
+    from fastapi.testclient import TestClient
+
+    from geosearch.serve import create_app
+
+    with TestClient(create_app(naip_years)) as client:
+        answer = client.get("/api/changes", params={"from": "2015", "to": "2017", "top": 4})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["pairs"] == 36 and len(body["features"]) == 4
+        first = body["features"][0]["properties"]
+        assert first["rank"] == 1 and first["after_date"] == "2017-09-26"
+        for side in ("before", "after"):
+            png = client.get(first[f"{side}_preview"])
+            assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        bad = client.get("/api/changes", params={"from": "2017", "to": "2015"})
+        assert bad.status_code == 400 and "starts after" in bad.json()["error"]
