@@ -203,3 +203,46 @@ def test_http_changes_lists_places_with_before_and_after_previews(naip_years: Pa
             assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
         bad = client.get("/api/changes", params={"from": "2017", "to": "2015"})
         assert bad.status_code == 400 and "starts after" in bad.json()["error"]
+
+
+def test_map_page_changes_panel_shows_before_and_after(naip_years: Path, tmp_path: Path) -> None:
+    """In Chromium: two periods in, the places drawn and listed; a click on the first place's
+    outline shows its before and after previews side by side."""
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _unavailable
+
+    if not CHROMIUM.exists():
+        _unavailable(f"no Chromium at {CHROMIUM}: apt-get install -y chromium chromium-driver")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'geosearch[serve]'")
+    from geosearch.serve import create_app
+    from tests.test_serve import running_server
+
+    expect = playwright_api.expect
+    with playwright_api.sync_playwright() as playwright, running_server(
+        create_app(naip_years)
+    ) as url:  # fmt: skip
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+        page.locator("#top").fill("4")
+        page.locator("#change-from").fill("2015")
+        page.locator("#change-to").fill("2017")
+        page.locator("#change-go").click()
+        expect(page.locator("#results li.change-item")).to_have_count(4, timeout=60000)
+        expect(page.locator("#status")).to_contain_text("of 36 places significant")
+        expect(page.locator("path.change-outline")).to_have_count(4)
+        assert page.locator("path.change-outline.significant").count() >= 3
+        page.locator("path.change-outline").first.click(force=True)
+        pair = page.locator(".change-pair img")
+        expect(pair).to_have_count(2)
+        for image in pair.all():
+            expect(image).to_have_js_property("complete", True)
+            assert image.evaluate("i => i.naturalWidth") == TILE
+        captions = page.locator(".change-pair figcaption").all_text_contents()
+        assert captions[0].startswith("2015-09-26") and captions[1].startswith("2017-09-26")
+        page.screenshot(path=str(tmp_path / "changes-panel.png"))
+        chromium.close()
+        assert not problems, problems
