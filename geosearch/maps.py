@@ -576,10 +576,13 @@ class _ChangeWindowComputer(_WindowComputer):
                 continue
             target, raw, usable = part
             later = placed.path in self.after
+            values = np.asarray(self.dequantization.vectors(raw), dtype=np.float32)
+            values[:, ~usable] = np.nan
+            if vectors[later] is None and values.shape[1:] == shape:
+                vectors[later] = values  # one raster of the period covers the whole window
+                continue
             if vectors[later] is None:
                 vectors[later] = np.full((raw.shape[0], *shape), np.nan, dtype=np.float32)
-            values = self.dequantization.vectors(raw).astype(np.float32)
-            values[:, ~usable] = np.nan
             kept = target(np.moveaxis(vectors[later], 0, -1))
             fresh = np.moveaxis(values, 0, -1)
             np.copyto(kept, fresh, where=np.isfinite(fresh))
