@@ -644,7 +644,8 @@ def changes(
         typer.Option(
             "--map-pixels",
             help="Embedding databases: a GeoTIFF of every pixel's change between the two "
-            "periods, (1 - cosine) / 2, over the --bbox/--within area (+ a QGIS .qml).",
+            "periods, (1 - cosine) / 2, over the --bbox/--within area (default: the places "
+            "paired), at the rasters' resolution (+ a QGIS .qml).",
         ),
     ] = None,
     json_output: JsonOption = False,
