@@ -24,6 +24,7 @@ from geosearch.version import __version__
 
 if TYPE_CHECKING:
     from geosearch.api import (
+        changes,
         check,
         export_feedback,
         feedback,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         load_settings,
         remove,
         similar,
+        write_changes,
         write_results,
     )
     from geosearch.errors import (
@@ -47,8 +49,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     **dict.fromkeys(
-        ("check", "export_feedback", "feedback", "info", "ingest", "load_settings", "remove",
-         "similar", "write_results"),
+        ("changes", "check", "export_feedback", "feedback", "info", "ingest", "load_settings",
+         "remove", "similar", "write_changes", "write_results"),
         "geosearch.api",
     ),
     **dict.fromkeys(
@@ -97,6 +99,7 @@ __all__ = [
     "SearchFilters",
     "SearchRequest",
     "__version__",
+    "changes",
     "check",
     "export_feedback",
     "feedback",
@@ -105,5 +108,6 @@ __all__ = [
     "load_settings",
     "remove",
     "similar",
+    "write_changes",
     "write_results",
 ]

@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("search", ("request", "feedback", "register", "locate", "search")),
     ("output", ("render", "maps", "coverage")),
     ("engines", ("engines",)),
-    ("commands", ("ingest", "batch", "sessions", "check", "migrate")),
+    ("commands", ("ingest", "batch", "sessions", "check", "migrate", "changes")),
     ("api", ("api", "")),
     ("front ends", ("cli", "__main__", "serve")),
 ]
