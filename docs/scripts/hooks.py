@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config.yaml"
 ERRORS = ROOT / "geosearch" / "errors.py"
 
-KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[a-z_0-9]+):(?P<value>[^#]*?)\s*(?:#\s?(?P<note>.*))?$")
+KEY_LINE = re.compile(
+    r"^(?P<indent> *)(?P<key>[a-z_0-9]+):(?P<value>[^#]*?)\s*(?:#\s?(?P<note>.*))?$"
+)
 NOTE_LINE = re.compile(r"^(?P<indent> +)#\s?(?P<note>.*)$")
 HEADER_LINE = re.compile(r"^#\s?(?P<note>.*)$")
 
@@ -97,9 +99,7 @@ def settings_markdown() -> str:
     out += _table("General", "", general, 2)
     for section in (s for s in settings if s.section):
         members = [
-            s
-            for s in settings
-            if not s.section and s.name.rpartition(".")[0] == section.name
+            s for s in settings if not s.section and s.name.rpartition(".")[0] == section.name
         ]
         out += _table(f"`{section.name}`", section.text, members, 2 + section.name.count("."))
     return "\n".join(out)
