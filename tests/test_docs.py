@@ -185,3 +185,17 @@ def test_the_readme_is_short_and_links_every_docs_page() -> None:
     for picture in re.findall(r"!\[[^]]*\]\(([^)]+\.png)\)", readme):
         size = (ROOT / picture).stat().st_size
         assert 10_000 < size < 300_000, f"{picture}: {size} bytes"
+
+
+def test_the_api_reference_lists_every_api_function() -> None:
+    """docs/python.md names each public function of geosearch/api.py for mkdocstrings."""
+    import ast
+
+    tree = ast.parse((ROOT / "geosearch" / "api.py").read_text())
+    public = {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+    }
+    listed = set(re.findall(r"^ +- (\w+)$", (ROOT / "docs" / "python.md").read_text(), re.M))
+    assert public - listed == set(), "API functions missing from docs/python.md"
