@@ -94,19 +94,26 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | None]:
     for example in EXAMPLES:
         if example.runs:
             pages.setdefault(example.page, []).append(example)
+    configs = {page: page_database(project, page) for page in pages}  # before any page runs
     with ThreadPoolExecutor(LANES) as lanes:
-        results = lanes.map(lambda item: run_page(project, *item), pages.items())
+        results = lanes.map(lambda page: run_page(project, configs[page], pages[page]), pages)
     return {name: outcome for page in results for name, outcome in page.items()}
 
 
-def run_page(project: Path, page: Path, examples: list[Example]) -> dict[str, str | None]:
-    """Run a page's examples in order, with its own copy of the sample database as default."""
+def page_database(project: Path, page: Path) -> Path:
+    """A settings file making a copy of the sample database the page's default, with its own
+    results folder."""
     stem = re.sub(r"\W", "-", page.stem)
     for file in project.glob("geosearch.gpkg*"):
         if not file.name.endswith(".lock"):
             shutil.copy2(file, project / file.name.replace("geosearch", f"page-{stem}", 1))
     config = project / f"page-{stem}.yaml"
     config.write_text(f"db: page-{stem}.gpkg\nsearch:\n  out: results-{stem}\n")
+    return config
+
+
+def run_page(project: Path, config: Path, examples: list[Example]) -> dict[str, str | None]:
+    """Run a page's examples in order, with ``config`` as its settings."""
     outcomes: dict[str, str | None] = {}
     failed = None
     for example in examples:
@@ -114,7 +121,7 @@ def run_page(project: Path, page: Path, examples: list[Example]) -> dict[str, st
             outcomes[example.name] = f"not reached: {failed} failed before it on the page"
             continue
         if example.lang == "python":
-            script = project / f"example_{stem}_{example.line}.py"
+            script = project / f"example_{config.stem}_{example.line}.py"
             script.write_text(example.code)
             command = ["python", script.name]
         else:

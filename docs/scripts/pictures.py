@@ -63,10 +63,16 @@ def free_port() -> int:
 
 
 def map_page(db: Path, work: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
-
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        print("map_page.png kept as committed: pip install playwright to remake it")
+        return
     if not CHROMIUM.exists():
-        raise SystemExit(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+        print(
+            f"map_page.png kept as committed: no Chromium at {CHROMIUM} (apt-get install chromium)"
+        )
+        return
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
