@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def read_config(path: Path = CONFIG) -> tuple[list[str], list[Setting]]:
 
 def model_keys() -> set[str]:
     """Every setting the validated model (geosearch.config.Settings) accepts, dotted."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # this checkout's geosearch, whatever is installed
     from geosearch.config import Settings
 
     def walk(value: Any, prefix: str) -> set[str]:
