@@ -9,6 +9,7 @@ missing from either side, or without a comment, fails the build.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import sys
 from pathlib import Path
@@ -169,3 +170,29 @@ MARKER = re.compile(r"<!-- generated: (?P<name>[a-z-]+) -->")
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """Replace each ``<!-- generated: NAME -->`` with the generated text."""
     return MARKER.sub(lambda match: GENERATED[match["name"]](), markdown)
+
+
+OPENAPI_PAGE = "serve.md"
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The service's schema, as ``geosearch serve`` answers at /api/openapi.json."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from geosearch.config import Settings
+    from geosearch.serve import create_app
+
+    return create_app(ROOT / "no-database.gpkg", Settings()).openapi()
+
+
+def on_files(files: Any, config: Any) -> Any:
+    """Add the schema to the site as ``api/openapi.json``; fail if the page misses a path."""
+    from mkdocs.structure.files import File
+
+    schema = openapi_schema()
+    page = (Path(config["docs_dir"]) / OPENAPI_PAGE).read_text()
+    missing = [path for path in schema["paths"] if path not in page]
+    if missing:
+        raise ValueError(f"docs/{OPENAPI_PAGE} does not describe these API paths: {missing}")
+    files.append(File.generated(config, "api/openapi.json", content=json.dumps(schema, indent=1)))
+    return files
