@@ -10,9 +10,11 @@ from typing import Any
 from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
+from geosearch.detect import DetectResult, area_tiles, check_threshold, write_detections
+from geosearch.detect import detect as _detect
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines.base import IngestProgress, IngestReport
-from geosearch.errors import InputError, disk_full_said
+from geosearch.errors import ConfigError, InputError, disk_full_said
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, write_similarity_maps
@@ -184,6 +186,49 @@ def export_feedback(
     return write_marks(saved, Path(out))
 
 
+def detect(
+    db: PathLike,
+    session: str,
+    *,
+    good: Sequence[int] = (),
+    bad: Sequence[int] = (),
+    good_within: PathLike | None = None,
+    bad_within: PathLike | None = None,
+    filters: SearchFilters | None = None,
+    threshold: float | None = None,
+    review: int = 0,
+    out: PathLike | None = None,
+    settings: Settings | None = None,
+) -> DetectResult:
+    """Find every place like a session's marks: a classifier of its good and bad tiles (and
+    those given here by id or by area, saved to the session) scores every tile the ``filters``
+    allow; tiles at or above ``threshold`` (default ``detect.threshold``) are written to ``out``
+    as merged detections (``geosearch.detect``); ``review`` tiles to mark next are picked."""
+    settings = settings or Settings()
+    chosen = settings.detect.threshold if threshold is None else threshold
+    check_threshold(chosen)
+    marks = {int(t): 1 for t in good} | {int(t): -1 for t in bad}
+    out_dir = Path(out) if out is not None else settings.detect.out
+    with disk_full_said(db), open_database(Path(db), settings) as catalog:
+        for area, label in ((good_within, 1), (bad_within, -1)):
+            if area is not None:
+                marks |= dict.fromkeys(area_tiles(catalog.store, _area_option(area)), label)
+        result, ids, probabilities = _detect(
+            catalog, session, marks, filters or SearchFilters(), chosen, review, settings.detect
+        )
+        return write_detections(
+            result, catalog, out_dir, ids, probabilities, settings.search.preview_size
+        )
+
+
+def _area_option(path: PathLike) -> Any:
+    """An area given as an option: an unreadable file is a bad option (exit 2)."""
+    try:
+        return load_area(Path(path))
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def similar_batch(
     db: PathLike,
     queries: Sequence[PathLike] = (),
@@ -306,6 +351,7 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
 
 __all__ = [
     "check",
+    "detect",
     "export_feedback",
     "feedback",
     "info",

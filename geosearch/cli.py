@@ -766,6 +766,87 @@ def feedback(
 
 
 @app.command()
+def detect(
+    session: Annotated[str, typer.Argument(help="Feedback session whose marks teach it.")],
+    good: Annotated[
+        str | None,
+        typer.Option("--good", callback=_numbers(), help="Also mark these tile ids good: 12,40."),
+    ] = None,
+    bad: Annotated[
+        str | None,
+        typer.Option("--bad", callback=_numbers(), help="Also mark these tile ids bad: 7."),
+    ] = None,
+    good_within: Annotated[
+        Path | None,
+        typer.Option("--good-within", help="Mark good the tiles meeting these points/polygons."),
+    ] = None,
+    bad_within: Annotated[
+        Path | None,
+        typer.Option("--bad-within", help="Mark bad the tiles meeting these points/polygons."),
+    ] = None,
+    bbox: Bbox = None,
+    within: Within = None,
+    after: After = None,
+    before: Before = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Probability a detected tile reaches, 0..1. [config: 0.3]"
+        ),
+    ] = None,
+    review: Annotated[
+        int,
+        typer.Option("--review", min=0, help="Also list N tiles to mark next (most uncertain)."),
+    ] = 0,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for detections.gpkg/.geojson, probability.tif, "
+            "contact sheet. [default: detections]",
+        ),
+    ] = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Find every place like a session's marks: a classifier over the whole database.
+
+    Writes merged detections (GeoPackage, GeoJSON), a probability map and a contact sheet;
+    the new marks are saved to the session. Mark the --review tiles with
+    'geosearch feedback SESSION --ids --good/--bad' and run detect again.
+    """
+    from geosearch.request import SearchFilters
+
+    settings, db_path = _settings(config, db)
+    area = _run(lambda: api.load_area(within)) if within is not None else None
+    filters = SearchFilters(bbox=bbox, within=area, after=after, before=before)
+    result = _run(
+        lambda: api.detect(
+            db_path, session, good=good or [], bad=bad or [], good_within=good_within,
+            bad_within=bad_within, filters=filters, threshold=threshold, review=review,
+            out=out_dir, settings=settings,
+        )
+    )  # fmt: skip
+    if json_output:
+        out.print(json.dumps(result.to_dict()), markup=False)
+    else:
+        for tile in result.review:
+            out.print(
+                f"review tile {tile.tile.id}  p {tile.probability:.2f}  "
+                f"{_shown_path(tile.tile.path)}  {tile.preview or ''}",
+                markup=False,
+            )
+        if result.review:
+            ids = ",".join(str(tile.tile.id) for tile in result.review)
+            out.print(
+                f"mark them: geosearch feedback {session} --ids --good ... --bad ...  ({ids})",
+                markup=False,
+            )
+    err.print(result.summary(), markup=False)
+
+
+@app.command()
 def serve(
     db: DbOption = None,
     config: ConfigOption = None,

@@ -138,6 +138,15 @@ class FeedbackSettings(_Section):
     background: int = Field(100, ge=0, le=100000)  # classifier: database tiles as negatives
 
 
+class DetectSettings(_Section):
+    threshold: float = Field(0.3, ge=0, le=1)  # probability a detected tile reaches at least
+    background: int = Field(500, ge=0, le=100000)  # database tiles sampled as negatives
+    background_weight: float = Field(0.04, gt=0, le=1)  # a background tile's weight (mark = 1)
+    c: float = Field(1.0, gt=0)  # inverse regularisation strength of the logistic regression
+    batch: int = Field(65_536, ge=1024, le=10_000_000)  # vectors scored at a time
+    out: Path = Path("detections")  # folder of the files written
+
+
 class SparkSettings(_Section):
     master: str = "local[*]"
     executor_memory: str = "2g"
@@ -178,6 +187,7 @@ class Settings(_Section):
     vectors: VectorSettings = VectorSettings()
     search: SearchSettings = SearchSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    detect: DetectSettings = DetectSettings()
     maps: MapSettings = MapSettings()
     spark: SparkSettings = SparkSettings()
     serve: ServeSettings = ServeSettings()

@@ -119,7 +119,22 @@ def tile_similarity(
     store: Store, query: np.ndarray, tile_size: int, allowed: set[int] | None = None
 ) -> tuple[Grid, np.ndarray, int]:
     """A tile-level map of every tile's similarity to ``query`` (``allowed``: only those): grid,
-    (height, width) float32 values (NODATA without a tile) and the number of tiles placed."""
+    (height, width) float32 values (NODATA without a tile) and the number of tiles placed.
+    Scores come from the index's float32 vectors (SQLite reads wide vector BLOBs slowly)."""
+    scored_ids, scores = index_for_search(store).score_all(query)
+    return tile_values(store, scored_ids, similarity_of(scores), tile_size, allowed)
+
+
+def tile_values(
+    store: Store,
+    ids: np.ndarray,
+    values: np.ndarray,
+    tile_size: int,
+    allowed: set[int] | None = None,
+) -> tuple[Grid, np.ndarray, int]:
+    """A tile-level map of a value per tile (``ids``, ``values``; ``allowed``: only those):
+    grid, (height, width) float32 cells (NODATA without a tile; the highest where several tiles
+    fall in one cell) and the number of tiles placed."""
     frames = file_frames(store.first_tile_of_each_file())
     if not frames:
         raise InputError(
@@ -127,7 +142,7 @@ def tile_similarity(
             "with a CRS"
         )
     paths = list(frames)
-    codes, pixels, scores = _scored_tiles(store, query, paths, allowed, tile_size)
+    codes, pixels, scores = _placed_values(store, ids, values, paths, allowed, tile_size)
     if not len(codes):
         raise InputError("no indexed tile passes the filters: the map would be empty")
     crs_labels = [frames[path][1] for path in paths]
@@ -145,19 +160,22 @@ def tile_similarity(
     in_target = [i for i, label in enumerate(crs_labels) if label == target]
     reference = frames[paths[max(in_target, key=lambda i: per_file[i])]][0]
     grid, cell = _cell_grid(reference, tile_size, x, y, CRS.from_user_input(target))
-    values = np.full(grid.width * grid.height, -np.inf, dtype=np.float32)
-    np.maximum.at(values, cell, similarity_of(scores).astype(np.float32))
-    values[np.isneginf(values)] = NODATA
-    return grid, values.reshape(grid.height, grid.width), len(codes)
+    cells = np.full(grid.width * grid.height, -np.inf, dtype=np.float32)
+    np.maximum.at(cells, cell, scores.astype(np.float32))
+    cells[np.isneginf(cells)] = NODATA
+    return grid, cells.reshape(grid.height, grid.width), len(codes)
 
 
-def _scored_tiles(
-    store: Store, query: np.ndarray, paths: list[str], allowed: set[int] | None, tile_size: int
+def _placed_values(
+    store: Store,
+    scored_ids: np.ndarray,
+    all_scores: np.ndarray,
+    paths: list[str],
+    allowed: set[int] | None,
+    tile_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """File codes (index in ``paths``), (n, 2) pixel centres of full tiles at the tiles'
-    places, and scores.
-    Scores come from the index's float32 vectors (SQLite reads wide vector BLOBs slowly)."""
-    scored_ids, all_scores = index_for_search(store).score_all(query)
+    places, and their values (``all_scores`` of ``scored_ids``)."""
     order = np.argsort(scored_ids)
     scored_ids, all_scores = scored_ids[order], all_scores[order]
     code_of = {path: code for code, path in enumerate(paths)}
@@ -500,7 +518,15 @@ def _histogram_range(histogram: np.ndarray) -> tuple[float, float]:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def _open_map(path: Path, grid: Grid, tiled: bool) -> rasterio.io.DatasetWriter:
+MEANINGS = {
+    "similarity": "similarity to the query: (1 + cosine) / 2, 1 = the same",
+    "probability": "probability of the marked kind (geosearch detect's classifier)",
+}
+
+
+def _open_map(
+    path: Path, grid: Grid, tiled: bool, meaning: str = "similarity"
+) -> rasterio.io.DatasetWriter:
     """A float32 single-band GeoTIFF for a map (NoData NODATA), opened for writing."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     profile = {
@@ -511,15 +537,17 @@ def _open_map(path: Path, grid: Grid, tiled: bool) -> rasterio.io.DatasetWriter:
     if tiled and grid.width > 256 and grid.height > 256:
         profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256}
     dataset = rasterio.open(path, "w", **profile)
-    dataset.set_band_description(1, "similarity")
-    dataset.update_tags(GEOSEARCH_MAP="similarity to the query: (1 + cosine) / 2, 1 = the same")
+    dataset.set_band_description(1, meaning)
+    dataset.update_tags(GEOSEARCH_MAP=MEANINGS[meaning])
     return dataset
 
 
-def write_tile_map(path: Path, grid: Grid, values: np.ndarray, tiles: int) -> SimilarityMap:
-    """Write a tile-level map and its QGIS style."""
+def write_tile_map(
+    path: Path, grid: Grid, values: np.ndarray, tiles: int, meaning: str = "similarity"
+) -> SimilarityMap:
+    """Write a tile-level map (of ``meaning``, a key of ``MEANINGS``) and its QGIS style."""
     try:
-        with _open_map(path, grid, tiled=True) as dst:
+        with _open_map(path, grid, tiled=True, meaning=meaning) as dst:
             dst.write(values, 1)
     except (RasterioError, OSError) as exc:
         raise OutputError(f"cannot write {path}: {exc}") from None
@@ -666,6 +694,7 @@ __all__ = [
     "pixel_cosines",
     "style_qml",
     "tile_similarity",
+    "tile_values",
     "write_pixel_map",
     "write_similarity_maps",
     "write_tile_map",

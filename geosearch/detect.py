@@ -1,0 +1,454 @@
+"""Find every place like these: a classifier of a session's marks run over the whole database.
+
+``detect`` trains ``geosearch.classifier`` on a feedback session's marks (plus tiles marked by
+id or by area for this run, saved to the session), scores every tile the filters allow, streamed
+from the stored vectors a batch at a time, and keeps the tiles at or above the threshold.
+Adjacent detected tiles of one date are merged into one detection (a polygon with the
+probability's max and mean, the tile count, the date and the tile ids). ``review`` picks the
+tiles whose label would teach the classifier most: the most uncertain (probability nearest
+0.5), spread over the area (or, without geometry, over the vectors).
+
+What it writes (``write_detections``): ``detections.gpkg`` (layer ``detections``),
+``detections.geojson`` (RFC 7946), ``probability.tif`` with its ``.qml`` (every tile's
+probability on the tile grid, as ``similar --map`` writes similarity) and a contact sheet of the
+best detections; plain-image databases get the GeoJSON (null geometries) and the sheet.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon
+from shapely.geometry.base import BaseGeometry
+
+from geosearch.catalog import Catalog
+from geosearch.classifier import TileClassifier, train_classifier
+from geosearch.config import DetectSettings
+from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
+from geosearch.maps import SimilarityMap, tile_values, write_tile_map
+from geosearch.render import contact_sheet, feature, render_previews
+from geosearch.request import SearchFilters, SearchRequest
+from geosearch.search import allowed_ids, check_marked, resolve_request
+from geosearch.store import Store, TileRecord
+
+GPKG_NAME = "detections.gpkg"
+GEOJSON_NAME = "detections.geojson"
+MAP_NAME = "probability.tif"
+SHEET_NAME = "contact_sheet.png"
+LAYER = "detections"
+SHEET_TILES = 20  # the best tiles shown on the contact sheet, SHEET_COLUMNS a row
+SHEET_COLUMNS = 5
+REVIEW_POOL = 10  # review N: spread over the N * REVIEW_POOL most uncertain unmarked tiles
+_IDS_AT_ONCE = 16_384  # SQLite binds at most 32,766 parameters a statement
+
+
+@dataclass
+class Detection:
+    """Adjacent detected tiles of one date (one tile where there is no geometry)."""
+
+    tile_ids: list[int]
+    prob_max: float
+    prob_mean: float
+    dates: list[str]
+    geometry: BaseGeometry | None  # lon/lat (MultiPolygon); None for plain images
+    paths: list[str]
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "prob_max": round(self.prob_max, 4),
+            "prob_mean": round(self.prob_mean, 4),
+            "tiles": len(self.tile_ids),
+            "dates": ",".join(self.dates),
+            "tile_ids": ",".join(map(str, self.tile_ids)),
+            "paths": ",".join(self.paths),
+        }
+
+
+@dataclass
+class ReviewTile:
+    """A tile to mark next: its record, probability and preview (relative to the output)."""
+
+    tile: TileRecord
+    probability: float
+    preview: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        window = self.tile.window
+        return {
+            "id": self.tile.id, "probability": round(self.probability, 4),
+            "path": self.tile.path, "row": window.row, "col": window.col,
+            "acquired": self.tile.acquired, "preview": self.preview,
+        }  # fmt: skip
+
+
+@dataclass
+class DetectResult:
+    """What a detect run found, and where it wrote it."""
+
+    session: str
+    threshold: float
+    classifier: TileClassifier
+    scored: int
+    detected: int  # tiles at or above the threshold
+    detections: list[Detection]
+    review: list[ReviewTile] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    probability_map: SimilarityMap | None = None
+
+    def summary(self) -> str:
+        """The one line the CLI prints."""
+        c = self.classifier
+        made = ", ".join(path.name for path in self.files)
+        return (
+            f"session {self.session}: classifier of {c.positives} good, {c.negatives} bad and "
+            f"{c.background} background tiles; {self.scored} tiles scored, {self.detected} at "
+            f"probability >= {self.threshold:g} in {len(self.detections)} detections"
+            + (f"; wrote {made}" if made else "")
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "threshold": self.threshold,
+            "marks": {
+                "good": self.classifier.positives,
+                "bad": self.classifier.negatives,
+                "background": self.classifier.background,
+            },  # fmt: skip
+            "scored": self.scored,
+            "detected_tiles": self.detected,
+            "detections": [
+                feature(d.geometry, d.properties(), n)
+                for n, d in enumerate(self.detections, start=1)
+            ],
+            "review": [tile.to_dict() for tile in self.review],
+            "files": [str(path) for path in self.files],
+        }
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def area_tiles(store: Store, area: BaseGeometry) -> list[int]:
+    """Tiles whose footprint meets a lon/lat area (points or polygons)."""
+    return sorted(allowed_ids(store, SearchFilters(within=area)) or ())
+
+
+def session_classifier(
+    catalog: Catalog,
+    session: str,
+    marks: dict[int, int],
+    settings: DetectSettings,
+) -> tuple[TileClassifier, set[int]]:
+    """The classifier of a session's marks (``marks``: new ones, saved to the session first
+    where the database can be written), its query counted as good; and every marked tile id."""
+    store = catalog.store
+    saved = store.sessions.get(session)
+    if saved is None:
+        known = ", ".join(store.sessions.names()[-5:]) or "none yet"
+        raise InputError(f"no feedback session '{session}' in {store.path} (latest: {known})")
+    check_marked(catalog, list(marks))
+    if marks and not store.readonly:
+        from geosearch.sessions import current_user
+
+        store.sessions.mark(session, marks, current_user())
+        saved = store.sessions.get(session)
+    labels = {m["tile_id"]: m["label"] for m in saved["marks"]} | marks
+    good = sorted(t for t, label in labels.items() if label > 0)
+    bad = sorted(t for t, label in labels.items() if label < 0)
+    if not good:
+        raise ConfigError(
+            f"session {session} has no tile marked good: mark some with --good IDS, "
+            "--good-within AREA or 'geosearch feedback SESSION --good RANKS'"
+        )
+    positives = _vectors(store, good)
+    query = _query_vector(catalog, saved["query"])
+    if query is not None:
+        positives = np.vstack([query[None, :], positives])
+    background = store.vector_sample(settings.background) if settings.background else None
+    if background is None or len(background) <= len(labels):  # nothing but the marks
+        background = np.zeros((0, positives.shape[1]), np.float32)
+    classifier = train_classifier(
+        positives, _vectors(store, bad, positives.shape[1]), background,
+        background_weight=settings.background_weight, c=settings.c,
+    )  # fmt: skip
+    return classifier, set(labels)
+
+
+def _vectors(store: Store, ids: Sequence[int], dim: int = 0) -> np.ndarray:
+    parts = [
+        store.vectors(list(ids[s : s + _IDS_AT_ONCE]))[1] for s in range(0, len(ids), _IDS_AT_ONCE)
+    ]
+    return np.vstack(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def _query_vector(catalog: Catalog, saved: dict[str, Any]) -> np.ndarray | None:
+    """The session's query vector as stored (no orientations), or None if it can no longer be
+    resolved (its file gone): the marks still teach the classifier."""
+    request = SearchRequest.from_saved(saved).model_copy(update={"any_orientation": False})
+    try:
+        [query] = resolve_request(catalog, request)
+    except GeosearchError:
+        return None
+    return query.vector
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def score_tiles(
+    store: Store, classifier: TileClassifier, allowed: set[int] | None, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, log-odds) of every tile ``allowed`` (None: all), streamed ``batch`` vectors at a
+    time from the database (only ids and one float a tile are kept)."""
+    wanted = np.fromiter(sorted(allowed), np.int64, len(allowed)) if allowed is not None else None
+    ids, logits = [], []
+    for batch_ids, vectors in store.vector_batches(batch):
+        if wanted is not None:
+            keep = np.isin(batch_ids, wanted, assume_unique=True)
+            batch_ids, vectors = batch_ids[keep], vectors[keep]
+        ids.append(batch_ids)
+        logits.append(classifier.decision(vectors))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(ids), np.concatenate(logits)
+
+
+def probability(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold:g}: a probability, 0..1")
+    return threshold
+
+
+# -- detections ------------------------------------------------------------------------------
+
+
+def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> list[Detection]:
+    """Detected tiles as detections, best first: tiles of one date whose footprints meet are
+    merged (polygons); tiles without a footprint stay one a detection."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    groups: dict[str | None, list[int]] = {}
+    alone: list[list[int]] = []
+    for row, tile in enumerate(tiles):
+        if tile.footprint is None:
+            alone.append([row])
+        else:
+            groups.setdefault(tile.acquired, []).append(row)
+    parts = list(alone)
+    for rows in groups.values():
+        shapes = np.array([tiles[row].footprint for row in rows], dtype=object)
+        left, right = shapely.STRtree(shapes).query(shapes, predicate="intersects")
+        graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(len(rows), len(rows)))
+        count, component = connected_components(graph, directed=False)
+        order = np.argsort(component, kind="stable")
+        bounds = np.searchsorted(component[order], np.arange(count + 1))
+        parts += [
+            [rows[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    detections = []
+    for rows in parts:
+        members = [tiles[row] for row in rows]
+        values = probabilities[rows]
+        geometry = None
+        if members[0].footprint is not None:
+            union = shapely.union_all([tile.footprint for tile in members])
+            geometry = union if isinstance(union, MultiPolygon) else MultiPolygon([union])
+        detections.append(
+            Detection(
+                sorted(tile.id for tile in members), float(values.max()), float(values.mean()),
+                sorted({tile.acquired for tile in members if tile.acquired}), geometry,
+                sorted({tile.path for tile in members}),
+            )
+        )  # fmt: skip
+    detections.sort(key=lambda d: (-d.prob_max, d.tile_ids[0]))
+    return detections
+
+
+def review_tiles(
+    store: Store,
+    ids: np.ndarray,
+    logits: np.ndarray,
+    marked: set[int],
+    count: int,
+) -> list[ReviewTile]:
+    """``count`` unmarked tiles to mark next: among the ``count * REVIEW_POOL`` with the
+    probability nearest 0.5, the most uncertain first, then each the farthest from those
+    chosen (by footprint centre, or by vector without geometry)."""
+    if count <= 0 or not len(ids):
+        return []
+    unmarked = ~np.isin(ids, np.fromiter(marked, np.int64, len(marked)))
+    pool_ids, pool_logits = ids[unmarked], np.abs(logits[unmarked])
+    size = min(len(pool_ids), count * REVIEW_POOL)
+    if not size:
+        return []
+    nearest = np.argpartition(pool_logits, size - 1)[:size]
+    nearest = nearest[np.argsort(pool_logits[nearest], kind="stable")]
+    pool = store.tiles(pool_ids[nearest].tolist())
+    if all(tile.footprint is not None for tile in pool):
+        points = np.array([[*tile.footprint.centroid.coords[0]] for tile in pool])
+    else:
+        points = _vectors(store, [tile.id for tile in pool])
+    chosen = [0]
+    distance = np.linalg.norm(points - points[0], axis=1)
+    while len(chosen) < min(count, len(pool)):
+        best = int(np.argmax(distance))
+        chosen.append(best)
+        distance = np.minimum(distance, np.linalg.norm(points - points[best], axis=1))
+    by_id = dict(
+        zip(
+            ids[unmarked][nearest].tolist(),
+            probability(logits[unmarked][nearest]).tolist(),
+            strict=True,
+        )
+    )
+    return [ReviewTile(pool[i], by_id[pool[i].id]) for i in chosen]
+
+
+def detect(
+    catalog: Catalog,
+    session: str,
+    marks: dict[int, int],
+    filters: SearchFilters,
+    threshold: float,
+    review: int,
+    settings: DetectSettings,
+) -> tuple[DetectResult, np.ndarray, np.ndarray]:
+    """Train on the session's marks, score every allowed tile and merge the detected ones:
+    the result, and every scored tile's id and probability (for the map)."""
+    check_threshold(threshold)
+    classifier, marked = session_classifier(catalog, session, marks, settings)
+    store = catalog.store
+    ids, logits = score_tiles(store, classifier, allowed_ids(store, filters), settings.batch)
+    probabilities = probability(logits)
+    hit = probabilities >= threshold
+    hit_ids = ids[hit].tolist()
+    tiles: list[TileRecord] = []
+    for start in range(0, len(hit_ids), _IDS_AT_ONCE):
+        tiles += store.tiles(hit_ids[start : start + _IDS_AT_ONCE])
+    found = dict(zip(hit_ids, probabilities[hit].tolist(), strict=True))
+    detections = merge_detections(tiles, np.array([found[t.id] for t in tiles], np.float32))
+    result = DetectResult(session, threshold, classifier, len(ids), len(hit_ids), detections)
+    result.review = review_tiles(store, ids, logits, marked, review)
+    return result, ids, probabilities
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def write_detections(
+    result: DetectResult,
+    catalog: Catalog,
+    out_dir: Path,
+    ids: np.ndarray,
+    probabilities: np.ndarray,
+    preview_size: int,
+) -> DetectResult:
+    """Write the GeoPackage, GeoJSON, probability map, contact sheet and review previews."""
+    out_dir = Path(out_dir)
+    previews = out_dir / "previews"
+    try:
+        previews.mkdir(parents=True, exist_ok=True)
+        for earlier in [
+            *previews.glob("review_*.png"),
+            *(out_dir / n for n in (GPKG_NAME, MAP_NAME)),
+        ]:
+            earlier.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    geo = any(d.geometry is not None for d in result.detections) or _georeferenced(catalog)
+    files = []
+    if geo:
+        files.append(_write_gpkg(result.detections, out_dir / GPKG_NAME))
+    collection = {"type": "FeatureCollection", "features": result.to_dict()["detections"]}
+    _write(
+        out_dir / GEOJSON_NAME,
+        json.dumps(collection, indent=1 if len(collection["features"]) < 1000 else None).encode(),
+    )
+    files.append(out_dir / GEOJSON_NAME)
+    if geo and len(ids):
+        grid, cells, placed = tile_values(catalog.store, ids, probabilities, catalog.tile_size)
+        result.probability_map = write_tile_map(
+            out_dir / MAP_NAME, grid, cells, placed, "probability"
+        )
+        files.append(result.probability_map.path)
+    best = _best_tiles(catalog.store, ids, probabilities)
+    wanted = [(tile.path, tile.window) for tile, _ in best] + [
+        (r.tile.path, r.tile.window) for r in result.review
+    ]
+    rendered = render_previews(catalog, wanted, preview_size)
+    if best:
+        cells = [
+            (rendered[(tile.path, tile.window)], [f"#{n} p {p:.2f}", tile.acquired or "undated",
+                                                  Path(tile.path).name])
+            for n, (tile, p) in enumerate(best, start=1)
+        ]  # fmt: skip
+        rows = [cells[i : i + SHEET_COLUMNS] for i in range(0, len(cells), SHEET_COLUMNS)]
+        _write(out_dir / SHEET_NAME, contact_sheet(rows, min(preview_size, 256)))
+        files.append(out_dir / SHEET_NAME)
+    for tile in result.review:
+        png = rendered[(tile.tile.path, tile.tile.window)]
+        if png is not None:
+            path = previews / f"review_tile{tile.tile.id}.png"
+            _write(path, png)
+            tile.preview = path.relative_to(out_dir).as_posix()
+    result.files = files
+    return result
+
+
+def _georeferenced(catalog: Catalog) -> bool:
+    return any(tile.footprint is not None for tile in catalog.store.first_tile_of_each_file()[:1])
+
+
+def _best_tiles(
+    store: Store, ids: np.ndarray, probabilities: np.ndarray
+) -> list[tuple[TileRecord, float]]:
+    """The SHEET_TILES most probable tiles, best first."""
+    size = min(SHEET_TILES, len(ids))
+    if not size:
+        return []
+    top = np.argpartition(-probabilities, size - 1)[:size]
+    top = top[np.argsort(-probabilities[top], kind="stable")]
+    records = {t.id: t for t in store.tiles(ids[top].tolist())}
+    return [(records[int(i)], float(p)) for i, p in zip(ids[top], probabilities[top], strict=True)]
+
+
+def _write_gpkg(detections: Sequence[Detection], path: Path) -> Path:
+    """``detections`` as the MultiPolygon layer ``detections`` (EPSG:4326) of a GeoPackage."""
+    from pyogrio.raw import write
+
+    rows = [d for d in detections if d.geometry is not None]
+    names = ["prob_max", "prob_mean", "tiles", "dates", "tile_ids", "paths"]
+    columns = [
+        np.array([d.prob_max for d in rows], np.float64),
+        np.array([d.prob_mean for d in rows], np.float64),
+        np.array([len(d.tile_ids) for d in rows], np.int32),
+        *(np.array([d.properties()[name] for d in rows], dtype=object) for name in names[3:]),
+    ]
+    try:
+        write(
+            str(path), geometry=np.array([shapely.to_wkb(d.geometry) for d in rows], dtype=object),
+            field_data=columns, fields=names, layer=LAYER, driver="GPKG",
+            geometry_type="MultiPolygon", crs="EPSG:4326", layer_options={"FID": "id"},
+        )  # fmt: skip
+    except Exception as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
