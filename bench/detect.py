@@ -98,7 +98,7 @@ def quality(work: Path, per_class: int, queries_per_class: int, overrides: dict)
     from geosearch import feedback, similar
     from geosearch.catalog import open_database
     from geosearch.config import Settings
-    from geosearch.detect import detect
+    from geosearch.detection import detect
     from geosearch.request import SearchFilters
 
     db, kinds = eurosat_db(work, per_class)

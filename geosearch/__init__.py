@@ -25,6 +25,7 @@ from geosearch.version import __version__
 if TYPE_CHECKING:
     from geosearch.api import (
         check,
+        detect,
         export_feedback,
         feedback,
         info,
@@ -47,8 +48,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     **dict.fromkeys(
-        ("check", "export_feedback", "feedback", "info", "ingest", "load_settings", "remove",
-         "similar", "write_results"),
+        ("check", "detect", "export_feedback", "feedback", "info", "ingest", "load_settings",
+         "remove", "similar", "write_results"),
         "geosearch.api",
     ),
     **dict.fromkeys(
@@ -98,6 +99,7 @@ __all__ = [
     "SearchRequest",
     "__version__",
     "check",
+    "detect",
     "export_feedback",
     "feedback",
     "info",

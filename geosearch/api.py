@@ -10,8 +10,8 @@ from typing import Any
 from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
 from geosearch.config import Settings, load_settings
-from geosearch.detect import DetectResult, area_tiles, check_threshold, write_detections
-from geosearch.detect import detect as _detect
+from geosearch.detection import DetectResult, area_tiles, check_threshold, write_detections
+from geosearch.detection import detect as _detect
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines.base import IngestProgress, IngestReport
 from geosearch.errors import ConfigError, InputError, disk_full_said
@@ -203,7 +203,7 @@ def detect(
     """Find every place like a session's marks: a classifier of its good and bad tiles (and
     those given here by id or by area, saved to the session) scores every tile the ``filters``
     allow; tiles at or above ``threshold`` (default ``detect.threshold``) are written to ``out``
-    as merged detections (``geosearch.detect``); ``review`` tiles to mark next are picked."""
+    as merged detections (``geosearch.detection``); ``review`` tiles to mark next are picked."""
     settings = settings or Settings()
     chosen = settings.detect.threshold if threshold is None else threshold
     check_threshold(chosen)

@@ -5,7 +5,7 @@ bad and a background sample of the database: most tiles are not what was marked,
 hundred random tiles are fair negatives, each weighed less than a mark (it may be a positive
 nobody marked). Being linear, it scores a batch of vectors with one matrix product, so scoring a
 whole database costs about what reading its vectors does. Used by feedback re-ranking
-(``geosearch.feedback``) and by ``detect`` (``geosearch.detect``).
+(``geosearch.feedback``) and by ``detect`` (``geosearch.detection``).
 """
 
 from __future__ import annotations
