@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from geosearch.api import (
         check,
         detect,
+        export_chips,
         export_feedback,
         feedback,
         info,
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     **dict.fromkeys(
-        ("check", "detect", "export_feedback", "feedback", "info", "ingest", "load_settings",
-         "remove", "similar", "write_results"),
+        ("check", "detect", "export_chips", "export_feedback", "feedback", "info", "ingest",
+         "load_settings", "remove", "similar", "write_results"),
         "geosearch.api",
     ),
     **dict.fromkeys(
@@ -100,6 +101,7 @@ __all__ = [
     "__version__",
     "check",
     "detect",
+    "export_chips",
     "export_feedback",
     "feedback",
     "info",

@@ -9,6 +9,8 @@ from typing import Any
 
 from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
+from geosearch.chips import ChipExport
+from geosearch.chips import export_chips as _export_chips
 from geosearch.config import Settings, load_settings
 from geosearch.detection import DetectResult, area_tiles, check_threshold, write_detections
 from geosearch.detection import detect as _detect
@@ -229,6 +231,23 @@ def _area_option(path: PathLike) -> Any:
         raise ConfigError(str(exc)) from None
 
 
+def export_chips(
+    db: PathLike,
+    session: str,
+    out: PathLike,
+    negatives: int = 0,
+    settings: Settings | None = None,
+) -> ChipExport:
+    """Training data out: every tile marked in ``session`` and ``negatives`` background tiles
+    as image chips in ``out/good`` and ``out/bad`` (torchvision's ImageFolder layout), with
+    labels.csv and a GeoPackage of their footprints; see ``geosearch.chips``."""
+    if negatives < 0:
+        raise ConfigError(f"--negatives {negatives}: a number of tiles, 0 or more")
+    saved = session_marks(Path(db), session, settings)
+    with open_database(Path(db), settings) as catalog:
+        return _export_chips(catalog, saved, Path(out), negatives)
+
+
 def similar_batch(
     db: PathLike,
     queries: Sequence[PathLike] = (),
@@ -352,6 +371,7 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
 __all__ = [
     "check",
     "detect",
+    "export_chips",
     "export_feedback",
     "feedback",
     "info",

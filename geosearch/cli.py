@@ -734,6 +734,18 @@ def feedback(
         Path | None,
         typer.Option("--export", help="Write the marked tiles (with labels) to this GeoJSON."),
     ] = None,
+    export_chips: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-chips",
+            help="Write every marked tile as an image chip to DIR/good and DIR/bad (ImageFolder "
+            "layout), with labels.csv and chips.gpkg.",
+        ),
+    ] = None,
+    negatives: Annotated[
+        int,
+        typer.Option("--negatives", help="With --export-chips: also N background tiles as bad."),
+    ] = 0,
     db: DbOption = None,
     config: ConfigOption = None,
     top: Top = None,
@@ -741,10 +753,17 @@ def feedback(
     previews: Previews = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Mark a session's results good or bad and search again (or --export its marks)."""
+    """Mark a session's results good or bad and search again (or --export its marks, or
+    --export-chips for training data)."""
     settings, db_path = _settings(
         config, db, **{"search.out": out_dir, "search.previews": previews}
     )
+    if export_chips is not None and not (good or bad):
+        chips = _run(lambda: api.export_chips(db_path, session, export_chips, negatives, settings))
+        for skipped in chips.skipped:
+            err.print(f"skipped {skipped}", markup=False)
+        err.print(chips.summary(), markup=False)
+        return
     if export is not None and not (good or bad):
         written = _run(lambda: api.export_feedback(db_path, session, export, settings))
         err.print(f"wrote {written}", markup=False)
@@ -758,6 +777,9 @@ def feedback(
     )  # fmt: skip
     if export is not None:
         _run(lambda: api.export_feedback(db_path, session, export, settings))
+    if export_chips is not None:
+        chips = _run(lambda: api.export_chips(db_path, session, export_chips, negatives, settings))
+        err.print(chips.summary(), markup=False)
     search = settings.search
     files = _run(
         lambda: api.write_results([result], db_path, search.out, search.preview_size, settings)

@@ -32,7 +32,7 @@ from geosearch.classifier import TileClassifier, train_classifier
 from geosearch.config import DetectSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
 from geosearch.maps import SimilarityMap, tile_values, write_tile_map
-from geosearch.render import contact_sheet, feature, render_previews
+from geosearch.render import contact_sheet, feature, render_previews, write_layer
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import allowed_ids, check_marked, resolve_request
 from geosearch.store import Store, TileRecord
@@ -425,26 +425,16 @@ def _best_tiles(
 
 
 def _write_gpkg(detections: Sequence[Detection], path: Path) -> Path:
-    """``detections`` as the MultiPolygon layer ``detections`` (EPSG:4326) of a GeoPackage."""
-    from pyogrio.raw import write
-
+    """``detections`` as the layer ``detections`` of a GeoPackage."""
     rows = [d for d in detections if d.geometry is not None]
-    names = ["prob_max", "prob_mean", "tiles", "dates", "tile_ids", "paths"]
-    columns = [
-        np.array([d.prob_max for d in rows], np.float64),
-        np.array([d.prob_mean for d in rows], np.float64),
-        np.array([len(d.tile_ids) for d in rows], np.int32),
-        *(np.array([d.properties()[name] for d in rows], dtype=object) for name in names[3:]),
-    ]
-    try:
-        write(
-            str(path), geometry=np.array([shapely.to_wkb(d.geometry) for d in rows], dtype=object),
-            field_data=columns, fields=names, layer=LAYER, driver="GPKG",
-            geometry_type="MultiPolygon", crs="EPSG:4326", layer_options={"FID": "id"},
-        )  # fmt: skip
-    except Exception as exc:
-        raise OutputError(f"cannot write {path}: {exc}") from None
-    return path
+    columns: dict[str, Any] = {
+        "prob_max": np.array([d.prob_max for d in rows], np.float64),
+        "prob_mean": np.array([d.prob_mean for d in rows], np.float64),
+        "tiles": np.array([len(d.tile_ids) for d in rows], np.int32),
+    }
+    for name in ("dates", "tile_ids", "paths"):
+        columns[name] = np.array([d.properties()[name] for d in rows], dtype=object)
+    return write_layer(path, LAYER, [d.geometry for d in rows], columns)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -438,6 +438,31 @@ def _fitted(text: str, font: ImageFont.ImageFont, width: int) -> str:
     return f"{text[: keep // 2]}…{text[-(keep // 2) :]}"
 
 
+def write_layer(
+    path: Path, layer: str, geometries: Sequence[BaseGeometry | None], columns: dict[str, Any]
+) -> Path:
+    """A GeoPackage of one MultiPolygon layer in EPSG:4326 (feature id ``id``): lon/lat
+    ``geometries`` (None: no geometry) and a value of each column (name: array) per feature."""
+    from pyogrio.raw import write
+
+    shapes = [
+        None if g is None else g if isinstance(g, MultiPolygon) else MultiPolygon([g])
+        for g in geometries
+    ]
+    try:
+        path.unlink(missing_ok=True)
+        write(
+            str(path), geometry=np.array([shapely.to_wkb(g) if g is not None else None
+                                          for g in shapes], dtype=object),
+            field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
+            layer=layer, driver="GPKG", geometry_type="MultiPolygon", crs="EPSG:4326",
+            layer_options={"FID": "id"},
+        )  # fmt: skip
+    except Exception as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    return path
+
+
 def prepare_output(out_dir: Path, previews: bool = True) -> Path:
     """Create the results folder (and its previews/) or fail with OutputError, before any work;
     returns the folder previews go in."""

@@ -7,6 +7,7 @@ polygon in detections.gpkg beside the probability map; bad input is one line and
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
 import shapely
+from PIL import Image
 from pyogrio.raw import read as read_layer
 from typer.testing import CliRunner
 
@@ -69,6 +72,12 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     with Store(db) as store:  # the marks given were saved to the session
         saved = store.sessions.get("detect-eurosat")["marks"]
     assert {m["tile_id"] for m in saved} == marked
+    chips = geosearch.export_chips(db, "detect-eurosat", tmp_path / "chips", negatives=4)
+    assert (chips.good, chips.bad, chips.background) == (len(good), len(bad), 4)
+    assert len(list((tmp_path / "chips" / "good").glob("*.png"))) == len(good)
+    with Image.open(next((tmp_path / "chips" / "bad").glob("*.png"))) as picture:
+        assert picture.size == (64, 64)
+    assert not (tmp_path / "chips" / "chips.gpkg").exists()  # pictures have no footprints
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +186,36 @@ def test_bad_input_is_one_line_and_exit_2(raster_db, tmp_path, options, config_t
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_exported_chips_are_georeferenced_and_labelled(raster_db, tmp_path) -> None:
+    raster, db, config = raster_db
+    good = [tile_id(db, 2 * TILE, TILE), tile_id(db, 3 * TILE, 2 * TILE)]
+    bad = [tile_id(db, 0, 0)]
+    settings = Settings(tile_size=TILE, workers=1).with_overrides({"features.cnn.weight": 0.0})
+    geosearch.similar(db, [raster], tile=0, session="chips", good=good, bad=bad, settings=settings)
+    out = tmp_path / "chips"
+    result = runner.invoke(
+        app, ["feedback", "chips", "--db", str(db), "--config", str(config), "--export-chips",
+              str(out), "--negatives", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 good and 4 bad chips (3 of them background)" in result.stderr
+    with open(out / "labels.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert sorted((r["label"], r["origin"]) for r in rows) == sorted(
+        [("good", "marked")] * 2 + [("bad", "marked")] + [("bad", "background")] * 3
+    )
+    with rasterio.open(raster) as source:
+        for row in rows:
+            with rasterio.open(out / row["chip"]) as chip:
+                assert chip.crs == source.crs and chip.count == 3 and chip.shape == (TILE, TILE)
+                window = rasterio.windows.Window(int(row["col"]), int(row["row"]), TILE, TILE)
+                assert chip.transform == source.window_transform(window)
+                assert np.array_equal(chip.read(), source.read(window=window))
+    assert {Path(r["chip"]).stem for r in rows if r["label"] == "good"} == {
+        f"tile{t}" for t in good
+    }
+    info, _, geometries, fields = read_layer(str(out / "chips.gpkg"), layer="chips")
+    assert len(geometries) == 6 and info["crs"] == "EPSG:4326"
+    assert sorted(fields[list(info["fields"]).index("label")]) == ["bad"] * 4 + ["good"] * 2
