@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -199,7 +200,8 @@ def timed_detect(db: Path, out: Path) -> dict[str, Any]:
     peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024), "scored":
             result.scored, "detected_tiles": result.detected,
-            "detections": len(result.detections)}  # fmt: skip
+            "detections": len(result.detections), "stages_s": result.to_dict()["seconds"],
+            "load_average": os.getloadavg()[0]}  # fmt: skip
 
 
 def scale(work: Path, tiles: int) -> None:

@@ -49,8 +49,6 @@ def train_classifier(
     sample, classes balanced, each background row weighing ``background_weight`` of a mark.
 
     ConfigError without a positive, or with neither negatives nor background to learn from."""
-    from sklearn.linear_model import LogisticRegression  # slow to import; only needed here
-
     if not len(positives):
         raise ConfigError("no tile marked good: mark at least one with --good")
     if not len(negatives) and not len(background):
@@ -59,21 +57,38 @@ def train_classifier(
             "mark some tiles bad with --bad"
         )
     dim = positives.shape[1]
-    parts = [np.asarray(p, dtype=np.float32).reshape(-1, dim) for p in (positives, negatives)]
-    parts.append(np.asarray(background, dtype=np.float32).reshape(-1, dim))
+    parts = [np.asarray(p, dtype=np.float64).reshape(-1, dim) for p in (positives, negatives)]
+    parts.append(np.asarray(background, dtype=np.float64).reshape(-1, dim))
     features = np.vstack(parts)
     labels = np.r_[np.ones(len(parts[0])), np.zeros(len(parts[1]) + len(parts[2]))]
-    weights = np.r_[
-        np.ones(len(parts[0]) + len(parts[1])), np.full(len(parts[2]), background_weight)
-    ]
-    # balanced: each class weighs the same in all (background counted at its weight)
-    positive_total = weights[labels == 1].sum()
-    negative_total = weights[labels == 0].sum()
-    weights[labels == 1] *= len(weights) / (2 * positive_total)
-    weights[labels == 0] *= len(weights) / (2 * negative_total)
-    model = LogisticRegression(C=c, max_iter=1000)
-    model.fit(features, labels, sample_weight=weights)
+    marks = len(parts[0]) + len(parts[1])
+    weights = np.r_[np.ones(marks), np.full(len(parts[2]), background_weight)]
+    # balanced: each class weighs half of all (background counted at its weight)
+    for label in (0, 1):
+        weights[labels == label] *= len(weights) / (2 * weights[labels == label].sum())
+    coefficients = _logistic_regression(features, labels, weights, c)
     return TileClassifier(
-        model.coef_[0].astype(np.float32), float(model.intercept_[0]), len(parts[0]),
+        coefficients[:-1].astype(np.float32), float(coefficients[-1]), len(parts[0]),
         len(parts[1]), len(parts[2]),
     )  # fmt: skip
+
+
+def _logistic_regression(
+    features: np.ndarray, labels: np.ndarray, weights: np.ndarray, c: float
+) -> np.ndarray:
+    """(weights..., bias) minimising c * sum(weight * log-loss) + |weights|^2 / 2 (the bias not
+    penalised): scikit-learn's ``LogisticRegression(C=c)``, without its 0.6-2 s import."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
+        w, bias = params[:-1], params[-1]
+        z = features @ w + bias
+        loss = c * float(weights @ (np.logaddexp(0.0, z) - labels * z)) + 0.5 * float(w @ w)
+        residual = c * weights * (expit(z) - labels)
+        return loss, np.r_[features.T @ residual + w, residual.sum()]
+
+    start = np.zeros(features.shape[1] + 1)
+    found = minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B",
+                     options={"maxiter": 1000, "gtol": 1e-6})  # fmt: skip
+    return found.x

@@ -143,7 +143,6 @@ class DetectSettings(_Section):
     background: int = Field(500, ge=0, le=100000)  # database tiles sampled as negatives
     background_weight: float = Field(0.04, gt=0, le=1)  # a background tile's weight (mark = 1)
     c: float = Field(1.0, gt=0)  # inverse regularisation strength of the logistic regression
-    batch: int = Field(65_536, ge=1024, le=10_000_000)  # vectors scored at a time
     out: Path = Path("detections")  # folder of the files written
 
 

@@ -219,3 +219,7 @@ def test_exported_chips_are_georeferenced_and_labelled(raster_db, tmp_path) -> N
     info, _, geometries, fields = read_layer(str(out / "chips.gpkg"), layer="chips")
     assert len(geometries) == 6 and info["crs"] == "EPSG:4326"
     assert sorted(fields[list(info["fields"]).index("label")]) == ["bad"] * 4 + ["good"] * 2
+    if OGRINFO.exists():
+        done = subprocess.run([str(OGRINFO), "-so", "-al", str(out / "chips.gpkg")],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        assert "Warning" not in done.stderr and "Feature Count: 6" in done.stdout
