@@ -49,6 +49,7 @@ from bench.protocols.kinds import (  # noqa: E402
 TOP = 10
 REVIEW_ROUNDS = 3
 REVIEW = 10
+SWEEP = (0.3, 0.5, 0.7)  # thresholds whose precision and recall are reported beside the default
 
 
 def emit(line: dict[str, Any]) -> None:
@@ -87,10 +88,12 @@ def unmarked_figures(
     relevant = int(hits.sum())
     figures = {"ap": average_precision(hits, relevant)}
     if scores is not None:
-        detected = scores[left] >= threshold
-        found = int((detected & hits).sum())
-        figures["precision"] = found / max(1, int(detected.sum()))
-        figures["recall"] = found / max(1, relevant)
+        for cut in sorted({threshold, *SWEEP}):
+            detected = scores[left] >= cut
+            found = int((detected & hits).sum())
+            suffix = "" if cut == threshold else f"_at_{cut:g}"
+            figures[f"precision{suffix}"] = found / max(1, int(detected.sum()))
+            figures[f"recall{suffix}"] = found / max(1, relevant)
     return figures
 
 

@@ -44,6 +44,11 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     [first] = geosearch.similar(db, [pictures[name][3]], top=20, session="detect-eurosat")
     good = [m.tile.id for m in first.matches if label_of(m.tile.path) == name]
     bad = [m.tile.id for m in first.matches if label_of(m.tile.path) != name]
+    first_round = geosearch.detect(db, "detect-eurosat", good=good, bad=bad, review=5)
+    reviewed = {r.tile.id: label_of(r.tile.path) == name for r in first_round.review}
+    assert len(reviewed) == 5 and not set(reviewed) & (set(good) | set(bad))
+    good += [t for t, is_it in reviewed.items() if is_it]  # a round of review, marked by label
+    bad += [t for t, is_it in reviewed.items() if not is_it]
     result = geosearch.detect(
         db, "detect-eurosat", good=good, bad=bad, review=5, out=tmp_path / "out"
     )
@@ -54,8 +59,8 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     hits = sum(label_of(t.path) == name for t in tiles)
     unmarked_of_class = EUROSAT_PER_CLASS - 1 - len(good)  # the query is not marked
     print(f"{len(tiles)} unmarked detected, {hits} {name}; {unmarked_of_class} to find")
-    assert hits / unmarked_of_class >= 0.6  # most of the class
-    assert hits / max(1, len(tiles)) >= 0.6  # and mostly the class
+    assert hits / unmarked_of_class > 0.5  # most of the class (23 of 37 when written)
+    assert hits / max(1, len(tiles)) >= 0.8  # and mostly the class
     assert result.scored == len(EUROSAT_CLASSES) * EUROSAT_PER_CLASS
     # plain pictures: GeoJSON without geometry, a contact sheet, no GeoPackage or map
     out = tmp_path / "out"
