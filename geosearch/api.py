@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geosearch import engines
 from geosearch.catalog import open_database
 from geosearch.check import CheckReport, check_database
 from geosearch.chips import ChipExport
@@ -200,12 +201,15 @@ def detect(
     threshold: float | None = None,
     review: int = 0,
     out: PathLike | None = None,
+    engine: str = DEFAULT_ENGINE,
+    master: str | None = None,
     settings: Settings | None = None,
 ) -> DetectResult:
     """Find every place like a session's marks: a classifier of its good and bad tiles (and
     those given here by id or by area, saved to the session) scores every tile the ``filters``
     allow; tiles at or above ``threshold`` (default ``detect.threshold``) are written to ``out``
-    as merged detections (``geosearch.detection``); ``review`` tiles to mark next are picked."""
+    as merged detections (``geosearch.detection``); ``review`` tiles to mark next are picked.
+    ``engine="spark"`` scores the database's vectors on Spark executors (``master``)."""
     settings = settings or Settings()
     chosen = settings.detect.threshold if threshold is None else threshold
     check_threshold(chosen)
@@ -215,9 +219,11 @@ def detect(
         for area, label in ((good_within, 1), (bad_within, -1)):
             if area is not None:
                 marks |= dict.fromkeys(area_tiles(catalog.store, _area_option(area)), label)
+        spark = (settings.spark, master) if engines.engine(engine).batch_search else None
         result, ids, probabilities = _detect(
-            catalog, session, marks, filters or SearchFilters(), chosen, review, settings.detect
-        )
+            catalog, session, marks, filters or SearchFilters(), chosen, review, settings.detect,
+            spark,
+        )  # fmt: skip
         return write_detections(
             result, catalog, out_dir, ids, probabilities, settings.search.preview_size
         )

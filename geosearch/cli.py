@@ -828,6 +828,8 @@ def detect(
             "contact sheet. [default: detections]",
         ),
     ] = None,
+    engine: EngineOption = engines.DEFAULT_ENGINE,
+    master: MasterOption = None,
     db: DbOption = None,
     config: ConfigOption = None,
     json_output: JsonOption = False,
@@ -847,7 +849,7 @@ def detect(
         lambda: api.detect(
             db_path, session, good=good or [], bad=bad or [], good_within=good_within,
             bad_within=bad_within, filters=filters, threshold=threshold, review=review,
-            out=out_dir, settings=settings,
+            out=out_dir, engine=engine, master=master, settings=settings,
         )
     )  # fmt: skip
     if json_output:

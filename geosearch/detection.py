@@ -31,7 +31,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geosearch.catalog import Catalog
 from geosearch.classifier import TileClassifier, train_classifier
-from geosearch.config import DetectSettings
+from geosearch.config import DetectSettings, SparkSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
 from geosearch.index import index_for_search
 from geosearch.maps import SimilarityMap, tile_values, write_tile_map
@@ -216,16 +216,30 @@ def _query_vector(catalog: Catalog, saved: dict[str, Any]) -> np.ndarray | None:
 
 
 def score_tiles(
-    store: Store, classifier: TileClassifier, allowed: set[int] | None
+    store: Store,
+    classifier: TileClassifier,
+    allowed: set[int] | None,
+    spark: tuple[SparkSettings, str | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, log-odds) of every tile ``allowed`` (None: all), in id order. The classifier being
     linear, its log-odds are the index's exact inner products with its weights (streamed from
     the index's float32 copy of the vectors a block of rows at a time, as similarity maps do:
     SQLite reads the vector BLOBs about twice as slowly) plus its bias; only ids and one float
-    a tile are kept."""
-    ids, dots = index_for_search(store).score_all(classifier.weights)
+    a tile are kept. ``spark`` (settings, master): the database's vectors are streamed into
+    shards scored on Spark executors instead (``engines.spark``)."""
+    if spark is not None:
+        from geosearch.engines.spark import spark_linear_scores, spark_session
+
+        session = spark_session(*spark)
+        ids, logits = spark_linear_scores(
+            session, store.vector_batches(), classifier.weights, classifier.bias,
+            spark[0].partitions,
+        )  # fmt: skip
+    else:
+        ids, dots = index_for_search(store).score_all(classifier.weights)
+        logits = dots + np.float32(classifier.bias)
     order = np.argsort(ids, kind="stable")
-    ids, logits = ids[order], dots[order] + np.float32(classifier.bias)
+    ids, logits = ids[order], logits[order]
     if allowed is not None:
         keep = np.isin(ids, np.fromiter(allowed, np.int64, len(allowed)))
         ids, logits = ids[keep], logits[keep]
@@ -338,15 +352,17 @@ def detect(
     threshold: float,
     review: int,
     settings: DetectSettings,
+    spark: tuple[SparkSettings, str | None] | None = None,
 ) -> tuple[DetectResult, np.ndarray, np.ndarray]:
     """Train on the session's marks, score every allowed tile and merge the detected ones:
-    the result, and every scored tile's id and probability (for the map)."""
+    the result, and every scored tile's id and probability (for the map). ``spark``
+    (settings, master): scored on Spark (``detect --engine spark``)."""
     check_threshold(threshold)
     started = time.perf_counter()
     classifier, marked = session_classifier(catalog, session, marks, settings)
     trained = time.perf_counter()
     store = catalog.store
-    ids, logits = score_tiles(store, classifier, allowed_ids(store, filters))
+    ids, logits = score_tiles(store, classifier, allowed_ids(store, filters), spark)
     scored = time.perf_counter()
     probabilities = probability(logits)
     hit = probabilities >= threshold

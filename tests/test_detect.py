@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -228,3 +229,34 @@ def test_exported_chips_are_georeferenced_and_labelled(raster_db, tmp_path) -> N
         done = subprocess.run([str(OGRINFO), "-so", "-al", str(out / "chips.gpkg")],
                               capture_output=True, text=True, check=True)  # fmt: skip
         assert "Warning" not in done.stderr and "Feature Count: 6" in done.stdout
+
+
+def test_spark_gives_the_same_detections_as_the_local_run(raster_db, tmp_path) -> None:
+    pytest.importorskip("pyspark", reason="the spark extra is installed by make test")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    _, db, config = raster_db
+    good = tile_id(db, 2 * TILE, TILE)
+    bad = tile_id(db, 0, 0)
+    outputs = []
+    for engine in (["--engine", "local"], ["--engine", "spark", "--master", "local[2]"]):
+        out = tmp_path / engine[1]
+        result = runner.invoke(
+            app, ["detect", "geo", "--db", str(db), "--config", str(config), "--good", str(good),
+                  "--bad", str(bad), "--out", str(out), "--threshold", "0.5", "--json", *engine],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outputs.append((json.loads(result.stdout), out))
+    (local, local_out), (spark, spark_out) = outputs
+    assert local["scored"] == spark["scored"] == 64
+    assert [d["properties"]["tile_ids"] for d in local["detections"]] == [
+        d["properties"]["tile_ids"] for d in spark["detections"]
+    ]
+    assert [d["geometry"] for d in local["detections"]] == [
+        d["geometry"] for d in spark["detections"]
+    ]
+    assert [r["id"] for r in local["review"]] == [r["id"] for r in spark["review"]]
+    with (
+        rasterio.open(local_out / "probability.tif") as a,
+        rasterio.open(spark_out / "probability.tif") as b,
+    ):
+        np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-5)
