@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -15,12 +15,14 @@ from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 
 from geosearch.config import Settings
+from geosearch.detection import GEOJSON_NAME, GPKG_NAME
 from geosearch.errors import ConfigError
 from geosearch.render import feature_collection, location_feature, tile_feature
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult
 from geosearch.serve.models import (
     MAX_TOP,
+    DetectRequest,
     ErrorBody,
     Feature,
     MarkRequest,
@@ -305,6 +307,73 @@ def marks_geojson(service: Service, name: str) -> Response:
     """The session's marked tiles as GeoJSON: label (good/bad), when, by whom."""
     headers = {"Content-Disposition": f'attachment; filename="{name}-marks.geojson"'}
     return Response(service.marks_geojson(name), media_type="application/geo+json", headers=headers)
+
+
+@router.post(
+    "/api/sessions/{name}/detect",
+    responses={403: {"model": ErrorBody}} | _ERRORS,
+    tags=["feedback"],
+    dependencies=[Depends(_require_feedback)],
+)
+def detect(request: Request, service: Service, name: str, body: DetectRequest) -> dict[str, Any]:
+    """Run ``geosearch detect`` on the session: every tile scored by a classifier of its
+    marks. The answer: the summary, the tiles to mark next (GeoJSON features with their
+    probability), the URL template of the detections layer and the downloads."""
+    run, result = service.detect(name, body.review, body.threshold)
+    base = f"api/sessions/{quote(name)}/detections"
+    review = []
+    for tile in result.review:
+        found = stored_tile_feature(request, tile.tile)
+        found["properties"]["probability"] = round(tile.probability, 4)
+        review.append(found)
+    return {
+        "summary": result.summary(),
+        "threshold": result.threshold,
+        "scored": result.scored,
+        "detected_tiles": result.detected,
+        "detections": len(result.detections),
+        "review": {"type": "FeatureCollection", "features": review},
+        "layer": f"{base}/{{z}}/{{x}}/{{y}}.png?run={run}",
+        "downloads": {
+            kind: f"{base}.{kind}?run={run}"
+            for kind, path in (("gpkg", GPKG_NAME), ("geojson", GEOJSON_NAME))
+            if any(written.name == path for written in result.files)
+        },
+    }
+
+
+@router.get(
+    "/api/sessions/{name}/detections/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}} | _ERRORS,
+    tags=["feedback"],
+)
+def detections_tile(
+    service: Service,
+    name: str,
+    z: Annotated[int, PathParam(ge=0, le=22)],
+    x: Annotated[int, PathParam(ge=0)],
+    y: Annotated[int, PathParam(ge=0)],
+) -> Response:
+    """The session's last detections as an XYZ map tile (rendered here, like the coverage
+    layer, whatever their number): each pixel coloured by the detected tiles centred there."""
+    if x >= 2**z or y >= 2**z:
+        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
+    png = service.detections_tile(name, z, x, y)
+    return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
+
+
+@router.get(
+    "/api/sessions/{name}/detections.{kind}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/geopackage+sqlite3": {}}}} | _ERRORS,
+    tags=["feedback"],
+)
+def detections_file(service: Service, name: str, kind: Literal["gpkg", "geojson"]) -> FileResponse:
+    """The session's last detections as a GeoPackage or GeoJSON file."""
+    path = service.detections_file(name, GPKG_NAME if kind == "gpkg" else GEOJSON_NAME)
+    media = "application/geopackage+sqlite3" if kind == "gpkg" else "application/geo+json"
+    return FileResponse(path, media_type=media, filename=f"{name}-detections.{kind}")
 
 
 # -- parsing and answering ------------------------------------------------------------------

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from cachetools import LRUCache
 from PIL import Image
 
 from geosearch import api
 from geosearch.catalog import Catalog, open_database
 from geosearch.config import Settings
-from geosearch.coverage import Coverage
+from geosearch.coverage import DETECTION_COLOUR, Coverage
+from geosearch.detection import DetectResult
 from geosearch.errors import ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchRequest
@@ -101,6 +103,9 @@ class SearchService:
         self.previews = _PngCache(PREVIEW_CACHE_BYTES)
         self._coverage: tuple[int, Coverage] | None = None
         self._coverage_lock = threading.Lock()
+        self._detections: dict[str, tuple[int, Coverage, Path]] = {}  # session: run, layer, files
+        self._detect_lock = threading.Lock()
+        self._detect_folder: Path | None = None
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
@@ -244,6 +249,57 @@ class SearchService:
         return api.feedback(
             self.db, name, good, bad, by_rank=False, top=top, settings=self.settings
         )
+
+    # -- detect ---------------------------------------------------------------------------
+
+    def detect(self, name: str, review: int, threshold: float | None) -> tuple[int, DetectResult]:
+        """``api.detect`` on a session, its files in a folder of this service's; the detected
+        tiles' centres kept for the detections layer. (run number, result)."""
+        self.session(name)
+        with self._detect_lock:
+            if self._detect_folder is None:
+                self._detect_folder = Path(tempfile.mkdtemp(prefix="geosearch-detect-"))
+            folder = self._detect_folder / secrets.token_hex(8)
+        result = api.detect(
+            self.db, name, review=review, threshold=threshold, out=folder, settings=self.settings
+        )
+        ids = sorted(t for detection in result.detections for t in detection.tile_ids)
+        centres = []
+        with Store(self.db) as store:
+            for start in range(0, len(ids), 10_000):
+                for tile in store.tiles(ids[start : start + 10_000]):
+                    if tile.footprint is not None:
+                        west, south, east, north = tile.footprint.bounds
+                        centres.append(((west + east) / 2, (south + north) / 2))
+        lon, lat = np.asarray(centres, dtype=np.float64).reshape(-1, 2).T
+        with self._detect_lock:
+            run = self._detections.get(name, (0,))[0] + 1
+            self._detections[name] = (run, Coverage.of(lon, lat, DETECTION_COLOUR), folder)
+        return run, result
+
+    def _detected(self, name: str) -> tuple[int, Coverage, Path]:
+        with self._detect_lock:
+            found = self._detections.get(name)
+        if found is None:
+            raise NotFoundError(f"session '{name}' has not been run through detect here yet")
+        return found
+
+    def detections_tile(self, name: str, z: int, x: int, y: int) -> bytes:
+        """Map tile z/x/y of the session's last detections (PNG), cached with the previews."""
+        run, layer, _ = self._detected(name)
+        key = f"detections:{name}:{run}:{z}/{x}/{y}"
+        png = self.previews.get(key)
+        if png is None:
+            png = layer.map_tile(z, x, y)
+            self.previews.put(key, png)
+        return png
+
+    def detections_file(self, name: str, file_name: str) -> Path:
+        """A file the session's last detect wrote (detections.gpkg, detections.geojson)."""
+        path = self._detected(name)[2] / file_name
+        if not path.is_file():
+            raise NotFoundError(f"the last detect of session '{name}' wrote no {file_name}")
+        return path
 
     def marks_geojson(self, name: str) -> bytes:
         """The session's marked tiles as GeoJSON (``render.marks_collection``)."""
