@@ -44,9 +44,13 @@ def train_classifier(
     *,
     background_weight: float = 1.0,
     c: float = 1.0,
+    weak_positives: np.ndarray | None = None,
+    weak_weight: float = 0.0,
 ) -> TileClassifier:
     """A logistic regression of ``positives`` against ``negatives`` and the ``background``
-    sample, classes balanced, each background row weighing ``background_weight`` of a mark.
+    sample, classes balanced, each background row weighing ``background_weight`` of a mark;
+    ``weak_positives`` (self-training: tiles a first classifier was surest of) count as positives
+    weighing ``weak_weight`` of a mark.
 
     ConfigError without a positive, or with neither negatives nor background to learn from."""
     if not len(positives):
@@ -59,10 +63,16 @@ def train_classifier(
     dim = positives.shape[1]
     parts = [np.asarray(p, dtype=np.float64).reshape(-1, dim) for p in (positives, negatives)]
     parts.append(np.asarray(background, dtype=np.float64).reshape(-1, dim))
+    weak = np.zeros((0, dim)) if weak_positives is None else weak_positives
+    parts.append(np.asarray(weak, dtype=np.float64).reshape(-1, dim))
     features = np.vstack(parts)
-    labels = np.r_[np.ones(len(parts[0])), np.zeros(len(parts[1]) + len(parts[2]))]
-    marks = len(parts[0]) + len(parts[1])
-    weights = np.r_[np.ones(marks), np.full(len(parts[2]), background_weight)]
+    negative = len(parts[1]) + len(parts[2])
+    labels = np.r_[np.ones(len(parts[0])), np.zeros(negative), np.ones(len(parts[3]))]
+    weights = np.r_[
+        np.ones(len(parts[0]) + len(parts[1])),
+        np.full(len(parts[2]), background_weight),
+        np.full(len(parts[3]), weak_weight),
+    ]
     # balanced: each class weighs half of all (background counted at its weight)
     for label in (0, 1):
         weights[labels == label] *= len(weights) / (2 * weights[labels == label].sum())

@@ -153,14 +153,34 @@ def area_tiles(store: Store, area: BaseGeometry) -> list[int]:
     return sorted(allowed_ids(store, SearchFilters(within=area)) or ())
 
 
-def session_classifier(
+@dataclass
+class TrainingSet:
+    """What a session's classifier learns from: the query and the tiles marked good, the tiles
+    marked bad, a background sample; and the marked tile ids."""
+
+    positives: np.ndarray
+    negatives: np.ndarray
+    background: np.ndarray
+    marked: set[int]
+
+    def train(
+        self, settings: DetectSettings, weak_positives: np.ndarray | None = None
+    ) -> TileClassifier:
+        return train_classifier(
+            self.positives, self.negatives, self.background,
+            background_weight=settings.background_weight, c=settings.c,
+            weak_positives=weak_positives, weak_weight=settings.self_training_weight,
+        )  # fmt: skip
+
+
+def session_training(
     catalog: Catalog,
     session: str,
     marks: dict[int, int],
     settings: DetectSettings,
-) -> tuple[TileClassifier, set[int]]:
-    """The classifier of a session's marks (``marks``: new ones, saved to the session first
-    where the database can be written), its query counted as good; and every marked tile id."""
+) -> TrainingSet:
+    """The training set of a session's marks (``marks``: new ones, saved to the session first
+    where the database can be written), its query counted as good."""
     store = catalog.store
     saved = store.sessions.get(session)
     if saved is None:
@@ -187,11 +207,10 @@ def session_classifier(
     background = store.vector_sample(settings.background) if settings.background else None
     if background is None or len(background) <= len(labels):  # nothing but the marks
         background = np.zeros((0, positives.shape[1]), np.float32)
-    classifier = train_classifier(
-        positives, _vectors(store, bad, positives.shape[1]), background,
-        background_weight=settings.background_weight, c=settings.c,
-    )  # fmt: skip
-    return classifier, set(labels)
+    negatives = _vectors(store, bad, positives.shape[1])
+    if not len(negatives) and not len(background):  # train_classifier's error, before scoring
+        train_classifier(positives, negatives, background)
+    return TrainingSet(positives, negatives, background, set(labels))
 
 
 def _vectors(store: Store, ids: Sequence[int], dim: int = 0) -> np.ndarray:
@@ -260,8 +279,9 @@ def check_threshold(threshold: float) -> float:
 
 
 def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> list[Detection]:
-    """Detected tiles as detections, best first: tiles of one date whose footprints meet are
-    merged (polygons); tiles without a footprint stay one a detection."""
+    """Detected tiles as detections, best first: tiles of one date whose footprints share an
+    edge (or overlap) are merged into one polygon; tiles without a footprint stay one a
+    detection."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -276,6 +296,10 @@ def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> 
     for rows in groups.values():
         shapes = np.array([tiles[row].footprint for row in rows], dtype=object)
         left, right = shapely.STRtree(shapes).query(shapes, predicate="intersects")
+        # adjacent: sharing an edge (boundaries meet along a line) or overlapping, not a corner
+        sharing = shapely.relate_pattern(shapes[left], shapes[right], "****1****")
+        sharing |= shapely.relate_pattern(shapes[left], shapes[right], "T********")
+        left, right = left[sharing], right[sharing]
         graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(len(rows), len(rows)))
         count, component = connected_components(graph, directed=False)
         order = np.argsort(component, kind="stable")
@@ -359,10 +383,19 @@ def detect(
     (settings, master): scored on Spark (``detect --engine spark``)."""
     check_threshold(threshold)
     started = time.perf_counter()
-    classifier, marked = session_classifier(catalog, session, marks, settings)
-    trained = time.perf_counter()
     store = catalog.store
-    ids, logits = score_tiles(store, classifier, allowed_ids(store, filters), spark)
+    training = session_training(catalog, session, marks, settings)
+    marked = training.marked
+    classifier = training.train(settings)
+    allowed = allowed_ids(store, filters)
+    ids, logits = score_tiles(store, classifier, allowed, spark)
+    if settings.self_training:  # again, the unmarked tiles it was surest of as weak positives
+        count = settings.self_training * len(training.positives)
+        unmarked = ~np.isin(ids, np.fromiter(marked, np.int64, len(marked)))
+        surest = np.argsort(-np.where(unmarked, logits, -np.inf), kind="stable")[:count]
+        surest = surest[unmarked[surest]]
+        classifier = training.train(settings, _vectors(store, sorted(ids[surest].tolist())))
+        ids, logits = score_tiles(store, classifier, allowed, spark)
     scored = time.perf_counter()
     probabilities = probability(logits)
     hit = probabilities >= threshold
@@ -374,7 +407,7 @@ def detect(
     detections = merge_detections(tiles, np.array([found[t.id] for t in tiles], np.float32))
     result = DetectResult(session, threshold, classifier, len(ids), len(hit_ids), detections)
     result.review = review_tiles(store, ids, logits, marked, review)
-    result.seconds = {"train": trained - started, "score": scored - trained,
+    result.seconds = {"train_and_score": scored - started,
                       "merge_and_review": time.perf_counter() - scored}  # fmt: skip
     return result, ids, probabilities
 

@@ -60,7 +60,7 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     hits = sum(label_of(t.path) == name for t in tiles)
     unmarked_of_class = EUROSAT_PER_CLASS - 1 - len(good)  # the query is not marked
     print(f"{len(tiles)} unmarked detected, {hits} {name}; {unmarked_of_class} to find")
-    assert hits / unmarked_of_class > 0.5  # most of the class (23 of 37 when written)
+    assert hits / unmarked_of_class > 0.6  # most of the class (36 of 39 when written)
     assert hits / max(1, len(tiles)) >= 0.8  # and mostly the class
     assert result.scored == len(EUROSAT_CLASSES) * EUROSAT_PER_CLASS
     # plain pictures: GeoJSON without geometry, a contact sheet, no GeoPackage or map
