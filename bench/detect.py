@@ -49,7 +49,7 @@ from bench.protocols.kinds import (  # noqa: E402
 TOP = 10
 REVIEW_ROUNDS = 3
 REVIEW = 10
-SWEEP = (0.3, 0.5, 0.6, 0.7)  # thresholds whose precision and recall are reported beside the default
+SWEEP = (0.3, 0.5, 0.6, 0.7)  # thresholds whose precision and recall are also reported
 
 
 def emit(line: dict[str, Any]) -> None:
