@@ -5,6 +5,7 @@ sessions. Each route parses its request into geosearch's terms (a ``SearchReques
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
@@ -170,9 +171,14 @@ def coverage_tile(
 ) -> Response:
     """Where the database has tiles, as an XYZ map tile (Web Mercator, 256 px): each pixel
     coloured by how many tiles have their centre there. The page's first view at any size."""
+    return _map_tile(z, x, y, service.coverage_tile)
+
+
+def _map_tile(z: int, x: int, y: int, render: Callable[[int, int, int], bytes]) -> Response:
+    """A layer's XYZ map tile as PNG (cached by browsers like previews); 404 off the map."""
     if x >= 2**z or y >= 2**z:
         raise HTTPException(404, f"no map tile {z}/{x}/{y}")
-    png = service.coverage_tile(z, x, y)
+    png = render(z, x, y)
     return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
 
 
@@ -357,10 +363,7 @@ def detections_tile(
 ) -> Response:
     """The session's last detections as an XYZ map tile (rendered here, like the coverage
     layer, whatever their number): each pixel coloured by the detected tiles centred there."""
-    if x >= 2**z or y >= 2**z:
-        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
-    png = service.detections_tile(name, z, x, y)
-    return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
+    return _map_tile(z, x, y, lambda *zxy: service.detections_tile(name, *zxy))
 
 
 @router.get(

@@ -139,7 +139,11 @@ class SearchService:
     def coverage_tile(self, z: int, x: int, y: int) -> bytes:
         """Map tile z/x/y of the coverage layer (PNG), cached with the previews."""
         generation, coverage = self.coverage()
-        key = f"coverage:{generation}:{z}/{x}/{y}"
+        return self._map_tile(f"coverage:{generation}", coverage, z, x, y)
+
+    def _map_tile(self, layer: str, coverage: Coverage, z: int, x: int, y: int) -> bytes:
+        """A density layer's map tile z/x/y (PNG), cached with the previews under ``layer``."""
+        key = f"{layer}:{z}/{x}/{y}"
         png = self.previews.get(key)
         if png is None:
             png = coverage.map_tile(z, x, y)
@@ -287,12 +291,7 @@ class SearchService:
     def detections_tile(self, name: str, z: int, x: int, y: int) -> bytes:
         """Map tile z/x/y of the session's last detections (PNG), cached with the previews."""
         run, layer, _ = self._detected(name)
-        key = f"detections:{name}:{run}:{z}/{x}/{y}"
-        png = self.previews.get(key)
-        if png is None:
-            png = layer.map_tile(z, x, y)
-            self.previews.put(key, png)
-        return png
+        return self._map_tile(f"detections:{name}:{run}", layer, z, x, y)
 
     def detections_file(self, name: str, file_name: str) -> Path:
         """A file the session's last detect wrote (detections.gpkg, detections.geojson)."""
