@@ -813,7 +813,7 @@ def detect(
     threshold: Annotated[
         float | None,
         typer.Option(
-            "--threshold", help="Probability a detected tile reaches, 0..1. [config: 0.6]"
+            "--threshold", help="Probability a detected tile reaches, 0..1. [config: 0.5]"
         ),
     ] = None,
     review: Annotated[

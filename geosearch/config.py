@@ -139,7 +139,7 @@ class FeedbackSettings(_Section):
 
 
 class DetectSettings(_Section):
-    threshold: float = Field(0.6, ge=0, le=1)  # probability a detected tile reaches at least
+    threshold: float = Field(0.5, ge=0, le=1)  # probability a detected tile reaches at least
     background: int = Field(500, ge=0, le=100000)  # database tiles sampled as negatives
     background_weight: float = Field(0.04, gt=0, le=1)  # a background tile's weight (mark = 1)
     c: float = Field(0.3, gt=0)  # inverse regularisation strength of the logistic regression
