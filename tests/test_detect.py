@@ -51,17 +51,18 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     good += [t for t, is_it in reviewed.items() if is_it]  # a round of review, marked by label
     bad += [t for t, is_it in reviewed.items() if not is_it]
     result = geosearch.detect(
-        db, "detect-eurosat", good=good, bad=bad, review=5, out=tmp_path / "out"
+        db, "detect-eurosat", good=good, bad=bad, review=5, out=tmp_path / "out", threshold=0.6
     )
+    query = first.query.tiles[0].id
     marked = set(good) | set(bad)
     with Store(db) as store:
         detected = {t for d in result.detections for t in d.tile_ids}
-        tiles = store.tiles(sorted(detected - marked))
+        tiles = store.tiles(sorted(detected - marked - {query}))
     hits = sum(label_of(t.path) == name for t in tiles)
     unmarked_of_class = EUROSAT_PER_CLASS - 1 - len(good)  # the query is not marked
     print(f"{len(tiles)} unmarked detected, {hits} {name}; {unmarked_of_class} to find")
-    assert hits / unmarked_of_class > 0.6  # most of the class (36 of 39 when written)
-    assert hits / max(1, len(tiles)) >= 0.8  # and mostly the class
+    assert hits / unmarked_of_class > 0.6  # most of the class (35 of 39 when written)
+    assert hits / max(1, len(tiles)) >= 0.8  # and mostly the class (35 of 38)
     assert result.scored == len(EUROSAT_CLASSES) * EUROSAT_PER_CLASS
     # plain pictures: GeoJSON without geometry, a contact sheet, no GeoPackage or map
     out = tmp_path / "out"
