@@ -24,6 +24,7 @@ from geosearch.version import __version__
 
 if TYPE_CHECKING:
     from geosearch.api import (
+        changes,
         check,
         detect,
         export_chips,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         load_settings,
         remove,
         similar,
+        write_changes,
         write_results,
     )
     from geosearch.errors import (
@@ -49,8 +51,8 @@ if TYPE_CHECKING:
 
 _HOMES = {
     **dict.fromkeys(
-        ("check", "detect", "export_chips", "export_feedback", "feedback", "info", "ingest",
-         "load_settings", "remove", "similar", "write_results"),
+        ("changes", "check", "detect", "export_chips", "export_feedback", "feedback", "info",
+         "ingest", "load_settings", "remove", "similar", "write_changes", "write_results"),
         "geosearch.api",
     ),
     **dict.fromkeys(
@@ -99,6 +101,7 @@ __all__ = [
     "SearchFilters",
     "SearchRequest",
     "__version__",
+    "changes",
     "check",
     "detect",
     "export_chips",
@@ -109,5 +112,6 @@ __all__ = [
     "load_settings",
     "remove",
     "similar",
+    "write_changes",
     "write_results",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 
 from geosearch import engines
 from geosearch.catalog import open_database
+from geosearch.changes import ChangeFiles, ChangeResult, change_maps, find_changes, periods
+from geosearch.changes import write_changes as _write_changes
 from geosearch.check import CheckReport, check_database
 from geosearch.chips import ChipExport
 from geosearch.chips import export_chips as _export_chips
@@ -20,7 +22,7 @@ from geosearch.engines.base import IngestProgress, IngestReport
 from geosearch.errors import ConfigError, InputError, disk_full_said
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import ingest as _ingest
-from geosearch.maps import SimilarityMap, write_similarity_maps
+from geosearch.maps import SimilarityMap, area_of, check_embedding, write_similarity_maps
 from geosearch.migrate import MigrateReport
 from geosearch.migrate import migrate as _migrate
 from geosearch.render import (
@@ -34,7 +36,7 @@ from geosearch.render import (
 from geosearch.render import write_location as _write_location
 from geosearch.render import write_results as _write_results
 from geosearch.request import SearchFilters, SearchRequest
-from geosearch.search import LocateResult, SearchResult, load_area
+from geosearch.search import LocateResult, SearchResult, allowed_ids, load_area
 from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.sources import canonical_path
@@ -318,6 +320,56 @@ def similarity_maps(
         )  # fmt: skip
 
 
+def changes(
+    db: PathLike,
+    date_from: str,
+    date_to: str,
+    *,
+    filters: SearchFilters | None = None,
+    top: int = 20,
+    pixel_map: bool = False,
+    settings: Settings | None = None,
+) -> ChangeResult:
+    """The ``top`` places whose picture changed most from the period ``date_from`` to
+    ``date_to`` (each a year, YYYY-MM or YYYY-MM-DD), in the ``filters``' area; see
+    ``geosearch.changes``. ``pixel_map``: a per-pixel map will be asked for (embedding
+    databases only: checked before the work)."""
+    settings = settings or Settings()
+    before, after = periods(date_from, date_to)
+    area_filters = SearchFilters(bbox=(filters or SearchFilters()).bbox,
+                                 within=(filters or SearchFilters()).within)  # fmt: skip
+    with open_database(Path(db), settings) as catalog:
+        if pixel_map:
+            check_embedding(catalog)
+        allowed = allowed_ids(catalog.store, area_filters)
+        return find_changes(catalog, before, after, allowed, top, settings.changes)
+
+
+def write_changes(
+    result: ChangeResult,
+    db: PathLike,
+    out: PathLike = "changes",
+    *,
+    tiles_map: PathLike | None = None,
+    pixels_map: PathLike | None = None,
+    filters: SearchFilters | None = None,
+    settings: Settings | None = None,
+) -> ChangeFiles:
+    """Write ``changes.geojson``, previews and a contact sheet of ``result`` in ``out``;
+    ``tiles_map``: every pair's change on the tile grid (GeoTIFF + .qml); ``pixels_map``
+    (embedding databases): every pixel's change over the filters' area (default: the places
+    paired)."""
+    settings = settings or Settings()
+    with open_database(Path(db), settings) as catalog:
+        files = _write_changes(result, catalog, Path(out), settings.search.preview_size)
+        files.maps = change_maps(
+            result, catalog, Path(tiles_map) if tiles_map else None,
+            Path(pixels_map) if pixels_map else None, area_of(filters or SearchFilters()),
+            settings.maps,
+        )  # fmt: skip
+    return files
+
+
 def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
     """What a database holds: tiles, files, extractors, bands, index."""
     with open_database(Path(db), settings) as catalog:
@@ -375,6 +427,7 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
 
 
 __all__ = [
+    "changes",
     "check",
     "detect",
     "export_chips",
@@ -393,6 +446,7 @@ __all__ = [
     "similar",
     "similar_batch",
     "similarity_maps",
+    "write_changes",
     "write_location",
     "write_results",
 ]

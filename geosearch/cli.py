@@ -619,6 +619,99 @@ def similar(
             err.print(f"wrote {written.describe()}", markup=False)
 
 
+@app.command()
+def changes(
+    date_from: Annotated[
+        str, typer.Option("--from", help="The earlier period: a year, YYYY-MM or YYYY-MM-DD.")
+    ],
+    date_to: Annotated[
+        str, typer.Option("--to", help="The later period: a year, YYYY-MM or YYYY-MM-DD.")
+    ],
+    db: DbOption = None,
+    config: ConfigOption = None,
+    bbox: Bbox = None,
+    within: Within = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Places listed.")] = 20,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for changes.geojson, previews, contact sheet.")
+    ] = Path("changes"),
+    map_tiles: Annotated[
+        Path | None,
+        typer.Option("--map", help="Also write every pair's change on the tile grid (+ .qml)."),
+    ] = None,
+    map_pixels: Annotated[
+        Path | None,
+        typer.Option(
+            "--map-pixels",
+            help="Embedding databases: a GeoTIFF of every pixel's change between the two "
+            "periods, (1 - cosine) / 2, over the --bbox/--within area (default: the places "
+            "paired), at the rasters' resolution (+ a QGIS .qml).",
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The places whose picture changed most between two periods, ranked.
+
+    Pairs every place covered in both periods (same grid, else footprints overlapping by half;
+    the tile nearest each period's end), scores each pair's change 0..1 and flags those that
+    stand out of the database's own spread. Exit 3 when no place is covered in both.
+    """
+    from geosearch.request import SearchFilters
+
+    settings, db_path = _settings(config, db)
+    area = _run(lambda: api.load_area(within)) if within is not None else None
+    filters = SearchFilters(bbox=bbox, within=area)
+    _run(lambda: api.prepare_output(out_dir))
+    result = _run(
+        lambda: api.changes(
+            db_path, date_from, date_to, filters=filters, top=top,
+            pixel_map=map_pixels is not None, settings=settings,
+        )
+    )  # fmt: skip
+    files = _run(
+        lambda: api.write_changes(
+            result, db_path, out_dir, tiles_map=map_tiles, pixels_map=map_pixels,
+            filters=filters, settings=settings,
+        )
+    )  # fmt: skip
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False)
+    if json_output:
+        for place in result.places:
+            out.print(json.dumps(place.to_dict()), markup=False)
+    else:
+        _print_changes(result)
+    err.print(
+        f"{result.pairs} places in both {result.before.text} and {result.after.text}, "
+        f"{result.significant} significant (above "
+        + ", ".join(f"{name} {value:.3f}" for name, value in result.thresholds.items())
+        + f"); wrote {files.geojson}"
+        + (f", {files.contact_sheet}" if files.contact_sheet else ""),
+        markup=False,
+    )
+    for written in files.maps:
+        err.print(f"wrote {written.describe()}", markup=False)
+
+
+def _print_changes(result) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"changes {result.before.text} -> {result.after.text}", title_justify="left"
+    )
+    for column in ("rank", "change", "significant", "before", "after", "file", "window"):
+        table.add_column(column, justify="right" if column in ("rank", "change") else "left")
+    for place in result.places:
+        before, after = place.pair.before, place.pair.after
+        w = before.window
+        table.add_row(
+            str(place.rank), f"{place.change:.3f}", "yes" if place.significant else "",
+            f"{before.acquired} #{before.id}", f"{after.acquired} #{after.id}",
+            _shown_path(after.path), f"{w.row},{w.col} {w.width}x{w.height}",
+        )  # fmt: skip
+    out.print(table)
+
+
 def _say_compared_on(query) -> None:
     """One line on stderr for a query lacking some of the database's bands."""
     shared = query.compared_on

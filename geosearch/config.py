@@ -129,6 +129,15 @@ class MapSettings(_Section):
     threads: int = Field(0, ge=0)  # --map-pixels: windows computed at once; 0 = cores
 
 
+class ChangeSettings(_Section):
+    """``geosearch changes``: how pairs are judged."""
+
+    mad_k: float = Field(1.5, gt=0, le=100)  # significant: every measure above median + k MADs
+    vectors_only_mad_k: float = Field(3.0, gt=0, le=100)  # where the vectors judge alone
+    second_look: int = Field(100, ge=0, le=100000)  # top pairs whose pixels are compared
+    reference_pairs: int = Field(128, ge=2, le=100000)  # random pairs: the pixels' own spread
+
+
 class FeedbackSettings(_Section):
     method: Literal["rocchio", "classifier", "both"] = "classifier"
     alpha: float = Field(1.0, ge=0)
@@ -190,6 +199,7 @@ class Settings(_Section):
     feedback: FeedbackSettings = FeedbackSettings()
     detect: DetectSettings = DetectSettings()
     maps: MapSettings = MapSettings()
+    changes: ChangeSettings = ChangeSettings()
     spark: SparkSettings = SparkSettings()
     serve: ServeSettings = ServeSettings()
 

@@ -34,8 +34,14 @@ from geosearch.classifier import TileClassifier, train_classifier
 from geosearch.config import DetectSettings, SparkSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
 from geosearch.index import index_for_search
-from geosearch.maps import SimilarityMap, tile_values, write_tile_map
-from geosearch.render import contact_sheet, feature_texts, render_previews, write_layer
+from geosearch.maps import PROBABILITY, SimilarityMap, tile_values, write_tile_map
+from geosearch.render import (
+    contact_sheet,
+    feature_texts,
+    render_previews,
+    write_bytes,
+    write_layer,
+)
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import allowed_ids, check_marked, resolve_request
 from geosearch.store import Store, TileRecord
@@ -442,12 +448,12 @@ def write_detections(
         files.append(_write_gpkg(result.detections, out_dir / GPKG_NAME))
     collection = ",\n".join(result.feature_texts())  # a feature a line
     text = f'{{"type": "FeatureCollection", "features": [\n{collection}\n]}}\n'
-    _write(out_dir / GEOJSON_NAME, text.encode())
+    write_bytes(out_dir / GEOJSON_NAME, text.encode())
     files.append(out_dir / GEOJSON_NAME)
     if geo and len(ids):
         grid, cells, placed = tile_values(catalog.store, ids, probabilities, catalog.tile_size)
         result.probability_map = write_tile_map(
-            out_dir / MAP_NAME, grid, cells, placed, "probability"
+            out_dir / MAP_NAME, grid, cells, placed, PROBABILITY
         )
         files.append(result.probability_map.path)
     best = _best_tiles(catalog.store, ids, probabilities)
@@ -462,13 +468,13 @@ def write_detections(
             for n, (tile, p) in enumerate(best, start=1)
         ]  # fmt: skip
         rows = [cells[i : i + SHEET_COLUMNS] for i in range(0, len(cells), SHEET_COLUMNS)]
-        _write(out_dir / SHEET_NAME, contact_sheet(rows, min(preview_size, 256)))
+        write_bytes(out_dir / SHEET_NAME, contact_sheet(rows, min(preview_size, 256)))
         files.append(out_dir / SHEET_NAME)
     for tile in result.review:
         png = rendered[(tile.tile.path, tile.tile.window)]
         if png is not None:
             path = previews / f"review_tile{tile.tile.id}.png"
-            _write(path, png)
+            write_bytes(path, png)
             tile.preview = path.relative_to(out_dir).as_posix()
     result.files = files
     result.seconds["write"] = time.perf_counter() - started
@@ -503,10 +509,3 @@ def _write_gpkg(detections: Sequence[Detection], path: Path) -> Path:
     for name in ("dates", "tile_ids", "paths"):
         columns[name] = np.array([d.properties()[name] for d in rows], dtype=object)
     return write_layer(path, LAYER, [d.geometry for d in rows], columns)
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        path.write_bytes(data)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None

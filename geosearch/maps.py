@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -62,6 +63,9 @@ VIRIDIS = ((0.0, 68, 1, 84), (0.25, 59, 82, 139), (0.5, 33, 145, 140), (0.75, 94
 PIXEL_MAP_GDAL_CACHE = 64 * 2**20
 _NOTHING_IN_AREA = "the area does not meet the indexed rasters: the pixel map would be empty"
 _HISTOGRAM_BINS = 2000  # over [0, 1]: the pixel map's percentile without keeping its values
+SIMILARITY = ("similarity", "similarity to the query: (1 + cosine) / 2, 1 = the same")
+CHANGE = ("change", "change between two dates: (1 - cosine) / 2, 0 = the same")
+PROBABILITY = ("probability", "probability of the marked kind (geosearch detect's classifier)")
 
 
 @dataclass(frozen=True)
@@ -128,21 +132,20 @@ def tile_similarity(
 def tile_values(
     store: Store,
     ids: np.ndarray,
-    values: np.ndarray,
+    scores: np.ndarray,
     tile_size: int,
     allowed: set[int] | None = None,
 ) -> tuple[Grid, np.ndarray, int]:
-    """A tile-level map of a value per tile (``ids``, ``values``; ``allowed``: only those):
-    grid, (height, width) float32 cells (NODATA without a tile; the highest where several tiles
-    fall in one cell) and the number of tiles placed."""
+    """A tile-level map of a value per tile (``ids``, ``scores``; ``allowed``: only those) on
+    the grid of the database's tiles: grid, (height, width) float32 values (NODATA without a
+    tile; a cell holding several tiles gets the highest) and the number of tiles placed."""
     frames = file_frames(store.first_tile_of_each_file())
     if not frames:
         raise InputError(
-            f"{store.path.name} has no georeferenced tiles: a similarity map needs rasters "
-            "with a CRS"
+            f"{store.path.name} has no georeferenced tiles: a tile map needs rasters with a CRS"
         )
     paths = list(frames)
-    codes, pixels, scores = _placed_values(store, ids, values, paths, allowed, tile_size)
+    codes, pixels, scores = _scored_tiles(store, ids, scores, paths, allowed, tile_size)
     if not len(codes):
         raise InputError("no indexed tile passes the filters: the map would be empty")
     crs_labels = [frames[path][1] for path in paths]
@@ -160,13 +163,13 @@ def tile_values(
     in_target = [i for i, label in enumerate(crs_labels) if label == target]
     reference = frames[paths[max(in_target, key=lambda i: per_file[i])]][0]
     grid, cell = _cell_grid(reference, tile_size, x, y, CRS.from_user_input(target))
-    cells = np.full(grid.width * grid.height, -np.inf, dtype=np.float32)
-    np.maximum.at(cells, cell, scores.astype(np.float32))
-    cells[np.isneginf(cells)] = NODATA
-    return grid, cells.reshape(grid.height, grid.width), len(codes)
+    values = np.full(grid.width * grid.height, -np.inf, dtype=np.float32)
+    np.maximum.at(values, cell, np.asarray(scores, dtype=np.float32))
+    values[np.isneginf(values)] = NODATA
+    return grid, values.reshape(grid.height, grid.width), len(codes)
 
 
-def _placed_values(
+def _scored_tiles(
     store: Store,
     scored_ids: np.ndarray,
     all_scores: np.ndarray,
@@ -175,9 +178,9 @@ def _placed_values(
     tile_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """File codes (index in ``paths``), (n, 2) pixel centres of full tiles at the tiles'
-    places, and their values (``all_scores`` of ``scored_ids``)."""
+    places, and scores of the scored tiles."""
     order = np.argsort(scored_ids)
-    scored_ids, all_scores = scored_ids[order], all_scores[order]
+    scored_ids, all_scores = np.asarray(scored_ids)[order], np.asarray(all_scores)[order]
     code_of = {path: code for code, path in enumerate(paths)}
     wanted = np.fromiter(sorted(allowed), np.int64) if allowed is not None else None
     codes, centres, scores = [], [], []
@@ -260,6 +263,16 @@ def pixel_cosines(
     return cosines.reshape(height, width)
 
 
+def check_embedding(catalog: Catalog) -> None:
+    """``ConfigError`` unless the database holds embedding rasters (pixel maps need them)."""
+    if catalog.manifest.scaling != "none":
+        raise ConfigError(
+            f"--map-pixels needs an embedding database (AlphaEarth, GeoTessera, or "
+            f"bands.scaling: none); {catalog.name} holds {catalog.manifest.describe()} "
+            f"scaled by {catalog.manifest.scaling}: use --map"
+        )
+
+
 def write_pixel_map(
     catalog: Catalog,
     query: np.ndarray,
@@ -271,24 +284,59 @@ def write_pixel_map(
 ) -> SimilarityMap:
     """Every pixel's similarity to ``query`` over ``area`` (lon/lat), at the rasters' resolution,
     from the files holding the ``allowed`` tiles, streamed window by window in ``threads``."""
-    if catalog.manifest.scaling != "none":
-        raise ConfigError(
-            f"--map-pixels needs an embedding database (AlphaEarth, GeoTessera, or "
-            f"bands.scaling: none); {catalog.name} holds {catalog.manifest.describe()} "
-            f"scaled by {catalog.manifest.scaling}: use --map"
-        )
+    check_embedding(catalog)
     paths = catalog.store.paths_of(sorted(allowed))
     if not paths:
         raise InputError("no indexed tile lies in the area: the pixel map would be empty")
     grid, placed, native_area, skipped = _pixel_grid(paths, area)
     dequantization = dequantization_for(catalog.features.embedding, catalog.manifest)
     compute = _WindowComputer(catalog, placed, grid, native_area, query, dequantization)
+    return _write_windows(path, grid, placed, compute, window, threads, skipped, SIMILARITY)
+
+
+def write_pixel_change_map(
+    catalog: Catalog,
+    before: Sequence[str],
+    after: Sequence[str],
+    area: BaseGeometry,
+    path: Path,
+    window: int = 512,
+    threads: int = 2,
+) -> SimilarityMap:
+    """Every pixel's change from the ``before`` rasters to the ``after`` ones over ``area``
+    (lon/lat): (1 - cosine of the two pixel vectors) / 2, at the rasters' resolution, streamed
+    window by window in ``threads``; NoData where either has no vector."""
+    check_embedding(catalog)
+    if not before or not after:
+        raise InputError("no indexed tile lies in the area: the pixel map would be empty")
+    grid, placed, native_area, skipped = _pixel_grid([*before, *after], area)
+    dequantization = dequantization_for(catalog.features.embedding, catalog.manifest)
+    no_query = np.zeros(0, np.float32)
+    compute = _ChangeWindowComputer(catalog, placed, grid, native_area, no_query, dequantization)
+    compute.after = frozenset(str(p) for p in after)
+    return _write_windows(path, grid, placed, compute, window, threads, skipped, CHANGE)
+
+
+def _write_windows(
+    path: Path,
+    grid: Grid,
+    placed: list[_Placed],
+    compute: _WindowComputer,
+    window: int,
+    threads: int,
+    skipped: list[str],
+    meaning: tuple[str, str],
+) -> SimilarityMap:
+    """Write a pixel map window by window (and its overviews and QGIS style)."""
     histogram = np.zeros(_HISTOGRAM_BINS, dtype=np.int64)
     cells = 0
     first = placed[0]  # windows start on its window grid: each block is decoded once
     windows = _windows(grid, window, first.row % window, first.col % window)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=PIXEL_MAP_GDAL_CACHE), _open_map(path, grid, True) as dst:
+        with (
+            rasterio.Env(GDAL_CACHEMAX=PIXEL_MAP_GDAL_CACHE),
+            _open_map(path, grid, True, meaning) as dst,
+        ):
             for out_window, values in compute.stream(windows, threads):
                 dst.write(values, 1, window=out_window.as_rasterio())
                 found = values[values != NODATA]
@@ -436,35 +484,53 @@ class _WindowComputer:
         """(h, w) float32 values of one map window, NODATA where no pixel has a vector."""
         values = np.full((window.height, window.width), -np.inf, dtype=np.float32)
         for placed in self.placed:
-            rows = (
-                max(window.row, placed.row),
-                min(window.row + window.height, placed.row + placed.height),
-            )
-            cols = (
-                max(window.col, placed.col),
-                min(window.col + window.width, placed.col + placed.width),
-            )
-            if rows[0] >= rows[1] or cols[0] >= cols[1]:
+            part = self._part(window, placed)
+            if part is None:
                 continue
-            first = rows[0] - placed.row
-            if placed.bottom_up:
-                first = placed.height - (rows[1] - placed.row)
-            read = Window(first, cols[0] - placed.col, cols[1] - cols[0], rows[1] - rows[0])
-            source, bands = self._source(placed.path)
-            tile = source.read(read, bands)
-            usable = self.dequantization.usable(tile.pixels, tile.valid)
-            cosines = pixel_cosines(tile.pixels, usable, self.query, self.dequantization)
-            if placed.bottom_up:
-                cosines = cosines[::-1]
-            target = values[
+            target, raw, usable = part
+            cosines = pixel_cosines(raw, usable, self.query, self.dequantization)
+            np.fmax(target(values), cosines, out=target(values))
+        return self._finished(window, values, similarity_of)
+
+    def _finished(self, window: Window, cosines: np.ndarray, meaning: Any) -> np.ndarray:
+        """Map values (``meaning`` of the cosines) of a window: NODATA where there is no
+        cosine or outside the area."""
+        empty = ~np.isfinite(cosines) | ~self._inside(window)
+        values = np.asarray(meaning(cosines), dtype=np.float32)
+        values[empty] = NODATA
+        return values
+
+    def _part(self, window: Window, placed: _Placed) -> tuple[Any, np.ndarray, np.ndarray] | None:
+        """Where a placed raster meets a map window: (the window's array -> the view of it
+        that the raster covers, the raw pixels there and which hold a vector, rows north
+        first); None where it does not meet the window."""
+        rows = (
+            max(window.row, placed.row),
+            min(window.row + window.height, placed.row + placed.height),
+        )
+        cols = (
+            max(window.col, placed.col),
+            min(window.col + window.width, placed.col + placed.width),
+        )
+        if rows[0] >= rows[1] or cols[0] >= cols[1]:
+            return None
+        first = rows[0] - placed.row
+        if placed.bottom_up:
+            first = placed.height - (rows[1] - placed.row)
+        read = Window(first, cols[0] - placed.col, cols[1] - cols[0], rows[1] - rows[0])
+        source, bands = self._source(placed.path)
+        tile = source.read(read, bands)
+        usable = self.dequantization.usable(tile.pixels, tile.valid)
+        raw = tile.pixels[:, ::-1] if placed.bottom_up else tile.pixels
+        usable = usable[::-1] if placed.bottom_up else usable
+
+        def target(values: np.ndarray) -> np.ndarray:
+            return values[
                 rows[0] - window.row : rows[1] - window.row,
                 cols[0] - window.col : cols[1] - window.col,
             ]
-            np.fmax(target, cosines, out=target)
-        empty = ~np.isfinite(values) | ~self._inside(window)
-        values = similarity_of(values).astype(np.float32)
-        values[empty] = NODATA
-        return values
+
+        return target, raw, usable
 
     def _inside(self, window: Window) -> np.ndarray:
         """(h, w): which pixels of a window the area covers (rasterised only on its edge)."""
@@ -495,6 +561,48 @@ class _WindowComputer:
             source.close()
 
 
+class _ChangeWindowComputer(_WindowComputer):
+    """Computes change map windows: each pixel's vector in the earlier rasters against the
+    later ones' (``after``: their paths, set once made); where rasters of one period
+    overlap, the last."""
+
+    after: frozenset[str] = frozenset()
+
+    def compute(self, window: Window) -> np.ndarray:
+        shape = (window.height, window.width)
+        vectors: dict[bool, np.ndarray | None] = {False: None, True: None}
+        for placed in self.placed:
+            part = self._part(window, placed)
+            if part is None:
+                continue
+            target, raw, usable = part
+            later = placed.path in self.after
+            values = np.asarray(self.dequantization.vectors(raw), dtype=np.float32)
+            values[:, ~usable] = np.nan
+            if vectors[later] is None and values.shape[1:] == shape:
+                vectors[later] = values  # one raster of the period covers the whole window
+                continue
+            if vectors[later] is None:
+                vectors[later] = np.full((raw.shape[0], *shape), np.nan, dtype=np.float32)
+            kept = target(np.moveaxis(vectors[later], 0, -1))
+            fresh = np.moveaxis(values, 0, -1)
+            np.copyto(kept, fresh, where=np.isfinite(fresh))
+        before, after = vectors[False], vectors[True]
+        if before is None or after is None:
+            return self._finished(window, np.full(shape, np.nan, np.float32), change_of)
+        dots = np.einsum("bhw,bhw->hw", before, after)
+        norms = np.sqrt(np.einsum("bhw,bhw->hw", before, before) * np.einsum(
+            "bhw,bhw->hw", after, after))  # fmt: skip
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cosines = dots / norms
+        return self._finished(window, cosines, change_of)
+
+
+def change_of(cosines: np.ndarray) -> np.ndarray:
+    """Change as the maps and ``geosearch changes`` give it: (1 - cosine) / 2, 0..1."""
+    return 1.0 - similarity_of(cosines)
+
+
 def _overview_factors(grid: Grid) -> list[int]:
     """Overview levels 2, 4, 8 ... until the map fits in 256 pixels (QGIS draws them)."""
     factors, factor = [], 2
@@ -518,16 +626,11 @@ def _histogram_range(histogram: np.ndarray) -> tuple[float, float]:
 # -- writing ---------------------------------------------------------------------------------
 
 
-MEANINGS = {
-    "similarity": "similarity to the query: (1 + cosine) / 2, 1 = the same",
-    "probability": "probability of the marked kind (geosearch detect's classifier)",
-}
-
-
 def _open_map(
-    path: Path, grid: Grid, tiled: bool, meaning: str = "similarity"
+    path: Path, grid: Grid, tiled: bool, meaning: tuple[str, str] = SIMILARITY
 ) -> rasterio.io.DatasetWriter:
-    """A float32 single-band GeoTIFF for a map (NoData NODATA), opened for writing."""
+    """A float32 single-band GeoTIFF for a map (NoData NODATA), opened for writing;
+    ``meaning``: the band's description and what its values are."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     profile = {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1,
@@ -537,15 +640,15 @@ def _open_map(
     if tiled and grid.width > 256 and grid.height > 256:
         profile |= {"tiled": True, "blockxsize": 256, "blockysize": 256}
     dataset = rasterio.open(path, "w", **profile)
-    dataset.set_band_description(1, meaning)
-    dataset.update_tags(GEOSEARCH_MAP=MEANINGS[meaning])
+    dataset.set_band_description(1, meaning[0])
+    dataset.update_tags(GEOSEARCH_MAP=meaning[1])
     return dataset
 
 
 def write_tile_map(
-    path: Path, grid: Grid, values: np.ndarray, tiles: int, meaning: str = "similarity"
+    path: Path, grid: Grid, values: np.ndarray, tiles: int, meaning: tuple[str, str] = SIMILARITY
 ) -> SimilarityMap:
-    """Write a tile-level map (of ``meaning``, a key of ``MEANINGS``) and its QGIS style."""
+    """Write a tile-level map and its QGIS style."""
     try:
         with _open_map(path, grid, tiled=True, meaning=meaning) as dst:
             dst.write(values, 1)
@@ -649,7 +752,7 @@ def write_similarity_maps(
 ) -> list[SimilarityMap]:
     """The maps asked for, one per query: tile level (``tiles``) and per pixel (``pixels``,
     embedding databases, over the filters' area). Tile maps honour the filters too."""
-    area = _area(filters)
+    area = area_of(filters)
     if pixels is not None and area is None:
         raise ConfigError("--map-pixels needs an area: give --bbox or --within")
     allowed = allowed_ids(catalog.store, filters)
@@ -673,7 +776,7 @@ def write_similarity_maps(
     return written
 
 
-def _area(filters: SearchFilters) -> BaseGeometry | None:
+def area_of(filters: SearchFilters) -> BaseGeometry | None:
     """The lon/lat area of the --bbox and --within filters (both: where they meet)."""
     shapes = [box(*filters.bbox)] if filters.bbox else []
     if filters.within is not None:
@@ -693,8 +796,12 @@ __all__ = [
     "file_frames",
     "pixel_cosines",
     "style_qml",
+    "area_of",
+    "change_of",
+    "check_embedding",
     "tile_similarity",
     "tile_values",
+    "write_pixel_change_map",
     "write_pixel_map",
     "write_similarity_maps",
     "write_tile_map",

@@ -317,7 +317,7 @@ def write_location(result: LocateResult, catalog: Catalog, out_dir: Path) -> Loc
         ],
     }
     geojson = out_dir / LOCATED_GEOJSON_NAME
-    _write_bytes(geojson, json.dumps(collection, indent=1).encode())
+    write_bytes(geojson, json.dumps(collection, indent=1).encode())
     copy = None
     if result.placements:
         copy = _georeferenced_copy(result.query, result.placements[0], out_dir)
@@ -413,7 +413,7 @@ def write_marks(session: dict[str, Any], path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    _write_bytes(path, json.dumps(marks_collection(session), indent=1).encode())
+    write_bytes(path, json.dumps(marks_collection(session), indent=1).encode())
     return path
 
 
@@ -549,7 +549,7 @@ def write_results(
             cells.append((png, _label(match)))
         rows.append(cells)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(lambda file: _write_bytes(*file), files))
+        list(pool.map(lambda file: write_bytes(*file), files))
     written = [path for path, _ in files]
     sheets = _write_contact_sheets(rows, out_dir, preview_size)
     geojson = out_dir / GEOJSON_NAME
@@ -557,7 +557,7 @@ def write_results(
     # indented for a person up to INDENTED_FEATURES; larger files compact: json's C encoder
     # only runs without indent (10,200 features: ~1 s less)
     indent = 1 if len(collection["features"]) <= INDENTED_FEATURES else None
-    _write_bytes(geojson, json.dumps(collection, indent=indent).encode())
+    write_bytes(geojson, json.dumps(collection, indent=indent).encode())
     located = [
         location_feature(result.location, number)
         for number, result in enumerate(results, start=1)
@@ -566,7 +566,7 @@ def write_results(
     located_path = out_dir / LOCATED_GEOJSON_NAME
     if located:
         collection = {"type": "FeatureCollection", "features": located}
-        _write_bytes(located_path, json.dumps(collection, indent=1).encode())
+        write_bytes(located_path, json.dumps(collection, indent=1).encode())
     return ResultFiles(geojson, written, sheets, located=located_path if located else None)
 
 
@@ -589,10 +589,10 @@ def _write_contact_sheets(
         named = [(out_dir / f"contact_sheet_{n}.png", row) for n, row in enumerate(rows, 1)]
     else:
         sheet = contact_sheet(rows[:BATCH_SHEET_ROWS], min(preview_size, BATCH_SHEET_CELL))
-        _write_bytes(out_dir / "contact_sheet.png", sheet)
+        write_bytes(out_dir / "contact_sheet.png", sheet)
         return [out_dir / "contact_sheet.png"]
     for path, row in named:
-        _write_bytes(path, contact_sheet([row], min(preview_size, 256)))
+        write_bytes(path, contact_sheet([row], min(preview_size, 256)))
     return [path for path, _ in named]
 
 
@@ -621,7 +621,7 @@ def _save(
     return path.relative_to(out_dir).as_posix()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     try:
         path.write_bytes(data)
     except OSError as exc:

@@ -553,9 +553,16 @@ def expanded(index: Any, store: Store, query: Query, neighbours: int) -> Query:
     ][:neighbours]
     if not pairs:
         return query
-    weights = np.asarray([max(score, 0.0) for score, _ in pairs], dtype=np.float32)
-    neighbourhood = weights @ _stored_vectors(store, [tile_id for _, tile_id in pairs])
-    return replace(query, vector=_unit(query.vector + neighbourhood))
+    scores = np.asarray([score for score, _ in pairs], dtype=np.float32)
+    neighbourhood = _stored_vectors(store, [tile_id for _, tile_id in pairs])
+    return replace(query, vector=expansion(query.vector, scores, neighbourhood))
+
+
+def expansion(vector: np.ndarray, scores: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """``vector`` plus its ``neighbours`` (rows) weighted by their cosines ``scores`` (those
+    below 0 count 0), unit length."""
+    weights = np.maximum(scores.astype(np.float32), 0.0)
+    return _unit(vector + weights @ neighbours)
 
 
 def ranked_matches(

@@ -41,7 +41,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("search", ("request", "classifier", "feedback", "register", "locate", "search")),
     ("output", ("render", "maps", "coverage")),
     ("engines", ("engines",)),
-    ("commands", ("ingest", "batch", "sessions", "check", "migrate", "detection", "chips")),
+    (
+        "commands",
+        ("ingest", "batch", "sessions", "check", "migrate", "changes", "detection", "chips"),
+    ),
     ("api", ("api", "")),
     ("front ends", ("cli", "__main__", "serve")),
 ]

@@ -3,8 +3,10 @@ of 500 64 x 64 JPEGs), a seeded sample of N a class (100, and all 500 in full ru
 picture is a query, the rest of the sample the candidates, relevant = the same folder.
 
 - geosearch: a plain-image database ingested through the public API (default settings, or the
-  dotted overrides given), each stored picture ranked by its stored vector against every other
-  (numpy; ``similar`` does the same: a sample is checked through it and timed);
+  dotted overrides given), each stored picture ranked against every other by its stored vector
+  moved as ``similar`` moves it (query expansion, ``search.expansion``) in numpy; ``similar``
+  does the same: a sample is checked through it and timed. Beside it the stored vectors
+  without expansion;
 - baselines in the same run: the shipped MobileNet's raw 1024-d output (the database's cnn
   extractor, before any standardisation) with plain cosine, and the same centred (the
   collection's mean subtracted);
@@ -37,6 +39,7 @@ from geosearch.catalog import open_database
 from geosearch.config import FeedbackSettings, Settings
 from geosearch.features import prepare_batch
 from geosearch.feedback import rocchio
+from geosearch.search import expansion
 from geosearch.store import Store, normalise_path
 
 EUROSAT = DATA / "eurosat"
@@ -125,6 +128,29 @@ def cosine_rankings(vectors: np.ndarray, rows: Sequence[int], chunk: int = 500) 
         scores[np.arange(len(part)), part] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
         rankings += [ranked[:-1] for ranked in order]  # the query itself sorts last
+    return rankings
+
+
+def expanded_rankings(
+    vectors: np.ndarray, rows: Sequence[int], neighbours: int, chunk: int = 500
+) -> list[np.ndarray]:
+    """Each row's ranking of every other row by cosine to its query as ``similar`` searches
+    it: moved toward its ``neighbours`` nearest other rows (``geosearch.search.expansion``)."""
+    if neighbours <= 0:
+        return cosine_rankings(vectors, rows, chunk)
+    first = cosine_rankings(vectors, rows, chunk)
+    rankings = []
+    rows = list(rows)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        moved = np.stack([
+            expansion(vectors[row], vectors[near] @ vectors[row], vectors[near])
+            for row, near in ((row, first[start + n][:neighbours]) for n, row in enumerate(part))
+        ])  # fmt: skip
+        scores = moved @ vectors.T
+        scores[np.arange(len(part)), part] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")
+        rankings += [ranked[:-1] for ranked in order]
     return rankings
 
 
@@ -399,14 +425,20 @@ def kinds_figures(
     rows = rows_by_path(kinds.paths, paths)
     vectors = stored_vectors[rows]  # in picture order
     everyone = list(range(len(kinds.paths)))
-    rankings = cosine_rankings(vectors, everyone)
+    neighbours = overrides.get("search.expansion", Settings().search.expansion)
+    rankings = expanded_rankings(vectors, everyone, neighbours)
     out = {
         label: kinds_metrics(rankings, labels, everyone)
+        | {"expansion": neighbours}
         | {"ingest_tiles_per_s": round(ingested["tiles"] / ingested["ingest_s"], 1)}
         | {"bytes_per_tile": bytes_per_tile(db, ingested["tiles"]), "dim": vectors.shape[1]}
         | timed_similar(db, kinds.paths, rankings, ids[rows])
         | ingested
     }
+    if neighbours:
+        out[f"{label}, stored vectors without expansion"] = kinds_metrics(
+            cosine_rankings(vectors, everyone), labels, everyone
+        )
     raw = None
     if baselines or marks:
         raw_values, seconds = raw_cnn(db, kinds.paths)

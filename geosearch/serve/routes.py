@@ -15,6 +15,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 
+from geosearch.changes import change_collection
 from geosearch.config import Settings
 from geosearch.detection import GEOJSON_NAME, GPKG_NAME
 from geosearch.errors import ConfigError
@@ -258,6 +259,33 @@ def similar_to_upload(
     asked = options.model_copy(update={"tile_index": tile})
     result = service.similar_to_upload(file.file, file.filename or "upload", asked)
     return result_collection(request, result)
+
+
+# -- what changed ---------------------------------------------------------------------------
+
+
+@router.get("/api/changes", responses=_ERRORS, tags=["search"])
+def changes(
+    request: Request,
+    service: Service,
+    date_from: Annotated[
+        str, Query(alias="from", description="earlier period: YYYY, YYYY-MM or YYYY-MM-DD")
+    ],
+    date_to: Annotated[
+        str, Query(alias="to", description="later period: YYYY, YYYY-MM or YYYY-MM-DD")
+    ],
+    bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy (lon/lat)")] = None,
+    top: Annotated[int, Query(ge=1, le=MAX_TOP)] = 20,
+) -> dict[str, Any]:
+    """The ``top`` places whose picture changed most between two periods, as GeoJSON: each
+    place's footprint with its change, significance, and before/after tiles' preview URLs."""
+    result = service.changes(date_from, date_to, parse_bbox(bbox), top)
+    collection = change_collection(result)
+    for feature in collection["features"]:
+        properties = feature["properties"]
+        properties["before_preview"] = preview_url(request, properties["before_id"])
+        properties["after_preview"] = preview_url(request, properties["after_id"])
+    return collection | result.to_dict()
 
 
 # -- feedback sessions ----------------------------------------------------------------------

@@ -29,12 +29,13 @@ from PIL import Image
 
 from geosearch import api
 from geosearch.catalog import Catalog, open_database
+from geosearch.changes import ChangeResult
 from geosearch.config import Settings
 from geosearch.coverage import DETECTION_COLOUR, Coverage
 from geosearch.detection import DetectResult
 from geosearch.errors import ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
-from geosearch.request import SearchRequest
+from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult, stored_tile
 from geosearch.sessions import search, session_marks
 from geosearch.sources import open_source
@@ -195,6 +196,16 @@ class SearchService:
                     raise NotFoundError(f"tile {tile_id} has no preview: {exc}") from None
                 self.previews.put(etag, png)
             return Preview(etag, png)
+
+    # -- what changed -------------------------------------------------------------------
+
+    def changes(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, top: int
+    ) -> ChangeResult:
+        """The places that changed most between two periods (``geosearch changes``)."""
+        filters = SearchFilters(bbox=bbox)
+        return api.changes(self.db, date_from, date_to, filters=filters, top=top,
+                           settings=self.settings)  # fmt: skip
 
     # -- searching without saving ---------------------------------------------------------
 

@@ -97,6 +97,7 @@ async function start() {
   $("download").addEventListener("click", download);
   $("detect").addEventListener("click", detect);
   $("controls").addEventListener("submit", (event) => event.preventDefault());
+  $("changes-form").addEventListener("submit", showChanges);
   if (config.kind === "plain") await startGallery();
   else await startMap();
   document.body.dataset.ready = "true";
@@ -417,6 +418,7 @@ function download() {
 
 async function startMap() {
   $("map").hidden = false;
+  $("changes-form").hidden = false;
   const leaflet = L.map("map", { zoomSnap: 0.25, worldCopyJump: true });
   map.leaflet = leaflet;
   if (state.config.basemap) {
@@ -692,3 +694,91 @@ function highlightGallery(queryFeature, matches) {
 }
 
 start();
+
+// -- what changed -----------------------------------------------------------------------
+
+// The places that changed most between the two periods: drawn on the map (significant ones
+// red) and listed; clicking one shows its before and after previews side by side.
+async function showChanges(event) {
+  event.preventDefault();
+  const from = $("change-from").value.trim();
+  const to = $("change-to").value.trim();
+  if (!from || !to) {
+    say("Give both periods: a year, YYYY-MM or YYYY-MM-DD.", true);
+    return;
+  }
+  say("Comparing the two periods…");
+  let body;
+  try {
+    const query = new URLSearchParams({ from, to, top: $("top").value || "20" });
+    body = await api(`api/changes?${query}`);
+  } catch (error) {
+    say(error.message, true);
+    return;
+  }
+  map.outlines.clearLayers();
+  map.byId.clear();
+  for (const id of ["query", "here", "results"]) $(id).replaceChildren();
+  $("actions").hidden = true;
+  $("hint").hidden = true;
+  for (const feature of body.features) {
+    const props = feature.properties;
+    if (feature.geometry) {
+      const layer = L.geoJSON(feature, {
+        style: {
+          color: props.significant ? "#c62828" : "#f9a825",
+          weight: 3,
+          fillOpacity: 0.12,
+          className: props.significant ? "change-outline significant" : "change-outline",
+        },
+      });
+      layer.on("click", (event) => {
+        L.DomEvent.stopPropagation(event);
+        showChange(feature);
+      });
+      layer.addTo(map.outlines);
+    }
+    $("results").append(changeItem(feature));
+  }
+  say(
+    `${body.features.length} places that changed most from ${body.from} to ${body.to}; ` +
+      `${body.significant} of ${body.pairs} places significant`,
+  );
+}
+
+function changeItem(feature) {
+  const props = feature.properties;
+  const star = props.significant ? " · significant" : "";
+  return element(
+    "li",
+    { class: "change-item", "data-rank": props.rank, onclick: () => showChange(feature) },
+    element("span", { class: "rank", text: `#${props.rank}` }),
+    element("span", { class: "score", text: ` change ${props.change.toFixed(2)}${star}` }),
+    element("div", { class: "muted", text: `${props.before_date} → ${props.after_date}` }),
+  );
+}
+
+function changeFigure(url, date, path) {
+  return element(
+    "figure",
+    {},
+    element("img", { src: `${url}?size=256`, alt: `${date} ${baseName(path)}` }),
+    element("figcaption", { text: `${date} · ${baseName(path)}` }),
+  );
+}
+
+function showChange(feature) {
+  const props = feature.properties;
+  $("query").replaceChildren(
+    element("div", { class: "muted", text: `#${props.rank}: change ${props.change.toFixed(2)}` }),
+    element(
+      "div",
+      { class: "change-pair" },
+      changeFigure(props.before_preview, props.before_date, props.before_file),
+      changeFigure(props.after_preview, props.after_date, props.after_file),
+    ),
+  );
+  for (const item of document.querySelectorAll("#results li.change-item")) {
+    item.classList.toggle("hover", item.dataset.rank === String(props.rank));
+  }
+}
