@@ -300,13 +300,6 @@ def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
         reviewed = int(review.first.get_attribute("data-id"))
         review.first.locator("button.good").click()  # a review tile marked: saved
         expect(page.locator("#marks")).to_contain_text("marked 2 good, 1 bad")
-    marks = {m["tile_id"]: m["label"] for m in session_marks(db, page_session(db))["marks"]}
+        session = page.locator("#marks a").text_content()
+    marks = {m["tile_id"]: m["label"] for m in session_marks(db, session)["marks"]}
     assert marks[reviewed] == 1 and len(marks) == 3
-
-
-def page_session(db: Path) -> str:
-    from geosearch.store import Store
-
-    with Store(db) as store:
-        [name] = store.sessions.names()
-    return name
