@@ -139,9 +139,10 @@ def quality(work: Path, per_class: int, queries_per_class: int, overrides: dict)
         with open_database(db, settings) as catalog:
             for round_number in range(REVIEW_ROUNDS + 1):
                 started = time.perf_counter()
-                result, scored_ids, probabilities = detect(
+                result = detect(
                     catalog, session, marks, SearchFilters(), threshold, REVIEW, detect_settings
                 )
+                scored_ids, probabilities = result.ids, result.probabilities
                 seconds.append(time.perf_counter() - started)
                 scores = np.zeros(len(rows), np.float32)
                 scores[row_of_id[scored_ids]] = probabilities

@@ -15,8 +15,9 @@ from geosearch.check import CheckReport, check_database
 from geosearch.chips import ChipExport
 from geosearch.chips import export_chips as _export_chips
 from geosearch.config import Settings, load_settings
-from geosearch.detection import DetectResult, area_tiles, check_threshold, write_detections
+from geosearch.detection import DetectResult, area_tiles, check_threshold
 from geosearch.detection import detect as _detect
+from geosearch.detection import write_detections as _write_detections
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines.base import IngestProgress, IngestReport
 from geosearch.errors import ConfigError, InputError, disk_full_said
@@ -205,13 +206,15 @@ def detect(
     out: PathLike | None = None,
     engine: str = DEFAULT_ENGINE,
     master: str | None = None,
+    write: bool = True,
     settings: Settings | None = None,
 ) -> DetectResult:
     """Find every place like a session's marks: a classifier of its good and bad tiles (and
     those given here by id or by area, saved to the session) scores every tile the ``filters``
     allow; tiles at or above ``threshold`` (default ``detect.threshold``) are written to ``out``
     as merged detections (``geosearch.detection``); ``review`` tiles to mark next are picked.
-    ``engine="spark"`` scores the database's vectors on Spark executors (``master``)."""
+    ``engine="spark"`` scores the database's vectors on Spark executors (``master``).
+    ``write=False``: nothing written yet (``write_detections`` writes the result later)."""
     settings = settings or Settings()
     chosen = settings.detect.threshold if threshold is None else threshold
     check_threshold(chosen)
@@ -222,13 +225,22 @@ def detect(
             if area is not None:
                 marks |= dict.fromkeys(area_tiles(catalog.store, _area_option(area)), label)
         spark = (settings.spark, master) if engines.engine(engine).batch_search else None
-        result, ids, probabilities = _detect(
+        result = _detect(
             catalog, session, marks, filters or SearchFilters(), chosen, review, settings.detect,
             spark,
         )  # fmt: skip
-        return write_detections(
-            result, catalog, out_dir, ids, probabilities, settings.search.preview_size
-        )
+        if not write:
+            return result
+        return _write_detections(result, catalog, out_dir, settings.search.preview_size)
+
+
+def write_detections(
+    result: DetectResult, db: PathLike, out: PathLike, settings: Settings | None = None
+) -> DetectResult:
+    """Write a ``detect(..., write=False)`` result's files to ``out`` (``result.files``)."""
+    settings = settings or Settings()
+    with disk_full_said(out), open_database(Path(db), settings) as catalog:
+        return _write_detections(result, catalog, Path(out), settings.search.preview_size)
 
 
 def _area_option(path: PathLike) -> Any:
@@ -432,6 +444,7 @@ __all__ = [
     "detect",
     "export_chips",
     "export_feedback",
+    "write_detections",
     "feedback",
     "info",
     "ingest",

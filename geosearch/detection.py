@@ -110,6 +110,9 @@ class DetectResult:
     files: list[Path] = field(default_factory=list)
     probability_map: SimilarityMap | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    # every scored tile's id and probability, for the map (1M tiles: 12 MB)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
     _features: list[str] | None = field(default=None, repr=False)
 
     def summary(self) -> str:
@@ -383,10 +386,10 @@ def detect(
     review: int,
     settings: DetectSettings,
     spark: tuple[SparkSettings, str | None] | None = None,
-) -> tuple[DetectResult, np.ndarray, np.ndarray]:
-    """Train on the session's marks, score every allowed tile and merge the detected ones:
-    the result, and every scored tile's id and probability (for the map). ``spark``
-    (settings, master): scored on Spark (``detect --engine spark``)."""
+) -> DetectResult:
+    """Train on the session's marks, score every allowed tile and merge the detected ones (the
+    result keeps every scored tile's id and probability, for the map). ``spark`` (settings,
+    master): scored on Spark (``detect --engine spark``)."""
     check_threshold(threshold)
     started = time.perf_counter()
     store = catalog.store
@@ -412,10 +415,11 @@ def detect(
     found = dict(zip(hit_ids, probabilities[hit].tolist(), strict=True))
     detections = merge_detections(tiles, np.array([found[t.id] for t in tiles], np.float32))
     result = DetectResult(session, threshold, classifier, len(ids), len(hit_ids), detections)
+    result.ids, result.probabilities = ids, probabilities
     result.review = review_tiles(store, ids, logits, marked, review)
     result.seconds = {"train_and_score": scored - started,
                       "merge_and_review": time.perf_counter() - scored}  # fmt: skip
-    return result, ids, probabilities
+    return result
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -425,12 +429,11 @@ def write_detections(
     result: DetectResult,
     catalog: Catalog,
     out_dir: Path,
-    ids: np.ndarray,
-    probabilities: np.ndarray,
     preview_size: int,
 ) -> DetectResult:
     """Write the GeoPackage, GeoJSON, probability map, contact sheet and review previews."""
     started = time.perf_counter()
+    ids, probabilities = result.ids, result.probabilities
     out_dir = Path(out_dir)
     previews = out_dir / "previews"
     try:
@@ -442,7 +445,7 @@ def write_detections(
             earlier.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
-    geo = any(d.geometry is not None for d in result.detections) or _georeferenced(catalog)
+    geo = any(d.geometry is not None for d in result.detections) or georeferenced(catalog)
     files = []
     if geo:
         files.append(_write_gpkg(result.detections, out_dir / GPKG_NAME))
@@ -481,7 +484,8 @@ def write_detections(
     return result
 
 
-def _georeferenced(catalog: Catalog) -> bool:
+def georeferenced(catalog: Catalog) -> bool:
+    """Whether the database's tiles have footprints (a GeoPackage and a map are written)."""
     return any(tile.footprint is not None for tile in catalog.store.first_tile_of_each_file()[:1])
 
 

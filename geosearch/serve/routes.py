@@ -353,7 +353,7 @@ def detect(request: Request, service: Service, name: str, body: DetectRequest) -
     """Run ``geosearch detect`` on the session: every tile scored by a classifier of its
     marks. The answer: the summary, the tiles to mark next (GeoJSON features with their
     probability), the URL template of the detections layer and the downloads."""
-    run, result = service.detect(name, body.review, body.threshold)
+    run, result, geo = service.detect(name, body.review, body.threshold)
     base = f"api/sessions/{quote(name)}/detections"
     review = []
     for tile in result.review:
@@ -370,8 +370,7 @@ def detect(request: Request, service: Service, name: str, body: DetectRequest) -
         "layer": f"{base}/{{z}}/{{x}}/{{y}}.png?run={run}",
         "downloads": {
             kind: f"{base}.{kind}?run={run}"
-            for kind, path in (("gpkg", GPKG_NAME), ("geojson", GEOJSON_NAME))
-            if any(written.name == path for written in result.files)
+            for kind in (("gpkg", "geojson") if geo else ("geojson",))
         },
     }
 

@@ -32,7 +32,7 @@ from geosearch.catalog import Catalog, open_database
 from geosearch.changes import ChangeResult
 from geosearch.config import Settings
 from geosearch.coverage import DETECTION_COLOUR, Coverage
-from geosearch.detection import DetectResult
+from geosearch.detection import DetectResult, georeferenced
 from geosearch.errors import ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchFilters, SearchRequest
@@ -104,7 +104,8 @@ class SearchService:
         self.previews = _PngCache(PREVIEW_CACHE_BYTES)
         self._coverage: tuple[int, Coverage] | None = None
         self._coverage_lock = threading.Lock()
-        self._detections: dict[str, tuple[int, Coverage, Path]] = {}  # session: run, layer, files
+        # session: run, layer, its result and the folder its files go in (once downloaded)
+        self._detections: dict[str, tuple[int, Coverage, DetectResult, Path]] = {}
         self._detect_lock = threading.Lock()
         self._detect_folder: Path | None = None
 
@@ -267,17 +268,23 @@ class SearchService:
 
     # -- detect ---------------------------------------------------------------------------
 
-    def detect(self, name: str, review: int, threshold: float | None) -> tuple[int, DetectResult]:
-        """``api.detect`` on a session, its files in a folder of this service's; the detected
-        tiles' centres kept for the detections layer. (run number, result)."""
+    def detect(
+        self, name: str, review: int, threshold: float | None
+    ) -> tuple[int, DetectResult, bool]:
+        """``api.detect`` on a session; the detected tiles' centres kept for the detections
+        layer, the result for its files (written in a folder of this service's when first
+        downloaded). (run number, result, whether the tiles have footprints)."""
         self.session(name)
         with self._detect_lock:
             if self._detect_folder is None:
                 self._detect_folder = Path(tempfile.mkdtemp(prefix="geosearch-detect-"))
             folder = self._detect_folder / secrets.token_hex(8)
-        result = api.detect(
-            self.db, name, review=review, threshold=threshold, out=folder, settings=self.settings
-        )
+        result = api.detect(  # the files are written when first downloaded
+            self.db, name, review=review, threshold=threshold, write=False,
+            settings=self.settings,
+        )  # fmt: skip
+        with self.catalog() as catalog:
+            geo = georeferenced(catalog)
         ids = sorted(t for detection in result.detections for t in detection.tile_ids)
         centres = []
         with Store(self.db) as store:
@@ -289,10 +296,11 @@ class SearchService:
         lon, lat = np.asarray(centres, dtype=np.float64).reshape(-1, 2).T
         with self._detect_lock:
             run = self._detections.get(name, (0,))[0] + 1
-            self._detections[name] = (run, Coverage.of(lon, lat, DETECTION_COLOUR), folder)
-        return run, result
+            layer = Coverage.of(lon, lat, DETECTION_COLOUR)
+            self._detections[name] = (run, layer, result, folder)
+        return run, result, geo
 
-    def _detected(self, name: str) -> tuple[int, Coverage, Path]:
+    def _detected(self, name: str) -> tuple[int, Coverage, DetectResult, Path]:
         with self._detect_lock:
             found = self._detections.get(name)
         if found is None:
@@ -301,12 +309,17 @@ class SearchService:
 
     def detections_tile(self, name: str, z: int, x: int, y: int) -> bytes:
         """Map tile z/x/y of the session's last detections (PNG), cached with the previews."""
-        run, layer, _ = self._detected(name)
+        run, layer, *_ = self._detected(name)
         return self._map_tile(f"detections:{name}:{run}", layer, z, x, y)
 
     def detections_file(self, name: str, file_name: str) -> Path:
-        """A file the session's last detect wrote (detections.gpkg, detections.geojson)."""
-        path = self._detected(name)[2] / file_name
+        """A file of the session's last detect (detections.gpkg, detections.geojson), its
+        files written at the first such request."""
+        _, _, result, folder = self._detected(name)
+        with self._detect_lock:
+            if not result.files:
+                api.write_detections(result, self.db, folder, self.settings)
+        path = folder / file_name
         if not path.is_file():
             raise NotFoundError(f"the last detect of session '{name}' wrote no {file_name}")
         return path
