@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         remove,
         similar,
         write_changes,
+        write_detections,
         write_results,
     )
     from geosearch.errors import (
@@ -52,7 +53,8 @@ if TYPE_CHECKING:
 _HOMES = {
     **dict.fromkeys(
         ("changes", "check", "detect", "export_chips", "export_feedback", "feedback", "info",
-         "ingest", "load_settings", "remove", "similar", "write_changes", "write_results"),
+         "ingest", "load_settings", "remove", "similar", "write_changes", "write_detections",
+         "write_results"),
         "geosearch.api",
     ),
     **dict.fromkeys(
@@ -113,5 +115,6 @@ __all__ = [
     "remove",
     "similar",
     "write_changes",
+    "write_detections",
     "write_results",
 ]
