@@ -45,7 +45,9 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     [first] = geosearch.similar(db, [pictures[name][3]], top=20, session="detect-eurosat")
     good = [m.tile.id for m in first.matches if label_of(m.tile.path) == name]
     bad = [m.tile.id for m in first.matches if label_of(m.tile.path) != name]
-    first_round = geosearch.detect(db, "detect-eurosat", good=good, bad=bad, review=5)
+    first_round = geosearch.detect(
+        db, "detect-eurosat", good=good, bad=bad, review=5, out=tmp_path / "first"
+    )
     reviewed = {r.tile.id: label_of(r.tile.path) == name for r in first_round.review}
     assert len(reviewed) == 5 and not set(reviewed) & (set(good) | set(bad))
     good += [t for t, is_it in reviewed.items() if is_it]  # a round of review, marked by label
