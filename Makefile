@@ -1,11 +1,12 @@
 # make demo: set up .venv, ingest sample_tiles/, run one search (results in demo-results/).
-# make test: set up .venv (with the Keras extra), run the whole test suite.
+# make test: set up .venv (with the Keras extra), run the whole test suite and build the docs.
+# make docs: the documentation site, built offline into site/ (pictures remade from sample_tiles/).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean setup serve
+.PHONY: demo test lint bench clean setup serve docs pictures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,17 @@ demo: $(STAMP)
 	@echo "demo: open demo-results/similar.geojson and demo.gpkg in QGIS; previews in demo-results/previews/"
 
 test: $(STAMP)
-	$(BIN)/ruff check geosearch tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check geosearch tests bench docs/scripts
+	$(BIN)/python -m pytest -q -rs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The README's and docs' pictures, from sample_tiles/ (needs Debian's chromium for the map page).
+pictures: $(STAMP)
+	$(BIN)/python docs/scripts/pictures.py
+
+docs: pictures
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "docs: open site/index.html"
 
 serve: $(STAMP)
 	test -f demo.gpkg || $(MAKE) demo
@@ -42,8 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/embeddings.py --only summary
 
 lint: $(STAMP)
-	$(BIN)/ruff check geosearch tests bench
-	$(BIN)/ruff format --check geosearch tests bench
+	$(BIN)/ruff check geosearch tests bench docs/scripts
+	$(BIN)/ruff format --check geosearch tests bench docs/scripts
 
 clean:
-	rm -rf $(VENV) demo.gpkg* demo-results results geosearch.gpkg*
+	rm -rf $(VENV) demo.gpkg* demo-results results geosearch.gpkg* site

@@ -102,7 +102,7 @@ def error_reason(exc: GeosearchError, path: str) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-# Exit codes that are not an exception's: documented in the README.
-EXIT_OK = 0
+# Exit codes that are not an exception's (docs/errors.md lists them all, with these comments).
+EXIT_OK = 0  # success
 EXIT_SKIPPED = 6  # ingest finished, but some files were skipped (each reported)
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # interrupted (Ctrl-C): committed work is kept; the same command resumes

@@ -544,9 +544,11 @@ class Store:
                     f"INSERT OR REPLACE INTO {table} (rowid, {names}) "
                     f"VALUES (?{', ?' * len(columns)})"
                 )
-                rows = self._readable_rows(table, names)
-                db.executemany(insert, rows)
-                copied[table] = len(rows)
+                copied[table] = 0
+                for row in self._readable_rows(table, names):
+                    with suppress(sqlite3.IntegrityError):  # garbage read off a damaged page
+                        db.execute(insert, row)
+                        copied[table] += 1
         return target, copied
 
     def _readable_rows(self, table: str, names: str) -> list[tuple]:
