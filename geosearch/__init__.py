@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from geosearch.api import (
         changes,
         check,
+        detect,
+        export_chips,
         export_feedback,
         feedback,
         info,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         remove,
         similar,
         write_changes,
+        write_detections,
         write_results,
     )
     from geosearch.errors import (
@@ -49,8 +52,9 @@ if TYPE_CHECKING:
 
 _HOMES = {
     **dict.fromkeys(
-        ("changes", "check", "export_feedback", "feedback", "info", "ingest", "load_settings",
-         "remove", "similar", "write_changes", "write_results"),
+        ("changes", "check", "detect", "export_chips", "export_feedback", "feedback", "info",
+         "ingest", "load_settings", "remove", "similar", "write_changes", "write_detections",
+         "write_results"),
         "geosearch.api",
     ),
     **dict.fromkeys(
@@ -101,6 +105,8 @@ __all__ = [
     "__version__",
     "changes",
     "check",
+    "detect",
+    "export_chips",
     "export_feedback",
     "feedback",
     "info",
@@ -109,5 +115,6 @@ __all__ = [
     "remove",
     "similar",
     "write_changes",
+    "write_detections",
     "write_results",
 ]

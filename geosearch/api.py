@@ -7,14 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geosearch import engines
 from geosearch.catalog import open_database
 from geosearch.changes import ChangeFiles, ChangeResult, change_maps, find_changes, periods
 from geosearch.changes import write_changes as _write_changes
 from geosearch.check import CheckReport, check_database
+from geosearch.chips import ChipExport
+from geosearch.chips import export_chips as _export_chips
 from geosearch.config import Settings, load_settings
+from geosearch.detection import DetectResult, area_tiles, check_threshold
+from geosearch.detection import detect as _detect
+from geosearch.detection import write_detections as _write_detections
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines.base import IngestProgress, IngestReport
-from geosearch.errors import InputError, disk_full_said
+from geosearch.errors import ConfigError, InputError, disk_full_said
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import ingest as _ingest
 from geosearch.maps import SimilarityMap, area_of, check_embedding, write_similarity_maps
@@ -184,6 +190,82 @@ def export_feedback(
     """Write a GeoJSON of every tile marked in ``session``, with its label, time and user."""
     saved = session_marks(Path(db), session, settings)
     return write_marks(saved, Path(out))
+
+
+def detect(
+    db: PathLike,
+    session: str,
+    *,
+    good: Sequence[int] = (),
+    bad: Sequence[int] = (),
+    good_within: PathLike | None = None,
+    bad_within: PathLike | None = None,
+    filters: SearchFilters | None = None,
+    threshold: float | None = None,
+    review: int = 0,
+    out: PathLike | None = None,
+    engine: str = DEFAULT_ENGINE,
+    master: str | None = None,
+    write: bool = True,
+    settings: Settings | None = None,
+) -> DetectResult:
+    """Find every place like a session's marks: a classifier of its good and bad tiles (and
+    those given here by id or by area, saved to the session) scores every tile the ``filters``
+    allow; tiles at or above ``threshold`` (default ``detect.threshold``) are written to ``out``
+    as merged detections (``geosearch.detection``); ``review`` tiles to mark next are picked.
+    ``engine="spark"`` scores the database's vectors on Spark executors (``master``).
+    ``write=False``: nothing written yet (``write_detections`` writes the result later)."""
+    settings = settings or Settings()
+    chosen = settings.detect.threshold if threshold is None else threshold
+    check_threshold(chosen)
+    marks = {int(t): 1 for t in good} | {int(t): -1 for t in bad}
+    out_dir = Path(out) if out is not None else settings.detect.out
+    with disk_full_said(db), open_database(Path(db), settings) as catalog:
+        for area, label in ((good_within, 1), (bad_within, -1)):
+            if area is not None:
+                marks |= dict.fromkeys(area_tiles(catalog.store, _area_option(area)), label)
+        spark = (settings.spark, master) if engines.engine(engine).batch_search else None
+        result = _detect(
+            catalog, session, marks, filters or SearchFilters(), chosen, review, settings.detect,
+            spark,
+        )  # fmt: skip
+        if not write:
+            return result
+        return _write_detections(result, catalog, out_dir, settings.search.preview_size)
+
+
+def write_detections(
+    result: DetectResult, db: PathLike, out: PathLike, settings: Settings | None = None
+) -> DetectResult:
+    """Write a ``detect(..., write=False)`` result's files to ``out`` (``result.files``)."""
+    settings = settings or Settings()
+    with disk_full_said(out), open_database(Path(db), settings) as catalog:
+        return _write_detections(result, catalog, Path(out), settings.search.preview_size)
+
+
+def _area_option(path: PathLike) -> Any:
+    """An area given as an option: an unreadable file is a bad option (exit 2)."""
+    try:
+        return load_area(Path(path))
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def export_chips(
+    db: PathLike,
+    session: str,
+    out: PathLike,
+    negatives: int = 0,
+    settings: Settings | None = None,
+) -> ChipExport:
+    """Training data out: every tile marked in ``session`` and ``negatives`` background tiles
+    as image chips in ``out/good`` and ``out/bad`` (torchvision's ImageFolder layout), with
+    labels.csv and a GeoPackage of their footprints; see ``geosearch.chips``."""
+    if negatives < 0:
+        raise ConfigError(f"--negatives {negatives}: a number of tiles, 0 or more")
+    saved = session_marks(Path(db), session, settings)
+    with open_database(Path(db), settings) as catalog:
+        return _export_chips(catalog, saved, Path(out), negatives)
 
 
 def similar_batch(
@@ -359,7 +441,10 @@ def info(db: PathLike, settings: Settings | None = None) -> dict[str, Any]:
 __all__ = [
     "changes",
     "check",
+    "detect",
+    "export_chips",
     "export_feedback",
+    "write_detections",
     "feedback",
     "info",
     "ingest",

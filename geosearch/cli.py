@@ -827,6 +827,18 @@ def feedback(
         Path | None,
         typer.Option("--export", help="Write the marked tiles (with labels) to this GeoJSON."),
     ] = None,
+    export_chips: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-chips",
+            help="Write every marked tile as an image chip to DIR/good and DIR/bad (ImageFolder "
+            "layout), with labels.csv and chips.gpkg.",
+        ),
+    ] = None,
+    negatives: Annotated[
+        int,
+        typer.Option("--negatives", help="With --export-chips: also N background tiles as bad."),
+    ] = 0,
     db: DbOption = None,
     config: ConfigOption = None,
     top: Top = None,
@@ -834,10 +846,17 @@ def feedback(
     previews: Previews = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Mark a session's results good or bad and search again (or --export its marks)."""
+    """Mark a session's results good or bad and search again (or --export its marks, or
+    --export-chips for training data)."""
     settings, db_path = _settings(
         config, db, **{"search.out": out_dir, "search.previews": previews}
     )
+    if export_chips is not None and not (good or bad):
+        chips = _run(lambda: api.export_chips(db_path, session, export_chips, negatives, settings))
+        for skipped in chips.skipped:
+            err.print(f"skipped {skipped}", markup=False)
+        err.print(chips.summary(), markup=False)
+        return
     if export is not None and not (good or bad):
         written = _run(lambda: api.export_feedback(db_path, session, export, settings))
         err.print(f"wrote {written}", markup=False)
@@ -851,11 +870,97 @@ def feedback(
     )  # fmt: skip
     if export is not None:
         _run(lambda: api.export_feedback(db_path, session, export, settings))
+    if export_chips is not None:
+        chips = _run(lambda: api.export_chips(db_path, session, export_chips, negatives, settings))
+        err.print(chips.summary(), markup=False)
     search = settings.search
     files = _run(
         lambda: api.write_results([result], db_path, search.out, search.preview_size, settings)
     )
     _print_results([result], files, json_output)
+
+
+@app.command()
+def detect(
+    session: Annotated[str, typer.Argument(help="Feedback session whose marks teach it.")],
+    good: Annotated[
+        str | None,
+        typer.Option("--good", callback=_numbers(), help="Also mark these tile ids good: 12,40."),
+    ] = None,
+    bad: Annotated[
+        str | None,
+        typer.Option("--bad", callback=_numbers(), help="Also mark these tile ids bad: 7."),
+    ] = None,
+    good_within: Annotated[
+        Path | None,
+        typer.Option("--good-within", help="Mark good the tiles meeting these points/polygons."),
+    ] = None,
+    bad_within: Annotated[
+        Path | None,
+        typer.Option("--bad-within", help="Mark bad the tiles meeting these points/polygons."),
+    ] = None,
+    bbox: Bbox = None,
+    within: Within = None,
+    after: After = None,
+    before: Before = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Probability a detected tile reaches, 0..1. [config: 0.5]"
+        ),
+    ] = None,
+    review: Annotated[
+        int,
+        typer.Option("--review", min=0, help="Also list N tiles to mark next (most uncertain)."),
+    ] = 0,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for detections.gpkg/.geojson, probability.tif, "
+            "contact sheet. [default: detections]",
+        ),
+    ] = None,
+    engine: EngineOption = engines.DEFAULT_ENGINE,
+    master: MasterOption = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Find every place like a session's marks: a classifier over the whole database.
+
+    Writes merged detections (GeoPackage, GeoJSON), a probability map and a contact sheet;
+    the new marks are saved to the session. Mark the --review tiles with
+    'geosearch feedback SESSION --ids --good/--bad' and run detect again.
+    """
+    from geosearch.request import SearchFilters
+
+    settings, db_path = _settings(config, db)
+    area = _run(lambda: api.load_area(within)) if within is not None else None
+    filters = SearchFilters(bbox=bbox, within=area, after=after, before=before)
+    result = _run(
+        lambda: api.detect(
+            db_path, session, good=good or [], bad=bad or [], good_within=good_within,
+            bad_within=bad_within, filters=filters, threshold=threshold, review=review,
+            out=out_dir, engine=engine, master=master, settings=settings,
+        )
+    )  # fmt: skip
+    if json_output:
+        out.print(json.dumps(result.to_dict()), markup=False)
+    else:
+        for tile in result.review:
+            out.print(
+                f"review tile {tile.tile.id}  p {tile.probability:.2f}  "
+                f"{_shown_path(tile.tile.path)}  {tile.preview or ''}",
+                markup=False,
+            )
+        if result.review:
+            ids = ",".join(str(tile.tile.id) for tile in result.review)
+            out.print(
+                f"mark them: geosearch feedback {session} --ids --good ... --bad ...  ({ids})",
+                markup=False,
+            )
+    err.print(result.summary(), markup=False)
 
 
 @app.command()

@@ -147,6 +147,16 @@ class FeedbackSettings(_Section):
     background: int = Field(100, ge=0, le=100000)  # classifier: database tiles as negatives
 
 
+class DetectSettings(_Section):
+    threshold: float = Field(0.5, ge=0, le=1)  # probability a detected tile reaches at least
+    background: int = Field(500, ge=0, le=100000)  # database tiles sampled as negatives
+    background_weight: float = Field(0.04, gt=0, le=1)  # a background tile's weight (mark = 1)
+    c: float = Field(0.3, gt=0)  # inverse regularisation strength of the logistic regression
+    self_training: int = Field(4, ge=0, le=100)  # weak positives per good mark; 0: one pass
+    self_training_weight: float = Field(0.5, gt=0, le=1)  # a weak positive's weight (mark = 1)
+    out: Path = Path("detections")  # folder of the files written
+
+
 class SparkSettings(_Section):
     master: str = "local[*]"
     executor_memory: str = "2g"
@@ -187,6 +197,7 @@ class Settings(_Section):
     vectors: VectorSettings = VectorSettings()
     search: SearchSettings = SearchSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    detect: DetectSettings = DetectSettings()
     maps: MapSettings = MapSettings()
     changes: ChangeSettings = ChangeSettings()
     spark: SparkSettings = SparkSettings()

@@ -1,4 +1,5 @@
-"""Where a database has tiles, drawn as a density map in web-map tiles (XYZ, Web Mercator).
+"""Where a database has tiles (or where ``detect`` found some), drawn as a density map in
+web-map tiles (XYZ, Web Mercator).
 
 The map page shows this layer instead of millions of footprints: the tiles' centres (lon/lat,
 read once per database generation) are counted into each 256 px map tile's pixels on the
@@ -19,6 +20,7 @@ MAP_TILE_PIXELS = 256
 SATURATION = 64
 # Colour of covered ground (RGB) and the opacity of a pixel holding one tile .. SATURATION.
 COLOUR = (21, 101, 192)
+DETECTION_COLOUR = (230, 81, 0)  # detect's layer: the tiles found, in orange
 OPACITY = (90, 230)
 
 
@@ -28,11 +30,14 @@ class Coverage:
 
     lon: np.ndarray
     lat: np.ndarray
+    colour: tuple[int, int, int] = COLOUR
 
     @classmethod
-    def of(cls, lon: np.ndarray, lat: np.ndarray) -> Coverage:
+    def of(
+        cls, lon: np.ndarray, lat: np.ndarray, colour: tuple[int, int, int] = COLOUR
+    ) -> Coverage:
         order = np.argsort(lon, kind="stable")
-        return cls(np.asarray(lon)[order], np.asarray(lat)[order])
+        return cls(np.asarray(lon)[order], np.asarray(lat)[order], colour)
 
     @property
     def extent(self) -> tuple[float, float, float, float] | None:
@@ -62,7 +67,7 @@ class Coverage:
             np.clip(rows, 0, size - 1) * size + np.clip(columns, 0, size - 1),
             minlength=size * size,
         ).reshape(size, size)
-        return _coloured(counts)
+        return _coloured(counts, self.colour)
 
 
 def map_tile_bounds(z: int, x: int, y: int) -> tuple[float, float, float, float]:
@@ -79,12 +84,12 @@ def _mercator_y(lat: np.ndarray | float) -> np.ndarray | float:
     return np.log(np.tan(np.pi / 4 + np.radians(np.clip(lat, -85.0511, 85.0511)) / 2))
 
 
-def _coloured(counts: np.ndarray) -> bytes:
-    """RGBA PNG bytes: covered pixels in COLOUR, more opaque where more tiles lie."""
+def _coloured(counts: np.ndarray, colour: tuple[int, int, int] = COLOUR) -> bytes:
+    """RGBA PNG bytes: covered pixels in ``colour``, more opaque where more tiles lie."""
     level = np.log1p(np.minimum(counts, SATURATION)) / math.log1p(SATURATION)
     alpha = np.where(counts > 0, OPACITY[0] + level * (OPACITY[1] - OPACITY[0]), 0)
     image = np.zeros((*counts.shape, 4), dtype=np.uint8)
-    image[..., :3] = COLOUR
+    image[..., :3] = colour
     image[..., 3] = alpha.astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(image, "RGBA").save(buffer, format="PNG", optimize=False)

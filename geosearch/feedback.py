@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from geosearch.classifier import train_classifier
 from geosearch.config import FeedbackSettings
 
 
@@ -37,23 +38,17 @@ def rerank_scores(
 ) -> np.ndarray:
     """Scores to rank ``candidates`` by under the configured method (higher is better).
 
-    The classifier learns the query and the good tiles against the bad ones and a
-    ``background`` sample of the database's tiles (most tiles are not what was marked: with 20
-    marks, whole-database AP on EuroSAT 0.60 without them, 0.74 with 100;
+    The classifier (``geosearch.classifier``) learns the query and the good tiles against the
+    bad ones and a ``background`` sample of the database's tiles (most tiles are not what was
+    marked: with 20 marks, whole-database AP on EuroSAT 0.60 without them, 0.74 with 100;
     bench/README.md "Kinds of places")."""
     if settings.method == "rocchio":
         return cosine
-    from sklearn.linear_model import LogisticRegression  # slow to import; only needed here
-
     positives = np.vstack([query[None, :], good]) if len(good) else query[None, :]
-    negatives = np.vstack([bad, background]) if len(bad) else background
-    if not len(negatives):
+    if not len(bad) and not len(background):
         return cosine
-    features = np.vstack([positives, negatives])
-    labels = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=500)
-    model.fit(features, labels)
-    probability = model.predict_proba(candidates)[:, 1]
+    classifier = train_classifier(positives, bad, background)
+    probability = classifier.probability(candidates)
     if settings.method == "classifier":
         return probability
     return 0.5 * (cosine + 1.0) / 2.0 + 0.5 * probability

@@ -65,6 +65,7 @@ _NOTHING_IN_AREA = "the area does not meet the indexed rasters: the pixel map wo
 _HISTOGRAM_BINS = 2000  # over [0, 1]: the pixel map's percentile without keeping its values
 SIMILARITY = ("similarity", "similarity to the query: (1 + cosine) / 2, 1 = the same")
 CHANGE = ("change", "change between two dates: (1 - cosine) / 2, 0 = the same")
+PROBABILITY = ("probability", "probability of the marked kind (geosearch detect's classifier)")
 
 
 @dataclass(frozen=True)

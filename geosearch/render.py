@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import shapely
 from PIL import Image, ImageDraw, ImageFont
-from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
-from shapely.geometry.polygon import orient
 
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
+from geosearch.geopackage import GPKG_VERSION
 from geosearch.locate import Placement
 from geosearch.pixels import Window
 from geosearch.search import LocateResult, Match, Query, SearchResult
@@ -146,25 +146,32 @@ def render_previews(
 
 def lonlat_geometry(geometry: BaseGeometry | None) -> dict[str, Any] | None:
     """RFC 7946 geometry: counter-clockwise exterior rings, 7 decimals, Polygon if one part."""
-    if geometry is None or geometry.is_empty:
-        return None
-    if isinstance(geometry, MultiPolygon) and len(geometry.geoms) == 1:
-        geometry = geometry.geoms[0]
-    if isinstance(geometry, Polygon):
-        geometry = orient(geometry, 1.0)
-    elif isinstance(geometry, MultiPolygon):
-        geometry = MultiPolygon([orient(part, 1.0) for part in geometry.geoms])
-    rounded = shapely.transform(geometry, lambda xy: np.round(xy, COORDINATE_DECIMALS))
-    return _plain(mapping(rounded))
+    return lonlat_geometries([geometry])[0]
 
 
-def _plain(value: Any) -> Any:
-    """GeoJSON mapping with tuples turned into lists (as json would write them)."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+def lonlat_geometries(geometries: Sequence[BaseGeometry | None]) -> list[dict[str, Any] | None]:
+    """``lonlat_geometry`` of each, converted together."""
+    return [None if text is None else json.loads(text) for text in geometry_texts(geometries)]
+
+
+def geometry_texts(geometries: Sequence[BaseGeometry | None]) -> list[str | None]:
+    """Each geometry as ``lonlat_geometry`` says, as GeoJSON text (None: no geometry), all
+    converted together by GEOS's GeoJSON writer (much faster than mapping them in Python)."""
+    shapes = np.array(
+        [
+            None if g is None or g.is_empty
+            else g.geoms[0] if isinstance(g, MultiPolygon) and len(g.geoms) == 1 else g
+            for g in geometries
+        ],
+        dtype=object,
+    )  # fmt: skip
+    present = shapes != None  # noqa: E711  (elementwise)
+    texts = np.full(len(shapes), None, dtype=object)
+    if present.any():
+        oriented = shapely.orient_polygons(shapes[present], exterior_cw=False)
+        rounded = shapely.transform(oriented, lambda xy: np.round(xy, COORDINATE_DECIMALS))
+        texts[present] = shapely.to_geojson(rounded)
+    return texts.tolist()
 
 
 def feature(
@@ -172,9 +179,34 @@ def feature(
 ) -> dict[str, Any]:
     """An RFC 7946 Feature: a lon/lat geometry (``lonlat_geometry``; null without one) and
     ``properties``, with ``feature_id`` as its id if given."""
-    identity = {"id": feature_id} if feature_id is not None else {}
-    return {"type": "Feature", **identity, "geometry": lonlat_geometry(geometry),
-            "properties": properties}  # fmt: skip
+    return features([geometry], [properties], [feature_id])[0]
+
+
+def features(
+    geometries: Sequence[BaseGeometry | None],
+    properties: Sequence[dict[str, Any]],
+    feature_ids: Sequence[int | None],
+) -> list[dict[str, Any]]:
+    """``feature`` of each, the geometries converted together (``geometry_texts``)."""
+    return [json.loads(text) for text in feature_texts(geometries, properties, feature_ids)]
+
+
+def feature_texts(
+    geometries: Sequence[BaseGeometry | None],
+    properties: Sequence[dict[str, Any]],
+    feature_ids: Sequence[int | None],
+) -> list[str]:
+    """``feature`` of each as JSON text: what a large FeatureCollection file is written from."""
+    texts = []
+    for geometry, values, n in zip(
+        geometry_texts(geometries), properties, feature_ids, strict=True
+    ):
+        identity = "" if n is None else f'"id": {json.dumps(n)}, '
+        texts.append(
+            f'{{"type": "Feature", {identity}"geometry": {geometry or "null"}, '
+            f'"properties": {json.dumps(values)}}}'
+        )
+    return texts
 
 
 def tile_properties(tile: TileRecord) -> dict[str, Any]:
@@ -436,6 +468,32 @@ def _fitted(text: str, font: ImageFont.ImageFont, width: int) -> str:
     while keep > 3 and font.getlength(f"{text[: keep // 2]}…{text[-(keep // 2) :]}") > width:
         keep -= 2
     return f"{text[: keep // 2]}…{text[-(keep // 2) :]}"
+
+
+def write_layer(
+    path: Path, layer: str, geometries: Sequence[BaseGeometry | None], columns: dict[str, Any]
+) -> Path:
+    """A GeoPackage (the version older GDALs read without warning, as the database's) of one
+    MultiPolygon layer in EPSG:4326 (feature id ``id``): lon/lat
+    ``geometries`` (None: no geometry) and a value of each column (name: array) per feature."""
+    from pyogrio.raw import write
+
+    shapes = [
+        None if g is None else g if isinstance(g, MultiPolygon) else MultiPolygon([g])
+        for g in geometries
+    ]
+    try:
+        path.unlink(missing_ok=True)
+        write(
+            str(path), geometry=np.array([shapely.to_wkb(g) if g is not None else None
+                                          for g in shapes], dtype=object),
+            field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
+            layer=layer, driver="GPKG", geometry_type="MultiPolygon", crs="EPSG:4326",
+            layer_options={"FID": "id"}, dataset_options={"VERSION": GPKG_VERSION},
+        )  # fmt: skip
+    except Exception as exc:
+        raise OutputError(f"cannot write {path}: {exc}") from None
+    return path
 
 
 def prepare_output(out_dir: Path, previews: bool = True) -> Path:

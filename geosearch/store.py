@@ -680,11 +680,19 @@ class Store:
         row = self._connection.execute(f"SELECT length(vector) FROM {TILES} LIMIT 1").fetchone()
         return int(row[0]) // np.dtype(self.vector_dtype).itemsize if row else 0
 
-    def vector_sample(self, size: int, seed: int = 0) -> np.ndarray:
-        """The vectors of ``size`` tiles drawn at random (all of them if there are fewer)."""
+    def sample_ids(self, size: int, seed: int = 0, leave_out: Iterable[int] = ()) -> list[int]:
+        """``size`` tile ids drawn at random, sorted (all of them if there are fewer), none of
+        ``leave_out``."""
+        left_out = set(leave_out)
         ids = [row[0] for row in self._connection.execute(f"SELECT id FROM {TILES}")]
+        ids = [i for i in ids if i not in left_out] if left_out else ids
         if len(ids) > size:
             ids = sorted(np.random.default_rng(seed).choice(ids, size, replace=False).tolist())
+        return ids
+
+    def vector_sample(self, size: int, seed: int = 0) -> np.ndarray:
+        """The vectors of ``size`` tiles drawn at random (all of them if there are fewer)."""
+        ids = self.sample_ids(size, seed)
         parts = [  # SQLite binds at most 32,766 parameters a statement
             self.vectors(ids[start : start + 16_384])[1] for start in range(0, len(ids), 16_384)
         ]

@@ -209,3 +209,27 @@ def alphaearth_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     report = geosearch.ingest([raster], db, settings)
     assert report.tiles_added == 63 and report.tiles_nodata == 1 and not report.skipped
     return raster, db
+
+
+# -- EuroSAT pictures (kinds of places) ------------------------------------------------------
+
+EUROSAT_CLASSES = ("AnnualCrop", "HerbaceousVegetation", "Industrial", "Pasture", "PermanentCrop")
+EUROSAT_PER_CLASS = 60
+
+
+@pytest.fixture(scope="session")
+def eurosat_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[Path]]]:
+    """A plain-image database of 5 EuroSAT classes x 60 pictures (links to ../shared/data):
+    (database, pictures by class)."""
+    import geosearch
+
+    folder = tmp_path_factory.mktemp("eurosat")
+    pictures: dict[str, list[Path]] = {}
+    for name in EUROSAT_CLASSES:
+        (folder / name).mkdir()
+        for source in sorted(shared("eurosat", name).glob("*.jpg"))[:EUROSAT_PER_CLASS]:
+            (folder / name / source.name).symlink_to(source)
+        pictures[name] = sorted((folder / name).glob("*.jpg"))
+    db = folder / "eurosat.gpkg"
+    geosearch.ingest([folder], db, Settings())
+    return db, pictures

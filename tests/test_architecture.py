@@ -12,10 +12,10 @@ them in the same order):
  4 store       geopackage, session_store, store
  5 index       index
  6 catalog     catalog (a database opened for work: store + manifest + fusion)
- 7 search      request, feedback, register, locate, search
+ 7 search      request, classifier, feedback, register, locate, search
  8 output      render, maps, coverage
  9 engines     engines/ (registry, shared writer, local, spark)
-10 commands    ingest, batch, sessions, check, migrate
+10 commands    ingest, batch, sessions, check, migrate, detection, chips
 11 api         api, geosearch (the package: its public names)
 12 front ends  cli, __main__, serve/
 
@@ -38,10 +38,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("geopackage", "session_store", "store")),
     ("index", ("index",)),
     ("catalog", ("catalog",)),
-    ("search", ("request", "feedback", "register", "locate", "search")),
+    ("search", ("request", "classifier", "feedback", "register", "locate", "search")),
     ("output", ("render", "maps", "coverage")),
     ("engines", ("engines",)),
-    ("commands", ("ingest", "batch", "sessions", "check", "migrate", "changes")),
+    (
+        "commands",
+        ("ingest", "batch", "sessions", "check", "migrate", "changes", "detection", "chips"),
+    ),
     ("api", ("api", "")),
     ("front ends", ("cli", "__main__", "serve")),
 ]

@@ -255,3 +255,51 @@ def test_many_tiles_coverage_first_footprints_when_zoomed_in(page, tmp_path, sta
         for image in previews.all():
             expect(image).to_have_js_property("complete", True)
         screenshot(page, tmp_path, "serve-map-zoomed-in.png")
+
+
+DETECTION_TILES = "img.leaflet-tile[src*='/detections/']"
+DETECTIONS_LOADED = """() => { const tiles = [...document.querySelectorAll("%s")];
+  return tiles.length > 0 && tiles.every((t) => t.classList.contains("leaflet-tile-loaded")); }
+""".replace("%s", DETECTION_TILES)
+
+
+def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
+    page, naip_db, tmp_path
+):
+    from playwright.sync_api import expect
+
+    db = copy_database(naip_db, tmp_path / "db")
+    with running_server(create_app(db, Settings(), allow_feedback=True)) as url:
+        page.goto(url + "/")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+        expect(page.locator("#detect-box")).to_be_hidden()
+        page.locator("path.tile-footprint").last.click()
+        results = page.locator("#results li")
+        expect(results).to_have_count(5)
+        results.first.locator("button.good").click()
+        expect(page.locator("#marks")).to_contain_text("marked 1 good")
+        page.locator("#results li").last.locator("button.bad").click()
+        expect(page.locator("#marks")).to_contain_text("marked 1 good, 1 bad")
+        expect(page.locator("#detect-box")).to_be_visible()
+
+        page.locator("#detect").click()
+        expect(page.locator("#detect-summary")).to_contain_text("20 tiles scored", timeout=30000)
+        review = page.locator("#review li")
+        expect(review).to_have_count(10)  # of the 18 unmarked tiles
+        for image in page.locator("#review li img").all():
+            expect(image).to_have_js_property("complete", True)
+        page.wait_for_function(DETECTIONS_LOADED)
+        screenshot(page, tmp_path, "serve-detect.png")
+        with page.expect_download() as download:
+            page.locator("#detect-downloads a.download-gpkg").click()
+        assert Path(download.value.path()).read_bytes()[:16] == b"SQLite format 3\x00"
+        with page.expect_download() as download:
+            page.locator("#detect-downloads a.download-geojson").click()
+        assert json.loads(Path(download.value.path()).read_text())["type"] == "FeatureCollection"
+
+        reviewed = int(review.first.get_attribute("data-id"))
+        review.first.locator("button.good").click()  # a review tile marked: saved
+        expect(page.locator("#marks")).to_contain_text("marked 2 good, 1 bad")
+        session = page.locator("#marks a").text_content()
+    marks = {m["tile_id"]: m["label"] for m in session_marks(db, session)["marks"]}
+    assert marks[reviewed] == 1 and len(marks) == 3

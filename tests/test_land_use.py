@@ -10,32 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import geosearch
-from geosearch.config import Settings
-from tests.conftest import shared
+from tests.conftest import EUROSAT_CLASSES as CLASSES
+from tests.conftest import EUROSAT_PER_CLASS as PER_CLASS
 
-CLASSES = ("AnnualCrop", "HerbaceousVegetation", "Industrial", "Pasture", "PermanentCrop")
-PER_CLASS = 60
 QUERIES_PER_CLASS = 4
 # bench/quality.py --only semantic, ten classes: P@10 0.85; a majority of 10 is 6
 MIN_PRECISION_AT_10 = 0.6
-
-
-@pytest.fixture(scope="module")
-def eurosat_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[Path]]]:
-    """A plain-image database of 5 EuroSAT classes x 60 pictures (links to ../shared/data)."""
-    folder = tmp_path_factory.mktemp("eurosat")
-    pictures: dict[str, list[Path]] = {}
-    for name in CLASSES:
-        (folder / name).mkdir()
-        for source in sorted(shared("eurosat", name).glob("*.jpg"))[:PER_CLASS]:
-            (folder / name / source.name).symlink_to(source)
-        pictures[name] = sorted((folder / name).glob("*.jpg"))
-    db = folder / "eurosat.gpkg"
-    geosearch.ingest([folder], db, Settings())
-    return db, pictures
 
 
 def label_of(path: str) -> str:

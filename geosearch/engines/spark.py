@@ -129,26 +129,13 @@ def spark_top_k(
 
     Returns (scores, ids), each (len(queries), k), best first (-1 ids where fewer exist).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     context = session.sparkContext
     dim = vectors.shape[1]
     with tempfile.TemporaryDirectory(prefix="geosearch-shards-") as folder:
-        shard_paths = []
-        for number, start in enumerate(range(0, len(ids), SHARD_ROWS)):
-            table = pa.table(
-                {
-                    "id": pa.array(ids[start : start + SHARD_ROWS], pa.int64()),
-                    "vector": pa.array(
-                        [row.tobytes() for row in vectors[start : start + SHARD_ROWS]],
-                        pa.binary(),
-                    ),
-                }
-            )
-            path = str(Path(folder) / f"shard-{number:05d}.parquet")
-            pq.write_table(table, path)
-            shard_paths.append(path)
+        rows = range(0, len(ids), SHARD_ROWS)
+        shard_paths = _write_shards(
+            Path(folder), ((ids[s : s + SHARD_ROWS], vectors[s : s + SHARD_ROWS]) for s in rows)
+        )
         best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         best_ids = np.full((len(queries), k), -1, dtype=np.int64)
         for start in range(0, len(queries), QUERY_BLOCK_ROWS):
@@ -160,10 +147,7 @@ def spark_top_k(
                 import pyarrow.parquet as parquet
 
                 for shard in paths:
-                    table = parquet.read_table(shard)
-                    shard_ids = table.column("id").to_numpy()
-                    blobs = table.column("vector").to_pylist()
-                    matrix = np.frombuffer(b"".join(blobs), np.float32).reshape(-1, dim)
+                    shard_ids, matrix = _read_shard(parquet.read_table(shard), dim)
                     index = faiss.IndexFlatIP(dim)
                     index.add(matrix)
                     scores, rows = index.search(shared.value, min(k, len(shard_ids)))
@@ -177,6 +161,75 @@ def spark_top_k(
                              best_ids[start : start + len(block)], scores, found)  # fmt: skip
             shared.unpersist()
     return best_scores, best_ids
+
+
+def spark_linear_scores(
+    session: Any,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    weights: np.ndarray,
+    bias: float,
+    partitions: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors . weights + bias) of every vector of ``batches`` (each (ids, vectors), as
+    ``Store.vector_batches`` streams them), computed on Spark executors shard by shard (a linear
+    classifier's log-odds: ``detect --engine spark``). Ids in the order streamed."""
+    context = session.sparkContext
+    dim = len(weights)
+    with tempfile.TemporaryDirectory(prefix="geosearch-shards-") as folder:
+        shard_paths = _write_shards(Path(folder), batches)
+        if not shard_paths:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        shared = context.broadcast((np.asarray(weights, np.float32), np.float32(bias)))
+
+        def score_shard(paths: Iterator[str], shared: Any = shared) -> Iterator[tuple]:
+            import pyarrow.parquet as parquet
+
+            w, b = shared.value
+            for shard in paths:
+                shard_ids, matrix = _read_shard(parquet.read_table(shard), dim)
+                yield shard_ids, matrix @ w + b
+
+        count = partitions or len(shard_paths)
+        scored = context.parallelize(shard_paths, count).mapPartitions(score_shard)
+        parts = list(_ordered_results(context, scored))
+        shared.unpersist()
+    return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
+
+
+def _write_shards(folder: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """Vectors (float32) as Parquet shards of about SHARD_ROWS rows (id, vector bytes) in
+    ``folder``, written as the batches come; the shards' paths."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths: list[str] = []
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def flush() -> None:
+        ids = np.concatenate([i for i, _ in pending])
+        vectors = np.vstack([v for _, v in pending]).astype(np.float32)
+        blobs = pa.array([row.tobytes() for row in vectors], pa.binary())
+        table = pa.table({"id": pa.array(ids, pa.int64()), "vector": blobs})
+        path = str(folder / f"shard-{len(paths):05d}.parquet")
+        pq.write_table(table, path)
+        paths.append(path)
+        pending.clear()
+
+    for ids, vectors in batches:
+        pending.append((ids, vectors))
+        if sum(len(i) for i, _ in pending) >= SHARD_ROWS:
+            flush()
+    if pending and sum(len(i) for i, _ in pending):
+        flush()
+    return paths
+
+
+def _read_shard(table: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (n, dim) float32 vectors) of a shard written by ``_write_shards``."""
+    blobs = table.column("vector").to_pylist()
+    return table.column("id").to_numpy(), np.frombuffer(b"".join(blobs), np.float32).reshape(
+        -1, dim
+    )
 
 
 def _merge_top_k(

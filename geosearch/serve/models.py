@@ -115,6 +115,17 @@ class MarkRequest(BaseModel):
     top: int | None = Field(None, ge=1, le=MAX_TOP)
 
 
+class DetectRequest(BaseModel):
+    """``geosearch detect`` on a session: how many tiles to review, and the threshold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    review: int = Field(10, ge=0, le=100, description="tiles to mark next")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="probability of a detection [default: detect.threshold]"
+    )
+
+
 class Mark(BaseModel):
     tile_id: int
     label: int = Field(description="1 relevant, -1 not relevant")

@@ -5,9 +5,10 @@ sessions. Each route parses its request into geosearch's terms (a ``SearchReques
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -16,12 +17,14 @@ from starlette.exceptions import HTTPException
 
 from geosearch.changes import change_collection
 from geosearch.config import Settings
+from geosearch.detection import GEOJSON_NAME, GPKG_NAME
 from geosearch.errors import ConfigError
 from geosearch.render import feature_collection, location_feature, tile_feature
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult
 from geosearch.serve.models import (
     MAX_TOP,
+    DetectRequest,
     ErrorBody,
     Feature,
     MarkRequest,
@@ -169,9 +172,14 @@ def coverage_tile(
 ) -> Response:
     """Where the database has tiles, as an XYZ map tile (Web Mercator, 256 px): each pixel
     coloured by how many tiles have their centre there. The page's first view at any size."""
+    return _map_tile(z, x, y, service.coverage_tile)
+
+
+def _map_tile(z: int, x: int, y: int, render: Callable[[int, int, int], bytes]) -> Response:
+    """A layer's XYZ map tile as PNG (cached by browsers like previews); 404 off the map."""
     if x >= 2**z or y >= 2**z:
         raise HTTPException(404, f"no map tile {z}/{x}/{y}")
-    png = service.coverage_tile(z, x, y)
+    png = render(z, x, y)
     return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
 
 
@@ -333,6 +341,69 @@ def marks_geojson(service: Service, name: str) -> Response:
     """The session's marked tiles as GeoJSON: label (good/bad), when, by whom."""
     headers = {"Content-Disposition": f'attachment; filename="{name}-marks.geojson"'}
     return Response(service.marks_geojson(name), media_type="application/geo+json", headers=headers)
+
+
+@router.post(
+    "/api/sessions/{name}/detect",
+    responses={403: {"model": ErrorBody}} | _ERRORS,
+    tags=["feedback"],
+    dependencies=[Depends(_require_feedback)],
+)
+def detect(request: Request, service: Service, name: str, body: DetectRequest) -> dict[str, Any]:
+    """Run ``geosearch detect`` on the session: every tile scored by a classifier of its
+    marks. The answer: the summary, the tiles to mark next (GeoJSON features with their
+    probability), the URL template of the detections layer and the downloads."""
+    run, result, geo = service.detect(name, body.review, body.threshold)
+    base = f"api/sessions/{quote(name)}/detections"
+    review = []
+    for tile in result.review:
+        found = stored_tile_feature(request, tile.tile)
+        found["properties"]["probability"] = round(tile.probability, 4)
+        review.append(found)
+    return {
+        "summary": result.summary(),
+        "threshold": result.threshold,
+        "scored": result.scored,
+        "detected_tiles": result.detected,
+        "detections": len(result.detections),
+        "review": {"type": "FeatureCollection", "features": review},
+        "layer": f"{base}/{{z}}/{{x}}/{{y}}.png?run={run}",
+        "downloads": {
+            kind: f"{base}.{kind}?run={run}"
+            for kind in (("gpkg", "geojson") if geo else ("geojson",))
+        },
+    }
+
+
+@router.get(
+    "/api/sessions/{name}/detections/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}} | _ERRORS,
+    tags=["feedback"],
+)
+def detections_tile(
+    service: Service,
+    name: str,
+    z: Annotated[int, PathParam(ge=0, le=22)],
+    x: Annotated[int, PathParam(ge=0)],
+    y: Annotated[int, PathParam(ge=0)],
+) -> Response:
+    """The session's last detections as an XYZ map tile (rendered here, like the coverage
+    layer, whatever their number): each pixel coloured by the detected tiles centred there."""
+    return _map_tile(z, x, y, lambda *zxy: service.detections_tile(name, *zxy))
+
+
+@router.get(
+    "/api/sessions/{name}/detections.{kind}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/geopackage+sqlite3": {}}}} | _ERRORS,
+    tags=["feedback"],
+)
+def detections_file(service: Service, name: str, kind: Literal["gpkg", "geojson"]) -> FileResponse:
+    """The session's last detections as a GeoPackage or GeoJSON file."""
+    path = service.detections_file(name, GPKG_NAME if kind == "gpkg" else GEOJSON_NAME)
+    media = "application/geopackage+sqlite3" if kind == "gpkg" else "application/geo+json"
+    return FileResponse(path, media_type=media, filename=f"{name}-detections.{kind}")
 
 
 # -- parsing and answering ------------------------------------------------------------------

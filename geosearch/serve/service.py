@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from cachetools import LRUCache
 from PIL import Image
 
@@ -30,7 +31,8 @@ from geosearch import api
 from geosearch.catalog import Catalog, open_database
 from geosearch.changes import ChangeResult
 from geosearch.config import Settings
-from geosearch.coverage import Coverage
+from geosearch.coverage import DETECTION_COLOUR, Coverage
+from geosearch.detection import DetectResult, georeferenced
 from geosearch.errors import ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchFilters, SearchRequest
@@ -102,6 +104,10 @@ class SearchService:
         self.previews = _PngCache(PREVIEW_CACHE_BYTES)
         self._coverage: tuple[int, Coverage] | None = None
         self._coverage_lock = threading.Lock()
+        # session: run, layer, its result and the folder its files go in (once downloaded)
+        self._detections: dict[str, tuple[int, Coverage, DetectResult, Path]] = {}
+        self._detect_lock = threading.Lock()
+        self._detect_folder: Path | None = None
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
@@ -135,7 +141,11 @@ class SearchService:
     def coverage_tile(self, z: int, x: int, y: int) -> bytes:
         """Map tile z/x/y of the coverage layer (PNG), cached with the previews."""
         generation, coverage = self.coverage()
-        key = f"coverage:{generation}:{z}/{x}/{y}"
+        return self._map_tile(f"coverage:{generation}", coverage, z, x, y)
+
+    def _map_tile(self, layer: str, coverage: Coverage, z: int, x: int, y: int) -> bytes:
+        """A density layer's map tile z/x/y (PNG), cached with the previews under ``layer``."""
+        key = f"{layer}:{z}/{x}/{y}"
         png = self.previews.get(key)
         if png is None:
             png = coverage.map_tile(z, x, y)
@@ -255,6 +265,64 @@ class SearchService:
         return api.feedback(
             self.db, name, good, bad, by_rank=False, top=top, settings=self.settings
         )
+
+    # -- detect ---------------------------------------------------------------------------
+
+    def detect(
+        self, name: str, review: int, threshold: float | None
+    ) -> tuple[int, DetectResult, bool]:
+        """``api.detect`` on a session; the detected tiles' centres kept for the detections
+        layer, the result for its files (written in a folder of this service's when first
+        downloaded). (run number, result, whether the tiles have footprints)."""
+        self.session(name)
+        with self._detect_lock:
+            if self._detect_folder is None:
+                self._detect_folder = Path(tempfile.mkdtemp(prefix="geosearch-detect-"))
+            folder = self._detect_folder / secrets.token_hex(8)
+        result = api.detect(  # the files are written when first downloaded
+            self.db, name, review=review, threshold=threshold, write=False,
+            settings=self.settings,
+        )  # fmt: skip
+        with self.catalog() as catalog:
+            geo = georeferenced(catalog)
+        ids = sorted(t for detection in result.detections for t in detection.tile_ids)
+        centres = []
+        with Store(self.db) as store:
+            for start in range(0, len(ids), 10_000):
+                for tile in store.tiles(ids[start : start + 10_000]):
+                    if tile.footprint is not None:
+                        west, south, east, north = tile.footprint.bounds
+                        centres.append(((west + east) / 2, (south + north) / 2))
+        lon, lat = np.asarray(centres, dtype=np.float64).reshape(-1, 2).T
+        with self._detect_lock:
+            run = self._detections.get(name, (0,))[0] + 1
+            layer = Coverage.of(lon, lat, DETECTION_COLOUR)
+            self._detections[name] = (run, layer, result, folder)
+        return run, result, geo
+
+    def _detected(self, name: str) -> tuple[int, Coverage, DetectResult, Path]:
+        with self._detect_lock:
+            found = self._detections.get(name)
+        if found is None:
+            raise NotFoundError(f"session '{name}' has not been run through detect here yet")
+        return found
+
+    def detections_tile(self, name: str, z: int, x: int, y: int) -> bytes:
+        """Map tile z/x/y of the session's last detections (PNG), cached with the previews."""
+        run, layer, *_ = self._detected(name)
+        return self._map_tile(f"detections:{name}:{run}", layer, z, x, y)
+
+    def detections_file(self, name: str, file_name: str) -> Path:
+        """A file of the session's last detect (detections.gpkg, detections.geojson), its
+        files written at the first such request."""
+        _, _, result, folder = self._detected(name)
+        with self._detect_lock:
+            if not result.files:
+                api.write_detections(result, self.db, folder, self.settings)
+        path = folder / file_name
+        if not path.is_file():
+            raise NotFoundError(f"the last detect of session '{name}' wrote no {file_name}")
+        return path
 
     def marks_geojson(self, name: str) -> bytes:
         """The session's marked tiles as GeoJSON (``render.marks_collection``)."""

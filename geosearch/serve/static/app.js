@@ -22,6 +22,7 @@ const map = {
   outlines: null,
   byId: new Map(),
   loading: null, // the AbortController of the tiles-in-view request under way
+  detections: null, // the server-rendered layer of the last detect
 };
 // Footprints are drawn when at most this many tiles are in view; above, only the coverage layer
 // (server-rendered map tiles) shows where tiles are. The page holds no more footprints.
@@ -94,6 +95,7 @@ async function start() {
   $("other-files").addEventListener("change", newRound);
   $("upload").addEventListener("change", onUpload);
   $("download").addEventListener("click", download);
+  $("detect").addEventListener("click", detect);
   $("controls").addEventListener("submit", (event) => event.preventDefault());
   $("changes-form").addEventListener("submit", showChanges);
   if (config.kind === "plain") await startGallery();
@@ -238,6 +240,7 @@ function show(result) {
     $("marks").append(link);
   }
   $("actions").hidden = false;
+  $("detect-box").hidden = !(state.session && state.config.allow_feedback);
   $("hint").hidden = true;
   const noun = state.config.kind === "plain" ? "images" : "tiles";
   const refined = state.good.length + state.bad.length ? ", re-ranked with your marks" : "";
@@ -294,32 +297,84 @@ function thumb(down) {
   return svg;
 }
 
-function resultItem(feature) {
-  const props = feature.properties;
-  const votes = element(
+function votesFor(id) {
+  return element(
     "div",
     { class: "votes" },
     element("button", {
       type: "button",
       class: "good",
       title: "Relevant: more like this",
-      "aria-label": `mark tile ${props.id} good`,
+      "aria-label": `mark tile ${id} good`,
       onclick: (event) => {
         event.stopPropagation();
-        mark(props.id, 1);
+        mark(id, 1);
       },
     }, thumb(false)),
     element("button", {
       type: "button",
       class: "bad",
       title: "Not relevant: less like this",
-      "aria-label": `mark tile ${props.id} bad`,
+      "aria-label": `mark tile ${id} bad`,
       onclick: (event) => {
         event.stopPropagation();
-        mark(props.id, -1);
+        mark(id, -1);
       },
     }, thumb(true)),
   );
+}
+
+// -- detect: a classifier of the session's marks over every tile ---------------------------
+
+async function detect() {
+  say("Scoring every tile with a classifier of your marks…");
+  const url = `api/sessions/${encodeURIComponent(state.session)}/detect`;
+  const json = { "Content-Type": "application/json" };
+  try {
+    const found = await api(url, { method: "POST", headers: json, body: JSON.stringify({ review: 10 }) });
+    $("detect-summary").textContent = found.summary;
+    $("detect-downloads").replaceChildren(
+      ...Object.entries(found.downloads).map(([kind, href]) =>
+        element("a", {
+          href,
+          download: "",
+          class: `download-${kind}`,
+          text: kind === "gpkg" ? "GeoPackage" : "GeoJSON",
+          title: `Download the detections as ${kind === "gpkg" ? "a GeoPackage" : "GeoJSON"}`,
+        }),
+      ),
+    );
+    if (map.leaflet) {
+      if (map.detections) map.detections.remove();
+      map.detections = L.tileLayer(found.layer, { maxZoom: 22, opacity: 0.9, className: "detections" });
+      map.detections.addTo(map.leaflet);
+    }
+    $("review").replaceChildren(...found.review.features.map(reviewItem));
+    say(`${found.detected_tiles} tiles detected in ${found.detections} places; mark the ones below next`);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+function reviewItem(feature) {
+  const props = feature.properties;
+  return element(
+    "li",
+    { "data-id": props.id, onclick: () => focusTile(feature) },
+    element("img", { src: previewSrc(props.preview), alt: `review tile ${props.id}`, loading: "lazy" }),
+    element(
+      "div",
+      {},
+      element("span", { class: "score", text: `probability ${props.probability.toFixed(2)}` }),
+      element("div", { class: "name", text: `tile ${props.id}` }),
+    ),
+    votesFor(props.id),
+  );
+}
+
+function resultItem(feature) {
+  const props = feature.properties;
+  const votes = votesFor(props.id);
   const window = `${props.width}×${props.height} px at row ${props.row}, col ${props.col}`;
   const item = element(
     "li",

@@ -1,0 +1,515 @@
+"""Find every place like these: a classifier of a session's marks run over the whole database.
+
+``detect`` trains ``geosearch.classifier`` on a feedback session's marks (plus tiles marked by
+id or by area for this run, saved to the session), scores every tile the filters allow, streamed
+from the index's copy of the vectors a block at a time, and keeps the tiles at or above the
+threshold.
+Adjacent detected tiles of one date are merged into one detection (a polygon with the
+probability's max and mean, the tile count, the date and the tile ids). ``review`` picks the
+tiles whose label would teach the classifier most: the most uncertain (probability nearest
+0.5), spread over the area (or, without geometry, over the vectors).
+
+What it writes (``write_detections``): ``detections.gpkg`` (layer ``detections``),
+``detections.geojson`` (RFC 7946), ``probability.tif`` with its ``.qml`` (every tile's
+probability on the tile grid, as ``similar --map`` writes similarity) and a contact sheet of the
+best detections; plain-image databases get the GeoJSON (null geometries) and the sheet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon
+from shapely.geometry.base import BaseGeometry
+
+from geosearch.catalog import Catalog
+from geosearch.classifier import TileClassifier, train_classifier
+from geosearch.config import DetectSettings, SparkSettings
+from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
+from geosearch.index import index_for_search
+from geosearch.maps import PROBABILITY, SimilarityMap, tile_values, write_tile_map
+from geosearch.render import (
+    contact_sheet,
+    feature_texts,
+    render_previews,
+    write_bytes,
+    write_layer,
+)
+from geosearch.request import SearchFilters, SearchRequest
+from geosearch.search import allowed_ids, check_marked, resolve_request
+from geosearch.store import Store, TileRecord
+
+GPKG_NAME = "detections.gpkg"
+GEOJSON_NAME = "detections.geojson"
+MAP_NAME = "probability.tif"
+SHEET_NAME = "contact_sheet.png"
+LAYER = "detections"
+SHEET_TILES = 20  # the best tiles shown on the contact sheet, SHEET_COLUMNS a row
+SHEET_COLUMNS = 5
+REVIEW_POOL = 10  # review N: spread over the N * REVIEW_POOL most uncertain unmarked tiles
+_IDS_AT_ONCE = 16_384  # SQLite binds at most 32,766 parameters a statement
+
+
+@dataclass
+class Detection:
+    """Adjacent detected tiles of one date (one tile where there is no geometry)."""
+
+    tile_ids: list[int]
+    prob_max: float
+    prob_mean: float
+    dates: list[str]
+    geometry: BaseGeometry | None  # lon/lat (MultiPolygon); None for plain images
+    paths: list[str]
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "prob_max": round(self.prob_max, 4),
+            "prob_mean": round(self.prob_mean, 4),
+            "tiles": len(self.tile_ids),
+            "dates": ",".join(self.dates),
+            "tile_ids": ",".join(map(str, self.tile_ids)),
+            "paths": ",".join(self.paths),
+        }
+
+
+@dataclass
+class ReviewTile:
+    """A tile to mark next: its record, probability and preview (relative to the output)."""
+
+    tile: TileRecord
+    probability: float
+    preview: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        window = self.tile.window
+        return {
+            "id": self.tile.id, "probability": round(self.probability, 4),
+            "path": self.tile.path, "row": window.row, "col": window.col,
+            "acquired": self.tile.acquired, "preview": self.preview,
+        }  # fmt: skip
+
+
+@dataclass
+class DetectResult:
+    """What a detect run found, and where it wrote it."""
+
+    session: str
+    threshold: float
+    classifier: TileClassifier
+    scored: int
+    detected: int  # tiles at or above the threshold
+    detections: list[Detection]
+    review: list[ReviewTile] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    probability_map: SimilarityMap | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    # every scored tile's id and probability, for the map (1M tiles: 12 MB)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    _features: list[str] | None = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        """The one line the CLI prints."""
+        c = self.classifier
+        made = ", ".join(path.name for path in self.files)
+        return (
+            f"session {self.session}: classifier of {c.positives} good, {c.negatives} bad and "
+            f"{c.background} background tiles; {self.scored} tiles scored, {self.detected} at "
+            f"probability >= {self.threshold:g} in {len(self.detections)} detections"
+            + (f"; wrote {made}" if made else "")
+        )
+
+    def feature_texts(self) -> list[str]:
+        """The detections as RFC 7946 Features (JSON text), numbered from 1 (made once)."""
+        if self._features is None:
+            self._features = feature_texts(
+                [d.geometry for d in self.detections],
+                [d.properties() for d in self.detections],
+                range(1, len(self.detections) + 1),
+            )
+        return self._features
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "threshold": self.threshold,
+            "marks": {
+                "good": self.classifier.positives,
+                "bad": self.classifier.negatives,
+                "background": self.classifier.background,
+            },  # fmt: skip
+            "scored": self.scored,
+            "detected_tiles": self.detected,
+            "detections": [json.loads(text) for text in self.feature_texts()],
+            "review": [tile.to_dict() for tile in self.review],
+            "files": [str(path) for path in self.files],
+            "seconds": {stage: round(value, 3) for stage, value in self.seconds.items()},
+        }
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def area_tiles(store: Store, area: BaseGeometry) -> list[int]:
+    """Tiles whose footprint meets a lon/lat area (points or polygons)."""
+    return sorted(allowed_ids(store, SearchFilters(within=area)) or ())
+
+
+@dataclass
+class TrainingSet:
+    """What a session's classifier learns from: the query and the tiles marked good, the tiles
+    marked bad, a background sample; and the marked tile ids."""
+
+    positives: np.ndarray
+    negatives: np.ndarray
+    background: np.ndarray
+    marked: set[int]
+
+    def train(
+        self, settings: DetectSettings, weak_positives: np.ndarray | None = None
+    ) -> TileClassifier:
+        return train_classifier(
+            self.positives, self.negatives, self.background,
+            background_weight=settings.background_weight, c=settings.c,
+            weak_positives=weak_positives, weak_weight=settings.self_training_weight,
+        )  # fmt: skip
+
+
+def session_training(
+    catalog: Catalog,
+    session: str,
+    marks: dict[int, int],
+    settings: DetectSettings,
+) -> TrainingSet:
+    """The training set of a session's marks (``marks``: new ones, saved to the session first
+    where the database can be written), its query counted as good."""
+    store = catalog.store
+    saved = store.sessions.get(session)
+    if saved is None:
+        known = ", ".join(store.sessions.names()[-5:]) or "none yet"
+        raise InputError(f"no feedback session '{session}' in {store.path} (latest: {known})")
+    check_marked(catalog, list(marks))
+    if marks and not store.readonly:
+        from geosearch.sessions import current_user
+
+        store.sessions.mark(session, marks, current_user())
+        saved = store.sessions.get(session)
+    labels = {m["tile_id"]: m["label"] for m in saved["marks"]} | marks
+    good = sorted(t for t, label in labels.items() if label > 0)
+    bad = sorted(t for t, label in labels.items() if label < 0)
+    if not good:
+        raise ConfigError(
+            f"session {session} has no tile marked good: mark some with --good IDS, "
+            "--good-within AREA or 'geosearch feedback SESSION --good RANKS'"
+        )
+    positives = _vectors(store, good)
+    query = _query_vector(catalog, saved["query"])
+    if query is not None:
+        positives = np.vstack([query[None, :], positives])
+    background = store.vector_sample(settings.background) if settings.background else None
+    if background is None or len(background) <= len(labels):  # nothing but the marks
+        background = np.zeros((0, positives.shape[1]), np.float32)
+    negatives = _vectors(store, bad, positives.shape[1])
+    if not len(negatives) and not len(background):  # train_classifier's error, before scoring
+        train_classifier(positives, negatives, background)
+    return TrainingSet(positives, negatives, background, set(labels))
+
+
+def _vectors(store: Store, ids: Sequence[int], dim: int = 0) -> np.ndarray:
+    parts = [
+        store.vectors(list(ids[s : s + _IDS_AT_ONCE]))[1] for s in range(0, len(ids), _IDS_AT_ONCE)
+    ]
+    return np.vstack(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def _query_vector(catalog: Catalog, saved: dict[str, Any]) -> np.ndarray | None:
+    """The session's query vector as stored (no orientations), or None if it can no longer be
+    resolved (its file gone): the marks still teach the classifier."""
+    request = SearchRequest.from_saved(saved).model_copy(update={"any_orientation": False})
+    try:
+        [query] = resolve_request(catalog, request)
+    except GeosearchError:
+        return None
+    return query.vector
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def score_tiles(
+    store: Store,
+    classifier: TileClassifier,
+    allowed: set[int] | None,
+    spark: tuple[SparkSettings, str | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, log-odds) of every tile ``allowed`` (None: all), in id order. The classifier being
+    linear, its log-odds are the index's exact inner products with its weights (streamed from
+    the index's float32 copy of the vectors a block of rows at a time, as similarity maps do:
+    SQLite reads the vector BLOBs about twice as slowly) plus its bias; only ids and one float
+    a tile are kept. ``spark`` (settings, master): the database's vectors are streamed into
+    shards scored on Spark executors instead (``engines.spark``)."""
+    if spark is not None:
+        from geosearch.engines.spark import spark_linear_scores, spark_session
+
+        session = spark_session(*spark)
+        ids, logits = spark_linear_scores(
+            session, store.vector_batches(), classifier.weights, classifier.bias,
+            spark[0].partitions,
+        )  # fmt: skip
+    else:
+        ids, dots = index_for_search(store).score_all(classifier.weights)
+        logits = dots + np.float32(classifier.bias)
+    order = np.argsort(ids, kind="stable")
+    ids, logits = ids[order], logits[order]
+    if allowed is not None:
+        keep = np.isin(ids, np.fromiter(allowed, np.int64, len(allowed)))
+        ids, logits = ids[keep], logits[keep]
+    return ids, logits
+
+
+def probability(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold:g}: a probability, 0..1")
+    return threshold
+
+
+# -- detections ------------------------------------------------------------------------------
+
+
+def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> list[Detection]:
+    """Detected tiles as detections, best first: tiles of one date whose footprints share an
+    edge (or overlap) are merged into one polygon; tiles without a footprint stay one a
+    detection."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    groups: dict[str | None, list[int]] = {}
+    alone: list[list[int]] = []
+    for row, tile in enumerate(tiles):
+        if tile.footprint is None:
+            alone.append([row])
+        else:
+            groups.setdefault(tile.acquired, []).append(row)
+    parts = list(alone)
+    for rows in groups.values():
+        shapes = np.array([tiles[row].footprint for row in rows], dtype=object)
+        left, right = shapely.STRtree(shapes).query(shapes, predicate="intersects")
+        # adjacent: sharing an edge (boundaries meet along a line) or overlapping, not a corner
+        sharing = shapely.relate_pattern(shapes[left], shapes[right], "****1****")
+        sharing |= shapely.relate_pattern(shapes[left], shapes[right], "T********")
+        left, right = left[sharing], right[sharing]
+        graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(len(rows), len(rows)))
+        count, component = connected_components(graph, directed=False)
+        order = np.argsort(component, kind="stable")
+        bounds = np.searchsorted(component[order], np.arange(count + 1))
+        parts += [
+            [rows[i] for i in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    detections = []
+    for rows in parts:
+        members = [tiles[row] for row in rows]
+        values = probabilities[rows]
+        geometry = None
+        if len(members) == 1 and isinstance(members[0].footprint, MultiPolygon):
+            geometry = members[0].footprint
+        elif members[0].footprint is not None:
+            union = shapely.union_all([tile.footprint for tile in members])
+            geometry = union if isinstance(union, MultiPolygon) else MultiPolygon([union])
+        detections.append(
+            Detection(
+                sorted(tile.id for tile in members), float(values.max()), float(values.mean()),
+                sorted({tile.acquired for tile in members if tile.acquired}), geometry,
+                sorted({tile.path for tile in members}),
+            )
+        )  # fmt: skip
+    detections.sort(key=lambda d: (-d.prob_max, d.tile_ids[0]))
+    return detections
+
+
+def review_tiles(
+    store: Store,
+    ids: np.ndarray,
+    logits: np.ndarray,
+    marked: set[int],
+    count: int,
+) -> list[ReviewTile]:
+    """``count`` unmarked tiles to mark next: among the ``count * REVIEW_POOL`` with the
+    probability nearest 0.5, the most uncertain first, then each the farthest from those
+    chosen (by footprint centre, or by vector without geometry)."""
+    if count <= 0 or not len(ids):
+        return []
+    unmarked = ~np.isin(ids, np.fromiter(marked, np.int64, len(marked)))
+    pool_ids, pool_logits = ids[unmarked], np.abs(logits[unmarked])
+    size = min(len(pool_ids), count * REVIEW_POOL)
+    if not size:
+        return []
+    nearest = np.argpartition(pool_logits, size - 1)[:size]
+    nearest = nearest[np.argsort(pool_logits[nearest], kind="stable")]
+    pool = store.tiles(pool_ids[nearest].tolist())
+    if all(tile.footprint is not None for tile in pool):
+        points = np.array([[*tile.footprint.centroid.coords[0]] for tile in pool])
+    else:
+        points = _vectors(store, [tile.id for tile in pool])
+    chosen = [0]
+    distance = np.linalg.norm(points - points[0], axis=1)
+    while len(chosen) < min(count, len(pool)):
+        best = int(np.argmax(distance))
+        chosen.append(best)
+        distance = np.minimum(distance, np.linalg.norm(points - points[best], axis=1))
+    by_id = dict(
+        zip(
+            ids[unmarked][nearest].tolist(),
+            probability(logits[unmarked][nearest]).tolist(),
+            strict=True,
+        )
+    )
+    return [ReviewTile(pool[i], by_id[pool[i].id]) for i in chosen]
+
+
+def detect(
+    catalog: Catalog,
+    session: str,
+    marks: dict[int, int],
+    filters: SearchFilters,
+    threshold: float,
+    review: int,
+    settings: DetectSettings,
+    spark: tuple[SparkSettings, str | None] | None = None,
+) -> DetectResult:
+    """Train on the session's marks, score every allowed tile and merge the detected ones (the
+    result keeps every scored tile's id and probability, for the map). ``spark`` (settings,
+    master): scored on Spark (``detect --engine spark``)."""
+    check_threshold(threshold)
+    started = time.perf_counter()
+    store = catalog.store
+    training = session_training(catalog, session, marks, settings)
+    marked = training.marked
+    classifier = training.train(settings)
+    allowed = allowed_ids(store, filters)
+    ids, logits = score_tiles(store, classifier, allowed, spark)
+    if settings.self_training:  # again, the unmarked tiles it was surest of as weak positives
+        count = settings.self_training * len(training.positives)
+        unmarked = ~np.isin(ids, np.fromiter(marked, np.int64, len(marked)))
+        surest = np.argsort(-np.where(unmarked, logits, -np.inf), kind="stable")[:count]
+        surest = surest[unmarked[surest]]
+        classifier = training.train(settings, _vectors(store, sorted(ids[surest].tolist())))
+        ids, logits = score_tiles(store, classifier, allowed, spark)
+    scored = time.perf_counter()
+    probabilities = probability(logits)
+    hit = probabilities >= threshold
+    hit_ids = ids[hit].tolist()
+    tiles: list[TileRecord] = []
+    for start in range(0, len(hit_ids), _IDS_AT_ONCE):
+        tiles += store.tiles(hit_ids[start : start + _IDS_AT_ONCE])
+    found = dict(zip(hit_ids, probabilities[hit].tolist(), strict=True))
+    detections = merge_detections(tiles, np.array([found[t.id] for t in tiles], np.float32))
+    result = DetectResult(session, threshold, classifier, len(ids), len(hit_ids), detections)
+    result.ids, result.probabilities = ids, probabilities
+    result.review = review_tiles(store, ids, logits, marked, review)
+    result.seconds = {"train_and_score": scored - started,
+                      "merge_and_review": time.perf_counter() - scored}  # fmt: skip
+    return result
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def write_detections(
+    result: DetectResult,
+    catalog: Catalog,
+    out_dir: Path,
+    preview_size: int,
+) -> DetectResult:
+    """Write the GeoPackage, GeoJSON, probability map, contact sheet and review previews."""
+    started = time.perf_counter()
+    ids, probabilities = result.ids, result.probabilities
+    out_dir = Path(out_dir)
+    previews = out_dir / "previews"
+    try:
+        previews.mkdir(parents=True, exist_ok=True)
+        for earlier in [
+            *previews.glob("review_*.png"),
+            *(out_dir / n for n in (GPKG_NAME, MAP_NAME)),
+        ]:
+            earlier.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+    geo = any(d.geometry is not None for d in result.detections) or georeferenced(catalog)
+    files = []
+    if geo:
+        files.append(_write_gpkg(result.detections, out_dir / GPKG_NAME))
+    collection = ",\n".join(result.feature_texts())  # a feature a line
+    text = f'{{"type": "FeatureCollection", "features": [\n{collection}\n]}}\n'
+    write_bytes(out_dir / GEOJSON_NAME, text.encode())
+    files.append(out_dir / GEOJSON_NAME)
+    if geo and len(ids):
+        grid, cells, placed = tile_values(catalog.store, ids, probabilities, catalog.tile_size)
+        result.probability_map = write_tile_map(
+            out_dir / MAP_NAME, grid, cells, placed, PROBABILITY
+        )
+        files.append(result.probability_map.path)
+    best = _best_tiles(catalog.store, ids, probabilities)
+    wanted = [(tile.path, tile.window) for tile, _ in best] + [
+        (r.tile.path, r.tile.window) for r in result.review
+    ]
+    rendered = render_previews(catalog, wanted, preview_size)
+    if best:
+        cells = [
+            (rendered[(tile.path, tile.window)], [f"#{n} p {p:.2f}", tile.acquired or "undated",
+                                                  Path(tile.path).name])
+            for n, (tile, p) in enumerate(best, start=1)
+        ]  # fmt: skip
+        rows = [cells[i : i + SHEET_COLUMNS] for i in range(0, len(cells), SHEET_COLUMNS)]
+        write_bytes(out_dir / SHEET_NAME, contact_sheet(rows, min(preview_size, 256)))
+        files.append(out_dir / SHEET_NAME)
+    for tile in result.review:
+        png = rendered[(tile.tile.path, tile.tile.window)]
+        if png is not None:
+            path = previews / f"review_tile{tile.tile.id}.png"
+            write_bytes(path, png)
+            tile.preview = path.relative_to(out_dir).as_posix()
+    result.files = files
+    result.seconds["write"] = time.perf_counter() - started
+    return result
+
+
+def georeferenced(catalog: Catalog) -> bool:
+    """Whether the database's tiles have footprints (a GeoPackage and a map are written)."""
+    return any(tile.footprint is not None for tile in catalog.store.first_tile_of_each_file()[:1])
+
+
+def _best_tiles(
+    store: Store, ids: np.ndarray, probabilities: np.ndarray
+) -> list[tuple[TileRecord, float]]:
+    """The SHEET_TILES most probable tiles, best first."""
+    size = min(SHEET_TILES, len(ids))
+    if not size:
+        return []
+    top = np.argpartition(-probabilities, size - 1)[:size]
+    top = top[np.argsort(-probabilities[top], kind="stable")]
+    records = {t.id: t for t in store.tiles(ids[top].tolist())}
+    return [(records[int(i)], float(p)) for i, p in zip(ids[top], probabilities[top], strict=True)]
+
+
+def _write_gpkg(detections: Sequence[Detection], path: Path) -> Path:
+    """``detections`` as the layer ``detections`` of a GeoPackage."""
+    rows = [d for d in detections if d.geometry is not None]
+    columns: dict[str, Any] = {
+        "prob_max": np.array([d.prob_max for d in rows], np.float64),
+        "prob_mean": np.array([d.prob_mean for d in rows], np.float64),
+        "tiles": np.array([len(d.tile_ids) for d in rows], np.int32),
+    }
+    for name in ("dates", "tile_ids", "paths"):
+        columns[name] = np.array([d.properties()[name] for d in rows], dtype=object)
+    return write_layer(path, LAYER, [d.geometry for d in rows], columns)
