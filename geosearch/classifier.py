@@ -33,8 +33,12 @@ class TileClassifier:
 
     def probability(self, vectors: np.ndarray) -> np.ndarray:
         """(n,) float32 probability that each row of ``vectors`` is of the marked kind."""
-        logits = np.clip(self.decision(vectors), -60.0, 60.0)
-        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return probability(self.decision(vectors))
+
+
+def probability(logits: np.ndarray) -> np.ndarray:
+    """Log-odds as float32 probabilities (the logistic function)."""
+    return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
 
 
 def train_classifier(

@@ -30,7 +30,7 @@ from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
 from geosearch.catalog import Catalog
-from geosearch.classifier import TileClassifier, train_classifier
+from geosearch.classifier import TileClassifier, probability, train_classifier
 from geosearch.config import DetectSettings, SparkSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
 from geosearch.index import index_for_search
@@ -272,10 +272,6 @@ def score_tiles(
         keep = np.isin(ids, np.fromiter(allowed, np.int64, len(allowed)))
         ids, logits = ids[keep], logits[keep]
     return ids, logits
-
-
-def probability(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
 
 
 def check_threshold(threshold: float) -> float:

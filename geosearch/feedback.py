@@ -40,8 +40,8 @@ def rerank_scores(
 
     The classifier (``geosearch.classifier``) learns the query and the good tiles against the
     bad ones and a ``background`` sample of the database's tiles (most tiles are not what was
-    marked: with 20 marks, whole-database AP on EuroSAT 0.60 without them, 0.74 with 100;
-    bench/README.md "Kinds of places")."""
+    marked: with 20 marks, whole-database AP on 1,000 EuroSAT pictures 0.54 without them,
+    0.64 with 100 in one-off runs; ``bench/quality.py --only semantic --quick`` 0.672)."""
     if settings.method == "rocchio":
         return cosine
     positives = np.vstack([query[None, :], good]) if len(good) else query[None, :]
