@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import shapely
 from shapely.geometry import box
@@ -56,7 +55,7 @@ from geosearch.maps import (
     write_tile_map,
 )
 from geosearch.pixels import RawTile, Window
-from geosearch.register import gradient_image
+from geosearch.register import best_placement, gradient_image
 from geosearch.render import contact_sheet, feature, prepare_output, render_previews, write_bytes
 from geosearch.sources import open_source
 from geosearch.store import Store, TileRecord
@@ -349,9 +348,7 @@ def registered(
         return after, after_valid
     template = gradient_image(before.mean(axis=0))
     scene = gradient_image(after.mean(axis=0), after_valid)
-    scores = cv2.matchTemplate(scene, template, cv2.TM_CCOEFF_NORMED)
-    np.nan_to_num(scores, copy=False, nan=-1.0)
-    row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    _, _, row, col = best_placement(template, scene, None)
     rows, cols = slice(row, row + height), slice(col, col + width)
     return after[:, rows, cols], after_valid[rows, cols]
 

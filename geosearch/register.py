@@ -114,7 +114,7 @@ def _resized(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=interpolation)
 
 
-def _best(
+def best_placement(
     template: np.ndarray, scene: np.ndarray, valid: np.ndarray | None
 ) -> tuple[float, float, int, int]:
     """(correlation, margin, row, col) of the best placement of ``template`` in ``scene``; the
@@ -241,7 +241,7 @@ def register(
             template = query.template(scale * COARSE_FACTOR, orientation)
             if template is None or not _fits(template, coarse_scene):
                 continue
-            _, margin, row, col = _best(template, coarse_scene, coarse_valid)
+            _, margin, row, col = best_placement(template, coarse_scene, coarse_valid)
             centre = ((row + template.shape[0] / 2), (col + template.shape[1] / 2))
             ranked.append((margin, scale, orientation, centre))
         if not ranked:
@@ -257,7 +257,7 @@ def register(
     template = query.template(scale, orientation)
     if template is None or not _fits(template, scene_gradient):
         return None
-    correlation, margin, row, col = _best(template, scene_gradient, scene_valid)
+    correlation, margin, row, col = best_placement(template, scene_gradient, scene_valid)
     height, width = template.shape
     return Registration(
         row,
@@ -300,7 +300,7 @@ def _refined_scale(
         if not _fits(template, crop):
             continue
         crop_valid = scene_valid[rows, cols] if scene_valid is not None else None
-        correlation = _best(template, crop, crop_valid)[0]
+        correlation = best_placement(template, crop, crop_valid)[0]
         if correlation > best:
             best, best_scale = correlation, trial
     return best_scale
