@@ -310,13 +310,10 @@ def _stored_vector_chunks(
     """(before, after) vectors of the pairs, ``size`` pairs at a time."""
     for start in range(0, len(pairs), size):
         chunk = pairs[start : start + size]
-        halves = []
-        for side in ("before", "after"):
-            ids = [getattr(pair, side).id for pair in chunk]
-            found, vectors = store.vectors(sorted(set(ids)))
-            row = {int(tid): n for n, tid in enumerate(found)}
-            halves.append(vectors[[row[tid] for tid in ids]])
-        yield halves[0], halves[1]
+        yield (
+            store.vectors_in_order([pair.before.id for pair in chunk]),
+            store.vectors_in_order([pair.after.id for pair in chunk]),
+        )
 
 
 # -- the second look: pixels -----------------------------------------------------------------

@@ -198,7 +198,7 @@ def resolve_query(
         tiles = catalog.store.tiles_of_file(stored_path)
         if not tiles:
             raise InputError(f"{path}: indexed, but none of its tiles had enough valid pixels")
-        vectors = _stored_vectors(catalog.store, [t.id for t in tiles])
+        vectors = catalog.store.vectors_in_order([t.id for t in tiles])
         bands = QueryBands(catalog.manifest.bands, catalog.manifest)
         indexed = True
     else:
@@ -290,7 +290,7 @@ def resolve_tile(
 ) -> Query:
     """A query with one indexed tile: its stored vector (no model is loaded), and with
     ``any_orientation`` its pixels read again and embedded under the 8 turns."""
-    vector = _stored_vectors(catalog.store, [tile.id])[0]
+    vector = catalog.store.vectors_in_order([tile.id])[0]
     query = Query(label or f"tile {tile.id}", tile.path, [tile], vector, True)
     query.bands = QueryBands(catalog.manifest.bands, catalog.manifest)
     query.window = tile.window
@@ -362,13 +362,6 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 def mean_vector(vectors: np.ndarray) -> np.ndarray:
     """The query vector of several tiles: their mean, at unit length."""
     return _unit(vectors.mean(axis=0))
-
-
-def _stored_vectors(store: Store, ids: Sequence[int]) -> np.ndarray:
-    """Vectors of ``ids`` in the order given."""
-    found, vectors = store.vectors(list(ids))
-    order = {tile_id: row for row, tile_id in enumerate(found.tolist())}
-    return vectors[[order[i] for i in ids]]
 
 
 def load_area(path: Path) -> BaseGeometry:
@@ -467,8 +460,8 @@ def search_vectors(
     index = index_for_search(store)
     if index.count == 0:
         raise DatabaseError(f"{store.path} holds no tiles yet")
-    good = _stored_vectors(store, feedback.good) if feedback.good else np.zeros((0, index.dim))
-    bad = _stored_vectors(store, feedback.bad) if feedback.bad else np.zeros((0, index.dim))
+    good = store.vectors_in_order(feedback.good) if feedback.good else np.zeros((0, index.dim))
+    bad = store.vectors_in_order(feedback.bad) if feedback.bad else np.zeros((0, index.dim))
     vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
     expansion = locate.expansion if locate is not None and not feedback else 0
     parents, row_vectors = orientation_rows(
@@ -524,7 +517,7 @@ def search_vectors(
             ids = [tile_id for _, tile_id in pairs]
             cosine = np.asarray([score for score, _ in pairs])
             scores = rerank_scores(
-                vector, good, bad, background, _stored_vectors(store, ids), cosine,
+                vector, good, bad, background, store.vectors_in_order(ids), cosine,
                 feedback_settings,
             )  # fmt: skip
             order = np.argsort(-scores, kind="stable")
@@ -554,7 +547,7 @@ def expanded(index: Any, store: Store, query: Query, neighbours: int) -> Query:
     if not pairs:
         return query
     scores = np.asarray([score for score, _ in pairs], dtype=np.float32)
-    neighbourhood = _stored_vectors(store, [tile_id for _, tile_id in pairs])
+    neighbourhood = store.vectors_in_order([tile_id for _, tile_id in pairs])
     return replace(query, vector=expansion(query.vector, scores, neighbourhood))
 
 
@@ -579,7 +572,7 @@ def ranked_matches(
     records = store.tiles(ids)
     cosines: list[float | None] = [None] * len(ids)
     if vector is not None and ids:
-        cosines = [float(cosine) for cosine in _stored_vectors(store, ids) @ vector]
+        cosines = [float(cosine) for cosine in store.vectors_in_order(ids) @ vector]
     located = {p.tile_id: p for p in placed}
     return [
         Match(rank, score, record, None, cosine, located.get(record.id))
@@ -746,7 +739,7 @@ def merge_orientations(
         if not candidates:
             merged.append([])
             continue
-        scores = row_vectors[rows] @ _stored_vectors(store, candidates).T  # (8, n)
+        scores = row_vectors[rows] @ store.vectors_in_order(candidates).T  # (8, n)
         combined = np.maximum(scores[0] + bonus, scores.max(axis=0))
         order = np.argsort(-combined, kind="stable")
         merged.append([(float(combined[j]), candidates[j]) for j in order])

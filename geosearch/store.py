@@ -805,6 +805,12 @@ class Store:
         dtype = self.vector_dtype if column == "vector" else RAW_DTYPE
         return found, blob_vectors([row[1] for row in rows], dtype)
 
+    def vectors_in_order(self, ids: Sequence[int]) -> np.ndarray:
+        """The vectors of ``ids``, a row per id in the order given (an id may repeat)."""
+        found, vectors = self.vectors(sorted(set(ids)))
+        row = {tile_id: n for n, tile_id in enumerate(found.tolist())}
+        return vectors[[row[tile_id] for tile_id in ids]]
+
     @property
     def vector_dtype(self) -> str:
         """How this database stores vectors: float16, or float32 if made before that."""
