@@ -287,9 +287,6 @@ def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> 
     """Detected tiles as detections, best first: tiles of one date whose footprints share an
     edge (or overlap) are merged into one polygon; tiles without a footprint stay one a
     detection."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     groups: dict[str | None, list[int]] = {}
     alone: list[list[int]] = []
     for row, tile in enumerate(tiles):
@@ -301,12 +298,13 @@ def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> 
     for rows in groups.values():
         shapes = np.array([tiles[row].footprint for row in rows], dtype=object)
         left, right = shapely.STRtree(shapes).query(shapes, predicate="intersects")
+        pair = left < right  # each pair once; a tile with itself says nothing
+        left, right = left[pair], right[pair]
         # adjacent: sharing an edge (boundaries meet along a line) or overlapping, not a corner
         sharing = shapely.relate_pattern(shapes[left], shapes[right], "****1****")
         sharing |= shapely.relate_pattern(shapes[left], shapes[right], "T********")
-        left, right = left[sharing], right[sharing]
-        graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(len(rows), len(rows)))
-        count, component = connected_components(graph, directed=False)
+        component = connected_groups(len(rows), left[sharing], right[sharing])
+        count = int(component.max()) + 1 if len(component) else 0
         order = np.argsort(component, kind="stable")
         bounds = np.searchsorted(component[order], np.arange(count + 1))
         parts += [
@@ -331,6 +329,22 @@ def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> 
         )  # fmt: skip
     detections.sort(key=lambda d: (-d.prob_max, d.tile_ids[0]))
     return detections
+
+
+def connected_groups(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The group (0, 1, ... in order of each group's lowest node) of each of ``count`` nodes
+    joined by the edges ``left[i]``-``right[i]``: union-find over arrays, each round hooking
+    every edge's higher root under its lower one, then shortening every path to its root."""
+    parent = np.arange(count)
+    while True:
+        low, high = np.minimum(parent[left], parent[right]), np.maximum(parent[left], parent[right])
+        joined = low != high
+        if not joined.any():
+            break
+        np.minimum.at(parent, high[joined], low[joined])
+        while not np.array_equal(grand := parent[parent], parent):
+            parent = grand
+    return np.unique(parent, return_inverse=True)[1].reshape(-1)
 
 
 def review_tiles(
@@ -506,6 +520,7 @@ def _write_gpkg(detections: Sequence[Detection], path: Path) -> Path:
         "prob_mean": np.array([d.prob_mean for d in rows], np.float64),
         "tiles": np.array([len(d.tile_ids) for d in rows], np.int32),
     }
+    properties = [d.properties() for d in rows]
     for name in ("dates", "tile_ids", "paths"):
-        columns[name] = np.array([d.properties()[name] for d in rows], dtype=object)
+        columns[name] = np.array([p[name] for p in properties], dtype=object)
     return write_layer(path, LAYER, [d.geometry for d in rows], columns)
