@@ -485,8 +485,7 @@ def write_layer(
     try:
         path.unlink(missing_ok=True)
         write(
-            str(path), geometry=np.array([shapely.to_wkb(g) if g is not None else None
-                                          for g in shapes], dtype=object),
+            str(path), geometry=shapely.to_wkb(np.array(shapes, dtype=object)),
             field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
             layer=layer, driver="GPKG", geometry_type="MultiPolygon", crs="EPSG:4326",
             layer_options={"FID": "id"}, dataset_options={"VERSION": GPKG_VERSION},
