@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import math
 import mmap
@@ -561,10 +560,9 @@ class _RerankVectors:
         """Inner products of the consecutive rows ``start`` to ``stop`` with ``query``. Rows in
         the file are mapped, not copied (several times faster than ``pread`` for gigabytes),
         and unmapped straight after, so the process's RSS does not grow with the file. The
-        float16 rows are widened by FAISS's SIMD decoder on one thread (numpy's ``astype``
-        widens a value at a time: ~1.6 times slower) and multiplied by ``np.einsum``, which does
-        not call BLAS (BLAS's threads made a matrix-vector product ~10 times slower on a busy
-        2-core machine)."""
+        float16 rows are decoded by ``_float32`` on one thread (its OpenMP threads made it 3
+        times slower on a busy 2-core machine) and multiplied by ``np.einsum``, which does not
+        call BLAS (BLAS's threads made the matrix-vector product 4-20 times slower there)."""
         out = np.empty(stop - start, dtype=np.float32)
         in_file = max(0, min(stop, self.file_rows) - start)
         if in_file:
@@ -572,10 +570,10 @@ class _RerankVectors:
             aligned = first - first % mmap.ALLOCATIONGRANULARITY
             length = first - aligned + in_file * self.row_bytes
             with mmap.mmap(self.fd, length, offset=aligned, access=mmap.ACCESS_READ) as mapped:
-                codes = np.frombuffer(mapped, np.uint8, in_file * self.row_bytes, first - aligned)
+                stored = np.frombuffer(mapped, _RERANK_DTYPE, in_file * self.dim, first - aligned)
                 with _faiss_threads(1):
-                    rows = _float16_decoder(self.dim).sa_decode(codes.reshape(in_file, -1))
-                del codes  # the map closes only once no array uses it
+                    rows = _float32(stored.reshape(in_file, self.dim))
+                del stored  # the map closes only once no array uses it
             out[:in_file] = np.einsum("rd,d->r", rows, query)
         if in_file < stop - start:
             tail = np.arange(start + in_file, stop) - self.file_rows
@@ -725,13 +723,6 @@ def _faiss_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(previous)
-
-
-@functools.cache
-def _float16_decoder(dim: int) -> faiss.IndexScalarQuantizer:
-    """FAISS's float16 codec of ``dim``-d rows: ``sa_decode`` of the rows' bytes gives them as
-    float32, bit for bit what ``astype`` gives."""
-    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
 
 def index_path(db_path: Path) -> Path:
