@@ -217,8 +217,9 @@ def timed_detect(db: Path, out: Path, good: list[int], bad: list[int]) -> dict[s
 def run_detect(source: Path, db: Path, out: Path, marks: tuple[list[int], list[int]]) -> dict:
     """``timed_detect`` in a fresh process importing geosearch from ``source`` (a checkout)."""
     code = (
-        f"import json, sys; sys.path[:0] = [{str(source)!r}, {str(ROOT / 'bench')!r}]; "
-        "from pathlib import Path; from detect import timed_detect; import geosearch; "
+        f"import json, sys; sys.path.insert(0, {str(source)!r}); import geosearch; "
+        f"sys.path.insert(0, {str(ROOT / 'bench')!r}); from pathlib import Path; "
+        "from detect import timed_detect; "
         f"assert geosearch.__file__.startswith({str(source)!r}), geosearch.__file__; "
         f"print(json.dumps(timed_detect(Path({str(db)!r}), Path({str(out)!r}), *{marks!r})))"
     )
