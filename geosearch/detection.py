@@ -69,16 +69,20 @@ class Detection:
     dates: list[str]
     geometry: BaseGeometry | None  # lon/lat (MultiPolygon); None for plain images
     paths: list[str]
+    _properties: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def properties(self) -> dict[str, Any]:
-        return {
-            "prob_max": round(self.prob_max, 4),
-            "prob_mean": round(self.prob_mean, 4),
-            "tiles": len(self.tile_ids),
-            "dates": ",".join(self.dates),
-            "tile_ids": ",".join(map(str, self.tile_ids)),
-            "paths": ",".join(self.paths),
-        }
+        """What the GeoPackage and GeoJSON say of it (made once: both write it)."""
+        if self._properties is None:
+            self._properties = {
+                "prob_max": round(self.prob_max, 4),
+                "prob_mean": round(self.prob_mean, 4),
+                "tiles": len(self.tile_ids),
+                "dates": ",".join(self.dates),
+                "tile_ids": ",".join(map(str, self.tile_ids)),
+                "paths": ",".join(self.paths),
+            }
+        return self._properties
 
 
 @dataclass

@@ -46,7 +46,7 @@ from geosearch.geopackage import (
     add_attributes_table,
     connect,
     create_geopackage,
-    decode_geometry,
+    decode_geometries,
     encode_geometry,
     has_table,
     transaction,
@@ -718,12 +718,15 @@ class Store:
         )
 
     @staticmethod
-    def _tile(row: Sequence[Any]) -> TileRecord:
-        tid, path, r, c, w, h, crs, native, geom, acquired, nodata, source = row
-        return TileRecord(
-            int(tid), path, Window(r, c, w, h), crs, native, decode_geometry(geom), acquired,
-            nodata, source,
-        )  # fmt: skip
+    def _tiles(rows: Sequence[Sequence[Any]]) -> list[TileRecord]:
+        """Rows of ``_tile_columns`` as records, their footprints decoded together."""
+        footprints = decode_geometries([row[8] for row in rows])
+        return [
+            TileRecord(int(tid), path, Window(r, c, w, h), crs, native, footprint, acquired,
+                       nodata, source)
+            for (tid, path, r, c, w, h, crs, native, _, acquired, nodata, source), footprint
+            in zip(rows, footprints, strict=True)
+        ]  # fmt: skip
 
     def date_sources(self) -> dict[str, int]:
         """Tiles per date source ("undated": tiles without a date)."""
@@ -750,14 +753,14 @@ class Store:
         rows = self._connection.execute(
             f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN ({marks})", list(ids)
         )
-        by_id = {row[0]: self._tile(row) for row in rows}
+        by_id = {tile.id: tile for tile in self._tiles(rows.fetchall())}
         return [by_id[i] for i in ids if i in by_id]
 
     def tiles_of_file(self, path: str) -> list[TileRecord]:
         rows = self._connection.execute(
             f"SELECT {self._tile_columns} FROM {TILES} WHERE path = ? ORDER BY row, col", (path,)
         )
-        return [self._tile(row) for row in rows]
+        return self._tiles(rows.fetchall())
 
     def first_tile_of_each_file(self) -> list[TileRecord]:
         """One tile per file (its lowest id): enough to recover the file's geotransform."""
@@ -765,7 +768,7 @@ class Store:
             f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN "
             f"(SELECT min(id) FROM {TILES} GROUP BY path)"
         )
-        return [self._tile(row) for row in rows]
+        return self._tiles(rows.fetchall())
 
     def tile_origins(
         self, batch: int = 100_000
