@@ -25,7 +25,6 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +183,8 @@ def _scored_tiles(
     code_of = {path: code for code, path in enumerate(paths)}
     wanted = np.fromiter(sorted(allowed), np.int64) if allowed is not None else None
     codes, centres, scores = [], [], []
-    for ids, batch_paths, origins in store.tile_origins():
-        batch_codes = np.fromiter(map(code_of.get, batch_paths, repeat(-1)), np.int64)
+    for batch_paths, file_of, ids, origins in store.tile_origins():
+        batch_codes = np.array([code_of.get(path, -1) for path in batch_paths], np.int64)[file_of]
         position = np.minimum(np.searchsorted(scored_ids, ids), max(0, len(scored_ids) - 1))
         keep = (batch_codes >= 0) & (scored_ids[position] == ids)
         if wanted is not None:

@@ -119,11 +119,18 @@ def vector_blob(vector: np.ndarray, dtype: str = RAW_DTYPE) -> bytes:
 
 
 def _origins(
-    ids: list[np.ndarray], paths: list[str], packed: list[np.ndarray]
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """``Store.tile_origins``'s batch: ids, paths and (col, row) of (row << 32) | col."""
+    paths: list[str], ids: list[np.ndarray], packed: list[np.ndarray]
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """``Store.tile_origins``'s batch of files: paths, each tile's file, ids and (col, row) of
+    the (row << 32) | col of each file's tiles."""
     origins = np.concatenate(packed)
-    return np.concatenate(ids), paths, np.column_stack([origins & 0xFFFFFFFF, origins >> 32])
+    file_of = np.repeat(np.arange(len(paths)), [len(part) for part in ids])
+    return (
+        paths,
+        file_of,
+        np.concatenate(ids),
+        np.column_stack([origins & 0xFFFFFFFF, origins >> 32]),
+    )
 
 
 def blob_vectors(blobs: Sequence[bytes], dtype: str = RAW_DTYPE) -> np.ndarray:
@@ -772,30 +779,32 @@ class Store:
 
     def tile_origins(
         self, batch: int = 100_000
-    ) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
-        """Every tile, about ``batch`` at a time (whole files): ids, paths and (n, 2) window
-        origins (col, row).
+    ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]]:
+        """Every tile, whole files about ``batch`` tiles at a time: the files' paths, each
+        tile's file (index in those paths), ids and (n, 2) window origins (col, row).
 
         Read from the ``tiles_window`` index alone (a covering index: no table row, geometry or
-        vector is read), a file a row: its ids and its rows and cols packed into one value each
-        joined into one text in SQL and parsed by numpy (a Python row per tile made 1M tiles
-        cost ~8 s, this ~1.5 s)."""
+        vector is read), a file a row: its ids, and its rows and cols packed into one value
+        each, joined into one text in SQL and parsed by numpy (a Python row a tile made 1M
+        tiles cost ~8 s on a busy machine, this ~1.2 s)."""
         cursor = self._connection.execute(
             f"SELECT path, group_concat(id), group_concat((row << 32) | col) FROM {TILES} "
             "GROUP BY path"
         )
-        ids: list[np.ndarray] = []
         paths: list[str] = []
+        ids: list[np.ndarray] = []
         packed: list[np.ndarray] = []
+        tiles = 0
         for path, id_text, origin_text in cursor:
+            paths.append(path)
             ids.append(np.fromstring(id_text, np.int64, sep=","))
             packed.append(np.fromstring(origin_text, np.int64, sep=","))
-            paths += [path] * len(ids[-1])
-            if len(paths) >= batch:
-                yield _origins(ids, paths, packed)
-                ids, paths, packed = [], [], []
+            tiles += len(ids[-1])
+            if tiles >= batch:
+                yield _origins(paths, ids, packed)
+                paths, ids, packed, tiles = [], [], [], 0
         if paths:
-            yield _origins(ids, paths, packed)
+            yield _origins(paths, ids, packed)
 
     def paths_of(self, ids: Sequence[int]) -> list[str]:
         """The files (sorted) that the given tiles come from."""
