@@ -10,10 +10,11 @@ whole database costs about what reading its vectors does. Used by feedback re-ra
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from geosearch.errors import ConfigError
 
@@ -109,7 +110,7 @@ def _logistic_regression(
 
     params = np.zeros(design.shape[1])
     current = loss(params)
-    with threadpool_limits(1, user_api="blas"):  # BLAS's threads: 10-30 times slower when busy
+    with _blas().limit(limits=1, user_api="blas"):  # BLAS's threads: 10-30x slower when busy
         for _ in range(_NEWTON_STEPS):
             fitted = 1.0 / (1.0 + np.exp(-(design @ params)))
             gradient = design.T @ (c * weights * (fitted - labels)) + penalty * params
@@ -130,3 +131,9 @@ def _logistic_regression(
                 break  # no step lowers the loss: at the minimum to rounding
             params, current = candidate, found
     return params
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The process's BLAS libraries, looked up once (2-20 ms a look on a busy machine)."""
+    return ThreadpoolController()
