@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+from shapely.errors import GEOSException
 from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
@@ -329,7 +330,7 @@ def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> 
         if len(members) == 1 and isinstance(members[0].footprint, MultiPolygon):
             geometry = members[0].footprint
         elif members[0].footprint is not None:
-            union = shapely.union_all([tile.footprint for tile in members])
+            union = _union([tile.footprint for tile in members])
             geometry = union if isinstance(union, MultiPolygon) else MultiPolygon([union])
         detections.append(
             Detection(
@@ -340,6 +341,15 @@ def merge_detections(tiles: Sequence[TileRecord], probabilities: np.ndarray) -> 
         )  # fmt: skip
     detections.sort(key=lambda d: (-d.prob_max, d.tile_ids[0]))
     return detections
+
+
+def _union(footprints: list[BaseGeometry]) -> BaseGeometry:
+    """The union of adjacent footprints; made valid first where GEOS cannot join them as they
+    are (a lon/lat ring across the antimeridian or a pole crosses itself)."""
+    try:
+        return shapely.union_all(footprints)
+    except GEOSException:
+        return shapely.union_all(shapely.make_valid(np.array(footprints, dtype=object)))
 
 
 def connected_groups(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
