@@ -154,6 +154,7 @@ def tile_values(
         counts[label] += int(per_file[code])
     target = counts.most_common(1)[0][0]
     x, y = _tile_centres([frames[path][0] for path in paths], codes, pixels)
+    del pixels  # 16 bytes a tile, not needed past here
     for label in counts:
         if label != target:
             moved = np.isin(codes, [i for i, other in enumerate(crs_labels) if other == label])
@@ -178,8 +179,10 @@ def _scored_tiles(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """File codes (index in ``paths``), (n, 2) pixel centres of full tiles at the tiles'
     places, and scores of the scored tiles."""
-    order = np.argsort(scored_ids)
-    scored_ids, all_scores = np.asarray(scored_ids)[order], np.asarray(all_scores)[order]
+    scored_ids, all_scores = np.asarray(scored_ids), np.asarray(all_scores)
+    if np.any(scored_ids[1:] < scored_ids[:-1]):  # detect's come sorted: no copies (10M: 200 MB)
+        order = np.argsort(scored_ids)
+        scored_ids, all_scores = scored_ids[order], all_scores[order]
     code_of = {path: code for code, path in enumerate(paths)}
     wanted = np.fromiter(sorted(allowed), np.int64) if allowed is not None else None
     codes, centres, scores = [], [], []
