@@ -266,7 +266,7 @@ def test_spark_gives_the_same_detections_as_the_local_run(raster_db, tmp_path) -
 
 
 def test_the_classifier_is_scikit_learns_logistic_regression() -> None:
-    """Newton's method reaches the minimum scikit-learn's LogisticRegression(C) finds, with the
+    """The L-BFGS fit reaches the minimum scikit-learn's LogisticRegression(C) finds, with the
     same weights a row (background lighter, classes balanced), on vectors like the stored ones."""
     from sklearn.linear_model import LogisticRegression
 
