@@ -587,6 +587,48 @@ def test_sessions_by_place_and_their_errors(feedback):
     assert feedback.get("/api/sessions/nope/marks.geojson").status_code == 404
 
 
+BOX_MARKS = "/api/sessions/web-box/marks/box"
+
+
+def test_a_box_marks_exactly_the_tiles_whose_footprint_meets_it(feedback, read_only):
+    import shapely
+    from shapely.geometry import shape
+
+    features = feedback.get("/api/tiles", params={"limit": 5000}).json()["features"]
+    footprints = {f["id"]: shape(f["geometry"]) for f in features}
+    west, south, east, north = footprints[1].bounds
+    # a box from inside tile 1 to just past its east edge: tile 1's place and its neighbour's
+    box = [west + 0.3 * (east - west), south + 0.4 * (north - south),
+           east + 0.1 * (east - west), south + 0.6 * (north - south)]  # fmt: skip
+    expected = sorted(t for t, f in footprints.items() if f.intersects(shapely.box(*box)))
+    assert 5 < len(expected) < 20  # several dates of two places, not the whole database
+    made = feedback.post("/api/sessions", json={"tile": 1, "top": 4, "name": "web-box"})
+    assert made.status_code == 201, made.text
+    answer = feedback.post(BOX_MARKS, json={"bbox": box, "label": "bad"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["marked"] == expected and body["feedback"]["bad"] == expected
+    assert set(expected).isdisjoint(result_ids(body))  # marked tiles are not shown again
+    saved = feedback.get("/api/sessions/web-box").json()["marks"]
+    assert sorted(m["tile_id"] for m in saved if m["label"] == -1) == expected
+
+    service = feedback.app.state.service
+    service.max_box_tiles = 4
+    try:
+        everything = [-180, -85, 180, 85]
+        over = feedback.post(BOX_MARKS, json={"bbox": everything, "label": "good"})
+    finally:
+        service.max_box_tiles = 1000
+    assert over.status_code == 400
+    assert over.json()["error"].endswith("one box marks at most 4: draw a smaller box (zoom in)")
+    assert len(feedback.get("/api/sessions/web-box").json()["marks"]) == len(expected)
+    for bad_box, status in (([1, 1, 0, 0], 422), ([0.0, 0.0, 0.001, 0.001], 400)):
+        wrong = feedback.post(BOX_MARKS, json={"bbox": bad_box, "label": "good"})
+        assert wrong.status_code == status, wrong.text
+    refused = read_only.post(BOX_MARKS, json={"bbox": box, "label": "bad"})
+    assert refused.status_code == 403
+
+
 def test_writes_from_other_origins_are_refused(feedback):
     answer = feedback.post(
         "/api/sessions", json={"tile": 1}, headers={"Origin": "http://evil.invalid"}

@@ -24,6 +24,8 @@ from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult
 from geosearch.serve.models import (
     MAX_TOP,
+    BoxMarkCollection,
+    BoxMarkRequest,
     DetectRequest,
     ErrorBody,
     Feature,
@@ -329,6 +331,22 @@ def mark(request: Request, service: Service, name: str, body: MarkRequest) -> di
     """Mark tiles (ids) good or bad and search again with every mark of the session
     (``geosearch feedback NAME --ids``); marked tiles are not shown again."""
     return result_collection(request, service.mark(name, body.good, body.bad, body.top))
+
+
+@router.post(
+    "/api/sessions/{name}/marks/box",
+    response_model=BoxMarkCollection,
+    responses={403: {"model": ErrorBody}} | _ERRORS,
+    tags=["feedback"],
+    dependencies=[Depends(_require_feedback)],
+)
+def mark_box(request: Request, service: Service, name: str, body: BoxMarkRequest) -> dict[str, Any]:
+    """Mark every tile whose footprint meets a box good or bad (as ``geosearch detect
+    --good-within`` does with an area) and search again; at most 1,000 tiles a box (400
+    beyond, saving nothing)."""
+    label = 1 if body.label == "good" else -1
+    marked, result = service.mark_box(name, body.bbox, label, body.top)
+    return result_collection(request, result) | {"marked": marked}
 
 
 @router.get(

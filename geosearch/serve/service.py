@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import shapely
 from cachetools import LRUCache
 from PIL import Image
 
@@ -32,8 +33,8 @@ from geosearch.catalog import Catalog, open_database
 from geosearch.changes import ChangeResult
 from geosearch.config import Settings
 from geosearch.coverage import DETECTION_COLOUR, Coverage
-from geosearch.detection import DetectResult, georeferenced
-from geosearch.errors import ConflictError, InputError, NotFoundError
+from geosearch.detection import DetectResult, area_tiles, georeferenced
+from geosearch.errors import ConfigError, ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult, stored_tile
@@ -46,6 +47,9 @@ MAX_UPLOAD_PIXELS = 40_000_000  # a PNG/JPEG is decoded whole: 40 MP is 120 MB o
 UPLOAD_TOO_LARGE = f"upload: larger than {MAX_UPLOAD_BYTES // 2**20} MB; crop or downsample it"
 MAX_UPLOAD_TILES = 64  # an uploaded raster is embedded tile by tile: 64 tiles of 256 px = 2048²
 PREVIEW_CACHE_BYTES = 64 * 1024 * 1024
+# A box drawn on the map marks at most this many tiles: a mis-drag over the whole database
+# is refused with a message, not saved as a million marks.
+MAX_BOX_TILES = 1000
 
 
 class UnsupportedUploadError(InputError):
@@ -108,6 +112,7 @@ class SearchService:
         self._detections: dict[str, tuple[int, Coverage, DetectResult, Path]] = {}
         self._detect_lock = threading.Lock()
         self._detect_folder: Path | None = None
+        self.max_box_tiles = MAX_BOX_TILES
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
@@ -266,6 +271,35 @@ class SearchService:
             self.db, name, good, bad, by_rank=False, top=top, settings=self.settings
         )
 
+    def box_tiles(self, bbox: tuple[float, float, float, float]) -> list[int]:
+        """Tiles whose footprint meets a lon/lat box (``detection.area_tiles``, what
+        ``detect --good-within`` marks), refused over ``max_box_tiles``."""
+        cap = self.max_box_tiles
+        with self.catalog() as catalog:
+            store = catalog.store
+            _, candidates = store.bbox_page(bbox, 0)  # R-tree count: no tile is loaded
+            ids = area_tiles(store, shapely.box(*bbox)) if candidates <= 2 * cap else None
+        if ids is None or len(ids) > cap:
+            held = f"{len(ids)}" if ids is not None else f"about {candidates}"
+            raise ConfigError(
+                f"the box holds {held} tiles; one box marks at most {cap}: draw a smaller box "
+                "(zoom in)"
+            )
+        if not ids:
+            raise ConfigError(f"no tile's footprint meets the box {_box_text(bbox)}")
+        return ids
+
+    def mark_box(
+        self, name: str, bbox: tuple[float, float, float, float], label: int,
+        top: int | None = None,
+    ) -> tuple[list[int], SearchResult]:  # fmt: skip
+        """Mark every tile in a lon/lat box good (``label`` 1) or bad (-1) in a session and
+        search again (``mark``): (the tiles marked, the search)."""
+        self.session(name)
+        ids = self.box_tiles(bbox)
+        good, bad = (ids, []) if label > 0 else ([], ids)
+        return ids, self.mark(name, good, bad, top)
+
     # -- detect ---------------------------------------------------------------------------
 
     def detect(
@@ -329,6 +363,10 @@ class SearchService:
         self.session(name)
         saved = session_marks(self.db, name, self.settings)
         return json.dumps(marks_collection(saved), indent=1).encode()
+
+
+def _box_text(bbox: tuple[float, ...]) -> str:
+    return ",".join(f"{v:.6f}" for v in bbox)
 
 
 _MAGIC_SUFFIXES = (
