@@ -1,5 +1,5 @@
-"""Where a database has tiles (or where ``detect`` found some), drawn as a density map in
-web-map tiles (XYZ, Web Mercator).
+"""Where a database has tiles (or where ``detect`` found some, or which places changed), drawn
+as a density map in web-map tiles (XYZ, Web Mercator).
 
 The map page shows this layer instead of millions of footprints: the tiles' centres (lon/lat,
 read once per database generation) are counted into each 256 px map tile's pixels on the
@@ -21,6 +21,7 @@ SATURATION = 64
 # Colour of covered ground (RGB) and the opacity of a pixel holding one tile .. SATURATION.
 COLOUR = (21, 101, 192)
 DETECTION_COLOUR = (230, 81, 0)  # detect's layer: the tiles found, in orange
+CHANGES_COLOUR = (198, 40, 40)  # the changes layer: the significant places, in red
 OPACITY = (90, 230)
 
 

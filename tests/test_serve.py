@@ -638,6 +638,84 @@ def test_writes_from_other_origins_are_refused(feedback):
     assert same.status_code == 201
 
 
+# -- what changed ------------------------------------------------------------------------
+
+CHANGE_TILE = 64
+PLANTED_PLACES = {(64, 64), (128, 192)}  # (row, col) of the tiles replaced in 2016
+
+
+@pytest.fixture(scope="module")
+def two_years(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    """A 256 px crop of NAIP 2015 (16 tiles of 64 px) and its copy dated 2016 with two tiles
+    replaced by other ground from the same scene."""
+    import rasterio
+
+    folder = tmp_path_factory.mktemp("serve-changes")
+    with rasterio.open(shared("naip", "m_4709963_se_14_1_20150926.tif")) as src:
+        whole = src.read()
+        profile = src.profile | {"width": 256, "height": 256, "tiled": False}
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    image = whole[:, :256, :256]
+    planted = image.copy()
+    for (row, col), (top, left) in zip(
+        sorted(PLANTED_PLACES), ((600, 700), (40, 800)), strict=True
+    ):
+        planted[:, row : row + 64, col : col + 64] = whole[:, top : top + 64, left : left + 64]
+    for year, data in ((2015, image), (2016, planted)):
+        with rasterio.open(folder / f"naip_{year}0926.tif", "w", **profile) as dst:
+            dst.write(data)
+    db = folder / "two_years.gpkg"
+    assert geosearch.ingest([folder], db, Settings(tile_size=CHANGE_TILE)).tiles_added == 32
+    return TestClient(create_app(db, Settings()))
+
+
+def map_pixel(lon: float, lat: float, z: int) -> tuple[int, int, int, int]:
+    """(x, y) of the XYZ map tile holding lon/lat at zoom z, and the pixel's column and row."""
+    scale = 2**z * 256
+    across = (lon + 180) / 360 * scale
+    down = (1 - np.log(np.tan(np.radians(lat)) + 1 / np.cos(np.radians(lat))) / np.pi) / 2 * scale
+    return int(across // 256), int(down // 256), int(across % 256), int(down % 256)
+
+
+def test_changes_layer_is_drawn_by_the_server_where_places_are_significant(two_years):
+    from shapely.geometry import shape
+
+    from geosearch.coverage import CHANGES_COLOUR
+
+    answer = two_years.get("/api/changes", params={"from": "2015", "to": "2016", "top": 16})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["pairs"] == 16 and len(body["features"]) == 16
+    flagged = {(f["properties"]["window"][0], f["properties"]["window"][1])
+               for f in body["features"] if f["properties"]["significant"]}  # fmt: skip
+    assert flagged == PLANTED_PLACES and body["significant"] == 2
+    assert body["layer"].startswith("api/changes/{z}/{x}/{y}.png?from=2015&to=2016")
+    z = 16  # a 64 m tile is ~40 px of a map tile here: one pixel per place, well apart
+    for feature in body["features"]:
+        centre = shape(feature["geometry"]).envelope.centroid
+        x, y, column, row = map_pixel(centre.x, centre.y, z)
+        png = two_years.get("/" + body["layer"].format(z=z, x=x, y=y))
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        pixels = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGBA"))
+        around = pixels[max(row - 1, 0) : row + 2, max(column - 1, 0) : column + 2]
+        if feature["properties"]["significant"]:
+            drawn = around[around[..., 3] > 0]
+            assert len(drawn) == 1 and tuple(drawn[0, :3]) == CHANGES_COLOUR
+        else:
+            assert not around[..., 3].any()
+
+    # a click on a significant place's ground: that place, with its before | after previews
+    first = next(f for f in body["features"] if f["properties"]["significant"])
+    inside = shape(first["geometry"]).representative_point()
+    place = two_years.get(f"/{body['place']}&lon={inside.x}&lat={inside.y}")
+    assert place.status_code == 200, place.text
+    [found] = place.json()["features"]
+    assert found["properties"] == first["properties"]
+    assert two_years.get(found["properties"]["after_preview"]).content[:4] == b"\x89PNG"
+    nowhere = two_years.get(f"/{body['place']}&lon=10&lat=10")
+    assert nowhere.status_code == 404 and "no place paired" in nowhere.json()["error"]
+
+
 # -- new tiles while serving --------------------------------------------------------------
 
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 
-from geosearch.changes import change_collection
+from geosearch.changes import ChangeResult, change_collection
 from geosearch.config import Settings
 from geosearch.detection import GEOJSON_NAME, GPKG_NAME
 from geosearch.errors import ConfigError
@@ -266,10 +267,22 @@ def similar_to_upload(
 # -- what changed ---------------------------------------------------------------------------
 
 
-@router.get("/api/changes", responses=_ERRORS, tags=["search"])
-def changes(
-    request: Request,
-    service: Service,
+@dataclass(frozen=True)
+class ChangePeriods:
+    """The two periods compared and the box (what names a run of ``changes``)."""
+
+    date_from: str
+    date_to: str
+    bbox: tuple[float, float, float, float] | None
+
+    def query(self) -> str:
+        asked = {"from": self.date_from, "to": self.date_to}
+        if self.bbox is not None:
+            asked["bbox"] = ",".join(str(v) for v in self.bbox)
+        return urlencode(asked)
+
+
+def change_periods(
     date_from: Annotated[
         str, Query(alias="from", description="earlier period: YYYY, YYYY-MM or YYYY-MM-DD")
     ],
@@ -277,17 +290,77 @@ def changes(
         str, Query(alias="to", description="later period: YYYY, YYYY-MM or YYYY-MM-DD")
     ],
     bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy (lon/lat)")] = None,
+) -> ChangePeriods:
+    return ChangePeriods(date_from, date_to, parse_bbox(bbox))
+
+
+Periods = Annotated[ChangePeriods, Depends(change_periods)]
+
+
+@router.get("/api/changes", responses=_ERRORS, tags=["search"])
+def changes(
+    request: Request,
+    service: Service,
+    periods: Periods,
     top: Annotated[int, Query(ge=1, le=MAX_TOP)] = 20,
 ) -> dict[str, Any]:
     """The ``top`` places whose picture changed most between two periods, as GeoJSON: each
-    place's footprint with its change, significance, and before/after tiles' preview URLs."""
-    result = service.changes(date_from, date_to, parse_bbox(bbox), top)
+    place's footprint with its change, significance, and before/after tiles' preview URLs.
+    ``layer``: the URL template of the map layer of every significant place; ``place``: the
+    URL that finds the place at a point (add ``&lon=..&lat=..``)."""
+    result = service.changes(periods.date_from, periods.date_to, periods.bbox, top)
+    return (
+        change_places(request, result)
+        | result.to_dict()
+        | {
+            "layer": f"api/changes/{{z}}/{{x}}/{{y}}.png?{periods.query()}",
+            "place": f"api/changes/place?{periods.query()}",
+        }
+    )
+
+
+@router.get("/api/changes/place", responses=_ERRORS, tags=["search"])
+def change_place(
+    request: Request,
+    service: Service,
+    periods: Periods,
+    lon: Annotated[float, Query(ge=-180, le=180)],
+    lat: Annotated[float, Query(ge=-90, le=90)],
+) -> dict[str, Any]:
+    """The place paired between the two periods at lon/lat (a significant one first), as a
+    FeatureCollection of one place like ``/api/changes`` lists them; 404 where none is."""
+    place = service.change_at(periods.date_from, periods.date_to, periods.bbox, lon, lat)
+    return change_places(request, place)
+
+
+@router.get(
+    "/api/changes/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}} | _ERRORS,
+    tags=["search"],
+)
+def changes_tile(
+    service: Service,
+    periods: Periods,
+    z: Annotated[int, PathParam(ge=0, le=22)],
+    x: Annotated[int, PathParam(ge=0)],
+    y: Annotated[int, PathParam(ge=0)],
+) -> Response:
+    """Every significant place between the two periods as an XYZ map tile (rendered here like
+    the coverage layer, whatever their number): each pixel coloured by the places centred
+    there."""
+    asked = (periods.date_from, periods.date_to, periods.bbox)
+    return _map_tile(z, x, y, lambda *zxy: service.changes_tile(*asked, *zxy))
+
+
+def change_places(request: Request, result: ChangeResult) -> dict[str, Any]:
+    """A run's listed places as GeoJSON (``changes.change_collection``) with preview URLs."""
     collection = change_collection(result)
     for feature in collection["features"]:
         properties = feature["properties"]
         properties["before_preview"] = preview_url(request, properties["before_id"])
         properties["after_preview"] = preview_url(request, properties["after_id"])
-    return collection | result.to_dict()
+    return collection
 
 
 # -- feedback sessions ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,14 +30,15 @@ from PIL import Image
 
 from geosearch import api
 from geosearch.catalog import Catalog, open_database
-from geosearch.changes import ChangeResult
+from geosearch.changes import ChangeResult, PlaceChange
 from geosearch.config import Settings
-from geosearch.coverage import DETECTION_COLOUR, Coverage
+from geosearch.coverage import CHANGES_COLOUR, DETECTION_COLOUR, Coverage
 from geosearch.detection import DetectResult, area_tiles, georeferenced
 from geosearch.errors import ConfigError, ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult, stored_tile
+from geosearch.serve.models import MAX_TOP
 from geosearch.sessions import search, session_marks
 from geosearch.sources import open_source
 from geosearch.store import Store, TileRecord
@@ -50,6 +51,7 @@ PREVIEW_CACHE_BYTES = 64 * 1024 * 1024
 # A box drawn on the map marks at most this many tiles: a mis-drag over the whole database
 # is refused with a message, not saved as a million marks.
 MAX_BOX_TILES = 1000
+CHANGE_RUNS_KEPT = 2  # runs of changes kept for their map layer (each holds every pair)
 
 
 class UnsupportedUploadError(InputError):
@@ -99,6 +101,61 @@ class _PngCache:
                 self._items[key] = png
 
 
+@dataclass(frozen=True)
+class ChangeLayer:
+    """A run of ``changes`` kept by the service: the result (every pair's score; the places
+    listed), which pairs are significant, their centres as a map layer, and each pair's tile
+    ids (to find the place at a click)."""
+
+    key: str
+    result: ChangeResult
+    significant: np.ndarray
+    coverage: Coverage
+    before_ids: np.ndarray
+    after_ids: np.ndarray
+
+    @classmethod
+    def of(cls, key: str, result: ChangeResult) -> ChangeLayer:
+        pairs = result.all_pairs
+        significant = significant_pairs(result)
+        footprints = [pairs[i].before.footprint or pairs[i].after.footprint
+                      for i in np.flatnonzero(significant)]  # fmt: skip
+        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
+        located = ~np.isnan(bounds[:, 0])
+        lon = (bounds[located, 0] + bounds[located, 2]) / 2
+        lat = (bounds[located, 1] + bounds[located, 3]) / 2
+        before_ids = np.fromiter((p.before.id for p in pairs), np.int64, len(pairs))
+        after_ids = np.fromiter((p.after.id for p in pairs), np.int64, len(pairs))
+        return cls(key, result, significant, Coverage.of(lon, lat, CHANGES_COLOUR),
+                   before_ids, after_ids)  # fmt: skip
+
+    def place(self, index: int) -> PlaceChange:
+        """Pair ``index`` as a place: the listed one (ranked, maybe looked at), else scored by
+        its vectors and ranked after the listed places by its score."""
+        pair = self.result.all_pairs[index]
+        listed = self.result.places
+        for place in listed:
+            if place.pair is pair:
+                return place
+        scores = self.result.scores
+        score = float(scores[index])
+        higher = int((scores > scores[index]).sum())
+        higher -= sum(place.vector_change > score for place in listed)
+        return PlaceChange(pair, score, score, None, bool(self.significant[index]),
+                           rank=len(listed) + higher + 1)  # fmt: skip
+
+
+def significant_pairs(result: ChangeResult) -> np.ndarray:
+    """Which of ``result.all_pairs`` are significant, as ``find_changes`` counts them: a listed
+    place by its own flag (the second look's), every other pair by the vectors' threshold."""
+    alone = result.thresholds.get("vectors_alone", result.thresholds["vectors"])
+    significant = result.scores > alone
+    index = {id(pair): i for i, pair in enumerate(result.all_pairs)}
+    for place in result.places:
+        significant[index[id(place.pair)]] = place.significant
+    return significant
+
+
 class SearchService:
     """The service's operations on one database, each opening and closing it."""
 
@@ -113,6 +170,8 @@ class SearchService:
         self._detect_lock = threading.Lock()
         self._detect_folder: Path | None = None
         self.max_box_tiles = MAX_BOX_TILES
+        self._changes: dict[str, ChangeLayer] = {}  # the last runs of changes, oldest first
+        self._changes_lock = threading.Lock()
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
@@ -208,10 +267,55 @@ class SearchService:
     def changes(
         self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, top: int
     ) -> ChangeResult:
-        """The places that changed most between two periods (``geosearch changes``)."""
-        filters = SearchFilters(bbox=bbox)
-        return api.changes(self.db, date_from, date_to, filters=filters, top=top,
-                           settings=self.settings)  # fmt: skip
+        """The ``top`` places that changed most between two periods (``geosearch changes``);
+        the run is kept for its map layer (``changes_tile``) and clicks (``change_at``)."""
+        layer = self._change_layer(date_from, date_to, bbox)
+        return replace(layer.result, places=layer.result.places[:top])
+
+    def changes_tile(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, z: int, x: int, y: int
+    ) -> bytes:
+        """Map tile z/x/y of the significant places between two periods (PNG), rendered like
+        the coverage layer, cached with the previews."""
+        layer = self._change_layer(date_from, date_to, bbox)
+        return self._map_tile(f"changes:{layer.key}", layer.coverage, z, x, y)
+
+    def change_at(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, lon: float, lat: float
+    ) -> ChangeResult:
+        """The place paired between two periods whose footprint holds lon/lat (a significant
+        one first, then the most changed), as a one-place result; NotFoundError if none."""
+        layer = self._change_layer(date_from, date_to, bbox)
+        with Store(self.db) as store:
+            here = np.asarray(area_tiles(store, shapely.Point(lon, lat)), np.int64)
+        found = np.flatnonzero(np.isin(layer.before_ids, here) | np.isin(layer.after_ids, here))
+        if not len(found):
+            raise NotFoundError(
+                f"no place paired between {date_from} and {date_to} at {lon:.6f},{lat:.6f}"
+            )
+        scores = layer.result.scores
+        best = int(found[np.lexsort((-scores[found], ~layer.significant[found]))[0]])
+        return replace(layer.result, places=[layer.place(best)])
+
+    def _change_layer(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None
+    ) -> ChangeLayer:
+        """The run of ``changes`` between two periods in a box, computed once per database
+        generation (every pair scored; the places listed cover those given a second look)."""
+        with Store(self.db) as store:
+            key = repr((date_from, date_to, bbox, store.generation))
+        with self._changes_lock:  # one run at a time: map tiles wait for the first
+            layer = self._changes.get(key)
+            if layer is None:
+                listed = max(MAX_TOP, self.settings.changes.second_look)
+                filters = SearchFilters(bbox=bbox)
+                result = api.changes(self.db, date_from, date_to, top=listed, filters=filters,
+                                     settings=self.settings)  # fmt: skip
+                layer = ChangeLayer.of(hashlib.sha256(key.encode()).hexdigest()[:16], result)
+                self._changes[key] = layer
+                while len(self._changes) > CHANGE_RUNS_KEPT:
+                    self._changes.pop(next(iter(self._changes)))
+            return layer
 
     # -- searching without saving ---------------------------------------------------------
 
