@@ -263,6 +263,9 @@ DETECTIONS_LOADED = """() => { const tiles = [...document.querySelectorAll("%s")
 """.replace("%s", DETECTION_TILES)
 
 
+CHANGES_LOADED = DETECTIONS_LOADED.replace("/detections/", "api/changes/")
+
+
 def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
     page, naip_db, tmp_path
 ):
@@ -325,5 +328,20 @@ def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
         good = sum(v > 0 for v in saved.values()) + 1
         bad = sum(v < 0 for v in saved.values())
         expect(page.locator("#marks")).to_contain_text(f"marked {good} good, {bad} bad")
+
+        # the Changes panel: the layer drawn by the server, a click on the map shows a pair
+        page.locator("#change-from").fill("2009")
+        page.locator("#change-to").fill("2015")
+        page.locator("#change-go").click()
+        expect(page.locator("#results li.change-item")).to_have_count(4, timeout=60000)
+        page.wait_for_function(CHANGES_LOADED)
+        place = page.locator("path.tile-footprint").first.bounding_box()
+        page.mouse.click(place["x"] + place["width"] / 2, place["y"] + place["height"] / 2)
+        expect(page.locator(".change-pair img")).to_have_count(2)
+        expect(page.locator("path.change-selected")).to_have_count(1)
+        for image in page.locator(".change-pair img").all():
+            expect(image).to_have_js_property("complete", True)
+        captions = page.locator(".change-pair figcaption").all_text_contents()
+        assert captions[0].startswith("2009-08-18") and captions[1].startswith("2015-09-26")
     marks = {m["tile_id"]: m["label"] for m in session_marks(db, session)["marks"]}
     assert marks[reviewed] == 1 and len(marks) == len(saved) + 1

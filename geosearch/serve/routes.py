@@ -328,7 +328,7 @@ def change_place(
     lat: Annotated[float, Query(ge=-90, le=90)],
 ) -> dict[str, Any]:
     """The place paired between the two periods at lon/lat (a significant one first), as a
-    FeatureCollection of one place like ``/api/changes`` lists them; 404 where none is."""
+    FeatureCollection of one place like ``/api/changes`` lists them (empty where none is)."""
     place = service.change_at(periods.date_from, periods.date_to, periods.bbox, lon, lat)
     return change_places(request, place)
 

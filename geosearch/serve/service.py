@@ -284,15 +284,13 @@ class SearchService:
         self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, lon: float, lat: float
     ) -> ChangeResult:
         """The place paired between two periods whose footprint holds lon/lat (a significant
-        one first, then the most changed), as a one-place result; NotFoundError if none."""
+        one first, then the most changed), as a result of that one place (of none if none)."""
         layer = self._change_layer(date_from, date_to, bbox)
         with Store(self.db) as store:
             here = np.asarray(area_tiles(store, shapely.Point(lon, lat)), np.int64)
         found = np.flatnonzero(np.isin(layer.before_ids, here) | np.isin(layer.after_ids, here))
         if not len(found):
-            raise NotFoundError(
-                f"no place paired between {date_from} and {date_to} at {lon:.6f},{lat:.6f}"
-            )
+            return replace(layer.result, places=[])
         scores = layer.result.scores
         best = int(found[np.lexsort((-scores[found], ~layer.significant[found]))[0]])
         return replace(layer.result, places=[layer.place(best)])

@@ -24,6 +24,9 @@ const map = {
   loading: null, // the AbortController of the tiles-in-view request under way
   detections: null, // the server-rendered layer of the last detect
   marks: null, // the session's marked tiles, outlined green (good) or red (bad)
+  changes: null, // the server-rendered layer of the significant places of the last changes
+  changePlace: null, // the URL finding the place at a point (add &lon=&lat=)
+  changeOutline: null, // the outline of the place shown
 };
 // Marking by a box: the "Box good"/"Box bad" toggle arms it; the next drag on the map draws
 // the box (the map does not pan meanwhile) and marks every tile whose footprint meets it.
@@ -225,6 +228,7 @@ async function mark(id, label) {
 
 function show(result) {
   state.result = result;
+  closeChanges();
   const queryFeature = result.features.find((f) => f.properties.role === "query");
   const location = result.location;
   const matches = result.features.filter((f) => f.properties.role === "result");
@@ -567,7 +571,8 @@ async function startMap() {
   leaflet.on("moveend", loadVisible);
   leaflet.on("click", (event) => {
     if (box.label || performance.now() - box.endedAt < 400) return; // a box, not a search
-    pickAt(event.latlng);
+    if (map.changePlace) changeAt(event.latlng);
+    else pickAt(event.latlng);
   });
   leaflet.on("mousedown", boxStart);
   leaflet.on("mousemove", boxMove);
@@ -826,8 +831,9 @@ start();
 
 // -- what changed -----------------------------------------------------------------------
 
-// The places that changed most between the two periods: drawn on the map (significant ones
-// red) and listed; clicking one shows its before and after previews side by side.
+// The places that changed most between the two periods: every significant one drawn by the
+// server as a map layer (red), the top ones outlined and listed; clicking one, in the list or
+// on the map, shows its before and after previews side by side.
 async function showChanges(event) {
   event.preventDefault();
   const from = $("change-from").value.trim();
@@ -847,6 +853,10 @@ async function showChanges(event) {
   }
   map.outlines.clearLayers();
   map.byId.clear();
+  if (map.changes) map.changes.remove();
+  map.changes = L.tileLayer(body.layer, { maxZoom: 22, opacity: 0.9, className: "changes-layer" });
+  map.changes.addTo(map.leaflet);
+  map.changePlace = body.place;
   for (const id of ["query", "here", "results"]) $(id).replaceChildren();
   $("actions").hidden = true;
   $("hint").hidden = true;
@@ -896,8 +906,39 @@ function changeFigure(url, date, path) {
   );
 }
 
+// A search shown ends the changes view: its layer and outline go, clicks search again.
+function closeChanges() {
+  for (const layer of [map.changes, map.changeOutline]) if (layer) layer.remove();
+  map.changes = map.changeOutline = map.changePlace = null;
+}
+
+// The place paired at a map click (a significant one first); where none is, a search as usual.
+async function changeAt(latlng) {
+  const point = `&lon=${latlng.lng.toFixed(6)}&lat=${latlng.lat.toFixed(6)}`;
+  let found;
+  try {
+    found = await api(map.changePlace + point);
+  } catch (error) {
+    say(error.message, true);
+    return;
+  }
+  if (!found.features.length) {
+    pickAt(latlng);
+    return;
+  }
+  showChange(found.features[0]);
+}
+
 function showChange(feature) {
   const props = feature.properties;
+  if (map.changeOutline) map.changeOutline.remove();
+  map.changeOutline = null;
+  if (feature.geometry) {
+    map.changeOutline = L.geoJSON(feature, {
+      interactive: false,
+      style: { color: "#1f2d3a", weight: 4, fill: false, className: "change-selected" },
+    }).addTo(map.leaflet);
+  }
   $("query").replaceChildren(
     element("div", { class: "muted", text: `#${props.rank}: change ${props.change.toFixed(2)}` }),
     element(
