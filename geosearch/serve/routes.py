@@ -69,6 +69,20 @@ def _require_feedback(request: Request) -> None:
 Service = Annotated[SearchService, Depends(_service)]
 
 
+def map_tile(
+    z: Annotated[int, PathParam(ge=0, le=22)],
+    x: Annotated[int, PathParam(ge=0)],
+    y: Annotated[int, PathParam(ge=0)],
+) -> tuple[int, int, int]:
+    """An XYZ map tile's address (z, x, y); 404 off the map."""
+    if x >= 2**z or y >= 2**z:
+        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
+    return z, x, y
+
+
+MapTile = Annotated[tuple[int, int, int], Depends(map_tile)]
+
+
 def search_options(
     service: Service,
     top: Annotated[
@@ -169,20 +183,16 @@ def tiles(
 )
 def coverage_tile(
     service: Service,
-    z: Annotated[int, PathParam(ge=0, le=22)],
-    x: Annotated[int, PathParam(ge=0)],
-    y: Annotated[int, PathParam(ge=0)],
+    tile: MapTile,
 ) -> Response:
     """Where the database has tiles, as an XYZ map tile (Web Mercator, 256 px): each pixel
     coloured by how many tiles have their centre there. The page's first view at any size."""
-    return _map_tile(z, x, y, service.coverage_tile)
+    return _map_tile(tile, service.coverage_tile)
 
 
-def _map_tile(z: int, x: int, y: int, render: Callable[[int, int, int], bytes]) -> Response:
-    """A layer's XYZ map tile as PNG (cached by browsers like previews); 404 off the map."""
-    if x >= 2**z or y >= 2**z:
-        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
-    png = render(z, x, y)
+def _map_tile(tile: tuple[int, int, int], render: Callable[[int, int, int], bytes]) -> Response:
+    """A layer's XYZ map tile as PNG (cached by browsers like previews)."""
+    png = render(*tile)
     return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
 
 
@@ -342,15 +352,13 @@ def change_place(
 def changes_tile(
     service: Service,
     periods: Periods,
-    z: Annotated[int, PathParam(ge=0, le=22)],
-    x: Annotated[int, PathParam(ge=0)],
-    y: Annotated[int, PathParam(ge=0)],
+    tile: MapTile,
 ) -> Response:
     """Every significant place between the two periods as an XYZ map tile (rendered here like
     the coverage layer, whatever their number): each pixel coloured by the places centred
     there."""
     asked = (periods.date_from, periods.date_to, periods.bbox)
-    return _map_tile(z, x, y, lambda *zxy: service.changes_tile(*asked, *zxy))
+    return _map_tile(tile, lambda *zxy: service.changes_tile(*asked, *zxy))
 
 
 def change_places(request: Request, result: ChangeResult) -> dict[str, Any]:
@@ -475,13 +483,11 @@ def detect(request: Request, service: Service, name: str, body: DetectRequest) -
 def detections_tile(
     service: Service,
     name: str,
-    z: Annotated[int, PathParam(ge=0, le=22)],
-    x: Annotated[int, PathParam(ge=0)],
-    y: Annotated[int, PathParam(ge=0)],
+    tile: MapTile,
 ) -> Response:
     """The session's last detections as an XYZ map tile (rendered here, like the coverage
     layer, whatever their number): each pixel coloured by the detected tiles centred there."""
-    return _map_tile(z, x, y, lambda *zxy: service.detections_tile(name, *zxy))
+    return _map_tile(tile, lambda *zxy: service.detections_tile(name, *zxy))
 
 
 @router.get(

@@ -356,13 +356,7 @@ async function markBox(bounds, label) {
       const made = await api("api/sessions", { method: "POST", headers: json, body: JSON.stringify(body) });
       state.session = made.session;
     }
-    const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
-    const bbox = [
-      clamp(bounds.getWest(), 180),
-      clamp(bounds.getSouth(), 90),
-      clamp(bounds.getEast(), 180),
-      clamp(bounds.getNorth(), 90),
-    ];
+    const bbox = lonLatBox(bounds);
     const url = `api/sessions/${encodeURIComponent(state.session)}/marks/box`;
     const result = await api(url, { method: "POST", headers: json, body: JSON.stringify({ bbox, label, top }) });
     if (query !== state.query) return;
@@ -589,13 +583,7 @@ async function loadVisible() {
     hintTilesInView(state.config.tiles);
     return;
   }
-  const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
-  const box = [
-    clamp(b.getWest(), 180),
-    clamp(b.getSouth(), 90),
-    clamp(b.getEast(), 180),
-    clamp(b.getNorth(), 90),
-  ].map((v) => v.toFixed(6));
+  const box = lonLatBox(b).map((v) => v.toFixed(6));
   const loading = new AbortController();
   map.loading = loading;
   let page;
@@ -613,6 +601,17 @@ async function loadVisible() {
   showTiles(shown.filter((f) => f.geometry), page.total <= PREVIEWS_IN_VIEW);
   if (shown.length) $("hint").textContent = "Click a tile to find the places most like it.";
   else hintTilesInView(page.total);
+}
+
+// [west, south, east, north] of Leaflet bounds, within the lon/lat ranges.
+function lonLatBox(bounds) {
+  const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
+  return [
+    clamp(bounds.getWest(), 180),
+    clamp(bounds.getSouth(), 90),
+    clamp(bounds.getEast(), 180),
+    clamp(bounds.getNorth(), 90),
+  ];
 }
 
 // Whether the view holds every tile's centre (config.extent): then it holds all the tiles.
