@@ -121,12 +121,10 @@ class ChangeLayer:
         footprints = [pairs[i].before.footprint or pairs[i].after.footprint
                       for i in np.flatnonzero(significant)]  # fmt: skip
         bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
-        located = ~np.isnan(bounds[:, 0])
-        lon = (bounds[located, 0] + bounds[located, 2]) / 2
-        lat = (bounds[located, 1] + bounds[located, 3]) / 2
+        bounds = bounds[~np.isnan(bounds[:, 0])]
         before_ids = np.fromiter((p.before.id for p in pairs), np.int64, len(pairs))
         after_ids = np.fromiter((p.after.id for p in pairs), np.int64, len(pairs))
-        return cls(key, result, significant, Coverage.of(lon, lat, CHANGES_COLOUR),
+        return cls(key, result, significant, Coverage.of_boxes(bounds, CHANGES_COLOUR),
                    before_ids, after_ids)  # fmt: skip
 
     def place(self, index: int) -> PlaceChange:
@@ -422,17 +420,14 @@ class SearchService:
         with self.catalog() as catalog:
             geo = georeferenced(catalog)
         ids = sorted(t for detection in result.detections for t in detection.tile_ids)
-        centres = []
+        footprints = []
         with Store(self.db) as store:
             for start in range(0, len(ids), 10_000):
-                for tile in store.tiles(ids[start : start + 10_000]):
-                    if tile.footprint is not None:
-                        west, south, east, north = tile.footprint.bounds
-                        centres.append(((west + east) / 2, (south + north) / 2))
-        lon, lat = np.asarray(centres, dtype=np.float64).reshape(-1, 2).T
+                footprints += [tile.footprint for tile in store.tiles(ids[start : start + 10_000])]
+        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
         with self._detect_lock:
             run = self._detections.get(name, (0,))[0] + 1
-            layer = Coverage.of(lon, lat, DETECTION_COLOUR)
+            layer = Coverage.of_boxes(bounds[~np.isnan(bounds[:, 0])], DETECTION_COLOUR)
             self._detections[name] = (run, layer, result, folder)
         return run, result, geo
 

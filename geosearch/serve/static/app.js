@@ -466,7 +466,8 @@ async function detect() {
     );
     if (map.leaflet) {
       if (map.detections) map.detections.remove();
-      map.detections = L.tileLayer(found.layer, { maxZoom: 22, opacity: 0.9, className: "detections" });
+      const options = { maxZoom: 22, opacity: 0.9, className: "detections", pane: "found" };
+      map.detections = L.tileLayer(found.layer, options);
       map.detections.addTo(map.leaflet);
     }
     $("review").replaceChildren(...found.review.features.map(reviewItem));
@@ -549,6 +550,9 @@ async function startMap() {
     leaflet,
   );
   leaflet.createPane("previews").style.zIndex = 350; // under the outlines
+  const found = leaflet.createPane("found"); // the detections and changes layers: over previews
+  found.style.zIndex = 360;
+  found.style.pointerEvents = "none";
   map.previews = L.layerGroup().addTo(leaflet);
   map.footprints = L.layerGroup().addTo(leaflet);
   map.outlines = L.layerGroup().addTo(leaflet);
@@ -853,7 +857,7 @@ async function showChanges(event) {
   map.outlines.clearLayers();
   map.byId.clear();
   if (map.changes) map.changes.remove();
-  map.changes = L.tileLayer(body.layer, { maxZoom: 22, opacity: 0.9, className: "changes-layer" });
+  map.changes = L.tileLayer(body.layer, { maxZoom: 22, opacity: 0.9, className: "changes-layer", pane: "found" });
   map.changes.addTo(map.leaflet);
   map.changePlace = body.place;
   for (const id of ["query", "here", "results"]) $(id).replaceChildren();
