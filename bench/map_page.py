@@ -532,6 +532,27 @@ def extent_tiles(extent: tuple[float, float, float, float]) -> list[tuple[int, i
     return [(z, x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
 
 
+@contextmanager
+def tiles_by_chunks() -> Iterator[None]:
+    """``Store.tiles`` asked for ids in chunks SQLite can bind. ``changes.find_changes`` asks
+    for every tile of a period at once, which fails beyond 32,766 tiles ("too many SQL
+    variables"); until it chunks, this lets the bench measure the rest at scale."""
+    from geosearch.store import Store
+
+    whole = Store.tiles
+
+    def chunked(self: Store, ids: Any) -> list[Any]:
+        ids = list(ids)
+        return [tile for start in range(0, len(ids), 30_000)
+                for tile in whole(self, ids[start : start + 30_000])]  # fmt: skip
+
+    Store.tiles = chunked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Store.tiles = whole  # type: ignore[method-assign]
+
+
 def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]:
     """The changes layer (every significant place between the two years) and the detections
     layer (a session of 20 marks) on a two-year database, in this process: seconds until each
@@ -546,7 +567,8 @@ def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]
     view = extent_tiles(service.summary()["extent"])
     yield {"measure": "coverage", "read_centres_s": coverage_s, "view_tiles": len(view)}
 
-    listed, first_s = timed(lambda: service.changes("2024", "2025", None, 20))
+    with tiles_by_chunks():
+        listed, first_s = timed(lambda: service.changes("2024", "2025", None, 20))
     layer = service._change_layer("2024", "2025", None)
     _, layer_s = timed(lambda: ChangeLayer.of("again", layer.result))
     _, again_s = timed(lambda: service.changes("2024", "2025", None, 20))
@@ -559,7 +581,7 @@ def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]
     assert clicked.places and clicked.places[0].significant
     yield {"measure": "changes_layer", "pairs": listed.pairs, "significant": listed.significant,
            "changes_first_s": first_s, "of_which_layer_s": layer_s, "again_s": again_s,
-           "view_tiles_s": tiles_s, "click_place_s": click_s}  # fmt: skip
+           "view_tiles_s": tiles_s, "click_place_s": click_s, **peak_rss()}  # fmt: skip
 
     rng = np.random.default_rng(1)
     marked = rng.choice(tiles, 21, replace=False) + 1
@@ -575,7 +597,14 @@ def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]
         seconds = {key: round(value, 3) for key, value in result.seconds.items()}
         runs.append({"detect_s": detect_s, **seconds, "view_tiles_s": tiles_s,
                      "detected_tiles": result.detected})  # fmt: skip
-    yield {"measure": "detections_layer", "first": runs[0], "second": runs[1]}
+    yield {"measure": "detections_layer", "first": runs[0], "second": runs[1], **peak_rss()}
+
+
+def peak_rss() -> dict[str, int]:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> None:
