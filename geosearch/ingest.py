@@ -29,7 +29,7 @@ from geosearch.engines.base import (
 )
 from geosearch.errors import ConfigError, InputError, error_reason
 from geosearch.formats import KINDS, kind_of
-from geosearch.pixels import RawTile
+from geosearch.pixels import RawTile, Window
 from geosearch.products import product_at
 from geosearch.sources import (
     content_hash,
@@ -174,6 +174,8 @@ def create_catalog(
     store: Store, settings: Settings, plans: Sequence[FilePlan], progress: IngestProgress
 ) -> tuple[Catalog | None, dict[str, str]]:
     """Make a new database's manifest (from its first readable file) and fusion (from a sample).
+    The sample's features are kept in the catalog for this ingest, which reuses them for those
+    tiles rather than computing them twice (``Catalog.sample_features``).
 
     Returns the catalog (None if no file could be read) and the files found unreadable, each
     with its reason (already reported to ``progress``).
@@ -181,6 +183,7 @@ def create_catalog(
     unreadable: dict[str, str] = {}
     manifest = None
     sample: list[RawTile] = []
+    origins: list[tuple[str, Window]] = []  # each sample tile's file and window
     for plan in spread(plans, FIT_SAMPLE_TILES):
         if len(sample) >= FIT_SAMPLE_TILES:
             break
@@ -191,18 +194,21 @@ def create_catalog(
                 bands = layout.bands_for(source, settings.bands.select, store.path.name)
                 windows = source.windows(settings.tile_size)
                 step = max(1, len(windows) // FIT_SAMPLE_TILES_PER_FILE)
-                tiles = [
-                    source.read(window, bands)
+                read = [
+                    (window, source.read(window, bands))
                     for window in windows[::step][:FIT_SAMPLE_TILES_PER_FILE]
                 ]
             manifest = layout
-            sample += [t for t in tiles if t.worth_indexing(settings.max_nodata_fraction)]
+            for window, tile in read:
+                if tile.worth_indexing(settings.max_nodata_fraction):
+                    sample.append(tile)
+                    origins.append((plan.path, window))
         except InputError as exc:
             unreadable[plan.path] = error_reason(exc, plan.path)
             progress.skipped(plan.path, unreadable[plan.path])
     if manifest is None:
         return None, unreadable
-    return initialise_catalog(store, settings, manifest, sample), unreadable
+    return initialise_catalog(store, settings, manifest, sample, origins), unreadable
 
 
 def spread(plans: Sequence[FilePlan], most: int) -> list[FilePlan]:

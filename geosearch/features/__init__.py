@@ -345,9 +345,12 @@ def _packed(values: np.ndarray) -> dict[str, Any]:
 def _unpacked(stored: dict[str, Any] | list) -> np.ndarray:
     """``_packed``'s array back (a plain list in databases made before)."""
     if isinstance(stored, list):
-        return np.asarray(stored, dtype=np.float32)
-    values = np.frombuffer(base64.b64decode(stored["float32"]), dtype="<f4")
-    return values.reshape(stored["shape"]).astype(np.float32)
+        values = np.array(stored, dtype=np.float32)
+    else:
+        values = np.frombuffer(base64.b64decode(stored["float32"]), dtype="<f4")
+        values = values.reshape(stored["shape"]).astype(np.float32)
+    values.flags.writeable = False  # a decoded fusion is shared by the catalogs that open it
+    return values
 
 
 def prepare_batch(
