@@ -346,6 +346,33 @@ def open_catalog(store: Store, runtime: Settings) -> Catalog | None:
     )
 
 
+def creation_settings(settings: Settings, manifest: BandManifest) -> Settings:
+    """The settings a new database of ``manifest``'s kind is made with: plain pictures leave
+    out the layout block (``features.layout.plain_weight``)."""
+    if manifest.kind == "plain":  # photos: content matters, where things lie in frame does not
+        layout = settings.features.layout
+        settings = settings.with_overrides({"features.layout.weight": layout.plain_weight})
+    return settings
+
+
+def sampling_catalog(settings: Settings, manifest: BandManifest) -> Catalog:
+    """A catalog (no database) whose ``embed`` gives the raw features a new database of
+    ``manifest`` will have, so that an engine's workers compute its creation sample's; the
+    vectors it gives are not the database's (its fusion is not fitted yet)."""
+    settings = creation_settings(settings, manifest)
+    extractors = build_extractors(settings.features, manifest)
+    unfitted = np.zeros((1, sum(e.dim for e in extractors)), dtype=np.float32)
+    return Catalog(
+        store=None,
+        manifest=manifest,
+        fusion=Fusion.fit(extractors, block_weights(settings.features), unfitted),
+        tile_size=settings.tile_size,
+        max_nodata_fraction=settings.max_nodata_fraction,
+        features=settings.features.model_copy(deep=True),
+        _extractors=extractors,
+    )
+
+
 @lru_cache(maxsize=8)
 def _stored_fusion(text: str) -> Fusion:
     """A database's fusion from its stored JSON, decoded once per process for the same text
@@ -360,13 +387,13 @@ def initialise_catalog(
     manifest: BandManifest,
     sample: Sequence[RawTile],
     origins: Sequence[tuple[str, Window]] = (),
+    raw: np.ndarray | None = None,
 ) -> Catalog:
     """Fit the fusion's standardisation on ``sample`` tiles; write manifest, fusion, settings.
     ``origins``: each sample tile's file and window, so that the returned catalog reuses the
-    sample's features when it embeds those tiles (``SampleFeatures``)."""
-    if manifest.kind == "plain":  # photos: content matters, where things lie in frame does not
-        layout = settings.features.layout
-        settings = settings.with_overrides({"features.layout.weight": layout.plain_weight})
+    sample's features when it embeds those tiles (``SampleFeatures``); ``raw``: the sample's
+    raw features if already computed (by ``sampling_catalog``'s workers), else computed here."""
+    settings = creation_settings(settings, manifest)
     extractors = build_extractors(settings.features, manifest)
     pad_to = settings.tile_size if manifest.kind == "geo" else None
 
@@ -378,7 +405,7 @@ def initialise_catalog(
             for start in range(0, len(tiles), size)
         ] or [np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)])  # fmt: skip
 
-    raw = features_of(sample)
+    raw = features_of(sample) if raw is None else raw
     copies = None
     projected = settings.vectors.dims > 0 and len(sample) >= settings.vectors.min_sample
     if projected and settings.vectors.learn_from_copies and manifest.scaling != "none":

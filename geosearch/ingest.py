@@ -14,16 +14,26 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from geosearch.bands import build_manifest
-from geosearch.catalog import Catalog, initialise_catalog, open_catalog
+import numpy as np
+
+from geosearch.bands import BandManifest, build_manifest
+from geosearch.catalog import (
+    Catalog,
+    EmbeddedTiles,
+    initialise_catalog,
+    open_catalog,
+    sampling_catalog,
+)
 from geosearch.config import Settings
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines import engine as engine_named
 from geosearch.engines.base import (
     Action,
+    Chunk,
     FilePlan,
     IngestProgress,
     IngestReport,
+    Scheduler,
     SilentProgress,
     Skipped,
 )
@@ -171,11 +181,16 @@ def _done_or_resume(known: FileRecord) -> Action:
 
 
 def create_catalog(
-    store: Store, settings: Settings, plans: Sequence[FilePlan], progress: IngestProgress
+    store: Store,
+    settings: Settings,
+    plans: Sequence[FilePlan],
+    progress: IngestProgress,
+    scheduler: Scheduler | None = None,
 ) -> tuple[Catalog | None, dict[str, str]]:
     """Make a new database's manifest (from its first readable file) and fusion (from a sample).
-    The sample's features are kept in the catalog for this ingest, which reuses them for those
-    tiles rather than computing them twice (``Catalog.sample_features``).
+    The sample's features are computed by ``scheduler``'s workers (else in this process) and
+    kept in the catalog for this ingest, which reuses them for those tiles rather than
+    computing them twice (``Catalog.sample_features``).
 
     Returns the catalog (None if no file could be read) and the files found unreadable, each
     with its reason (already reported to ``progress``).
@@ -208,7 +223,42 @@ def create_catalog(
             progress.skipped(plan.path, unreadable[plan.path])
     if manifest is None:
         return None, unreadable
-    return initialise_catalog(store, settings, manifest, sample, origins), unreadable
+    raw = None
+    if scheduler is not None and sample:
+        computed = sample_features(settings, manifest, origins, scheduler)
+        kept = [n for n, origin in enumerate(origins) if origin in computed]
+        sample, origins = [sample[n] for n in kept], [origins[n] for n in kept]
+        raw = np.array([computed[origin] for origin in origins], dtype=np.float32)
+    catalog = initialise_catalog(store, settings, manifest, sample, origins, raw)
+    return catalog, unreadable
+
+
+def sample_features(
+    settings: Settings,
+    manifest: BandManifest,
+    origins: Sequence[tuple[str, Window]],
+    scheduler: Scheduler,
+) -> dict[tuple[str, Window], np.ndarray]:
+    """The raw features of the creation sample's tiles at ``origins`` (file, window), computed
+    by ``scheduler``'s workers as they compute every tile's (in this process, on one process's
+    threads, the CNN ran 2-3x slower on a busy machine); a tile whose file failed there has
+    none."""
+    windows: dict[str, list[Window]] = {}
+    for path, window in origins:
+        windows.setdefault(path, []).append(window)
+    size = settings.batch_size
+    chunks = (
+        Chunk(FilePlan(path, -1, -1, "new"), part[start : start + size], True, True, 1.0)
+        for path, part in windows.items()
+        for start in range(0, len(part), size)
+    )
+    found = {}
+    sampling = sampling_catalog(settings, manifest)
+    for chunk, result in scheduler.run(sampling, chunks, settings.bands.select):
+        if isinstance(result, EmbeddedTiles):
+            for record, features in zip(result.records, result.raw, strict=True):
+                found[(chunk.plan.path, record.window)] = features
+    return found
 
 
 def spread(plans: Sequence[FilePlan], most: int) -> list[FilePlan]:
@@ -285,7 +335,8 @@ def ingest(
         catalog = open_catalog(store, settings)
         unreadable: dict[str, str] = {}
         if catalog is None:
-            catalog, unreadable = create_catalog(store, settings, plans, progress)
+            scheduler = chosen.scheduler(settings, master)
+            catalog, unreadable = create_catalog(store, settings, plans, progress, scheduler)
             report.skipped += [Skipped(path, reason) for path, reason in unreadable.items()]
         progress.begin(len(plans))
         if catalog is None:
