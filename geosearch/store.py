@@ -336,10 +336,15 @@ class Store:
         )
 
     def meta(self, key: str, default: Any = None) -> Any:
+        text = self.meta_text(key)
+        return json.loads(text) if text is not None else default
+
+    def meta_text(self, key: str) -> str | None:
+        """A metadata value as stored (JSON text), or None."""
         row = self._connection.execute(
             "SELECT value FROM geosearch_meta WHERE key = ?", (key,)
         ).fetchone()
-        return json.loads(row[0]) if row else default
+        return row[0] if row else None
 
     def set_meta(self, values: dict[str, Any]) -> None:
         with self.transaction() as db:
