@@ -246,3 +246,29 @@ def test_map_page_changes_panel_shows_before_and_after(naip_years: Path, tmp_pat
         page.screenshot(path=str(tmp_path / "changes-panel.png"))
         chromium.close()
         assert not problems, problems
+
+
+def test_spark_gives_the_local_ranking(naip_years: Path) -> None:
+    """``--engine spark`` (local[2]): places paired and their vectors scored on executors, the
+    same places in the same order with the same change and flags as the local run."""
+    pytest.importorskip("pyspark", reason="the spark extra is installed by make test")
+    import os
+
+    import geosearch
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    runs = [geosearch.changes(naip_years, "2015", "2017", top=36, engine=engine,
+                              master="local[2]") for engine in ("local", "spark")]  # fmt: skip
+    local, spark = runs
+    from pyspark.sql import SparkSession
+
+    tracker = SparkSession.getActiveSession().sparkContext.statusTracker()
+    assert len(tracker.getJobIdsForGroup()) >= 2  # the pairing and the scoring ran as jobs
+    assert spark.pairs == local.pairs == 36 and spark.significant == local.significant
+    assert [pair.before.id for pair in spark.all_pairs] == [p.before.id for p in local.all_pairs]
+    np.testing.assert_allclose(spark.scores, local.scores, atol=1e-6)
+    assert [(p.pair.before.id, p.pair.after.id, p.significant) for p in spark.places] == [
+        (p.pair.before.id, p.pair.after.id, p.significant) for p in local.places
+    ]
+    np.testing.assert_allclose([p.change for p in spark.places],
+                               [p.change for p in local.places], atol=1e-6)  # fmt: skip
