@@ -255,6 +255,7 @@ def pixel_map_timing(side: int, work: Path) -> dict:
     import rasterio
     import rasterio.warp
     from rasterio.transform import from_origin
+    from rasterio.windows import Window
     from shapely.geometry import box
 
     import geosearch
@@ -271,14 +272,22 @@ def pixel_map_timing(side: int, work: Path) -> dict:
         "tiled": True, "blockxsize": 512, "blockysize": 512, "interleave": "pixel",
     }  # fmt: skip
     paths = [folder / "aef_2019.tif", folder / "aef_2020.tif"]
-    for n, path in enumerate(paths):
-        with rasterio.open(path, "w", **options) as dst:
-            for band in range(1, 65):
-                values = rng.integers(-127, 128, (side, side), dtype=np.int8)
-                if n:
-                    values[: side // 4, : side // 4] = -values[: side // 4, : side // 4]
-                dst.write(values, band)
-                dst.set_band_description(band, f"A{band - 1:02d}")
+    quarter = side // 4
+    with (
+        rasterio.open(paths[0], "w", **options) as first,
+        rasterio.open(paths[1], "w", **options) as second,
+    ):  # block by block: a band at a time rewrites every pixel-interleaved block
+        for dst in (first, second):
+            dst.descriptions = tuple(f"A{band:02d}" for band in range(64))
+        for top in range(0, side, 512):
+            for left in range(0, side, 512):
+                height, width = min(512, side - top), min(512, side - left)
+                values = rng.integers(-127, 128, (64, height, width), dtype=np.int8)
+                first.write(values, window=Window(left, top, width, height))
+                rows = slice(0, max(0, min(height, quarter - top)))
+                cols = slice(0, max(0, min(width, quarter - left)))
+                values[:, rows, cols] = -values[:, rows, cols]  # the changed quarter
+                second.write(values, window=Window(left, top, width, height))
     db = work / "aef.gpkg"
     settings = Settings(tile_size=256)
     geosearch.ingest(paths, db, settings)
