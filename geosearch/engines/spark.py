@@ -10,6 +10,11 @@ Batch search: the database's vectors are written as a Parquet dataset of shards;
 build an exact FAISS index per shard and search a broadcast block of query vectors; the
 driver merges the per-shard top-k. Queries the database holds use their stored vectors; new
 query files are embedded on the executors.
+
+Scores of rows (``spark_row_scores``): the same Parquet shards, each row scored by a broadcast
+function (``detect``: a linear classifier's log-odds; ``changes``: a pair's two vectors side by
+side). ``changes`` also pairs places on Spark (``spark_latest_pairs``: the latest tile per place
+and period, the two periods joined).
 """
 
 from __future__ import annotations
@@ -191,23 +196,25 @@ def spark_row_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, ``score(rows)``) of every row of ``batches`` (each (ids, (n, ``dim``) rows)),
     computed on Spark executors shard by shard (``score``: a module-level function or a
-    ``partial`` of one, shipped to them). Ids in the order streamed."""
+    ``partial`` of one, broadcast to them). Ids in the order streamed."""
     context = session.sparkContext
     with tempfile.TemporaryDirectory(prefix="geosearch-shards-") as folder:
         shard_paths = _write_shards(Path(folder), batches)
         if not shard_paths:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        shared = context.broadcast(score)
 
-        def score_shard(paths: Iterator[str]) -> Iterator[tuple]:
+        def score_shard(paths: Iterator[str], shared: Any = shared) -> Iterator[tuple]:
             import pyarrow.parquet as parquet
 
             for shard in paths:
                 shard_ids, matrix = _read_shard(parquet.read_table(shard), dim)
-                yield shard_ids, score(matrix)
+                yield shard_ids, shared.value(matrix)
 
         count = partitions or len(shard_paths)
         scored = context.parallelize(shard_paths, count).mapPartitions(score_shard)
         parts = list(_ordered_results(context, scored))
+        shared.unpersist()
     return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
 
