@@ -303,7 +303,10 @@ def pixel_map_timing(side: int, work: Path, baseline: Path | None) -> list[dict]
 
 
 def pixel_map_rasters(side: int, work: Path) -> Path:
-    """The AlphaEarth-like pair and its database (256 px tiles) in ``work/aef``."""
+    """The AlphaEarth-like pair and its database (256 px tiles) in ``work/aef``: random
+    values, the later year the earlier plus a jitter of up to 4 steps (every pixel changes a
+    little: a map that compresses as a real one, not a field of zeros), its top-left quarter
+    negated."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -332,6 +335,8 @@ def pixel_map_rasters(side: int, work: Path) -> Path:
                 height, width = min(512, side - top), min(512, side - left)
                 values = rng.integers(-127, 128, (64, height, width), dtype=np.int8)
                 first.write(values, window=Window(left, top, width, height))
+                noise = rng.integers(-4, 5, values.shape, dtype=np.int8)  # a year's jitter
+                values = np.clip(values.astype(np.int16) + noise, -127, 127).astype(np.int8)
                 rows = slice(0, max(0, min(height, quarter - top)))
                 cols = slice(0, max(0, min(width, quarter - left)))
                 values[:, rows, cols] = -values[:, rows, cols]  # the changed quarter
