@@ -23,6 +23,10 @@ the vectors over every pair, the pixels' measures over a random sample of pairs 
 same way); where the vectors judge alone, above ``changes.vectors_only_mad_k`` of theirs.
 A change shows in every measure; the noise of one (a textureless tile's gradients, a CNN's
 jitter) does not, so a database where nothing changed flags (almost) nothing.
+
+With the Spark engine (``find_changes(..., spark=(settings, master))``) the pairing by grid
+and the vectors' scores are computed on executors (``engines.spark``); the rest is the same
+code, so the ranking is the local run's.
 """
 
 from __future__ import annotations
@@ -233,7 +237,7 @@ def pair_places(
     """Every place covered in both periods: same grid first, else footprints overlapping by at
     least half of each; the tile nearest each period's end per place. ``spark`` (settings,
     master): the grid's places are taken and joined on Spark executors."""
-    if spark is None:
+    if spark is None or not before or not after:  # (a period without tiles pairs nothing)
         earlier, later = _latest(before, _grid_key), _latest(after, _grid_key)
         places = [(earlier.get(key), later.get(key)) for key in earlier.keys() | later.keys()]
     else:
