@@ -18,6 +18,8 @@ probability.tif and contact sheet) timed in a fresh process, with its peak RSS (
     .venv/bin/python bench/detect.py                          # 200 a class, 1M tiles
     .venv/bin/python bench/detect.py --per-class 500 --scale 1000000,10000000
     .venv/bin/python bench/detect.py --scale 0 --set detect.background=1000
+    git archive main | tar -x -C /tmp/old && \
+        .venv/bin/python bench/detect.py --per-class 0 --baseline /tmp/old  # old vs this
 """
 
 from __future__ import annotations
@@ -180,23 +182,26 @@ def scale_db(work: Path, tiles: int) -> Path:
     return database(work, tiles)
 
 
-def timed_detect(db: Path, out: Path) -> dict[str, Any]:
-    """Run in a fresh process: mark 10 good (the nearest to tile 1) and 10 bad tiles, then the
-    whole ``geosearch.detect``; seconds and peak RSS."""
-    from geosearch import detect
+def bench_marks(db: Path) -> tuple[list[int], list[int]]:
+    """10 tiles marked good (the nearest to tile 1, by the index's exact inner products) and 10
+    bad (ids 100-109), and the session "bench" they go to."""
+    from geosearch.index import open_index
     from geosearch.store import Store
 
     with Store(db) as store:
-        first = store.vectors([1])[1][0]
-        nearest = []
-        for batch_ids, vectors in store.vector_batches():
-            scores = vectors @ first
-            top = np.argsort(-scores)[:10]
-            nearest += list(zip(scores[top].tolist(), batch_ids[top].tolist(), strict=True))
-        good = [t for _, t in sorted(nearest, reverse=True)[:10]]
-        bad = list(range(100, 110))
+        ids, scores = open_index(store).score_all(store.vectors([1])[1][0])
+        good = ids[np.argsort(-scores, kind="stable")[:10]].tolist()
         if "bench" not in store.sessions.names():
             store.sessions.save("bench", "bench", {"path": "/bench/none.tif", "tile": 0}, [])
+    return good, list(range(100, 110))
+
+
+def timed_detect(db: Path, out: Path, good: list[int], bad: list[int]) -> dict[str, Any]:
+    """Run in a fresh process: the whole ``geosearch.detect`` of the session "bench" with these
+    marks (train, self-train, score every tile twice, merge, review 10, write every file);
+    seconds, seconds per stage and peak RSS (VmHWM)."""
+    from geosearch import detect
+
     started = time.perf_counter()
     result = detect(db, "bench", good=good, bad=bad, review=10, out=out)
     seconds = time.perf_counter() - started
@@ -204,21 +209,35 @@ def timed_detect(db: Path, out: Path) -> dict[str, Any]:
     peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024), "scored":
             result.scored, "detected_tiles": result.detected,
-            "detections": len(result.detections), "stages_s": result.to_dict()["seconds"],
-            "load_average": os.getloadavg()[0]}  # fmt: skip
+            "detections": len(result.detections),
+            "stages_s": {stage: round(value, 2) for stage, value in result.seconds.items()},
+            "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
 
 
-def scale(work: Path, tiles: int) -> None:
-    db = scale_db(work, tiles)
+def run_detect(source: Path, db: Path, out: Path, marks: tuple[list[int], list[int]]) -> dict:
+    """``timed_detect`` in a fresh process importing geosearch from ``source`` (a checkout)."""
     code = (
-        f"import json, sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); "
-        "from pathlib import Path; from detect import timed_detect; "
-        f"print(json.dumps(timed_detect(Path({str(db)!r}), Path({str(work / 'out')!r}))))"
+        f"import json, sys; sys.path.insert(0, {str(source)!r}); import geosearch; "
+        f"sys.path.insert(0, {str(ROOT / 'bench')!r}); from pathlib import Path; "
+        "from detect import timed_detect; "
+        f"assert geosearch.__file__.startswith({str(source)!r}), geosearch.__file__; "
+        f"print(json.dumps(timed_detect(Path({str(db)!r}), Path({str(out)!r}), *{marks!r})))"
     )
-    for _ in range(2):  # the first warms the page cache
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True, cwd=ROOT)  # fmt: skip
-    emit({"tiles": tiles} | json.loads(done.stdout.strip().splitlines()[-1]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd="/")  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scale(work: Path, tiles: int, baseline: Path | None) -> None:
+    """The scale run on ``tiles`` tiles: a first run warms the page cache, then (with
+    ``baseline``, a checkout of older code) the old and this code alternately, twice each."""
+    db = scale_db(work, tiles)
+    marks = bench_marks(db)
+    run_detect(ROOT, db, work / "out", marks)
+    for _ in range(2 if baseline else 1):
+        for code, source in ((("baseline", baseline),) if baseline else ()) + (("this", ROOT),):
+            line = run_detect(source, db, work / f"out-{code}", marks)
+            emit({"tiles": tiles, "code": code if baseline else None} | line)
 
 
 def main() -> None:
@@ -228,6 +247,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=3, help="queries a class")
     parser.add_argument("--scale", default="1000000", help="tile counts, comma-separated; 0: none")
     parser.add_argument("--set", action="append", default=[], help="setting=value, dotted")
+    parser.add_argument("--baseline", type=Path, help="a checkout of older code to time beside")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     overrides = {}
@@ -237,7 +257,7 @@ def main() -> None:
     if args.per_class:
         quality(args.work, args.per_class, args.queries, overrides)
     for tiles in (int(t) for t in args.scale.split(",") if int(t)):
-        scale(args.work, tiles)
+        scale(args.work, tiles, args.baseline)
 
 
 if __name__ == "__main__":

@@ -5,27 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geosearch import engines
 from geosearch.catalog import open_database
-from geosearch.changes import ChangeFiles, ChangeResult, change_maps, find_changes, periods
-from geosearch.changes import write_changes as _write_changes
-from geosearch.check import CheckReport, check_database
-from geosearch.chips import ChipExport
-from geosearch.chips import export_chips as _export_chips
 from geosearch.config import Settings, load_settings
-from geosearch.detection import DetectResult, area_tiles, check_threshold
-from geosearch.detection import detect as _detect
-from geosearch.detection import write_detections as _write_detections
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines.base import IngestProgress, IngestReport
 from geosearch.errors import ConfigError, InputError, disk_full_said
 from geosearch.index import IndexState, index_path, open_index, vectors_path
 from geosearch.ingest import ingest as _ingest
-from geosearch.maps import SimilarityMap, area_of, check_embedding, write_similarity_maps
-from geosearch.migrate import MigrateReport
-from geosearch.migrate import migrate as _migrate
 from geosearch.render import (
     PARQUET_NAME,
     LocationFiles,
@@ -42,6 +31,14 @@ from geosearch.search import locate as _locate
 from geosearch.sessions import refine, search_and_save, session_marks
 from geosearch.sources import canonical_path
 from geosearch.store import Store
+
+if TYPE_CHECKING:
+    from geosearch.changes import ChangeFiles, ChangeResult
+    from geosearch.check import CheckReport
+    from geosearch.chips import ChipExport
+    from geosearch.detection import DetectResult
+    from geosearch.maps import SimilarityMap
+    from geosearch.migrate import MigrateReport
 
 PathLike = str | Path
 
@@ -96,6 +93,8 @@ def remove(db: PathLike, paths: Sequence[PathLike]) -> dict[str, Any]:
 
 def check(db: PathLike, repair: bool = False, settings: Settings | None = None) -> CheckReport:
     """Verify ``db`` (counts, vectors, footprints, index); ``repair`` fixes what it can."""
+    from geosearch.check import check_database
+
     with disk_full_said(db):
         return check_database(Path(db), repair, settings)
 
@@ -103,6 +102,8 @@ def check(db: PathLike, repair: bool = False, settings: Settings | None = None) 
 def migrate(db: PathLike, settings: Settings | None = None) -> MigrateReport:
     """Project and shrink the vectors of a database made before compact vectors (or from too
     small a sample to project them then); see ``geosearch.migrate``."""
+    from geosearch.migrate import migrate as _migrate
+
     with disk_full_said(db):
         return _migrate(Path(db), settings)
 
@@ -215,6 +216,10 @@ def detect(
     as merged detections (``geosearch.detection``); ``review`` tiles to mark next are picked.
     ``engine="spark"`` scores the database's vectors on Spark executors (``master``).
     ``write=False``: nothing written yet (``write_detections`` writes the result later)."""
+    from geosearch.detection import area_tiles, check_threshold
+    from geosearch.detection import detect as _detect
+    from geosearch.detection import write_detections as _write_detections
+
     settings = settings or Settings()
     chosen = settings.detect.threshold if threshold is None else threshold
     check_threshold(chosen)
@@ -238,6 +243,8 @@ def write_detections(
     result: DetectResult, db: PathLike, out: PathLike, settings: Settings | None = None
 ) -> DetectResult:
     """Write a ``detect(..., write=False)`` result's files to ``out`` (``result.files``)."""
+    from geosearch.detection import write_detections as _write_detections
+
     settings = settings or Settings()
     with disk_full_said(out), open_database(Path(db), settings) as catalog:
         return _write_detections(result, catalog, Path(out), settings.search.preview_size)
@@ -261,6 +268,8 @@ def export_chips(
     """Training data out: every tile marked in ``session`` and ``negatives`` background tiles
     as image chips in ``out/good`` and ``out/bad`` (torchvision's ImageFolder layout), with
     labels.csv and a GeoPackage of their footprints; see ``geosearch.chips``."""
+    from geosearch.chips import export_chips as _export_chips
+
     if negatives < 0:
         raise ConfigError(f"--negatives {negatives}: a number of tiles, 0 or more")
     saved = session_marks(Path(db), session, settings)
@@ -324,6 +333,8 @@ def similarity_maps(
     """GeoTIFF similarity maps of search results, a QGIS ``.qml`` beside each: ``tiles``, every
     indexed tile's similarity; ``pixels`` (embedding databases), every pixel's, over the area of
     the ``filters`` (``bbox``/``within``). See ``geosearch.maps``."""
+    from geosearch.maps import write_similarity_maps
+
     settings = settings or Settings()
     with open_database(Path(db), settings) as catalog:
         return write_similarity_maps(
@@ -349,6 +360,9 @@ def changes(
     ``geosearch.changes``. ``pixel_map``: a per-pixel map will be asked for (embedding
     databases only: checked before the work). ``engine="spark"`` pairs the places and scores
     their vectors on Spark executors (``master``); the ranking is the local run's."""
+    from geosearch.changes import find_changes, periods
+    from geosearch.maps import check_embedding
+
     settings = settings or Settings()
     before, after = periods(date_from, date_to)
     spark = (settings.spark, master) if engines.engine(engine).batch_search else None
@@ -375,6 +389,10 @@ def write_changes(
     ``tiles_map``: every pair's change on the tile grid (GeoTIFF + .qml); ``pixels_map``
     (embedding databases): every pixel's change over the filters' area (default: the places
     paired)."""
+    from geosearch.changes import change_maps
+    from geosearch.changes import write_changes as _write_changes
+    from geosearch.maps import area_of
+
     settings = settings or Settings()
     with open_database(Path(db), settings) as catalog:
         files = _write_changes(result, catalog, Path(out), settings.search.preview_size)

@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from geosearch.errors import ConfigError
+
+_NEWTON_STEPS = 100  # at most; ~10 are taken
+_DECREMENT_TOLERANCE = 1e-16  # Newton's decrement at the minimum, relative to the loss
 
 
 @dataclass(frozen=True)
@@ -91,18 +95,38 @@ def _logistic_regression(
     features: np.ndarray, labels: np.ndarray, weights: np.ndarray, c: float
 ) -> np.ndarray:
     """(weights..., bias) minimising c * sum(weight * log-loss) + |weights|^2 / 2 (the bias not
-    penalised): scikit-learn's ``LogisticRegression(C=c)``, without its 0.6-2 s import."""
-    from scipy.optimize import minimize
-    from scipy.special import expit
+    penalised): scikit-learn's ``LogisticRegression(C=c)``. Newton's method with a backtracking
+    line search: with a few hundred rows of 128 numbers each step is one small linear solve, it
+    converges in ~10 steps, and it needs neither scikit-learn nor ``scipy.optimize`` (their
+    imports cost 1-2 s on a busy machine)."""
+    design = np.hstack([features, np.ones((len(features), 1))])
+    penalty = np.r_[np.ones(features.shape[1]), 0.0]  # the bias is not penalised
 
-    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
-        w, bias = params[:-1], params[-1]
-        z = features @ w + bias
-        loss = c * float(weights @ (np.logaddexp(0.0, z) - labels * z)) + 0.5 * float(w @ w)
-        residual = c * weights * (expit(z) - labels)
-        return loss, np.r_[features.T @ residual + w, residual.sum()]
+    def loss(params: np.ndarray) -> float:
+        z = design @ params
+        data = float(weights @ (np.logaddexp(0.0, z) - labels * z))
+        return c * data + 0.5 * float(params[:-1] @ params[:-1])
 
-    start = np.zeros(features.shape[1] + 1)
-    found = minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B",
-                     options={"maxiter": 1000, "gtol": 1e-6})  # fmt: skip
-    return found.x
+    params = np.zeros(design.shape[1])
+    current = loss(params)
+    with threadpool_limits(1, user_api="blas"):  # BLAS's threads: 10-30 times slower when busy
+        for _ in range(_NEWTON_STEPS):
+            fitted = 1.0 / (1.0 + np.exp(-(design @ params)))
+            gradient = design.T @ (c * weights * (fitted - labels)) + penalty * params
+            curvature = c * weights * fitted * (1.0 - fitted)
+            hessian = (design.T * curvature) @ design + np.diag(penalty)
+            step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
+            decrement = float(gradient @ step)  # twice what a full step would lower the loss
+            if decrement < _DECREMENT_TOLERANCE * max(1.0, current):
+                break
+            scale = 1.0
+            while scale > 1e-10:  # halve the step until the loss falls enough (Armijo)
+                candidate = params - scale * step
+                found = loss(candidate)
+                if found <= current - 1e-4 * scale * decrement:
+                    break
+                scale /= 2
+            else:
+                break  # no step lowers the loss: at the minimum to rounding
+            params, current = candidate, found
+    return params

@@ -418,8 +418,6 @@ def migrate(
 
 
 def _print_results(results: list, files, json_output: bool) -> None:
-    from rich.table import Table
-
     for result in results:
         _say_compared_on(result.query)
     for note in dict.fromkeys(note for result in results for note in result.notes):
@@ -428,6 +426,8 @@ def _print_results(results: list, files, json_output: bool) -> None:
         for result in results:
             out.print(json.dumps(result.to_dict()), markup=False)
         return
+    from rich.table import Table
+
     for result in results:
         title = f"similar to {result.query.label}"
         title += f"  (session {result.session})" if result.session else ""

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import struct
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,11 +47,19 @@ def encode_geometry(geometry: BaseGeometry | None) -> bytes | None:
 
 def decode_geometry(blob: bytes | None) -> BaseGeometry | None:
     """The shapely geometry of a GeoPackage binary geometry."""
-    if blob is None:
-        return None
-    flags = blob[3]
-    envelope_doubles = (0, 4, 6, 6, 8)[(flags >> 1) & 0b111]
-    return shapely.from_wkb(bytes(blob[8 + 8 * envelope_doubles :]))
+    return None if blob is None else shapely.from_wkb(_wkb(blob))
+
+
+def decode_geometries(blobs: Sequence[bytes | None]) -> list[BaseGeometry | None]:
+    """``decode_geometry`` of each, the WKB parsed in one call (a call a blob costs ~10 us)."""
+    wkb = [None if blob is None else _wkb(blob) for blob in blobs]
+    return shapely.from_wkb(np.array(wkb, dtype=object)).tolist() if wkb else []
+
+
+def _wkb(blob: bytes) -> bytes:
+    """The WKB of a GeoPackage binary geometry (after its header and envelope)."""
+    envelope_doubles = (0, 4, 6, 6, 8)[(blob[3] >> 1) & 0b111]
+    return bytes(blob[8 + 8 * envelope_doubles :])
 
 
 def _envelope(blob: bytes | None, which: int) -> float | None:

@@ -157,15 +157,12 @@ def lonlat_geometries(geometries: Sequence[BaseGeometry | None]) -> list[dict[st
 def geometry_texts(geometries: Sequence[BaseGeometry | None]) -> list[str | None]:
     """Each geometry as ``lonlat_geometry`` says, as GeoJSON text (None: no geometry), all
     converted together by GEOS's GeoJSON writer (much faster than mapping them in Python)."""
-    shapes = np.array(
-        [
-            None if g is None or g.is_empty
-            else g.geoms[0] if isinstance(g, MultiPolygon) and len(g.geoms) == 1 else g
-            for g in geometries
-        ],
-        dtype=object,
-    )  # fmt: skip
-    present = shapes != None  # noqa: E711  (elementwise)
+    shapes = np.empty(len(geometries), dtype=object)
+    shapes[:] = geometries
+    present = ~shapely.is_missing(shapes) & ~shapely.is_empty(shapes)
+    single = present & (shapely.get_type_id(shapes) == shapely.GeometryType.MULTIPOLYGON)
+    single &= shapely.get_num_geometries(shapes) == 1
+    shapes[single] = shapely.get_geometry(shapes[single], 0)  # a MultiPolygon of one: Polygon
     texts = np.full(len(shapes), None, dtype=object)
     if present.any():
         oriented = shapely.orient_polygons(shapes[present], exterior_cw=False)
@@ -485,8 +482,7 @@ def write_layer(
     try:
         path.unlink(missing_ok=True)
         write(
-            str(path), geometry=np.array([shapely.to_wkb(g) if g is not None else None
-                                          for g in shapes], dtype=object),
+            str(path), geometry=shapely.to_wkb(np.array(shapes, dtype=object)),
             field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
             layer=layer, driver="GPKG", geometry_type="MultiPolygon", crs="EPSG:4326",
             layer_options={"FID": "id"}, dataset_options={"VERSION": GPKG_VERSION},

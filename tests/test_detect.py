@@ -263,3 +263,44 @@ def test_spark_gives_the_same_detections_as_the_local_run(raster_db, tmp_path) -
         rasterio.open(spark_out / "probability.tif") as b,
     ):
         np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-5)
+
+
+def test_the_classifier_is_scikit_learns_logistic_regression() -> None:
+    """Newton's method reaches the minimum scikit-learn's LogisticRegression(C) finds, with the
+    same weights a row (background lighter, classes balanced), on vectors like the stored ones."""
+    from sklearn.linear_model import LogisticRegression
+
+    from geosearch.classifier import train_classifier
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[:20] += vectors[0]  # the marked kind: near one another
+    positives, negatives, background = vectors[:12], vectors[20:30], vectors[30:]
+    ours = train_classifier(positives, negatives, background, background_weight=0.04, c=0.3)
+    rows = np.vstack([positives, negatives, background]).astype(np.float64)
+    labels = np.r_[np.ones(12), np.zeros(10 + len(background))]
+    weights = np.r_[np.ones(22), np.full(len(background), 0.04)]
+    for label in (0, 1):
+        weights[labels == label] *= len(weights) / (2 * weights[labels == label].sum())
+    theirs = LogisticRegression(C=0.3, tol=1e-10, max_iter=10_000)
+    theirs.fit(rows, labels, sample_weight=weights)
+    np.testing.assert_allclose(ours.weights, theirs.coef_[0], atol=1e-4)
+    assert ours.bias == pytest.approx(theirs.intercept_[0], abs=1e-4)
+    unmarked = vectors[12:20]  # the kind's unmarked tiles score above the background
+    assert ours.probability(unmarked).min() > ours.probability(background).max()
+
+
+def test_adjacent_groups_and_the_largest_scores_without_sorting_all() -> None:
+    """The merging's union-find groups nodes as a graph search would; ``largest`` is what a
+    stable descending sort gives, ties in index order."""
+    from geosearch.detection import connected_groups, largest
+
+    # 0-1-2 a chain, 3 alone, 4-5 and 5-4 twice, 6 joined to itself
+    groups = connected_groups(7, np.array([0, 2, 4, 5, 6]), np.array([1, 1, 5, 4, 6]))
+    assert groups.tolist() == [0, 0, 0, 1, 2, 2, 3]
+    assert connected_groups(0, np.zeros(0, int), np.zeros(0, int)).tolist() == []
+    values = np.array([0.5, 2.0, -np.inf, 2.0, 0.5, 0.5, 1.0, -np.inf], np.float32)
+    for count in range(0, 10):
+        expected = np.argsort(-values, kind="stable")[:count]
+        assert largest(values, count).tolist() == expected.tolist(), count

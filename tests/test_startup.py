@@ -12,6 +12,10 @@ from tests.conftest import ROOT, SAMPLE_TILES
 
 HEAVY = ("tensorflow", "faiss", "pyspark", "fastapi", "cv2")
 LATER = ("numpy", "rasterio", "pyogrio", "geopandas", "pandas", "geosearch.api")
+# other commands' modules: a search does not import them
+OTHER_COMMANDS = (
+    "geosearch.changes", "geosearch.detection", "geosearch.chips", "geosearch.migrate"
+)  # fmt: skip
 
 
 def loaded_after(code: str) -> tuple[str, list[str]]:
@@ -19,7 +23,8 @@ def loaded_after(code: str) -> tuple[str, list[str]]:
     loaded by then."""
     probe = (
         f"{code}\nimport json, sys\n"
-        f"print(json.dumps(sorted(m for m in {HEAVY + LATER!r} if m in sys.modules)))"
+        f"watched = {HEAVY + LATER + OTHER_COMMANDS!r}\n"
+        "print(json.dumps(sorted(m for m in watched if m in sys.modules)))"
     )
     run = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -50,7 +55,7 @@ def test_the_public_names_are_the_api_functions_even_after_their_namesake_module
     assert "geosearch.api" in loaded
 
 
-def test_a_search_of_an_indexed_tile_loads_no_tensorflow_spark_or_fastapi(naip_db, tmp_path):
+def test_an_indexed_search_loads_no_tensorflow_spark_fastapi_or_other_commands(naip_db, tmp_path):
     query = sorted((SAMPLE_TILES / "naip").glob("*.tif"))[0]
     argv = ["geosearch", "similar", str(query), "--tile", "3", "--top", "3", "--db",
             str(naip_db), "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
@@ -61,3 +66,4 @@ def test_a_search_of_an_indexed_tile_loads_no_tensorflow_spark_or_fastapi(naip_d
     assert json.loads(printed)["results"][0]["rank"] == 1
     assert "faiss" in loaded  # the search ran on the index
     assert not {"tensorflow", "pyspark", "fastapi", "geopandas", "pandas"} & set(loaded)
+    assert not set(OTHER_COMMANDS) & set(loaded)
