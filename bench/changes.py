@@ -30,12 +30,14 @@ peak RSS (VmHWM).
     .venv/bin/python bench/changes.py            # scenes + timing
     .venv/bin/python bench/changes.py --no-timing
     .venv/bin/python bench/changes.py --pixel-map 4096   # a two-year AlphaEarth-like pixel map
+    .venv/bin/python bench/changes.py --pixel-map 8192 --baseline ../old-checkout  # and before
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from bench.protocols.common import DATA, write_raster  # noqa: E402
 from bench.protocols.satellite import S2_BANDS, SENTINEL2, band_noise, read_bands  # noqa: E402
@@ -248,19 +251,68 @@ def timing(pairs: int, dim: int = 128, chunk: int = 262_144) -> dict:
     }  # fmt: skip
 
 
-def pixel_map_timing(side: int, work: Path) -> dict:
+# Times one pixel change map in a fresh process, with the checkout under test on PYTHONPATH
+# (-P: not this folder), over the rasters and database that ``pixel_map_rasters`` made.
+_TIME_PIXEL_MAP = """
+import json, os, sys, time
+from pathlib import Path
+import rasterio, rasterio.warp
+from shapely.geometry import box
+import geosearch
+from geosearch.catalog import open_database
+from geosearch.config import Settings
+from geosearch.maps import write_pixel_change_map
+
+folder = Path(sys.argv[1])
+paths = [folder / "aef_2019.tif", folder / "aef_2020.tif"]
+with open_database(folder / "aef.gpkg", Settings(tile_size=256)) as catalog:
+    with rasterio.open(paths[0]) as src:
+        area = box(*rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds))
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    written = write_pixel_change_map(
+        catalog, [str(paths[0])], [str(paths[1])], area, folder / "change.tif", 512, 2
+    )
+    seconds = time.perf_counter() - start
+status = Path("/proc/self/status").read_text()
+peak = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+print(json.dumps({
+    "code": str(Path(geosearch.__file__).parent.parent), "seconds": round(seconds, 2),
+    "cells": written.cells, "peak_rss_mb": round(int(peak.split()[1]) / 1024),
+    "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1),
+}))
+"""
+
+
+def pixel_map_timing(side: int, work: Path, baseline: Path | None) -> list[dict]:
     """An AlphaEarth-like pair of ``side`` x ``side`` rasters (64 int8 bands, two years, a
-    block changed) ingested at 256 px tiles, then ``write_pixel_change_map`` over the whole:
-    seconds and peak RSS."""
+    block changed) ingested at 256 px tiles, then ``write_pixel_change_map`` over the whole,
+    in a fresh process for this checkout and for ``baseline`` (an earlier checkout) on the
+    same files: seconds and the map process's peak RSS each."""
+    folder = pixel_map_rasters(side, work)
+    figures = []
+    for code in [ROOT, *([baseline] if baseline else [])]:
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", _TIME_PIXEL_MAP, str(folder)],
+            env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True,
+            check=True,
+        )  # fmt: skip
+        figures.append({"bench": "changes", "timing": "pixel map", "side": side, "bands": 64,
+                        **json.loads(done.stdout.splitlines()[-1])})  # fmt: skip
+    return figures
+
+
+def pixel_map_rasters(side: int, work: Path) -> Path:
+    """The AlphaEarth-like pair and its database (256 px tiles) in ``work/aef``: random
+    values, the later year the earlier plus a jitter of up to 4 steps (every pixel changes a
+    little: a map that compresses as a real one, not a field of zeros), its top-left quarter
+    negated."""
     import rasterio
-    import rasterio.warp
     from rasterio.transform import from_origin
-    from shapely.geometry import box
+    from rasterio.windows import Window
 
     import geosearch
-    from geosearch.catalog import open_database
     from geosearch.config import Settings
-    from geosearch.maps import write_pixel_change_map
 
     rng = np.random.default_rng(0)
     folder = work / "aef"
@@ -271,32 +323,26 @@ def pixel_map_timing(side: int, work: Path) -> dict:
         "tiled": True, "blockxsize": 512, "blockysize": 512, "interleave": "pixel",
     }  # fmt: skip
     paths = [folder / "aef_2019.tif", folder / "aef_2020.tif"]
-    for n, path in enumerate(paths):
-        with rasterio.open(path, "w", **options) as dst:
-            for band in range(1, 65):
-                values = rng.integers(-127, 128, (side, side), dtype=np.int8)
-                if n:
-                    values[: side // 4, : side // 4] = -values[: side // 4, : side // 4]
-                dst.write(values, band)
-                dst.set_band_description(band, f"A{band - 1:02d}")
-    db = work / "aef.gpkg"
-    settings = Settings(tile_size=256)
-    geosearch.ingest(paths, db, settings)
-    with open_database(db, settings) as catalog:
-        with rasterio.open(paths[0]) as src:
-            area = box(*rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds))
-        start = time.perf_counter()
-        written = write_pixel_change_map(
-            catalog, [str(paths[0])], [str(paths[1])], area, work / "change.tif", 512, 2
-        )
-        seconds = time.perf_counter() - start
-    status = Path("/proc/self/status").read_text()
-    peak = next(line for line in status.splitlines() if line.startswith("VmHWM"))
-    return {
-        "bench": "changes", "timing": "pixel map", "side": side, "bands": 64,
-        "seconds": round(seconds, 2), "cells": written.cells,
-        "peak_rss_mb": round(int(peak.split()[1]) / 1024),
-    }  # fmt: skip
+    quarter = side // 4
+    with (
+        rasterio.open(paths[0], "w", **options) as first,
+        rasterio.open(paths[1], "w", **options) as second,
+    ):  # block by block: a band at a time rewrites every pixel-interleaved block
+        for dst in (first, second):
+            dst.descriptions = tuple(f"A{band:02d}" for band in range(64))
+        for top in range(0, side, 512):
+            for left in range(0, side, 512):
+                height, width = min(512, side - top), min(512, side - left)
+                values = rng.integers(-127, 128, (64, height, width), dtype=np.int8)
+                first.write(values, window=Window(left, top, width, height))
+                noise = rng.integers(-4, 5, values.shape, dtype=np.int8)  # a year's jitter
+                values = np.clip(values.astype(np.int16) + noise, -127, 127).astype(np.int8)
+                rows = slice(0, max(0, min(height, quarter - top)))
+                cols = slice(0, max(0, min(width, quarter - left)))
+                values[:, rows, cols] = -values[:, rows, cols]  # the changed quarter
+                second.write(values, window=Window(left, top, width, height))
+    geosearch.ingest(paths, folder / "aef.gpkg", Settings(tile_size=256))
+    return folder
 
 
 def main() -> None:
@@ -313,10 +359,14 @@ def main() -> None:
         metavar="SIDE",
         help="Only time a SIDE x SIDE two-year AlphaEarth-like pixel map.",
     )
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="--pixel-map: also time this checkout."
+    )
     args = parser.parse_args()
     if args.pixel_map:
         with tempfile.TemporaryDirectory(dir=args.work) as work:
-            print(json.dumps(pixel_map_timing(args.pixel_map, Path(work))), flush=True)
+            for figures in pixel_map_timing(args.pixel_map, Path(work), args.baseline):
+                print(json.dumps(figures), flush=True)
         return
     if args.timing_only:
         print(json.dumps(timing(args.timing_only)), flush=True)

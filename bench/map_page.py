@@ -34,6 +34,7 @@ The machine may be shared: timings are one run's wall clock, not a best of sever
 
     .venv/bin/python bench/map_page.py          # 1M tiles + 10k baseline: 1 min (+4 to build)
     .venv/bin/python bench/map_page.py --quick  # 20k tiles, no baseline: 30 s
+    .venv/bin/python bench/map_page.py --layers  # changes + detections layers, 1M tiles of 2 years
 """
 
 from __future__ import annotations
@@ -118,14 +119,50 @@ def reference_db(work: Path) -> Path:
     return db
 
 
-def layout(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(file, row, col, top-left x, y in UTM) of tile numbers."""
+def layout(
+    numbers: np.ndarray, years: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(file, row, col, top-left x, y in UTM) of tile numbers; with ``years`` > 1, each run of
+    ``years`` files covers the same ground (one file a year)."""
     per_file = TILES_PER_SIDE * TILES_PER_SIDE
     files, within = numbers // per_file, numbers % per_file
+    places = files // years
     row, col = (within // TILES_PER_SIDE) * TILE, (within % TILES_PER_SIDE) * TILE
-    x0 = ORIGIN[0] + (files % FILES_PER_ROW) * FILE_SIDE + col * PIXEL
-    y0 = ORIGIN[1] - (files // FILES_PER_ROW) * FILE_SIDE - row * PIXEL
+    x0 = ORIGIN[0] + (places % FILES_PER_ROW) * FILE_SIDE + col * PIXEL
+    y0 = ORIGIN[1] - (places // FILES_PER_ROW) * FILE_SIDE - row * PIXEL
     return files, row, col, np.column_stack([x0, y0])
+
+
+def file_date(file: int, years: int) -> str:
+    """The acquisition date of synthetic file ``file``: a month of 2024, or with ``years`` > 1
+    June of 2024, 2025, ... by the file's place in its run."""
+    if years == 1:
+        return f"2024-{file % 12 + 1:02d}-01"
+    return f"{2024 + file % years}-06-01"
+
+
+def year_vectors(
+    numbers: np.ndarray, files: np.ndarray, years: int, dim: int, planted: float = 0.01
+) -> np.ndarray:
+    """Unit vectors of tiles of a ``years`` database: each place's first year at random, the
+    next years the same plus noise (unchanged ground seen again), ``planted`` of the places a
+    new random vector (changed)."""
+    per_file = TILES_PER_SIDE * TILES_PER_SIDE
+    out = np.empty((len(numbers), dim), np.float32)
+    for file in np.unique(files):
+        mine = files == file
+        within = numbers[mine] % per_file
+        ground = np.random.default_rng(int(file // years))
+        base = ground.standard_normal((per_file, dim), dtype=np.float32)
+        changed = ground.random(per_file) < planted
+        vectors = base[within]
+        if file % years:
+            seen = np.random.default_rng(10_000 + int(file))
+            vectors = vectors + 0.3 * seen.standard_normal(vectors.shape, dtype=np.float32)
+            fresh = seen.standard_normal((per_file, dim), dtype=np.float32)[within]
+            vectors[changed[within]] = fresh[changed[within]]
+        out[mine] = vectors
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def tile_centre(number: int) -> tuple[float, float]:
@@ -138,8 +175,9 @@ def tile_centre(number: int) -> tuple[float, float]:
     return float(lon), float(lat)
 
 
-def build_store(db: Path, tiles: int, reference: Path) -> None:
-    """A geosearch database of ``tiles`` synthetic tiles (see the module's docstring)."""
+def build_store(db: Path, tiles: int, reference: Path, years: int = 1) -> None:
+    """A geosearch database of ``tiles`` synthetic tiles (see the module's docstring); with
+    ``years`` > 1, of ``tiles / years`` places each seen in ``years`` years."""
     import shapely
     from pyproj import Transformer
 
@@ -160,20 +198,25 @@ def build_store(db: Path, tiles: int, reference: Path) -> None:
         store.set_meta(meta | {"bench": {"tiles": tiles, "dim": dim}})
         for start in range(0, tiles, BATCH):
             numbers = np.arange(start, min(tiles, start + BATCH))
-            files, row, col, corner = layout(numbers)
+            files, row, col, corner = layout(numbers, years)
             native = corner[:, None, :] + ring[None, :, :]
             lon, lat = to_lonlat.transform(native[..., 0], native[..., 1])
             lonlat = shapely.polygons(np.stack([lon, lat], axis=-1))
             native_wkt = shapely.to_wkt(shapely.polygons(native), trim=True)
-            vectors = rng.standard_normal((len(numbers), dim), dtype=np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            paths = [f"/bench/T33_{f:05d}_2024{f % 12 + 1:02d}01.tif" for f in range(files[-1] + 1)]
+            if years == 1:
+                vectors = rng.standard_normal((len(numbers), dim), dtype=np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            else:
+                vectors = year_vectors(numbers, files, years, dim)
+            dates = [file_date(f, years) for f in range(files[-1] + 1)]
+            paths = [f"/bench/T33_{f // years:05d}_{d.replace('-', '')}.tif"
+                     for f, d in enumerate(dates)]  # fmt: skip
             rows = []
             for i in range(len(numbers)):
                 file = int(files[i])
                 record = TileRecord(
                     None, paths[file], Window(int(row[i]), int(col[i]), TILE, TILE),
-                    f"EPSG:{EPSG}", native_wkt[i], lonlat[i], f"2024-{file % 12 + 1:02d}-01",
+                    f"EPSG:{EPSG}", native_wkt[i], lonlat[i], dates[file],
                     0.0, "name",
                 )  # fmt: skip
                 rows.append((record, vectors[i], None))
@@ -198,15 +241,15 @@ def build_index(db: Path) -> dict[str, Any]:
     return {"index": kind, "db": str(db), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def database(work: Path, tiles: int) -> Path:
+def database(work: Path, tiles: int, years: int = 1) -> Path:
     """The cached database of ``tiles`` tiles and its index (built if missing)."""
-    db = work / f"page_tiles{tiles}.gpkg"
+    db = work / (f"page_tiles{tiles}.gpkg" if years == 1 else f"page_years{years}_{tiles}.gpkg")
     if not db.exists():
         started = time.perf_counter()
         building = db.with_name("building-" + db.name)
         for stale in building.parent.glob(building.name + "*"):
             stale.unlink()
-        build_store(building, tiles, reference_db(work))
+        build_store(building, tiles, reference_db(work), years)
         building.rename(db)
         seconds = round(time.perf_counter() - started, 1)
         print(json.dumps({"built": str(db), "tiles": tiles, "seconds": seconds}), flush=True)
@@ -463,21 +506,131 @@ def measure(db: Path, tiles: int, work: Path, browser: Any) -> Iterator[dict[str
         yield {"measure": "server", **rss_mb(pid), "responses": statuses}
 
 
+# -- the server-rendered layers (no browser: what the server does before a map tile answers) --
+
+
+def timed(call: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = call()
+    return value, round(time.perf_counter() - started, 3)
+
+
+def extent_tiles(extent: tuple[float, float, float, float]) -> list[tuple[int, int, int]]:
+    """The map tiles of the zoom at which the extent spans about 5 x 3 tiles (the first view)."""
+    from geosearch.coverage import map_tile_bounds
+
+    west, south, east, north = extent
+    z = max(0, int(np.floor(np.log2(360 / (east - west) * 4))))
+    scale = 2**z
+
+    def xy(lon: float, lat: float) -> tuple[int, int]:
+        down = (1 - np.log(np.tan(np.radians(lat)) + 1 / np.cos(np.radians(lat))) / np.pi) / 2
+        return int((lon + 180) / 360 * scale), int(down * scale)
+
+    (x0, y0), (x1, y1) = xy(west, north), xy(east, south)
+    assert map_tile_bounds(z, x0, y0)[0] <= west
+    return [(z, x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+
+
+@contextmanager
+def tiles_by_chunks() -> Iterator[None]:
+    """``Store.tiles`` asked for ids in chunks SQLite can bind. ``changes.find_changes`` asks
+    for every tile of a period at once, which fails beyond 32,766 tiles ("too many SQL
+    variables"); until it chunks, this lets the bench measure the rest at scale."""
+    from geosearch.store import Store
+
+    whole = Store.tiles
+
+    def chunked(self: Store, ids: Any) -> list[Any]:
+        ids = list(ids)
+        return [tile for start in range(0, len(ids), 30_000)
+                for tile in whole(self, ids[start : start + 30_000])]  # fmt: skip
+
+    Store.tiles = chunked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Store.tiles = whole  # type: ignore[method-assign]
+
+
+def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]:
+    """The changes layer (every significant place between the two years) and the detections
+    layer (a session of 20 marks) on a two-year database, in this process: seconds until each
+    layer can be drawn, then to render the first view's map tiles."""
+    from geosearch.config import Settings
+    from geosearch.request import SearchRequest
+    from geosearch.serve.service import ChangeLayer, SearchService
+
+    settings = Settings.model_validate({"search": {"locate": False}})
+    service = SearchService(db, settings)
+    _, coverage_s = timed(service.coverage)
+    view = extent_tiles(service.summary()["extent"])
+    yield {"measure": "coverage", "read_centres_s": coverage_s, "view_tiles": len(view)}
+
+    with tiles_by_chunks():
+        listed, first_s = timed(lambda: service.changes("2024", "2025", None, 20))
+    layer = service._change_layer("2024", "2025", None)
+    _, layer_s = timed(lambda: ChangeLayer.of("again", layer.result))
+    _, again_s = timed(lambda: service.changes("2024", "2025", None, 20))
+    _, tiles_s = timed(lambda: [service.changes_tile("2024", "2025", None, *t) for t in view])
+    place = np.flatnonzero(layer.significant)[0]
+    pair = layer.result.all_pairs[place]
+    west, south, east, north = (pair.before.footprint or pair.after.footprint).bounds
+    lon, lat = (west + east) / 2, (south + north) / 2
+    clicked, click_s = timed(lambda: service.change_at("2024", "2025", None, lon, lat))
+    assert clicked.places and clicked.places[0].significant
+    yield {"measure": "changes_layer", "pairs": listed.pairs, "significant": listed.significant,
+           "changes_first_s": first_s, "of_which_layer_s": layer_s, "again_s": again_s,
+           "view_tiles_s": tiles_s, "click_place_s": click_s, **peak_rss()}  # fmt: skip
+
+    rng = np.random.default_rng(1)
+    marked = rng.choice(tiles, 21, replace=False) + 1
+    query, good, bad = int(marked[0]), marked[1:11].tolist(), marked[11:].tolist()
+    request = SearchRequest(tile_id=query, top=10, session="bench-layers")
+    if "bench-layers" not in service.sessions():
+        service.create_session(request)
+        service.mark("bench-layers", good, bad)
+    runs = []
+    for _ in range(2):  # the first warms the page cache
+        (run, result, _geo), detect_s = timed(lambda: service.detect("bench-layers", 10, None))
+        _, tiles_s = timed(lambda: [service.detections_tile("bench-layers", *t) for t in view])
+        seconds = {key: round(value, 3) for key, value in result.seconds.items()}
+        runs.append({"detect_s": detect_s, **seconds, "view_tiles_s": tiles_s,
+                     "detected_tiles": result.detected})  # fmt: skip
+    yield {"measure": "detections_layer", "first": runs[0], "second": runs[1], **peak_rss()}
+
+
+def peak_rss() -> dict[str, int]:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=1_000_000)
     parser.add_argument("--baseline", type=int, default=10_000, help="tiles; 0 = none")
     parser.add_argument("--quick", action="store_true", help="20k tiles, no baseline")
     parser.add_argument("--work", type=Path, default=Path("/tmp/geosearch-bench-page"))
+    parser.add_argument("--layers", action="store_true",
+                        help="the changes and detections layers on a two-year database of "
+                             "--tiles tiles (no browser)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.tiles, args.baseline = 20_000, 0
     args.work.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
+               "load": round(os.getloadavg()[0], 1)}  # fmt: skip
+    if args.layers:
+        db = database(args.work, args.tiles, years=2)
+        for result in measure_layers(db, args.tiles, args.work):
+            print(json.dumps({"tiles": args.tiles, **result, **machine}), flush=True)
+        return
     from playwright.sync_api import sync_playwright
 
     sizes = [args.tiles] + ([args.baseline] if args.baseline else [])
     databases = {tiles: database(args.work, tiles) for tiles in sizes}
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

@@ -352,23 +352,27 @@ def changes(
     top: int = 20,
     pixel_map: bool = False,
     settings: Settings | None = None,
+    engine: str = DEFAULT_ENGINE,
+    master: str | None = None,
 ) -> ChangeResult:
     """The ``top`` places whose picture changed most from the period ``date_from`` to
     ``date_to`` (each a year, YYYY-MM or YYYY-MM-DD), in the ``filters``' area; see
     ``geosearch.changes``. ``pixel_map``: a per-pixel map will be asked for (embedding
-    databases only: checked before the work)."""
+    databases only: checked before the work). ``engine="spark"`` pairs the places and scores
+    their vectors on Spark executors (``master``); the ranking is the local run's."""
     from geosearch.changes import find_changes, periods
     from geosearch.maps import check_embedding
 
     settings = settings or Settings()
     before, after = periods(date_from, date_to)
+    spark = (settings.spark, master) if engines.engine(engine).batch_search else None
     area_filters = SearchFilters(bbox=(filters or SearchFilters()).bbox,
                                  within=(filters or SearchFilters()).within)  # fmt: skip
     with open_database(Path(db), settings) as catalog:
         if pixel_map:
             check_embedding(catalog)
         allowed = allowed_ids(catalog.store, area_filters)
-        return find_changes(catalog, before, after, allowed, top, settings.changes)
+        return find_changes(catalog, before, after, allowed, top, settings.changes, spark)
 
 
 def write_changes(

@@ -10,9 +10,12 @@ merged in here only (``open_catalog``; ``Catalog.for_workers`` for worker proces
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,8 @@ class Catalog:
     features: FeatureSettings
     _extractors: list[Extractor] | None = field(default=None, repr=False)
     keeps_raw_features: bool = True  # databases made before vectors.raw_features kept them
+    # The creation sample's raw features, reused by the ingest that creates the database
+    sample_features: SampleFeatures | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.store.path.name if self.store is not None else ""
@@ -115,15 +120,28 @@ class Catalog:
         return self.tile_size if self.manifest.kind == "geo" else None
 
     def compute(
-        self, tiles: Sequence[RawTile], bands: QueryBands | None = None
+        self,
+        tiles: Sequence[RawTile],
+        bands: QueryBands | None = None,
+        known: Sequence[np.ndarray | None] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """(fused vectors, raw features) of raw tiles: the one way a tile's vector is made.
 
         ``bands``: the tiles are a query's, read with this mapping onto the database's bands
-        (see ``read_query``); features of bands it lacks are left out of the comparison."""
+        (see ``read_query``); features of bands it lacks are left out of the comparison.
+        ``known``: per tile, its raw features if already computed (else None)."""
         manifest = bands.manifest if bands is not None else self.manifest
-        batch = prepare_batch(tiles, manifest, self.pad_to())
-        raw = raw_features(batch, self.extractors())
+        todo = [i for i in range(len(tiles)) if not known or known[i] is None]
+        if len(todo) == len(tiles):
+            raw = raw_features(prepare_batch(tiles, manifest, self.pad_to()), self.extractors())
+        else:
+            raw = np.empty((len(tiles), self.raw_dim), dtype=np.float32)
+            for i, features in enumerate(known):
+                if features is not None:
+                    raw[i] = features
+            if todo:
+                batch = prepare_batch([tiles[i] for i in todo], manifest, self.pad_to())
+                raw[todo] = raw_features(batch, self.extractors())
         return self.fusion.fuse(raw, self.absent_features(bands)), raw
 
     def absent_features(self, bands: QueryBands | None) -> np.ndarray | None:
@@ -208,7 +226,13 @@ class Catalog:
         if not tiles:
             empty = np.zeros((0, self.dim), dtype=np.float32)
             return EmbeddedTiles(records, empty, empty, too_empty)
-        vectors, raw = self.compute(tiles)
+        known = ()
+        if self.sample_features is not None:
+            known = [
+                self.sample_features.get(path, record.window, tile)
+                for record, tile in zip(records, tiles, strict=True)
+            ]
+        vectors, raw = self.compute(tiles, known=known)
         return EmbeddedTiles(records, vectors, raw, too_empty)
 
     def compute_orientations(
@@ -237,6 +261,43 @@ def _with_missing_bands(tile: RawTile, bands: Sequence[int | None]) -> RawTile:
     rows = [i for i, band in enumerate(bands) if band is not None]
     pixels[rows] = tile.pixels
     return RawTile(pixels=pixels, valid=tile.valid)
+
+
+@dataclass(frozen=True)
+class SampleFeatures:
+    """Raw features computed for the creation sample, by file and window, each with a digest
+    of the pixels it was computed from: the ingest that creates a database reuses them for
+    those tiles (a plain database's sample is up to 1,024 of its pictures) when it reads the
+    same pixels there, rather than running the extractors on them a second time."""
+
+    features: dict[tuple[str, Window], tuple[bytes, np.ndarray]]
+
+    @classmethod
+    def of(
+        cls, origins: Sequence[tuple[str, Window]], tiles: Sequence[RawTile], raw: np.ndarray
+    ) -> SampleFeatures:
+        """``raw[i]`` computed from ``tiles[i]``, read at ``origins[i]`` (file, window)."""
+        return cls({
+            origin: (_pixels_digest(tile), features)
+            for origin, tile, features in zip(origins, tiles, raw, strict=True)
+        })  # fmt: skip
+
+    def get(self, path: str, window: Window, tile: RawTile) -> np.ndarray | None:
+        """The raw features of ``tile``, read at ``window`` of ``path``, if the sample holds
+        them for exactly these pixels; None otherwise."""
+        found = self.features.get((path, window))
+        if found is None or found[0] != _pixels_digest(tile):
+            return None
+        return found[1]
+
+
+def _pixels_digest(tile: RawTile) -> bytes:
+    """A digest of a tile's pixels, valid mask, shape and dtype."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{tile.pixels.shape}{tile.pixels.dtype}".encode())
+    digest.update(np.ascontiguousarray(tile.pixels).tobytes())
+    digest.update(np.packbits(tile.valid).tobytes())
+    return digest.digest()
 
 
 @dataclass
@@ -277,7 +338,7 @@ def open_catalog(store: Store, runtime: Settings) -> Catalog | None:
     return Catalog(
         store=store,
         manifest=BandManifest.from_dict(manifest),
-        fusion=Fusion.from_dict(store.meta("fusion")),
+        fusion=_stored_fusion(store.meta_text("fusion")),
         tile_size=stored["tile_size"],
         max_nodata_fraction=stored["max_nodata_fraction"],
         features=features,
@@ -285,13 +346,54 @@ def open_catalog(store: Store, runtime: Settings) -> Catalog | None:
     )
 
 
-def initialise_catalog(
-    store: Store, settings: Settings, manifest: BandManifest, sample: Sequence[RawTile]
-) -> Catalog:
-    """Fit the fusion's standardisation on ``sample`` tiles; write manifest, fusion, settings."""
+def creation_settings(settings: Settings, manifest: BandManifest) -> Settings:
+    """The settings a new database of ``manifest``'s kind is made with: plain pictures leave
+    out the layout block (``features.layout.plain_weight``)."""
     if manifest.kind == "plain":  # photos: content matters, where things lie in frame does not
         layout = settings.features.layout
         settings = settings.with_overrides({"features.layout.weight": layout.plain_weight})
+    return settings
+
+
+def sampling_catalog(settings: Settings, manifest: BandManifest) -> Catalog:
+    """A catalog (no database) whose ``embed`` gives the raw features a new database of
+    ``manifest`` will have, so that an engine's workers compute its creation sample's; the
+    vectors it gives are not the database's (its fusion is not fitted yet)."""
+    settings = creation_settings(settings, manifest)
+    extractors = build_extractors(settings.features, manifest)
+    unfitted = np.zeros((1, sum(e.dim for e in extractors)), dtype=np.float32)
+    return Catalog(
+        store=None,
+        manifest=manifest,
+        fusion=Fusion.fit(extractors, block_weights(settings.features), unfitted),
+        tile_size=settings.tile_size,
+        max_nodata_fraction=settings.max_nodata_fraction,
+        features=settings.features.model_copy(deep=True),
+        _extractors=extractors,
+    )
+
+
+@lru_cache(maxsize=8)
+def _stored_fusion(text: str) -> Fusion:
+    """A database's fusion from its stored JSON, decoded once per process for the same text
+    (a query opens its database each time: decoding a 128-d projection took 2-3 ms of a
+    plain database's 6 ms query; bench/README.md "Kinds of places")."""
+    return Fusion.from_dict(json.loads(text))
+
+
+def initialise_catalog(
+    store: Store,
+    settings: Settings,
+    manifest: BandManifest,
+    sample: Sequence[RawTile],
+    origins: Sequence[tuple[str, Window]] = (),
+    raw: np.ndarray | None = None,
+) -> Catalog:
+    """Fit the fusion's standardisation on ``sample`` tiles; write manifest, fusion, settings.
+    ``origins``: each sample tile's file and window, so that the returned catalog reuses the
+    sample's features when it embeds those tiles (``SampleFeatures``); ``raw``: the sample's
+    raw features if already computed (by ``sampling_catalog``'s workers), else computed here."""
+    settings = creation_settings(settings, manifest)
     extractors = build_extractors(settings.features, manifest)
     pad_to = settings.tile_size if manifest.kind == "geo" else None
 
@@ -303,7 +405,7 @@ def initialise_catalog(
             for start in range(0, len(tiles), size)
         ] or [np.zeros((0, sum(e.dim for e in extractors)), dtype=np.float32)])  # fmt: skip
 
-    raw = features_of(sample)
+    raw = features_of(sample) if raw is None else raw
     copies = None
     projected = settings.vectors.dims > 0 and len(sample) >= settings.vectors.min_sample
     if projected and settings.vectors.learn_from_copies and manifest.scaling != "none":
@@ -331,6 +433,7 @@ def initialise_catalog(
         features=settings.features.model_copy(deep=True),
         _extractors=extractors,
         keeps_raw_features=settings.vectors.raw_features,
+        sample_features=SampleFeatures.of(origins, sample, raw) if origins else None,
     )
 
 

@@ -23,6 +23,10 @@ the vectors over every pair, the pixels' measures over a random sample of pairs 
 same way); where the vectors judge alone, above ``changes.vectors_only_mad_k`` of theirs.
 A change shows in every measure; the noise of one (a textureless tile's gradients, a CNN's
 jitter) does not, so a database where nothing changed flags (almost) nothing.
+
+With the Spark engine (``find_changes(..., spark=(settings, master))``) the pairing by grid
+and the vectors' scores are computed on executors (``engines.spark``); the rest is the same
+code, so the ranking is the local run's.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
 
 from geosearch.catalog import Catalog
-from geosearch.config import ChangeSettings, MapSettings
+from geosearch.config import ChangeSettings, MapSettings, SparkSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError
 from geosearch.features import prepare_batch, raw_features
 from geosearch.maps import (
@@ -63,6 +67,7 @@ from geosearch.store import Store, TileRecord
 _PERIOD = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per median absolute deviation
 SHIFT = 3  # pixels of misalignment the second look absorbs, each way
+SparkRun = tuple[SparkSettings, str | None]  # the Spark engine's settings and master
 
 
 @dataclass(frozen=True)
@@ -210,11 +215,11 @@ def _latest(tiles: Iterable[TileRecord], key: Any) -> dict[Any, tuple[TileRecord
     return chosen
 
 
-def _grid_key(tile: TileRecord) -> Any:
+def _grid_key(tile: TileRecord) -> str:
     """Tiles on the same grid share their CRS and native footprint (else: their own id)."""
     if tile.crs is None or tile.footprint_native is None:
-        return ("tile", tile.id)
-    return (tile.crs, tile.footprint_native)
+        return f"tile|{tile.id}"
+    return f"{tile.crs}|{tile.footprint_native}"
 
 
 def period_ids(store: Store, period: Period, allowed: set[int] | None) -> list[int]:
@@ -223,25 +228,48 @@ def period_ids(store: Store, period: Period, allowed: set[int] | None) -> list[i
     return sorted(ids if allowed is None else ids & allowed)
 
 
-def pair_places(before: Sequence[TileRecord], after: Sequence[TileRecord]) -> list[PlacePair]:
+Held = tuple[TileRecord, int]  # the tile taken for a place in one period, of how many
+
+
+def pair_places(
+    before: Sequence[TileRecord], after: Sequence[TileRecord], spark: SparkRun | None = None
+) -> list[PlacePair]:
     """Every place covered in both periods: same grid first, else footprints overlapping by at
-    least half of each; the tile nearest each period's end per place."""
-    earlier = _latest(before, _grid_key)
-    later = _latest(after, _grid_key)
-    pairs = [
-        PlacePair(earlier[key][0], later[key][0], earlier[key][1], later[key][1])
-        for key in earlier.keys() & later.keys()
-    ]
-    left = [earlier[key] for key in earlier.keys() - later.keys()]
-    right = [later[key] for key in later.keys() - earlier.keys()]
+    least half of each; the tile nearest each period's end per place. ``spark`` (settings,
+    master): the grid's places are taken and joined on Spark executors."""
+    if spark is None or not before or not after:  # (a period without tiles pairs nothing)
+        earlier, later = _latest(before, _grid_key), _latest(after, _grid_key)
+        places = [(earlier.get(key), later.get(key)) for key in earlier.keys() | later.keys()]
+    else:
+        places = _spark_places(before, after, spark)
+    pairs = [PlacePair(b[0], a[0], b[1], a[1]) for b, a in places if b and a]
+    left = sorted((b for b, a in places if b and not a), key=lambda held: held[0].id or 0)
+    right = sorted((a for b, a in places if a and not b), key=lambda held: held[0].id or 0)
     pairs += _overlap_pairs(left, right)
     pairs.sort(key=lambda pair: pair.before.id or 0)
     return pairs
 
 
-def _overlap_pairs(
-    before: list[tuple[TileRecord, int]], after: list[tuple[TileRecord, int]]
-) -> list[PlacePair]:
+def _spark_places(
+    before: Sequence[TileRecord], after: Sequence[TileRecord], spark: SparkRun
+) -> list[tuple[Held | None, Held | None]]:
+    """Each grid place's tile in each period (None where the period has none), as ``_latest``
+    takes them, chosen and joined on Spark (``engines.spark.spark_latest_pairs``)."""
+    from geosearch.engines.spark import spark_latest_pairs, spark_session
+
+    rows = [(tile.id, side, _grid_key(tile), tile.acquired or "")
+            for side, tiles in enumerate((before, after)) for tile in tiles]  # fmt: skip
+    records = {tile.id: tile for tiles in (before, after) for tile in tiles}
+    return [
+        (
+            (records[b], nb) if b is not None else None,
+            (records[a], na) if a is not None else None,
+        )
+        for b, a, nb, na in spark_latest_pairs(spark_session(*spark), rows)
+    ]
+
+
+def _overlap_pairs(before: list[Held], after: list[Held]) -> list[PlacePair]:
     """Pairs of places on different grids whose footprints overlap by at least half of each;
     each place in one pair at most, the largest overlaps first."""
     before = [held for held in before if held[0].footprint is not None]
@@ -283,6 +311,36 @@ def score_chunks(chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Change of every pair, chunk by chunk (only the scores are kept: 4 bytes a pair)."""
     parts = [vector_change(before, after) for before, after in chunks]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def side_by_side_change(rows: np.ndarray) -> np.ndarray:
+    """``vector_change`` of rows holding a pair's two vectors side by side (before | after)."""
+    half = rows.shape[1] // 2
+    return vector_change(np.ascontiguousarray(rows[:, :half]), np.ascontiguousarray(rows[:, half:]))
+
+
+def score_pairs(
+    store: Store, pairs: Sequence[PlacePair], spark: SparkRun | None = None
+) -> np.ndarray:
+    """Change of every pair from its stored vectors, in the pairs' order; ``spark`` (settings,
+    master): the pairs' vectors go side by side into Parquet shards scored on Spark executors
+    (``engines.spark.spark_row_scores``)."""
+    chunks = _stored_vector_chunks(store, pairs)
+    if spark is None:
+        return score_chunks(chunks)
+    from geosearch.engines.spark import spark_row_scores, spark_session
+
+    def side_by_side() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        start = 0
+        for before, after in chunks:
+            yield np.arange(start, start + len(before)), np.hstack([before, after])
+            start += len(before)
+
+    rows, scores = spark_row_scores(
+        spark_session(*spark), side_by_side(), 2 * store.vector_dim(), side_by_side_change,
+        spark[0].partitions,
+    )  # fmt: skip
+    return scores[np.argsort(rows, kind="stable")].astype(np.float32)
 
 
 def top_order(scores: np.ndarray, count: int) -> np.ndarray:
@@ -418,18 +476,20 @@ def find_changes(
     allowed: set[int] | None,
     top: int,
     settings: ChangeSettings,
+    spark: SparkRun | None = None,
 ) -> ChangeResult:
-    """The ``top`` places that changed most from ``before`` to ``after`` (see the module)."""
+    """The ``top`` places that changed most from ``before`` to ``after`` (see the module);
+    ``spark`` (settings, master): pairs and their vectors' scores on Spark executors."""
     store = catalog.store
     earlier = store.tiles(period_ids(store, before, allowed))
     later = store.tiles(period_ids(store, after, allowed))
-    pairs = pair_places(earlier, later)
+    pairs = pair_places(earlier, later, spark)
     if not pairs:
         raise InputError(
             f"no place is covered in both periods: {before.text} holds {_holds(earlier)}, "
             f"{after.text} holds {_holds(later)}"
         )
-    scores = score_chunks(_stored_vector_chunks(store, pairs))
+    scores = score_pairs(store, pairs, spark)
     thresholds = {"vectors": spread_threshold(scores, settings.mad_k)}
     looks = settings.second_look if catalog.manifest.scaling != "none" else 0
     looks = min(looks, len(pairs))

@@ -648,6 +648,8 @@ def changes(
             "paired), at the rasters' resolution (+ a QGIS .qml).",
         ),
     ] = None,
+    engine: EngineOption = engines.DEFAULT_ENGINE,
+    master: MasterOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """The places whose picture changed most between two periods, ranked.
@@ -665,7 +667,7 @@ def changes(
     result = _run(
         lambda: api.changes(
             db_path, date_from, date_to, filters=filters, top=top,
-            pixel_map=map_pixels is not None, settings=settings,
+            pixel_map=map_pixels is not None, settings=settings, engine=engine, master=master,
         )
     )  # fmt: skip
     files = _run(

@@ -57,7 +57,6 @@ LAYER = "detections"
 SHEET_TILES = 20  # the best tiles shown on the contact sheet, SHEET_COLUMNS a row
 SHEET_COLUMNS = 5
 REVIEW_POOL = 10  # review N: spread over the N * REVIEW_POOL most uncertain unmarked tiles
-_IDS_AT_ONCE = 16_384  # SQLite binds at most 32,766 parameters a statement
 
 
 @dataclass
@@ -230,10 +229,8 @@ def session_training(
 
 
 def _vectors(store: Store, ids: Sequence[int], dim: int = 0) -> np.ndarray:
-    parts = [
-        store.vectors(list(ids[s : s + _IDS_AT_ONCE]))[1] for s in range(0, len(ids), _IDS_AT_ONCE)
-    ]
-    return np.vstack(parts) if parts else np.zeros((0, dim), np.float32)
+    found = store.vectors(ids)[1]
+    return found if len(found) else np.zeros((0, dim), np.float32)
 
 
 def _query_vector(catalog: Catalog, saved: dict[str, Any]) -> np.ndarray | None:
@@ -444,9 +441,7 @@ def detect(
     probabilities = probability(logits)
     hit = probabilities >= threshold
     hit_ids = ids[hit].tolist()
-    tiles: list[TileRecord] = []
-    for start in range(0, len(hit_ids), _IDS_AT_ONCE):
-        tiles += store.tiles(hit_ids[start : start + _IDS_AT_ONCE])
+    tiles = store.tiles(hit_ids)
     found = dict(zip(hit_ids, probabilities[hit].tolist(), strict=True))
     detections = merge_detections(tiles, np.array([found[t.id] for t in tiles], np.float32))
     result = DetectResult(session, threshold, classifier, len(ids), len(hit_ids), detections)

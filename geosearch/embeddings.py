@@ -69,14 +69,18 @@ class Dequantization:
             return f"linear*{self.scale:g}+{self.offset:g}"
         return self.mode
 
-    def apply(self, raw: np.ndarray) -> np.ndarray:
-        """De-quantised float32 values, same shape as ``raw``."""
-        values = np.asarray(raw, dtype=np.float32)
-        if self.mode == ALPHAEARTH:  # the README's ((values / 127.5) ** 2) * np.sign(values)
-            return np.square(values / np.float32(127.5)) * np.sign(values)
-        if self.mode == "linear":
-            return values * np.float32(self.scale) + np.float32(self.offset)
-        return values.copy() if values is raw else values
+    def apply(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """De-quantised float32 values, same shape as ``raw``; in ``out`` if given (a float32
+        array of that shape: computed in place, no array made)."""
+        values = np.empty(raw.shape, np.float32) if out is None else out
+        np.copyto(values, raw, casting="unsafe")  # as np.asarray(raw, np.float32) rounds
+        if self.mode == ALPHAEARTH:  # the README's ((values / 127.5) ** 2) * np.sign(values):
+            np.divide(values, np.float32(127.5), out=values)  # x * |x| rounds as x**2 does
+            np.multiply(values, np.abs(values), out=values)
+        elif self.mode == "linear":
+            np.multiply(values, np.float32(self.scale), out=values)
+            np.add(values, np.float32(self.offset), out=values)
+        return values
 
     def table(self, dtype: np.dtype) -> np.ndarray | None:
         """For 8-bit integers: every raw value's de-quantised value, indexed by the value's

@@ -14,22 +14,32 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from geosearch.bands import build_manifest
-from geosearch.catalog import Catalog, initialise_catalog, open_catalog
+import numpy as np
+
+from geosearch.bands import BandManifest, build_manifest
+from geosearch.catalog import (
+    Catalog,
+    EmbeddedTiles,
+    initialise_catalog,
+    open_catalog,
+    sampling_catalog,
+)
 from geosearch.config import Settings
 from geosearch.engines import DEFAULT_ENGINE
 from geosearch.engines import engine as engine_named
 from geosearch.engines.base import (
     Action,
+    Chunk,
     FilePlan,
     IngestProgress,
     IngestReport,
+    Scheduler,
     SilentProgress,
     Skipped,
 )
 from geosearch.errors import ConfigError, InputError, error_reason
 from geosearch.formats import KINDS, kind_of
-from geosearch.pixels import RawTile
+from geosearch.pixels import RawTile, Window
 from geosearch.products import product_at
 from geosearch.sources import (
     content_hash,
@@ -171,9 +181,16 @@ def _done_or_resume(known: FileRecord) -> Action:
 
 
 def create_catalog(
-    store: Store, settings: Settings, plans: Sequence[FilePlan], progress: IngestProgress
+    store: Store,
+    settings: Settings,
+    plans: Sequence[FilePlan],
+    progress: IngestProgress,
+    scheduler: Scheduler | None = None,
 ) -> tuple[Catalog | None, dict[str, str]]:
     """Make a new database's manifest (from its first readable file) and fusion (from a sample).
+    The sample's features are computed by ``scheduler``'s workers (else in this process) and
+    kept in the catalog for this ingest, which reuses them for those tiles rather than
+    computing them twice (``Catalog.sample_features``).
 
     Returns the catalog (None if no file could be read) and the files found unreadable, each
     with its reason (already reported to ``progress``).
@@ -181,6 +198,7 @@ def create_catalog(
     unreadable: dict[str, str] = {}
     manifest = None
     sample: list[RawTile] = []
+    origins: list[tuple[str, Window]] = []  # each sample tile's file and window
     for plan in spread(plans, FIT_SAMPLE_TILES):
         if len(sample) >= FIT_SAMPLE_TILES:
             break
@@ -191,18 +209,56 @@ def create_catalog(
                 bands = layout.bands_for(source, settings.bands.select, store.path.name)
                 windows = source.windows(settings.tile_size)
                 step = max(1, len(windows) // FIT_SAMPLE_TILES_PER_FILE)
-                tiles = [
-                    source.read(window, bands)
+                read = [
+                    (window, source.read(window, bands))
                     for window in windows[::step][:FIT_SAMPLE_TILES_PER_FILE]
                 ]
             manifest = layout
-            sample += [t for t in tiles if t.worth_indexing(settings.max_nodata_fraction)]
+            for window, tile in read:
+                if tile.worth_indexing(settings.max_nodata_fraction):
+                    sample.append(tile)
+                    origins.append((plan.path, window))
         except InputError as exc:
             unreadable[plan.path] = error_reason(exc, plan.path)
             progress.skipped(plan.path, unreadable[plan.path])
     if manifest is None:
         return None, unreadable
-    return initialise_catalog(store, settings, manifest, sample), unreadable
+    raw = None
+    if scheduler is not None and sample:
+        computed = sample_features(settings, manifest, origins, scheduler)
+        kept = [n for n, origin in enumerate(origins) if origin in computed]
+        sample, origins = [sample[n] for n in kept], [origins[n] for n in kept]
+        raw = np.array([computed[origin] for origin in origins], dtype=np.float32)
+    catalog = initialise_catalog(store, settings, manifest, sample, origins, raw)
+    return catalog, unreadable
+
+
+def sample_features(
+    settings: Settings,
+    manifest: BandManifest,
+    origins: Sequence[tuple[str, Window]],
+    scheduler: Scheduler,
+) -> dict[tuple[str, Window], np.ndarray]:
+    """The raw features of the creation sample's tiles at ``origins`` (file, window), computed
+    by ``scheduler``'s workers as they compute every tile's (in this process, on one process's
+    threads, the CNN ran 2-3x slower on a busy machine); a tile whose file failed there has
+    none."""
+    windows: dict[str, list[Window]] = {}
+    for path, window in origins:
+        windows.setdefault(path, []).append(window)
+    size = settings.batch_size
+    chunks = (
+        Chunk(FilePlan(path, -1, -1, "new"), part[start : start + size], True, True, 1.0)
+        for path, part in windows.items()
+        for start in range(0, len(part), size)
+    )
+    found = {}
+    sampling = sampling_catalog(settings, manifest)
+    for chunk, result in scheduler.run(sampling, chunks, settings.bands.select):
+        if isinstance(result, EmbeddedTiles):
+            for record, features in zip(result.records, result.raw, strict=True):
+                found[(chunk.plan.path, record.window)] = features
+    return found
 
 
 def spread(plans: Sequence[FilePlan], most: int) -> list[FilePlan]:
@@ -279,7 +335,8 @@ def ingest(
         catalog = open_catalog(store, settings)
         unreadable: dict[str, str] = {}
         if catalog is None:
-            catalog, unreadable = create_catalog(store, settings, plans, progress)
+            scheduler = chosen.scheduler(settings, master)
+            catalog, unreadable = create_catalog(store, settings, plans, progress, scheduler)
             report.skipped += [Skipped(path, reason) for path, reason in unreadable.items()]
         progress.begin(len(plans))
         if catalog is None:

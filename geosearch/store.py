@@ -58,6 +58,7 @@ SCHEMA_VERSION = 1
 TILES = "tiles"
 DAMAGE_LINES = 20  # problems ``check`` lists of a damaged SQLite file
 FULL_DISK_BYTES = 256 << 10  # a failed open with less free space than this: a full disk
+IDS_PER_STATEMENT = 16_384  # SQLite binds at most 32,766 parameters a statement by default
 WGS84_SRS_ID = 4326
 _TIMESTAMPS = (("files", "ingested_at"), ("feedback_sessions", "created"),
                ("feedback_marks", "marked_at"))  # fmt: skip
@@ -336,10 +337,15 @@ class Store:
         )
 
     def meta(self, key: str, default: Any = None) -> Any:
+        text = self.meta_text(key)
+        return json.loads(text) if text is not None else default
+
+    def meta_text(self, key: str) -> str | None:
+        """A metadata value as stored (JSON text), or None."""
         row = self._connection.execute(
             "SELECT value FROM geosearch_meta WHERE key = ?", (key,)
         ).fetchone()
-        return json.loads(row[0]) if row else default
+        return row[0] if row else None
 
     def set_meta(self, values: dict[str, Any]) -> None:
         with self.transaction() as db:
@@ -753,14 +759,14 @@ class Store:
         )
 
     def tiles(self, ids: Sequence[int]) -> list[TileRecord]:
-        """Tiles by id, in the order asked (missing ids are left out)."""
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = self._connection.execute(
-            f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN ({marks})", list(ids)
-        )
-        by_id = {tile.id: tile for tile in self._tiles(rows.fetchall())}
+        """Tiles by id, in the order asked (missing ids are left out); any number of ids."""
+        by_id: dict[int, TileRecord] = {}
+        for chunk in _id_chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._connection.execute(
+                f"SELECT {self._tile_columns} FROM {TILES} WHERE id IN ({marks})", chunk
+            )
+            by_id.update((tile.id, tile) for tile in self._tiles(rows.fetchall()))
         return [by_id[i] for i in ids if i in by_id]
 
     def tiles_of_file(self, path: str) -> list[TileRecord]:
@@ -809,8 +815,7 @@ class Store:
     def paths_of(self, ids: Sequence[int]) -> list[str]:
         """The files (sorted) that the given tiles come from."""
         paths: set[str] = set()
-        for start in range(0, len(ids), 10_000):
-            chunk = list(ids[start : start + 10_000])
+        for chunk in _id_chunks(ids):
             marks = ",".join("?" * len(chunk))
             rows = self._connection.execute(
                 f"SELECT DISTINCT path FROM {TILES} WHERE id IN ({marks})", chunk
@@ -825,10 +830,12 @@ class Store:
         if column not in ("vector", "features"):
             raise ValueError(column)
         if ids is not None:
-            marks = ",".join("?" * len(ids))
-            rows = self._connection.execute(
-                f"SELECT id, {column} FROM {TILES} WHERE id IN ({marks}) ORDER BY id", list(ids)
-            ).fetchall()
+            rows = []
+            for chunk in _id_chunks(sorted(ids)):
+                marks = ",".join("?" * len(chunk))
+                rows += self._connection.execute(
+                    f"SELECT id, {column} FROM {TILES} WHERE id IN ({marks}) ORDER BY id", chunk
+                ).fetchall()
         else:
             rows = self._connection.execute(
                 f"SELECT id, {column} FROM {TILES} WHERE id > ? ORDER BY id", (after_id,)
@@ -881,3 +888,9 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "permission denied"
     return exc.strerror or str(exc)
+
+
+def _id_chunks(ids: Sequence[int]) -> Iterator[list[int]]:
+    """``ids`` as lists of at most ``IDS_PER_STATEMENT``: what one SQL statement can bind."""
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield [int(i) for i in ids[start : start + IDS_PER_STATEMENT]]

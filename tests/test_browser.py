@@ -263,6 +263,9 @@ DETECTIONS_LOADED = """() => { const tiles = [...document.querySelectorAll("%s")
 """.replace("%s", DETECTION_TILES)
 
 
+CHANGES_LOADED = DETECTIONS_LOADED.replace("/detections/", "api/changes/")
+
+
 def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
     page, naip_db, tmp_path
 ):
@@ -276,16 +279,39 @@ def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
         page.locator("path.tile-footprint").last.click()
         results = page.locator("#results li")
         expect(results).to_have_count(5)
+        query_card = page.locator("#query strong").text_content()
         results.first.locator("button.good").click()
         expect(page.locator("#marks")).to_contain_text("marked 1 good")
         page.locator("#results li").last.locator("button.bad").click()
         expect(page.locator("#marks")).to_contain_text("marked 1 good, 1 bad")
         expect(page.locator("#detect-box")).to_be_visible()
+        expect(page.locator("path.mark-outline")).to_have_count(2)
+
+        # a box dragged inside one place's footprint marks its tiles (every date) bad
+        place = page.locator("path.tile-footprint").first.bounding_box()
+        page.locator("#box-bad").click()
+        expect(page.locator("#box-bad")).to_have_class("armed")
+        x, y, w, h = place["x"], place["y"], place["width"], place["height"]
+        page.mouse.move(x + 0.3 * w, y + 0.3 * h)
+        page.mouse.down()
+        page.mouse.move(x + 0.7 * w, y + 0.7 * h, steps=5)
+        page.mouse.up()
+        expect(page.locator("#status")).to_contain_text("tiles in the box marked bad")
+        boxed = int(page.locator("#status").text_content().split()[0])
+        session = page.locator("#marks a").text_content()
+        saved = {m["tile_id"]: m["label"] for m in session_marks(db, session)["marks"]}
+        assert boxed >= 1 and len(saved) >= 2 and sum(v < 0 for v in saved.values()) >= boxed
+        expect(page.locator("path.mark-outline")).to_have_count(len(saved))
+        expect(page.locator("path.mark-outline.bad")).to_have_count(
+            sum(v < 0 for v in saved.values())
+        )
+        expect(page.locator("#box-bad")).not_to_have_class("armed")
+        assert page.locator("#query strong").text_content() == query_card  # the box did not search
 
         page.locator("#detect").click()
         expect(page.locator("#detect-summary")).to_contain_text("20 tiles scored", timeout=30000)
         review = page.locator("#review li")
-        expect(review).to_have_count(10)  # of the 18 unmarked tiles
+        expect(review).to_have_count(min(10, 20 - len(saved)))
         for image in page.locator("#review li img").all():
             expect(image).to_have_js_property("complete", True)
         page.wait_for_function(DETECTIONS_LOADED)
@@ -299,7 +325,23 @@ def test_mark_then_detect_draws_the_detections_lists_review_tiles_and_downloads(
 
         reviewed = int(review.first.get_attribute("data-id"))
         review.first.locator("button.good").click()  # a review tile marked: saved
-        expect(page.locator("#marks")).to_contain_text("marked 2 good, 1 bad")
-        session = page.locator("#marks a").text_content()
+        good = sum(v > 0 for v in saved.values()) + 1
+        bad = sum(v < 0 for v in saved.values())
+        expect(page.locator("#marks")).to_contain_text(f"marked {good} good, {bad} bad")
+
+        # the Changes panel: the layer drawn by the server, a click on the map shows a pair
+        page.locator("#change-from").fill("2009")
+        page.locator("#change-to").fill("2015")
+        page.locator("#change-go").click()
+        expect(page.locator("#results li.change-item")).to_have_count(4, timeout=60000)
+        page.wait_for_function(CHANGES_LOADED)
+        place = page.locator("path.tile-footprint").first.bounding_box()
+        page.mouse.click(place["x"] + place["width"] / 2, place["y"] + place["height"] / 2)
+        expect(page.locator(".change-pair img")).to_have_count(2)
+        expect(page.locator("path.change-selected")).to_have_count(1)
+        for image in page.locator(".change-pair img").all():
+            expect(image).to_have_js_property("complete", True)
+        captions = page.locator(".change-pair figcaption").all_text_contents()
+        assert captions[0].startswith("2009-08-18") and captions[1].startswith("2015-09-26")
     marks = {m["tile_id"]: m["label"] for m in session_marks(db, session)["marks"]}
-    assert marks[reviewed] == 1 and len(marks) == 3
+    assert marks[reviewed] == 1 and len(marks) == len(saved) + 1

@@ -246,3 +246,75 @@ def test_map_page_changes_panel_shows_before_and_after(naip_years: Path, tmp_pat
         page.screenshot(path=str(tmp_path / "changes-panel.png"))
         chromium.close()
         assert not problems, problems
+
+
+def test_spark_gives_the_local_ranking(naip_years: Path) -> None:
+    """``--engine spark`` (local[2]): places paired and their vectors scored on executors, the
+    same places in the same order with the same change and flags as the local run."""
+    pytest.importorskip("pyspark", reason="the spark extra is installed by make test")
+    import os
+
+    import geosearch
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    runs = [geosearch.changes(naip_years, "2015", "2017", top=36, engine=engine,
+                              master="local[2]") for engine in ("local", "spark")]  # fmt: skip
+    local, spark = runs
+    from pyspark.sql import SparkSession
+
+    tracker = SparkSession.getActiveSession().sparkContext.statusTracker()
+    assert len(tracker.getJobIdsForGroup()) >= 2  # the pairing and the scoring ran as jobs
+    assert spark.pairs == local.pairs == 36 and spark.significant == local.significant
+    assert [pair.before.id for pair in spark.all_pairs] == [p.before.id for p in local.all_pairs]
+    np.testing.assert_allclose(spark.scores, local.scores, atol=1e-6)
+    assert [(p.pair.before.id, p.pair.after.id, p.significant) for p in spark.places] == [
+        (p.pair.before.id, p.pair.after.id, p.significant) for p in local.places
+    ]
+    np.testing.assert_allclose([p.change for p in spark.places],
+                               [p.change for p in local.places], atol=1e-6)  # fmt: skip
+
+
+def test_pixel_change_map_windows_meet_odd_edges_and_split_rasters(tmp_path: Path) -> None:
+    """A 197 x 300 px year against the next year cut into two overlapping files, in windows of
+    64 px (neither side a multiple; windows straddle both files): every pixel is (1 - cos) / 2
+    of its two de-quantised vectors as numpy computes it on the whole raster, NoData where a
+    year has none (an AlphaEarth -128 in any band)."""
+    import rasterio.warp
+    from rasterio.transform import from_origin
+
+    import geosearch
+    from geosearch.request import SearchFilters
+
+    height, width = 197, 300
+    labels = np.random.default_rng(1).integers(0, 4, (4, 5))
+    earlier = alphaearth_quantize(planted_embeddings(labels, TILE, 64, seed=3))[:, :height, :width]
+    later = earlier.copy()
+    other = alphaearth_quantize(planted_embeddings(labels, TILE, 64, seed=8))
+    later[:, 100:160, 100:200] = other[:, 100:160, 100:200]
+    earlier[:, 10:20, 290:] = -128  # no vector in 2019
+    later[5, 100:103, 40:45] = -128  # one band's NoData: no vector in 2020
+    data = tmp_path / "data"
+    write_alphaearth(data / "aef_2019.tif", earlier)
+    write_alphaearth(data / "aef_2020_west.tif", np.ascontiguousarray(later[:, :, :180]))
+    write_alphaearth(data / "aef_2020_east.tif", np.ascontiguousarray(later[:, :, 150:]),
+                     transform=from_origin(500000 + 150 * 10, 5200000, 10, 10))  # fmt: skip
+    db = tmp_path / "aef.gpkg"
+    settings = Settings(tile_size=TILE).with_overrides({"maps.window": 64, "maps.threads": 2})
+    geosearch.ingest([data], db, settings)
+    with rasterio.open(data / "aef_2019.tif") as src:
+        bbox = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    filters = SearchFilters(bbox=bbox)
+    result = geosearch.changes(db, "2019", "2020", filters=filters, pixel_map=True,
+                               settings=settings)  # fmt: skip
+    geosearch.write_changes(result, db, tmp_path / "out", pixels_map=tmp_path / "pixels.tif",
+                            filters=filters, settings=settings)  # fmt: skip
+    with rasterio.open(tmp_path / "pixels.tif") as dataset:
+        assert (dataset.height, dataset.width) == (height, width)
+        values = dataset.read(1, masked=True)
+    a, b = (np.sign(v) * (v / 127.5) ** 2 for v in (earlier.astype(np.float64), later))
+    cosines = (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    none = (earlier == -128).any(0) | (later == -128).any(0)
+    np.testing.assert_array_equal(values.mask, none)
+    assert none.sum() == 10 * 10 + 3 * 5
+    np.testing.assert_allclose(values.filled(0)[~none], ((1 - cosines) / 2)[~none], atol=2e-6)
+    assert values[100:160, 100:200].min() > 0.2 and values[:100].max() < 1e-3

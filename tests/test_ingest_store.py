@@ -39,6 +39,20 @@ def test_vectors_round_trip_bit_exactly_through_gdal(naip_db):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
 
 
+def test_tiles_and_vectors_by_more_ids_than_sqlite_binds_at_once(naip_db):
+    """A period, a detection or a page layer can ask for 100k+ tiles by id: more than the
+    parameters SQLite binds in one statement (32,766 by default; 250,000 in Debian's build)."""
+    with Store(naip_db) as store:
+        all_ids, all_vectors = store.vectors()
+        asked = [*range(130_000, 0, -1), *range(130_001, 260_000)]  # stored ids and absent ones
+        tiles = store.tiles(asked)
+        ids, vectors = store.vectors(asked)
+        paths = store.paths_of(asked)
+    assert [t.id for t in tiles] == sorted(all_ids.tolist(), reverse=True)  # in the order asked
+    assert np.array_equal(ids, all_ids) and np.array_equal(vectors, all_vectors)
+    assert paths == sorted({t.path for t in tiles})
+
+
 def test_footprints_lie_where_the_naip_scene_is(naip_db):
     frame = pyogrio.read_dataframe(naip_db, layer="tiles")
     # m_4709963_se: North Dakota, about 99.15 W, 47.02 N; 256 px at 5 m = 1.28 km

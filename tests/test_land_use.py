@@ -7,13 +7,19 @@ benchmark's figures so that only a real loss fails them.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 import geosearch
+from geosearch.config import Settings
+from geosearch.engines.base import SilentProgress
+from geosearch.ingest import create_catalog, plan_files
+from geosearch.store import Store
 from tests.conftest import EUROSAT_CLASSES as CLASSES
 from tests.conftest import EUROSAT_PER_CLASS as PER_CLASS
+from tests.conftest import shared
 
 QUERIES_PER_CLASS = 4
 # bench/quality.py --only semantic, ten classes: P@10 0.85; a majority of 10 is 6
@@ -70,3 +76,26 @@ def test_twenty_marks_find_more_of_the_class_over_the_whole_database(eurosat_db)
     print(f"AP of {name} over the unmarked pictures: {before:.3f} -> {after:.3f} (20 marks)")
     assert len(marked) == 20
     assert after > before + 0.02
+
+
+def test_the_creation_sample_is_embedded_once_with_the_vectors_computed_afresh(tmp_path):
+    """A new plain database's creation sample is its pictures themselves: ingest reuses the
+    sample's features for them, and gets the vectors it would compute anew."""
+    pictures = [
+        path for name in CLASSES for path in sorted(shared("eurosat", name).glob("*.jpg"))[:2]
+    ]
+    settings = Settings().with_overrides({"workers": 1})
+    with Store(tmp_path / "db.gpkg", create=True) as store:
+        plans = plan_files([str(path) for path in pictures], store)
+        catalog, unreadable = create_catalog(store, settings, plans, SilentProgress())
+        assert catalog is not None and not unreadable
+        afresh = replace(catalog, sample_features=None)
+        for path in map(str, pictures):
+            reused, computed = catalog.embed(path), afresh.embed(path)
+            [window] = [record.window for record in reused.records]
+            _, [tile], _ = catalog.read(path)
+            assert catalog.sample_features.get(path, window, tile) is not None
+            assert np.array_equal(reused.raw, computed.raw)
+            assert np.array_equal(reused.vectors, computed.vectors)
+        tile.pixels[0, 0, 0] ^= 1  # other pixels at the same place: computed, not reused
+        assert catalog.sample_features.get(path, window, tile) is None

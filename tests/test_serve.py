@@ -587,6 +587,48 @@ def test_sessions_by_place_and_their_errors(feedback):
     assert feedback.get("/api/sessions/nope/marks.geojson").status_code == 404
 
 
+BOX_MARKS = "/api/sessions/web-box/marks/box"
+
+
+def test_a_box_marks_exactly_the_tiles_whose_footprint_meets_it(feedback, read_only):
+    import shapely
+    from shapely.geometry import shape
+
+    features = feedback.get("/api/tiles", params={"limit": 5000}).json()["features"]
+    footprints = {f["id"]: shape(f["geometry"]) for f in features}
+    west, south, east, north = footprints[1].bounds
+    # a box from inside tile 1 to just past its east edge: tile 1's place and its neighbour's
+    box = [west + 0.3 * (east - west), south + 0.4 * (north - south),
+           east + 0.1 * (east - west), south + 0.6 * (north - south)]  # fmt: skip
+    expected = sorted(t for t, f in footprints.items() if f.intersects(shapely.box(*box)))
+    assert 5 < len(expected) < 20  # several dates of two places, not the whole database
+    made = feedback.post("/api/sessions", json={"tile": 1, "top": 4, "name": "web-box"})
+    assert made.status_code == 201, made.text
+    answer = feedback.post(BOX_MARKS, json={"bbox": box, "label": "bad"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["marked"] == expected and body["feedback"]["bad"] == expected
+    assert set(expected).isdisjoint(result_ids(body))  # marked tiles are not shown again
+    saved = feedback.get("/api/sessions/web-box").json()["marks"]
+    assert sorted(m["tile_id"] for m in saved if m["label"] == -1) == expected
+
+    service = feedback.app.state.service
+    service.max_box_tiles = 4
+    try:
+        everything = [-180, -85, 180, 85]
+        over = feedback.post(BOX_MARKS, json={"bbox": everything, "label": "good"})
+    finally:
+        service.max_box_tiles = 1000
+    assert over.status_code == 400
+    assert over.json()["error"].endswith("one box marks at most 4: draw a smaller box (zoom in)")
+    assert len(feedback.get("/api/sessions/web-box").json()["marks"]) == len(expected)
+    for bad_box, status in (([1, 1, 0, 0], 422), ([0.0, 0.0, 0.001, 0.001], 400)):
+        wrong = feedback.post(BOX_MARKS, json={"bbox": bad_box, "label": "good"})
+        assert wrong.status_code == status, wrong.text
+    refused = read_only.post(BOX_MARKS, json={"bbox": box, "label": "bad"})
+    assert refused.status_code == 403
+
+
 def test_writes_from_other_origins_are_refused(feedback):
     answer = feedback.post(
         "/api/sessions", json={"tile": 1}, headers={"Origin": "http://evil.invalid"}
@@ -594,6 +636,90 @@ def test_writes_from_other_origins_are_refused(feedback):
     assert answer.status_code == 403 and "cross-origin" in answer.json()["error"]
     same = feedback.post("/api/sessions", json={"tile": 1}, headers={"Origin": "http://testserver"})
     assert same.status_code == 201
+
+
+# -- what changed ------------------------------------------------------------------------
+
+CHANGE_TILE = 64
+PLANTED_PLACES = {(64, 64), (128, 192)}  # (row, col) of the tiles replaced in 2016
+
+
+@pytest.fixture(scope="module")
+def two_years(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    """A 256 px crop of NAIP 2015 (16 tiles of 64 px) and its copy dated 2016 with two tiles
+    replaced by other ground from the same scene."""
+    import rasterio
+
+    folder = tmp_path_factory.mktemp("serve-changes")
+    with rasterio.open(shared("naip", "m_4709963_se_14_1_20150926.tif")) as src:
+        whole = src.read()
+        profile = src.profile | {"width": 256, "height": 256, "tiled": False}
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    image = whole[:, :256, :256]
+    planted = image.copy()
+    for (row, col), (top, left) in zip(
+        sorted(PLANTED_PLACES), ((600, 700), (40, 800)), strict=True
+    ):
+        planted[:, row : row + 64, col : col + 64] = whole[:, top : top + 64, left : left + 64]
+    for year, data in ((2015, image), (2016, planted)):
+        with rasterio.open(folder / f"naip_{year}0926.tif", "w", **profile) as dst:
+            dst.write(data)
+    db = folder / "two_years.gpkg"
+    assert geosearch.ingest([folder], db, Settings(tile_size=CHANGE_TILE)).tiles_added == 32
+    return TestClient(create_app(db, Settings()))
+
+
+def map_pixel(lon: float, lat: float, z: int) -> tuple[int, int, int, int]:
+    """(x, y) of the XYZ map tile holding lon/lat at zoom z, and the pixel's column and row."""
+    scale = 2**z * 256
+    across = (lon + 180) / 360 * scale
+    down = (1 - np.log(np.tan(np.radians(lat)) + 1 / np.cos(np.radians(lat))) / np.pi) / 2 * scale
+    return int(across // 256), int(down // 256), int(across % 256), int(down % 256)
+
+
+def test_changes_layer_is_drawn_by_the_server_where_places_are_significant(two_years):
+    from shapely.geometry import shape
+
+    from geosearch.coverage import CHANGES_COLOUR
+
+    answer = two_years.get("/api/changes", params={"from": "2015", "to": "2016", "top": 16})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["pairs"] == 16 and len(body["features"]) == 16
+    flagged = {(f["properties"]["window"][0], f["properties"]["window"][1])
+               for f in body["features"] if f["properties"]["significant"]}  # fmt: skip
+    assert flagged == PLANTED_PLACES and body["significant"] == 2
+    assert body["layer"].startswith("api/changes/{z}/{x}/{y}.png?from=2015&to=2016")
+
+    def layer_pixel(lon: float, lat: float, z: int) -> np.ndarray:
+        x, y, column, row = map_pixel(lon, lat, z)
+        png = two_years.get("/" + body["layer"].format(z=z, x=x, y=y))
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        return np.asarray(Image.open(io.BytesIO(png.content)).convert("RGBA"))[row, column]
+
+    for feature in body["features"]:
+        west, south, east, north = shape(feature["geometry"]).bounds
+        centre = ((west + east) / 2, (south + north) / 2)
+        if not feature["properties"]["significant"]:
+            assert layer_pixel(*centre, 16)[3] == 0  # (at z 10 a neighbour may share its pixel)
+            continue
+        # a place is a pixel zoomed out, its whole box zoomed in (a tile is ~200 px at z 16)
+        near_corners = [(west + 0.02 * (east - west), south + 0.02 * (north - south)),
+                        (east - 0.02 * (east - west), north - 0.02 * (north - south))]  # fmt: skip
+        for lon, lat, z in [(*centre, 10), (*centre, 16)] + [(*c, 16) for c in near_corners]:
+            pixel = layer_pixel(lon, lat, z)
+            assert pixel[3] > 0 and tuple(pixel[:3]) == CHANGES_COLOUR
+
+    # a click on a significant place's ground: that place, with its before | after previews
+    first = next(f for f in body["features"] if f["properties"]["significant"])
+    inside = shape(first["geometry"]).representative_point()
+    place = two_years.get(f"/{body['place']}&lon={inside.x}&lat={inside.y}")
+    assert place.status_code == 200, place.text
+    [found] = place.json()["features"]
+    assert found["properties"] == first["properties"]
+    assert two_years.get(found["properties"]["after_preview"]).content[:4] == b"\x89PNG"
+    nowhere = two_years.get(f"/{body['place']}&lon=10&lat=10")
+    assert nowhere.status_code == 200 and nowhere.json()["features"] == []
 
 
 # -- new tiles while serving --------------------------------------------------------------

@@ -23,7 +23,7 @@ from geosearch.errors import ConfigError
 if TYPE_CHECKING:
     from geosearch.catalog import Catalog
     from geosearch.config import Settings
-    from geosearch.engines.base import FilePlan, IngestProgress, IngestReport
+    from geosearch.engines.base import FilePlan, IngestProgress, IngestReport, Scheduler
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,14 @@ class Engine:
         """Ingest ``plans`` into ``catalog`` on this engine (``master``: where, if it asks)."""
         from geosearch.engines.base import ingest_chunks  # numpy, the store: only when it runs
 
-        scheduler = importlib.import_module(self.module).scheduler(settings, master)
+        scheduler = self.scheduler(settings, master)
         report.engine = scheduler.label
         ingest_chunks(catalog, plans, settings, bands, report, progress, scheduler)
         report.remote_chunks = scheduler.remote_chunks
+
+    def scheduler(self, settings: Settings, master: str | None = None) -> Scheduler:
+        """This engine's scheduler of chunks (``engines.base.Scheduler``)."""
+        return importlib.import_module(self.module).scheduler(settings, master)
 
 
 ENGINES = {

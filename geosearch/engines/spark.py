@@ -10,6 +10,11 @@ Batch search: the database's vectors are written as a Parquet dataset of shards;
 build an exact FAISS index per shard and search a broadcast block of query vectors; the
 driver merges the per-shard top-k. Queries the database holds use their stored vectors; new
 query files are embedded on the executors.
+
+Scores of rows (``spark_row_scores``): the same Parquet shards, each row scored by a broadcast
+function (``detect``: a linear classifier's log-odds; ``changes``: a pair's two vectors side by
+side). ``changes`` also pairs places on Spark (``spark_latest_pairs``: the latest tile per place
+and period, the two periods joined).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,27 +179,77 @@ def spark_linear_scores(
     """(ids, vectors . weights + bias) of every vector of ``batches`` (each (ids, vectors), as
     ``Store.vector_batches`` streams them), computed on Spark executors shard by shard (a linear
     classifier's log-odds: ``detect --engine spark``). Ids in the order streamed."""
+    linear = partial(_linear, np.asarray(weights, np.float32), np.float32(bias))
+    return spark_row_scores(session, batches, len(weights), linear, partitions)
+
+
+def _linear(weights: np.ndarray, bias: np.float32, matrix: np.ndarray) -> np.ndarray:
+    return matrix @ weights + bias
+
+
+def spark_row_scores(
+    session: Any,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    dim: int,
+    score: Callable[[np.ndarray], np.ndarray],
+    partitions: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, ``score(rows)``) of every row of ``batches`` (each (ids, (n, ``dim``) rows)),
+    computed on Spark executors shard by shard (``score``: a module-level function or a
+    ``partial`` of one, broadcast to them). Ids in the order streamed."""
     context = session.sparkContext
-    dim = len(weights)
     with tempfile.TemporaryDirectory(prefix="geosearch-shards-") as folder:
         shard_paths = _write_shards(Path(folder), batches)
         if not shard_paths:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        shared = context.broadcast((np.asarray(weights, np.float32), np.float32(bias)))
+        shared = context.broadcast(score)
 
         def score_shard(paths: Iterator[str], shared: Any = shared) -> Iterator[tuple]:
             import pyarrow.parquet as parquet
 
-            w, b = shared.value
             for shard in paths:
                 shard_ids, matrix = _read_shard(parquet.read_table(shard), dim)
-                yield shard_ids, matrix @ w + b
+                yield shard_ids, shared.value(matrix)
 
         count = partitions or len(shard_paths)
         scored = context.parallelize(shard_paths, count).mapPartitions(score_shard)
         parts = list(_ordered_results(context, scored))
         shared.unpersist()
     return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
+
+
+def spark_latest_pairs(
+    session: Any, rows: Sequence[tuple[int, int, str, str]]
+) -> list[tuple[int | None, int | None, int, int]]:
+    """Places seen from two sides, paired on Spark executors. ``rows``: (id, side 0 or 1,
+    place, order). Per side and place the row of highest (order, id) is taken, and counted;
+    the two sides are joined on the place (a full outer join: a place one side holds alone
+    comes back with None on the other). Rows (id 0, id 1, count 0, count 1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    ids, sides, places, orders = zip(*rows, strict=True) if rows else ([], [], [], [])
+    table = pa.table({
+        "id": pa.array(ids, pa.int64()), "side": pa.array(sides, pa.int8()),
+        "place": pa.array(places, pa.string()), "order": pa.array(orders, pa.string()),
+    })  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="geosearch-places-") as folder:
+        pq.write_table(table, str(Path(folder) / "places.parquet"))
+        chosen = (
+            session.read.parquet(folder)
+            .groupBy("side", "place")
+            .agg(F.max(F.struct("order", "id")).alias("best"), F.count("*").alias("count"))
+        )
+        side = [
+            chosen.where(F.col("side") == n).select(
+                "place", F.col("best.id").alias(f"id{n}"), F.col("count").alias(f"count{n}")
+            )
+            for n in (0, 1)
+        ]
+        joined = side[0].join(side[1], "place", "full_outer").drop("place").toArrow()
+    columns = [joined.column(name).to_pylist() for name in ("id0", "id1", "count0", "count1")]
+    return [(a, b, na or 0, nb or 0) for a, b, na, nb in zip(*columns, strict=True)]
 
 
 def _write_shards(folder: Path, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> list[str]:

@@ -115,12 +115,18 @@ class Projection:
         counts more (Radenović et al.'s learned whitening, with the copies as matching pairs:
         bench/README.md "Kinds of places"). Blocks that a turn does not change (band
         statistics) are left out of it: whitened, they would be amplified without bound."""
+        from threadpoolctl import threadpool_limits
+
         sample = np.asarray(fused, dtype=np.float64)
         mean = sample.mean(axis=0)
-        whiten = np.eye(sample.shape[1])
-        if copies is not None and learned.stop > learned.start:
-            whiten = _copy_whitening(*copies, learned)
-        _, singular, directions = np.linalg.svd((sample - mean) @ whiten, full_matrices=False)
+        # One BLAS thread: on a busy machine OpenBLAS's threads spin against each other, and
+        # the SVD of 1,000 x 1,069 took 4-12 s instead of 0.7 (bench/README.md "Ingest")
+        with threadpool_limits(1):
+            whiten = np.eye(sample.shape[1])
+            if copies is not None and learned.stop > learned.start:
+                whiten = _copy_whitening(*copies, learned)
+            centred = (sample - mean) @ whiten
+            _, singular, directions = np.linalg.svd(centred, full_matrices=False)
         variance = singular[:dims] ** 2 / len(sample)
         matrix = directions[:dims].T / np.maximum(variance + variance.mean(), _EPSILON) ** whitening
         return cls(mean.astype(np.float32), (whiten @ matrix).astype(np.float32))
@@ -345,9 +351,12 @@ def _packed(values: np.ndarray) -> dict[str, Any]:
 def _unpacked(stored: dict[str, Any] | list) -> np.ndarray:
     """``_packed``'s array back (a plain list in databases made before)."""
     if isinstance(stored, list):
-        return np.asarray(stored, dtype=np.float32)
-    values = np.frombuffer(base64.b64decode(stored["float32"]), dtype="<f4")
-    return values.reshape(stored["shape"]).astype(np.float32)
+        values = np.array(stored, dtype=np.float32)
+    else:
+        values = np.frombuffer(base64.b64decode(stored["float32"]), dtype="<f4")
+        values = values.reshape(stored["shape"]).astype(np.float32)
+    values.flags.writeable = False  # a decoded fusion is shared by the catalogs that open it
+    return values
 
 
 def prepare_batch(

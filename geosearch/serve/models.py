@@ -115,6 +115,32 @@ class MarkRequest(BaseModel):
     top: int | None = Field(None, ge=1, le=MAX_TOP)
 
 
+class BoxMarkRequest(BaseModel):
+    """Every tile whose footprint meets a lon/lat box, marked good or bad in a session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bbox: tuple[float, float, float, float] = Field(
+        description="[west, south, east, north] in lon/lat degrees (WGS84)"
+    )
+    label: Literal["good", "bad"]
+    top: int | None = Field(None, ge=1, le=MAX_TOP)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BoxMarkRequest:
+        west, south, east, north = self.bbox
+        if not (-180 <= west <= east <= 180 and -90 <= south <= north <= 90):
+            given = list(self.bbox)
+            raise ValueError(f"expected [west, south, east, north] in lon/lat, got {given}")
+        return self
+
+
+class BoxMarkCollection(SimilarCollection):
+    """The search again after a box was marked, and the tiles the box marked."""
+
+    marked: list[int] = Field(description="ids of the tiles the box marked")
+
+
 class DetectRequest(BaseModel):
     """``geosearch detect`` on a session: how many tiles to review, and the threshold."""
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException
 
-from geosearch.changes import change_collection
+from geosearch.changes import ChangeResult, change_collection
 from geosearch.config import Settings
 from geosearch.detection import GEOJSON_NAME, GPKG_NAME
 from geosearch.errors import ConfigError
@@ -24,6 +25,8 @@ from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult
 from geosearch.serve.models import (
     MAX_TOP,
+    BoxMarkCollection,
+    BoxMarkRequest,
     DetectRequest,
     ErrorBody,
     Feature,
@@ -64,6 +67,20 @@ def _require_feedback(request: Request) -> None:
 
 
 Service = Annotated[SearchService, Depends(_service)]
+
+
+def map_tile(
+    z: Annotated[int, PathParam(ge=0, le=22)],
+    x: Annotated[int, PathParam(ge=0)],
+    y: Annotated[int, PathParam(ge=0)],
+) -> tuple[int, int, int]:
+    """An XYZ map tile's address (z, x, y); 404 off the map."""
+    if x >= 2**z or y >= 2**z:
+        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
+    return z, x, y
+
+
+MapTile = Annotated[tuple[int, int, int], Depends(map_tile)]
 
 
 def search_options(
@@ -166,20 +183,16 @@ def tiles(
 )
 def coverage_tile(
     service: Service,
-    z: Annotated[int, PathParam(ge=0, le=22)],
-    x: Annotated[int, PathParam(ge=0)],
-    y: Annotated[int, PathParam(ge=0)],
+    tile: MapTile,
 ) -> Response:
     """Where the database has tiles, as an XYZ map tile (Web Mercator, 256 px): each pixel
     coloured by how many tiles have their centre there. The page's first view at any size."""
-    return _map_tile(z, x, y, service.coverage_tile)
+    return _map_tile(tile, service.coverage_tile)
 
 
-def _map_tile(z: int, x: int, y: int, render: Callable[[int, int, int], bytes]) -> Response:
-    """A layer's XYZ map tile as PNG (cached by browsers like previews); 404 off the map."""
-    if x >= 2**z or y >= 2**z:
-        raise HTTPException(404, f"no map tile {z}/{x}/{y}")
-    png = render(z, x, y)
+def _map_tile(tile: tuple[int, int, int], render: Callable[[int, int, int], bytes]) -> Response:
+    """A layer's XYZ map tile as PNG (cached by browsers like previews)."""
+    png = render(*tile)
     return Response(png, headers={"Cache-Control": PREVIEW_CACHE_CONTROL}, media_type="image/png")
 
 
@@ -264,10 +277,22 @@ def similar_to_upload(
 # -- what changed ---------------------------------------------------------------------------
 
 
-@router.get("/api/changes", responses=_ERRORS, tags=["search"])
-def changes(
-    request: Request,
-    service: Service,
+@dataclass(frozen=True)
+class ChangePeriods:
+    """The two periods compared and the box (what names a run of ``changes``)."""
+
+    date_from: str
+    date_to: str
+    bbox: tuple[float, float, float, float] | None
+
+    def query(self) -> str:
+        asked = {"from": self.date_from, "to": self.date_to}
+        if self.bbox is not None:
+            asked["bbox"] = ",".join(str(v) for v in self.bbox)
+        return urlencode(asked)
+
+
+def change_periods(
     date_from: Annotated[
         str, Query(alias="from", description="earlier period: YYYY, YYYY-MM or YYYY-MM-DD")
     ],
@@ -275,17 +300,75 @@ def changes(
         str, Query(alias="to", description="later period: YYYY, YYYY-MM or YYYY-MM-DD")
     ],
     bbox: Annotated[str | None, Query(description="minx,miny,maxx,maxy (lon/lat)")] = None,
+) -> ChangePeriods:
+    return ChangePeriods(date_from, date_to, parse_bbox(bbox))
+
+
+Periods = Annotated[ChangePeriods, Depends(change_periods)]
+
+
+@router.get("/api/changes", responses=_ERRORS, tags=["search"])
+def changes(
+    request: Request,
+    service: Service,
+    periods: Periods,
     top: Annotated[int, Query(ge=1, le=MAX_TOP)] = 20,
 ) -> dict[str, Any]:
     """The ``top`` places whose picture changed most between two periods, as GeoJSON: each
-    place's footprint with its change, significance, and before/after tiles' preview URLs."""
-    result = service.changes(date_from, date_to, parse_bbox(bbox), top)
+    place's footprint with its change, significance, and before/after tiles' preview URLs.
+    ``layer``: the URL template of the map layer of every significant place; ``place``: the
+    URL that finds the place at a point (add ``&lon=..&lat=..``)."""
+    result = service.changes(periods.date_from, periods.date_to, periods.bbox, top)
+    return (
+        change_places(request, result)
+        | result.to_dict()
+        | {
+            "layer": f"api/changes/{{z}}/{{x}}/{{y}}.png?{periods.query()}",
+            "place": f"api/changes/place?{periods.query()}",
+        }
+    )
+
+
+@router.get("/api/changes/place", responses=_ERRORS, tags=["search"])
+def change_place(
+    request: Request,
+    service: Service,
+    periods: Periods,
+    lon: Annotated[float, Query(ge=-180, le=180)],
+    lat: Annotated[float, Query(ge=-90, le=90)],
+) -> dict[str, Any]:
+    """The place paired between the two periods at lon/lat (a significant one first), as a
+    FeatureCollection of one place like ``/api/changes`` lists them (empty where none is)."""
+    place = service.change_at(periods.date_from, periods.date_to, periods.bbox, lon, lat)
+    return change_places(request, place)
+
+
+@router.get(
+    "/api/changes/{z}/{x}/{y}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}} | _ERRORS,
+    tags=["search"],
+)
+def changes_tile(
+    service: Service,
+    periods: Periods,
+    tile: MapTile,
+) -> Response:
+    """Every significant place between the two periods as an XYZ map tile (rendered here like
+    the coverage layer, whatever their number): each pixel coloured by the places centred
+    there."""
+    asked = (periods.date_from, periods.date_to, periods.bbox)
+    return _map_tile(tile, lambda *zxy: service.changes_tile(*asked, *zxy))
+
+
+def change_places(request: Request, result: ChangeResult) -> dict[str, Any]:
+    """A run's listed places as GeoJSON (``changes.change_collection``) with preview URLs."""
     collection = change_collection(result)
     for feature in collection["features"]:
         properties = feature["properties"]
         properties["before_preview"] = preview_url(request, properties["before_id"])
         properties["after_preview"] = preview_url(request, properties["after_id"])
-    return collection | result.to_dict()
+    return collection
 
 
 # -- feedback sessions ----------------------------------------------------------------------
@@ -329,6 +412,22 @@ def mark(request: Request, service: Service, name: str, body: MarkRequest) -> di
     """Mark tiles (ids) good or bad and search again with every mark of the session
     (``geosearch feedback NAME --ids``); marked tiles are not shown again."""
     return result_collection(request, service.mark(name, body.good, body.bad, body.top))
+
+
+@router.post(
+    "/api/sessions/{name}/marks/box",
+    response_model=BoxMarkCollection,
+    responses={403: {"model": ErrorBody}} | _ERRORS,
+    tags=["feedback"],
+    dependencies=[Depends(_require_feedback)],
+)
+def mark_box(request: Request, service: Service, name: str, body: BoxMarkRequest) -> dict[str, Any]:
+    """Mark every tile whose footprint meets a box good or bad (as ``geosearch detect
+    --good-within`` does with an area) and search again; at most 1,000 tiles a box (400
+    beyond, saving nothing)."""
+    label = 1 if body.label == "good" else -1
+    marked, result = service.mark_box(name, body.bbox, label, body.top)
+    return result_collection(request, result) | {"marked": marked}
 
 
 @router.get(
@@ -384,13 +483,11 @@ def detect(request: Request, service: Service, name: str, body: DetectRequest) -
 def detections_tile(
     service: Service,
     name: str,
-    z: Annotated[int, PathParam(ge=0, le=22)],
-    x: Annotated[int, PathParam(ge=0)],
-    y: Annotated[int, PathParam(ge=0)],
+    tile: MapTile,
 ) -> Response:
     """The session's last detections as an XYZ map tile (rendered here, like the coverage
     layer, whatever their number): each pixel coloured by the detected tiles centred there."""
-    return _map_tile(z, x, y, lambda *zxy: service.detections_tile(name, *zxy))
+    return _map_tile(tile, lambda *zxy: service.detections_tile(name, *zxy))
 
 
 @router.get(

@@ -19,24 +19,26 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import shapely
 from cachetools import LRUCache
 from PIL import Image
 
 from geosearch import api
 from geosearch.catalog import Catalog, open_database
-from geosearch.changes import ChangeResult
+from geosearch.changes import ChangeResult, PlaceChange
 from geosearch.config import Settings
-from geosearch.coverage import DETECTION_COLOUR, Coverage
-from geosearch.detection import DetectResult, georeferenced
-from geosearch.errors import ConflictError, InputError, NotFoundError
+from geosearch.coverage import CHANGES_COLOUR, DETECTION_COLOUR, Coverage
+from geosearch.detection import DetectResult, area_tiles, georeferenced
+from geosearch.errors import ConfigError, ConflictError, InputError, NotFoundError
 from geosearch.render import marks_collection, tile_preview
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.search import SearchResult, stored_tile
+from geosearch.serve.models import MAX_TOP
 from geosearch.sessions import search, session_marks
 from geosearch.sources import open_source
 from geosearch.store import Store, TileRecord
@@ -46,6 +48,10 @@ MAX_UPLOAD_PIXELS = 40_000_000  # a PNG/JPEG is decoded whole: 40 MP is 120 MB o
 UPLOAD_TOO_LARGE = f"upload: larger than {MAX_UPLOAD_BYTES // 2**20} MB; crop or downsample it"
 MAX_UPLOAD_TILES = 64  # an uploaded raster is embedded tile by tile: 64 tiles of 256 px = 2048²
 PREVIEW_CACHE_BYTES = 64 * 1024 * 1024
+# A box drawn on the map marks at most this many tiles: a mis-drag over the whole database
+# is refused with a message, not saved as a million marks.
+MAX_BOX_TILES = 1000
+CHANGE_RUNS_KEPT = 2  # runs of changes kept for their map layer (each holds every pair)
 
 
 class UnsupportedUploadError(InputError):
@@ -95,6 +101,59 @@ class _PngCache:
                 self._items[key] = png
 
 
+@dataclass(frozen=True)
+class ChangeLayer:
+    """A run of ``changes`` kept by the service: the result (every pair's score; the places
+    listed), which pairs are significant, their centres as a map layer, and each pair's tile
+    ids (to find the place at a click)."""
+
+    key: str
+    result: ChangeResult
+    significant: np.ndarray
+    coverage: Coverage
+    before_ids: np.ndarray
+    after_ids: np.ndarray
+
+    @classmethod
+    def of(cls, key: str, result: ChangeResult) -> ChangeLayer:
+        pairs = result.all_pairs
+        significant = significant_pairs(result)
+        footprints = [pairs[i].before.footprint or pairs[i].after.footprint
+                      for i in np.flatnonzero(significant)]  # fmt: skip
+        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
+        bounds = bounds[~np.isnan(bounds[:, 0])]
+        before_ids = np.fromiter((p.before.id for p in pairs), np.int64, len(pairs))
+        after_ids = np.fromiter((p.after.id for p in pairs), np.int64, len(pairs))
+        return cls(key, result, significant, Coverage.of_boxes(bounds, CHANGES_COLOUR),
+                   before_ids, after_ids)  # fmt: skip
+
+    def place(self, index: int) -> PlaceChange:
+        """Pair ``index`` as a place: the listed one (ranked, maybe looked at), else scored by
+        its vectors and ranked after the listed places by its score."""
+        pair = self.result.all_pairs[index]
+        listed = self.result.places
+        for place in listed:
+            if place.pair is pair:
+                return place
+        scores = self.result.scores
+        score = float(scores[index])
+        higher = int((scores > scores[index]).sum())
+        higher -= sum(place.vector_change > score for place in listed)
+        return PlaceChange(pair, score, score, None, bool(self.significant[index]),
+                           rank=len(listed) + higher + 1)  # fmt: skip
+
+
+def significant_pairs(result: ChangeResult) -> np.ndarray:
+    """Which of ``result.all_pairs`` are significant, as ``find_changes`` counts them: a listed
+    place by its own flag (the second look's), every other pair by the vectors' threshold."""
+    alone = result.thresholds.get("vectors_alone", result.thresholds["vectors"])
+    significant = result.scores > alone
+    index = {id(pair): i for i, pair in enumerate(result.all_pairs)}
+    for place in result.places:
+        significant[index[id(place.pair)]] = place.significant
+    return significant
+
+
 class SearchService:
     """The service's operations on one database, each opening and closing it."""
 
@@ -108,6 +167,9 @@ class SearchService:
         self._detections: dict[str, tuple[int, Coverage, DetectResult, Path]] = {}
         self._detect_lock = threading.Lock()
         self._detect_folder: Path | None = None
+        self.max_box_tiles = MAX_BOX_TILES
+        self._changes: dict[str, ChangeLayer] = {}  # the last runs of changes, oldest first
+        self._changes_lock = threading.Lock()
 
     @contextmanager
     def catalog(self) -> Iterator[Catalog]:
@@ -203,10 +265,53 @@ class SearchService:
     def changes(
         self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, top: int
     ) -> ChangeResult:
-        """The places that changed most between two periods (``geosearch changes``)."""
-        filters = SearchFilters(bbox=bbox)
-        return api.changes(self.db, date_from, date_to, filters=filters, top=top,
-                           settings=self.settings)  # fmt: skip
+        """The ``top`` places that changed most between two periods (``geosearch changes``);
+        the run is kept for its map layer (``changes_tile``) and clicks (``change_at``)."""
+        layer = self._change_layer(date_from, date_to, bbox)
+        return replace(layer.result, places=layer.result.places[:top])
+
+    def changes_tile(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, z: int, x: int, y: int
+    ) -> bytes:
+        """Map tile z/x/y of the significant places between two periods (PNG), rendered like
+        the coverage layer, cached with the previews."""
+        layer = self._change_layer(date_from, date_to, bbox)
+        return self._map_tile(f"changes:{layer.key}", layer.coverage, z, x, y)
+
+    def change_at(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None, lon: float, lat: float
+    ) -> ChangeResult:
+        """The place paired between two periods whose footprint holds lon/lat (a significant
+        one first, then the most changed), as a result of that one place (of none if none)."""
+        layer = self._change_layer(date_from, date_to, bbox)
+        with Store(self.db) as store:
+            here = np.asarray(area_tiles(store, shapely.Point(lon, lat)), np.int64)
+        found = np.flatnonzero(np.isin(layer.before_ids, here) | np.isin(layer.after_ids, here))
+        if not len(found):
+            return replace(layer.result, places=[])
+        scores = layer.result.scores
+        best = int(found[np.lexsort((-scores[found], ~layer.significant[found]))[0]])
+        return replace(layer.result, places=[layer.place(best)])
+
+    def _change_layer(
+        self, date_from: str, date_to: str, bbox: tuple[float, ...] | None
+    ) -> ChangeLayer:
+        """The run of ``changes`` between two periods in a box, computed once per database
+        generation (every pair scored; the places listed cover those given a second look)."""
+        with Store(self.db) as store:
+            key = repr((date_from, date_to, bbox, store.generation))
+        with self._changes_lock:  # one run at a time: map tiles wait for the first
+            layer = self._changes.get(key)
+            if layer is None:
+                listed = max(MAX_TOP, self.settings.changes.second_look)
+                filters = SearchFilters(bbox=bbox)
+                result = api.changes(self.db, date_from, date_to, top=listed, filters=filters,
+                                     settings=self.settings)  # fmt: skip
+                layer = ChangeLayer.of(hashlib.sha256(key.encode()).hexdigest()[:16], result)
+                self._changes[key] = layer
+                while len(self._changes) > CHANGE_RUNS_KEPT:
+                    self._changes.pop(next(iter(self._changes)))
+            return layer
 
     # -- searching without saving ---------------------------------------------------------
 
@@ -266,6 +371,35 @@ class SearchService:
             self.db, name, good, bad, by_rank=False, top=top, settings=self.settings
         )
 
+    def box_tiles(self, bbox: tuple[float, float, float, float]) -> list[int]:
+        """Tiles whose footprint meets a lon/lat box (``detection.area_tiles``, what
+        ``detect --good-within`` marks), refused over ``max_box_tiles``."""
+        cap = self.max_box_tiles
+        with self.catalog() as catalog:
+            store = catalog.store
+            _, candidates = store.bbox_page(bbox, 0)  # R-tree count: no tile is loaded
+            ids = area_tiles(store, shapely.box(*bbox)) if candidates <= 2 * cap else None
+        if ids is None or len(ids) > cap:
+            held = f"{len(ids)}" if ids is not None else f"about {candidates}"
+            raise ConfigError(
+                f"the box holds {held} tiles; one box marks at most {cap}: draw a smaller box "
+                "(zoom in)"
+            )
+        if not ids:
+            raise ConfigError(f"no tile's footprint meets the box {_box_text(bbox)}")
+        return ids
+
+    def mark_box(
+        self, name: str, bbox: tuple[float, float, float, float], label: int,
+        top: int | None = None,
+    ) -> tuple[list[int], SearchResult]:  # fmt: skip
+        """Mark every tile in a lon/lat box good (``label`` 1) or bad (-1) in a session and
+        search again (``mark``): (the tiles marked, the search)."""
+        self.session(name)
+        ids = self.box_tiles(bbox)
+        good, bad = (ids, []) if label > 0 else ([], ids)
+        return ids, self.mark(name, good, bad, top)
+
     # -- detect ---------------------------------------------------------------------------
 
     def detect(
@@ -286,17 +420,14 @@ class SearchService:
         with self.catalog() as catalog:
             geo = georeferenced(catalog)
         ids = sorted(t for detection in result.detections for t in detection.tile_ids)
-        centres = []
+        footprints = []
         with Store(self.db) as store:
             for start in range(0, len(ids), 10_000):
-                for tile in store.tiles(ids[start : start + 10_000]):
-                    if tile.footprint is not None:
-                        west, south, east, north = tile.footprint.bounds
-                        centres.append(((west + east) / 2, (south + north) / 2))
-        lon, lat = np.asarray(centres, dtype=np.float64).reshape(-1, 2).T
+                footprints += [tile.footprint for tile in store.tiles(ids[start : start + 10_000])]
+        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
         with self._detect_lock:
             run = self._detections.get(name, (0,))[0] + 1
-            layer = Coverage.of(lon, lat, DETECTION_COLOUR)
+            layer = Coverage.of_boxes(bounds[~np.isnan(bounds[:, 0])], DETECTION_COLOUR)
             self._detections[name] = (run, layer, result, folder)
         return run, result, geo
 
@@ -329,6 +460,10 @@ class SearchService:
         self.session(name)
         saved = session_marks(self.db, name, self.settings)
         return json.dumps(marks_collection(saved), indent=1).encode()
+
+
+def _box_text(bbox: tuple[float, ...]) -> str:
+    return ",".join(f"{v:.6f}" for v in bbox)
 
 
 _MAGIC_SUFFIXES = (

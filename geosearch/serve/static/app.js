@@ -23,7 +23,14 @@ const map = {
   byId: new Map(),
   loading: null, // the AbortController of the tiles-in-view request under way
   detections: null, // the server-rendered layer of the last detect
+  marks: null, // the session's marked tiles, outlined green (good) or red (bad)
+  changes: null, // the server-rendered layer of the significant places of the last changes
+  changePlace: null, // the URL finding the place at a point (add &lon=&lat=)
+  changeOutline: null, // the outline of the place shown
 };
+// Marking by a box: the "Box good"/"Box bad" toggle arms it; the next drag on the map draws
+// the box (the map does not pan meanwhile) and marks every tile whose footprint meets it.
+const box = { label: null, start: null, rectangle: null, endedAt: -Infinity };
 // Footprints are drawn when at most this many tiles are in view; above, only the coverage layer
 // (server-rendered map tiles) shows where tiles are. The page holds no more footprints.
 const FOOTPRINTS_IN_VIEW = 1000;
@@ -96,6 +103,8 @@ async function start() {
   $("upload").addEventListener("change", onUpload);
   $("download").addEventListener("click", download);
   $("detect").addEventListener("click", detect);
+  $("box-good").addEventListener("click", () => armBox("good"));
+  $("box-bad").addEventListener("click", () => armBox("bad"));
   $("controls").addEventListener("submit", (event) => event.preventDefault());
   $("changes-form").addEventListener("submit", showChanges);
   if (config.kind === "plain") await startGallery();
@@ -219,6 +228,7 @@ async function mark(id, label) {
 
 function show(result) {
   state.result = result;
+  closeChanges();
   const queryFeature = result.features.find((f) => f.properties.role === "query");
   const location = result.location;
   const matches = result.features.filter((f) => f.properties.role === "result");
@@ -241,12 +251,122 @@ function show(result) {
   }
   $("actions").hidden = false;
   $("detect-box").hidden = !(state.session && state.config.allow_feedback);
+  $("box-tools").hidden = !(map.leaflet && state.config.allow_feedback && state.query.kind === "tile");
   $("hint").hidden = true;
   const noun = state.config.kind === "plain" ? "images" : "tiles";
   const refined = state.good.length + state.bad.length ? ", re-ranked with your marks" : "";
   say(`${matches.length} most similar ${noun}${refined}`);
-  if (map.leaflet) drawOutlines(queryFeature, matches, location);
-  else highlightGallery(queryFeature, matches);
+  if (map.leaflet) {
+    drawOutlines(queryFeature, matches, location);
+    drawMarks();
+  } else highlightGallery(queryFeature, matches);
+}
+
+// The session's marked tiles on the map (from its marks GeoJSON; a box marks at most 1,000).
+async function drawMarks() {
+  const session = state.session;
+  let marks = { features: [] };
+  if (session && state.config.allow_feedback) {
+    try {
+      marks = await api(`api/sessions/${encodeURIComponent(session)}/marks.geojson`);
+    } catch (error) {
+      say(error.message, true);
+      return;
+    }
+  }
+  if (session !== state.session) return; // a newer search has begun
+  map.marks.clearLayers();
+  for (const feature of marks.features) {
+    if (!feature.geometry) continue;
+    const label = feature.properties.label;
+    L.geoJSON(feature, {
+      interactive: false,
+      style: {
+        color: label === "good" ? "#2e7d32" : "#c62828",
+        weight: 2,
+        dashArray: "3 3",
+        fill: false,
+        className: `mark-outline ${label}`,
+      },
+    }).addTo(map.marks);
+  }
+}
+
+// -- marking by a box ---------------------------------------------------------------------
+
+function armBox(label) {
+  box.label = box.label === label ? null : label;
+  $("box-good").classList.toggle("armed", box.label === "good");
+  $("box-bad").classList.toggle("armed", box.label === "bad");
+  $("map").classList.toggle("boxing", box.label !== null);
+  if (box.label) {
+    map.leaflet.dragging.disable();
+    say(`Drag a box on the map: every tile in it is marked ${box.label}.`);
+  } else map.leaflet.dragging.enable();
+}
+
+function boxStart(event) {
+  if (!box.label) return;
+  box.start = event.latlng;
+  const colour = box.label === "good" ? "#2e7d32" : "#c62828";
+  box.rectangle = L.rectangle(L.latLngBounds(box.start, box.start), {
+    color: colour,
+    weight: 2,
+    dashArray: "5 4",
+    fillOpacity: 0.08,
+    interactive: false,
+    className: "mark-box",
+  }).addTo(map.leaflet);
+}
+
+function boxMove(event) {
+  if (box.start) box.rectangle.setBounds(L.latLngBounds(box.start, event.latlng));
+}
+
+function boxEnd(event) {
+  if (!box.start) return;
+  const bounds = L.latLngBounds(box.start, event.latlng);
+  const label = box.label;
+  box.rectangle.remove();
+  box.start = box.rectangle = null;
+  box.endedAt = performance.now(); // the click that follows the drag is not a search
+  armBox(label); // disarmed: one box a time
+  const corners = [bounds.getSouthWest(), bounds.getNorthEast()].map((c) =>
+    map.leaflet.latLngToContainerPoint(c),
+  );
+  if (corners[0].distanceTo(corners[1]) < 4) {
+    say("Drag to draw a box: press, move, release.", true);
+    return;
+  }
+  markBox(bounds, label);
+}
+
+async function markBox(bounds, label) {
+  const query = state.query;
+  if (!query || query.kind !== "tile") {
+    say("Click a tile first: the marks refine its search.", true);
+    return;
+  }
+  const json = { "Content-Type": "application/json" };
+  const top = Number($("top").value) || state.config.top;
+  say(`Marking the tiles in the box ${label}…`);
+  try {
+    if (!state.session) {
+      const body = { tile: query.id, top, other_files: $("other-files").checked, good: state.good, bad: state.bad };
+      const made = await api("api/sessions", { method: "POST", headers: json, body: JSON.stringify(body) });
+      state.session = made.session;
+    }
+    const bbox = lonLatBox(bounds);
+    const url = `api/sessions/${encodeURIComponent(state.session)}/marks/box`;
+    const result = await api(url, { method: "POST", headers: json, body: JSON.stringify({ bbox, label, top }) });
+    if (query !== state.query) return;
+    state.good = result.feedback.good;
+    state.bad = result.feedback.bad;
+    show(result);
+    say(`${result.marked.length} tiles in the box marked ${label}; the list is re-ranked with every mark`);
+  } catch (error) {
+    say(error.message, true);
+  }
 }
 
 function renderQuery(feature, location) {
@@ -346,7 +466,8 @@ async function detect() {
     );
     if (map.leaflet) {
       if (map.detections) map.detections.remove();
-      map.detections = L.tileLayer(found.layer, { maxZoom: 22, opacity: 0.9, className: "detections" });
+      const options = { maxZoom: 22, opacity: 0.9, className: "detections", pane: "found" };
+      map.detections = L.tileLayer(found.layer, options);
       map.detections.addTo(map.leaflet);
     }
     $("review").replaceChildren(...found.review.features.map(reviewItem));
@@ -429,9 +550,13 @@ async function startMap() {
     leaflet,
   );
   leaflet.createPane("previews").style.zIndex = 350; // under the outlines
+  const found = leaflet.createPane("found"); // the detections and changes layers: over previews
+  found.style.zIndex = 360;
+  found.style.pointerEvents = "none";
   map.previews = L.layerGroup().addTo(leaflet);
   map.footprints = L.layerGroup().addTo(leaflet);
   map.outlines = L.layerGroup().addTo(leaflet);
+  map.marks = L.layerGroup().addTo(leaflet);
   L.control.scale().addTo(leaflet);
   const extent = state.config.extent;
   if (extent) {
@@ -442,7 +567,14 @@ async function startMap() {
     say("No tile has a footprint to show on the map (rasters without a CRS).");
   }
   leaflet.on("moveend", loadVisible);
-  leaflet.on("click", (event) => pickAt(event.latlng));
+  leaflet.on("click", (event) => {
+    if (box.label || performance.now() - box.endedAt < 400) return; // a box, not a search
+    if (map.changePlace) changeAt(event.latlng);
+    else pickAt(event.latlng);
+  });
+  leaflet.on("mousedown", boxStart);
+  leaflet.on("mousemove", boxMove);
+  leaflet.on("mouseup", boxEnd);
   await loadVisible();
 }
 
@@ -455,13 +587,7 @@ async function loadVisible() {
     hintTilesInView(state.config.tiles);
     return;
   }
-  const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
-  const box = [
-    clamp(b.getWest(), 180),
-    clamp(b.getSouth(), 90),
-    clamp(b.getEast(), 180),
-    clamp(b.getNorth(), 90),
-  ].map((v) => v.toFixed(6));
+  const box = lonLatBox(b).map((v) => v.toFixed(6));
   const loading = new AbortController();
   map.loading = loading;
   let page;
@@ -479,6 +605,17 @@ async function loadVisible() {
   showTiles(shown.filter((f) => f.geometry), page.total <= PREVIEWS_IN_VIEW);
   if (shown.length) $("hint").textContent = "Click a tile to find the places most like it.";
   else hintTilesInView(page.total);
+}
+
+// [west, south, east, north] of Leaflet bounds, within the lon/lat ranges.
+function lonLatBox(bounds) {
+  const clamp = (v, limit) => Math.max(-limit, Math.min(limit, v));
+  return [
+    clamp(bounds.getWest(), 180),
+    clamp(bounds.getSouth(), 90),
+    clamp(bounds.getEast(), 180),
+    clamp(bounds.getNorth(), 90),
+  ];
 }
 
 // Whether the view holds every tile's centre (config.extent): then it holds all the tiles.
@@ -697,8 +834,9 @@ start();
 
 // -- what changed -----------------------------------------------------------------------
 
-// The places that changed most between the two periods: drawn on the map (significant ones
-// red) and listed; clicking one shows its before and after previews side by side.
+// The places that changed most between the two periods: every significant one drawn by the
+// server as a map layer (red), the top ones outlined and listed; clicking one, in the list or
+// on the map, shows its before and after previews side by side.
 async function showChanges(event) {
   event.preventDefault();
   const from = $("change-from").value.trim();
@@ -718,6 +856,10 @@ async function showChanges(event) {
   }
   map.outlines.clearLayers();
   map.byId.clear();
+  if (map.changes) map.changes.remove();
+  map.changes = L.tileLayer(body.layer, { maxZoom: 22, opacity: 0.9, className: "changes-layer", pane: "found" });
+  map.changes.addTo(map.leaflet);
+  map.changePlace = body.place;
   for (const id of ["query", "here", "results"]) $(id).replaceChildren();
   $("actions").hidden = true;
   $("hint").hidden = true;
@@ -767,8 +909,39 @@ function changeFigure(url, date, path) {
   );
 }
 
+// A search shown ends the changes view: its layer and outline go, clicks search again.
+function closeChanges() {
+  for (const layer of [map.changes, map.changeOutline]) if (layer) layer.remove();
+  map.changes = map.changeOutline = map.changePlace = null;
+}
+
+// The place paired at a map click (a significant one first); where none is, a search as usual.
+async function changeAt(latlng) {
+  const point = `&lon=${latlng.lng.toFixed(6)}&lat=${latlng.lat.toFixed(6)}`;
+  let found;
+  try {
+    found = await api(map.changePlace + point);
+  } catch (error) {
+    say(error.message, true);
+    return;
+  }
+  if (!found.features.length) {
+    pickAt(latlng);
+    return;
+  }
+  showChange(found.features[0]);
+}
+
 function showChange(feature) {
   const props = feature.properties;
+  if (map.changeOutline) map.changeOutline.remove();
+  map.changeOutline = null;
+  if (feature.geometry) {
+    map.changeOutline = L.geoJSON(feature, {
+      interactive: false,
+      style: { color: "#1f2d3a", weight: 4, fill: false, className: "change-selected" },
+    }).addTo(map.leaflet);
+  }
   $("query").replaceChildren(
     element("div", { class: "muted", text: `#${props.rank}: change ${props.change.toFixed(2)}` }),
     element(
