@@ -532,27 +532,6 @@ def extent_tiles(extent: tuple[float, float, float, float]) -> list[tuple[int, i
     return [(z, x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
 
 
-@contextmanager
-def tiles_by_chunks() -> Iterator[None]:
-    """``Store.tiles`` asked for ids in chunks SQLite can bind. ``changes.find_changes`` asks
-    for every tile of a period at once, which fails beyond 32,766 tiles ("too many SQL
-    variables"); until it chunks, this lets the bench measure the rest at scale."""
-    from geosearch.store import Store
-
-    whole = Store.tiles
-
-    def chunked(self: Store, ids: Any) -> list[Any]:
-        ids = list(ids)
-        return [tile for start in range(0, len(ids), 30_000)
-                for tile in whole(self, ids[start : start + 30_000])]  # fmt: skip
-
-    Store.tiles = chunked  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Store.tiles = whole  # type: ignore[method-assign]
-
-
 def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]:
     """The changes layer (every significant place between the two years) and the detections
     layer (a session of 20 marks) on a two-year database, in this process: seconds until each
@@ -567,8 +546,7 @@ def measure_layers(db: Path, tiles: int, work: Path) -> Iterator[dict[str, Any]]
     view = extent_tiles(service.summary()["extent"])
     yield {"measure": "coverage", "read_centres_s": coverage_s, "view_tiles": len(view)}
 
-    with tiles_by_chunks():
-        listed, first_s = timed(lambda: service.changes("2024", "2025", None, 20))
+    listed, first_s = timed(lambda: service.changes("2024", "2025", None, 20))
     layer = service._change_layer("2024", "2025", None)
     _, layer_s = timed(lambda: ChangeLayer.of("again", layer.result))
     _, again_s = timed(lambda: service.changes("2024", "2025", None, 20))
