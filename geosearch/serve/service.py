@@ -420,10 +420,8 @@ class SearchService:
         with self.catalog() as catalog:
             geo = georeferenced(catalog)
         ids = sorted(t for detection in result.detections for t in detection.tile_ids)
-        footprints = []
         with Store(self.db) as store:
-            for start in range(0, len(ids), 10_000):
-                footprints += [tile.footprint for tile in store.tiles(ids[start : start + 10_000])]
+            footprints = [tile.footprint for tile in store.tiles(ids)]
         bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
         with self._detect_lock:
             run = self._detections.get(name, (0,))[0] + 1
