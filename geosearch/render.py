@@ -225,15 +225,29 @@ def tile_feature(
     """A stored tile as a Feature (the one builder of ``similar.geojson``'s results and the
     service's tiles): its footprint; ``leading`` properties, ``tile_properties`` (where not
     already among them) and ``trailing`` ones; ``feature_id``: the tile id as the Feature's id."""
-    properties = leading | tile_properties(tile) | trailing
-    return feature(tile.footprint, properties, tile.id if feature_id else None)
+    return tile_features([tile], [leading], [trailing], feature_id)[0]
+
+
+def tile_features(
+    tiles: Sequence[TileRecord],
+    leading: Sequence[dict[str, Any]],
+    trailing: Sequence[dict[str, Any]],
+    feature_id: bool = False,
+) -> list[dict[str, Any]]:
+    """``tile_feature`` of each, the footprints converted together (``features``)."""
+    properties = [
+        first | tile_properties(tile) | last
+        for tile, first, last in zip(tiles, leading, trailing, strict=True)
+    ]
+    ids = [tile.id if feature_id else None for tile in tiles]
+    return features([tile.footprint for tile in tiles], properties, ids)
 
 
 def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
     """Query and result features of every search, in one RFC 7946 FeatureCollection."""
-    features = []
+    collected = []
     for number, result in enumerate(results, start=1):
-        features.append(_query_feature(result, number))
+        leading = []
         for match in result.matches:
             located = match.located
             properties = {
@@ -249,8 +263,12 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
                 "path": match.tile.path,
                 "tiles": 1,
             }
-            features.append(tile_feature(match.tile, properties, {"preview": match.preview}))
-    return {"type": "FeatureCollection", "features": features}
+            leading.append(properties)
+        matches = result.matches
+        trailing = [{"preview": match.preview} for match in matches]
+        collected.append(_query_feature(result, number))
+        collected += tile_features([m.tile for m in matches], leading, trailing)
+    return {"type": "FeatureCollection", "features": collected}
 
 
 def _query_feature(result: SearchResult, number: int) -> dict[str, Any]:
