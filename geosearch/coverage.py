@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
 from PIL import Image
+from shapely.geometry.base import BaseGeometry
 
 MAP_TILE_PIXELS = 256
 # Counts per pixel are coloured on a log scale up to this many tiles (and above).
@@ -45,10 +48,12 @@ class Coverage:
         return cls(np.asarray(lon)[order], np.asarray(lat)[order], colour)
 
     @classmethod
-    def of_boxes(cls, bounds: np.ndarray, colour: tuple[int, int, int]) -> Coverage:
-        """The layer of boxes given as (n, 4) west, south, east, north (lon/lat)."""
-        bounds = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
-        west, south, east, north = bounds.T
+    def of_footprints(
+        cls, footprints: Sequence[BaseGeometry | None], colour: tuple[int, int, int]
+    ) -> Coverage:
+        """The layer of the footprints' (lon/lat) bounding boxes; None footprints left out."""
+        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
+        west, south, east, north = bounds[~np.isnan(bounds[:, 0])].T
         lon, lat = (west + east) / 2, (south + north) / 2
         order = np.argsort(lon, kind="stable")
         half_width, half_height = (east - west) / 2, (north - south) / 2

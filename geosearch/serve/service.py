@@ -120,12 +120,10 @@ class ChangeLayer:
         significant = significant_pairs(result)
         footprints = [pairs[i].before.footprint or pairs[i].after.footprint
                       for i in np.flatnonzero(significant)]  # fmt: skip
-        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
-        bounds = bounds[~np.isnan(bounds[:, 0])]
         before_ids = np.fromiter((p.before.id for p in pairs), np.int64, len(pairs))
         after_ids = np.fromiter((p.after.id for p in pairs), np.int64, len(pairs))
-        return cls(key, result, significant, Coverage.of_boxes(bounds, CHANGES_COLOUR),
-                   before_ids, after_ids)  # fmt: skip
+        layer = Coverage.of_footprints(footprints, CHANGES_COLOUR)
+        return cls(key, result, significant, layer, before_ids, after_ids)
 
     def place(self, index: int) -> PlaceChange:
         """Pair ``index`` as a place: the listed one (ranked, maybe looked at), else scored by
@@ -422,10 +420,9 @@ class SearchService:
         ids = sorted(t for detection in result.detections for t in detection.tile_ids)
         with Store(self.db) as store:
             footprints = [tile.footprint for tile in store.tiles(ids)]
-        bounds = shapely.bounds(np.asarray(footprints, dtype=object)).reshape(-1, 4)
         with self._detect_lock:
             run = self._detections.get(name, (0,))[0] + 1
-            layer = Coverage.of_boxes(bounds[~np.isnan(bounds[:, 0])], DETECTION_COLOUR)
+            layer = Coverage.of_footprints(footprints, DETECTION_COLOUR)
             self._detections[name] = (run, layer, result, folder)
         return run, result, geo
 
