@@ -247,28 +247,32 @@ def feature_collection(results: Sequence[SearchResult]) -> dict[str, Any]:
     """Query and result features of every search, in one RFC 7946 FeatureCollection."""
     collected = []
     for number, result in enumerate(results, start=1):
-        leading = []
-        for match in result.matches:
-            located = match.located
-            properties = {
-                "role": "result",
-                "query": number,
-                "rank": match.rank,
-                "score": round(match.score, 6),
-                "similarity": round(match.similarity, 4),
-                "cosine": round(match.cosine, 6) if match.cosine is not None else None,
-                "correlation": round(located.placement.correlation, 4) if located else None,
-                "coverage": round(located.coverage, 4) if located else None,
-                "id": match.tile.id,
-                "path": match.tile.path,
-                "tiles": 1,
-            }
-            leading.append(properties)
         matches = result.matches
-        trailing = [{"preview": match.preview} for match in matches]
         collected.append(_query_feature(result, number))
-        collected += tile_features([m.tile for m in matches], leading, trailing)
+        collected += tile_features(
+            [match.tile for match in matches],
+            [_result_properties(match, number) for match in matches],
+            [{"preview": match.preview} for match in matches],
+        )
     return {"type": "FeatureCollection", "features": collected}
+
+
+def _result_properties(match: Match, number: int) -> dict[str, Any]:
+    """What a result's feature says first (``role: result``) of query ``number``'s match."""
+    located = match.located
+    return {
+        "role": "result",
+        "query": number,
+        "rank": match.rank,
+        "score": round(match.score, 6),
+        "similarity": round(match.similarity, 4),
+        "cosine": round(match.cosine, 6) if match.cosine is not None else None,
+        "correlation": round(located.placement.correlation, 4) if located else None,
+        "coverage": round(located.coverage, 4) if located else None,
+        "id": match.tile.id,
+        "path": match.tile.path,
+        "tiles": 1,
+    }
 
 
 def _query_feature(result: SearchResult, number: int) -> dict[str, Any]:
