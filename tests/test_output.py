@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import geosearch
 from geosearch.config import Settings
-from tests.conftest import SAMPLE_TILES, run_cli, shared
+from tests.conftest import SAMPLE_TILES, run_cli, shared, textured, write_geotiff
 
 YEARS = sorted((SAMPLE_TILES / "naip").glob("*.tif"))
 
@@ -23,6 +25,23 @@ def test_help_and_version_read_cleanly():
     version = run_cli("--version")
     assert version.returncode == 0
     assert version.stdout.strip() == f"geosearch {geosearch.__version__}"
+
+
+def test_previews_are_transparent_where_nodata_and_opaque_rgb_elsewhere(stats_only, tmp_path):
+    pixels = np.maximum(textured((3, 300, 300), seed=4), 1)  # 0 is nodata
+    pixels[:, :, 200:] = 0  # no data east of column 200
+    raster = write_geotiff(tmp_path / "in" / "half.tif", pixels, nodata=0)
+    db = tmp_path / "half.gpkg"
+    geosearch.ingest([raster.parent], db, settings=stats_only)
+    out = tmp_path / "r"
+    geosearch.write_results(geosearch.similar(db, [raster], tile=0, top=1), db, out, previews="all")
+    with Image.open(out / "previews" / "query1.png") as full:  # tile 0: 256 x 256, data to 200
+        alpha = np.asarray(full.convert("RGBA"))[..., 3]
+        assert full.mode == "RGBA" and alpha[:, :200].min() == 255 and alpha[:, 200:].max() == 0
+    whole = write_geotiff(tmp_path / "whole.tif", textured((3, 300, 300), seed=4))  # all data
+    geosearch.write_results(geosearch.similar(db, [whole], tile=0, top=1), db, out)
+    with Image.open(out / "previews" / "query1.png") as opaque:
+        assert opaque.mode == "RGB" and opaque.size == (256, 256)
 
 
 @pytest.mark.parametrize(

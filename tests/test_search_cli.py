@@ -45,7 +45,7 @@ def test_similar_writes_rfc7946_geojson_previews_and_contact_sheet(naip_db, tmp_
         assert signed_area > 0  # exterior ring counter-clockwise (RFC 7946 3.1.6)
         preview = out / feature["properties"]["preview"]
         with Image.open(preview) as image:
-            assert image.format == "PNG" and image.size == (256, 256) and image.mode == "RGBA"
+            assert image.format == "PNG" and image.size == (256, 256) and image.mode == "RGB"
     query = collection["features"][0]["properties"]
     assert query["path"] == str(NAIP_2009.resolve()) and (query["row"], query["col"]) == (256, 256)
     with Image.open(out / "contact_sheet.png") as sheet:

@@ -300,7 +300,7 @@ def test_previews_are_pngs_with_etag_and_304(read_only):
     assert first.headers["cache-control"] == "public, max-age=600"
     etag = first.headers["etag"]
     with Image.open(io.BytesIO(first.content)) as image:
-        assert image.format == "PNG" and image.size == (256, 256) and image.mode == "RGBA"
+        assert image.format == "PNG" and image.size == (256, 256) and image.mode == "RGB"
     service = read_only.app.state.service
     hits = service.previews.hits
     again = read_only.get("/api/tiles/2/preview.png")
