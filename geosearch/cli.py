@@ -9,10 +9,12 @@ file; 4 database problem; 5 model/weights problem; 6 ingest finished but skipped
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -58,7 +60,26 @@ class _MadeOnUse:
         return getattr(self.made(), attr)
 
 
-api: Any = _MadeOnUse(lambda: importlib.import_module("geosearch.api"))
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """For importing the libraries a command uses: they make hundreds of thousands of objects
+    that live as long as the process, and the cyclic garbage collector's passes among them as
+    they load cost ~30 ms of a search (bench/README.md, "The command line"). Paused meanwhile;
+    what was made is then frozen (never scanned again) and collection goes on."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def _api() -> Any:
+    with _collection_paused():
+        return importlib.import_module("geosearch.api")
+
+
+api: Any = _MadeOnUse(_api)
 
 app = typer.Typer(
     add_completion=False,
@@ -101,7 +122,8 @@ def main_options(
     ] = False,
 ) -> None:
     """Find similar places in imagery: ingest folders of GeoTIFF/JPEG/PNG, search by example."""
-    from geosearch.sources import gdal_messages
+    with _collection_paused():  # numpy, rasterio, GDAL, PROJ
+        from geosearch.sources import gdal_messages
 
     gdal_messages(verbose)
 
