@@ -39,6 +39,7 @@ from geosearch.errors import ConfigError, GeosearchError, InputError, OutputErro
 from geosearch.index import index_for_search
 from geosearch.maps import PROBABILITY, SimilarityMap, tile_values, write_tile_map
 from geosearch.render import (
+    collection_text,
     contact_sheet,
     feature_texts,
     render_previews,
@@ -513,9 +514,7 @@ def write_detections(
     if geo:
         files.append(_write_gpkg(result.detections, out_dir / GPKG_NAME))
         lap("gpkg")
-    collection = ",\n".join(result.feature_texts())  # a feature a line
-    text = f'{{"type": "FeatureCollection", "features": [\n{collection}\n]}}\n'
-    write_bytes(out_dir / GEOJSON_NAME, text.encode())
+    write_bytes(out_dir / GEOJSON_NAME, collection_text(result.feature_texts()).encode())
     files.append(out_dir / GEOJSON_NAME)
     lap("geojson")
     if geo and len(ids):

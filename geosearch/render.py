@@ -268,6 +268,13 @@ def _collection_of(texts: Sequence[str]) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": [json.loads(text) for text in texts]}
 
 
+def collection_text(texts: Sequence[str]) -> str:
+    """A FeatureCollection's JSON text from its features' texts, a feature a line (what large
+    GeoJSON files are written as: the features are not parsed and encoded again)."""
+    features = ",\n".join(texts)
+    return f'{{"type": "FeatureCollection", "features": [\n{features}\n]}}\n'
+
+
 def _collected_texts(results: Sequence[SearchResult]) -> list[str]:
     """``feature_collection``'s features as JSON text, a query's then its results'."""
     texts = []
@@ -600,8 +607,8 @@ def write_results(
     texts = _collected_texts(results)
     if len(texts) <= INDENTED_FEATURES:  # indented for a person
         text = json.dumps(_collection_of(texts), indent=1)
-    else:  # a feature a line, as built (not parsed and encoded again: 10,200 features ~0.1 s)
-        text = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(texts) + "\n]}"
+    else:  # as built (10,200 features: ~0.1 s less than parsing and encoding them again)
+        text = collection_text(texts)
     write_bytes(geojson, text.encode())
     located = [
         location_feature(result.location, number)
