@@ -64,6 +64,9 @@ EXPAND_PIXELS = 8
 # There, a query without a georeference is first tried at these factors of the first fit's
 # scale.
 RESCALE_AROUND = tuple(float(2 ** (k / 8)) for k in range(-4, 5))  # 0.71 .. 1.41
+# When nothing in the shortlist is sure, the ground of this many of the best unsure fits is
+# searched in the other scenes covering it (other dates) that the shortlist did not lead to.
+RECHECK = 4
 # No fit with a lower correlation counts, however far above its neighbours (in a small region
 # the best elsewhere is a poor sample of chance).
 MIN_CORRELATION = 0.4
@@ -251,17 +254,54 @@ class Locator:
         time until one is sure (see ``_sure``); a fit that stands ``OVERWHELMING`` times the
         margin above its neighbours ends the search at once. None if none is sure."""
         sure: list[Placement] = []
+        unsure: list[Placement] = []
+        searched: dict[str, list[Window]] = {}
         for start in range(0, len(shortlist), SHORTLIST_STEP):  # further only while none is sure
             for path, region, scales in self._regions(shortlist[start : start + SHORTLIST_STEP]):
                 found = self._register(self._scenes[path], path, region, scales, self.orientations)
+                searched.setdefault(path, []).append(region)
                 if not self._sure(found):
+                    if found is not None and found.correlation >= MIN_CORRELATION:
+                        unsure.append(found)
                     continue
                 if found.sigmas_over_elsewhere >= OVERWHELMING * self.margin_sigmas:
                     return found
                 sure.append(found)
             if sure:
                 return max(sure, key=lambda p: p.sigmas)
-        return None
+        return self._other_dates(unsure, searched)
+
+    def _other_dates(
+        self, unsure: Sequence[Placement], searched: dict[str, list[Window]]
+    ) -> Placement | None:
+        """When nothing was sure: the ground of the best unsure fits (``RECHECK`` of them)
+        searched in the other scenes covering it that the shortlist did not lead to (another
+        date may show the place more clearly), each region as a shortlisted tile's would be.
+        The surest fit there, if any is sure; else None."""
+        sure: list[Placement] = []
+        best = sorted(unsure, key=lambda p: -p.sigmas_over_elsewhere)[:RECHECK]
+        for candidate in best:
+            for path in self._other_scenes(candidate):
+                scene = self._scenes[path]
+                corners = _in_scene_pixels(candidate, scene)
+                scales = self._scales(scene)
+                if corners is None or not scales:
+                    continue
+                (left, top), (right, bottom) = corners.min(axis=0), corners.max(axis=0)
+                if any(_holds(w, left, top, right, bottom) for w in searched.get(path, [])):
+                    continue
+                margin = SEARCH_MARGIN * max(self.image.shape) * max(scales)
+                region = _clipped(
+                    scene, left - margin, top - margin, right - left + 2 * margin,
+                    bottom - top + 2 * margin,
+                )  # fmt: skip
+                if region is None:
+                    continue
+                searched.setdefault(path, []).append(region)
+                found = self._register(scene, path, region, scales, self.orientations)
+                if self._sure(found):
+                    sure.append(found)
+        return max(sure, key=lambda p: p.sigmas) if sure else None
 
     def _sure(self, found: Placement | None) -> bool:
         """A sure fit: it stands ``margin_sigmas`` above the best placement elsewhere in its
@@ -400,6 +440,16 @@ def _lands_on(found: Placement, expected: np.ndarray | None) -> bool:
     side = float(np.ptp(expected, axis=0).max())
     tolerance = CONSISTENT_PIXELS + CONSISTENT_SHARE * side
     return float(np.abs(found.corners - expected[:4]).max()) <= tolerance
+
+
+def _holds(window: Window, left: float, top: float, right: float, bottom: float) -> bool:
+    """Whether ``window`` contains the box (scene pixels)."""
+    return (
+        window.col <= left
+        and window.row <= top
+        and right <= window.col + window.width
+        and bottom <= window.row + window.height
+    )
 
 
 def _merged(windows: Sequence[Window]) -> list[Window]:
