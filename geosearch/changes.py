@@ -188,6 +188,8 @@ class ChangeResult:
     notes: list[str] = field(default_factory=list)
     all_pairs: list[PlacePair] = field(default_factory=list, repr=False)  # every pair scored
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    # per pair of all_pairs: significant (a looked-at place by its own flag, others by vectors)
+    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -538,12 +540,13 @@ def find_changes(
     places = places[:top]
     for rank, place in enumerate(places, start=1):
         place.rank = rank
-    flagged = int((scores > vectors_alone).sum())
-    flagged += sum(significant(i) - bool(scores[i] > vectors_alone) for i in looked)
+    flags = scores > vectors_alone
+    for i in looked:
+        flags[i] = significant(i)
     if vector_k != settings.mad_k:
         thresholds["vectors_alone"] = vectors_alone
-    return ChangeResult(before, after, places, len(pairs), flagged, thresholds,
-                        _notes(pairs, before, after), list(pairs), scores)  # fmt: skip
+    return ChangeResult(before, after, places, len(pairs), int(flags.sum()), thresholds,
+                        _notes(pairs, before, after), list(pairs), scores, flags)  # fmt: skip
 
 
 def _reference_sample(count: int, size: int, seed: int = 0) -> np.ndarray:

@@ -103,13 +103,12 @@ class _PngCache:
 
 @dataclass(frozen=True)
 class ChangeLayer:
-    """A run of ``changes`` kept by the service: the result (every pair's score; the places
-    listed), which pairs are significant, their centres as a map layer, and each pair's tile
-    ids (to find the place at a click)."""
+    """A run of ``changes`` kept by the service: the result (every pair's score and whether it
+    is significant; the places listed), the significant ones' centres as a map layer, and each
+    pair's tile ids (to find the place at a click)."""
 
     key: str
     result: ChangeResult
-    significant: np.ndarray
     coverage: Coverage
     before_ids: np.ndarray
     after_ids: np.ndarray
@@ -117,13 +116,12 @@ class ChangeLayer:
     @classmethod
     def of(cls, key: str, result: ChangeResult) -> ChangeLayer:
         pairs = result.all_pairs
-        significant = significant_pairs(result)
         footprints = [pairs[i].before.footprint or pairs[i].after.footprint
-                      for i in np.flatnonzero(significant)]  # fmt: skip
+                      for i in np.flatnonzero(result.flags)]  # fmt: skip
         before_ids = np.fromiter((p.before.id for p in pairs), np.int64, len(pairs))
         after_ids = np.fromiter((p.after.id for p in pairs), np.int64, len(pairs))
         layer = Coverage.of_footprints(footprints, CHANGES_COLOUR)
-        return cls(key, result, significant, layer, before_ids, after_ids)
+        return cls(key, result, layer, before_ids, after_ids)
 
     def place(self, index: int) -> PlaceChange:
         """Pair ``index`` as a place: the listed one (ranked, maybe looked at), else scored by
@@ -137,19 +135,8 @@ class ChangeLayer:
         score = float(scores[index])
         higher = int((scores > scores[index]).sum())
         higher -= sum(place.vector_change > score for place in listed)
-        return PlaceChange(pair, score, score, None, bool(self.significant[index]),
+        return PlaceChange(pair, score, score, None, bool(self.result.flags[index]),
                            rank=len(listed) + higher + 1)  # fmt: skip
-
-
-def significant_pairs(result: ChangeResult) -> np.ndarray:
-    """Which of ``result.all_pairs`` are significant, as ``find_changes`` counts them: a listed
-    place by its own flag (the second look's), every other pair by the vectors' threshold."""
-    alone = result.thresholds.get("vectors_alone", result.thresholds["vectors"])
-    significant = result.scores > alone
-    index = {id(pair): i for i, pair in enumerate(result.all_pairs)}
-    for place in result.places:
-        significant[index[id(place.pair)]] = place.significant
-    return significant
 
 
 class SearchService:
@@ -288,7 +275,7 @@ class SearchService:
         if not len(found):
             return replace(layer.result, places=[])
         scores = layer.result.scores
-        best = int(found[np.lexsort((-scores[found], ~layer.significant[found]))[0]])
+        best = int(found[np.lexsort((-scores[found], ~layer.result.flags[found]))[0]])
         return replace(layer.result, places=[layer.place(best)])
 
     def _change_layer(
