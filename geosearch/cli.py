@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1094,6 +1095,9 @@ def main() -> NoReturn:
     if sys.argv[1:] == ["--version"]:  # answered before Typer builds every command's options
         print(VERSION_LINE)
         _exit_without_teardown(0)
+    # pydantic (settings, and Typer's options) looks for plugins in every installed package's
+    # entry points the first time it builds a model: ~10 ms of each command, for none we use
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
         code: object = 0
@@ -1112,7 +1116,6 @@ def _exit_without_teardown(code: object) -> NoReturn:
     then; other threads are waited for, the atexit handlers run and the output is flushed."""
     import atexit
     import contextlib
-    import os
     import threading
 
     if code is None:

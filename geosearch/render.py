@@ -6,7 +6,6 @@ rest reads each tile's pixels back through the same reader and band manifest as 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import shapely
 from PIL import Image, ImageDraw, ImageFont
@@ -64,7 +64,7 @@ def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
     good = values.reshape(len(values), -1) if opaque else values[:, valid]
     stretched = np.zeros(rgb.shape, dtype=np.uint8)
     if good.size:
-        low, high = np.percentile(good, STRETCH_PERCENTILES, axis=1)[:, :, None, None]
+        low, high = _percentiles(good, STRETCH_PERCENTILES)
         span = np.where(high > low, high - low, 1.0)
         stretched[:] = np.clip((values - low) / span * 255.0, 0, 255)
     if opaque:
@@ -74,9 +74,45 @@ def render_png(rgb: np.ndarray, valid: np.ndarray, max_side: int) -> bytes:
         image = Image.fromarray(np.dstack([*stretched, alpha]), "RGBA")
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=PREVIEW_COMPRESSION)
-    return buffer.getvalue()
+    return png_bytes(np.asarray(image))
+
+
+def _percentiles(values: np.ndarray, percentiles: Sequence[float]) -> tuple[np.ndarray, ...]:
+    """Each ``percentiles`` of each row of ``values`` as ``np.percentile`` (linear) gives them,
+    shaped (rows, 1, 1): by partitioning, without the sort and first-call imports of
+    ``np.percentile`` (~10 ms of a search's previews)."""
+    last = values.shape[1] - 1
+    positions = [q / 100.0 * last for q in percentiles]
+    below = [int(np.floor(p)) for p in positions]
+    kth = sorted({k for b in below for k in (b, min(b + 1, last))})
+    parted = np.partition(values, kth, axis=1)
+    return tuple(
+        (parted[:, b] + (p - b) * (parted[:, min(b + 1, last)] - parted[:, b]))[:, None, None]
+        for p, b in zip(positions, below, strict=True)
+    )
+
+
+def png_bytes(pixels: np.ndarray, compression: int = PREVIEW_COMPRESSION) -> bytes:
+    """PNG of an (h, w, 3) RGB or (h, w, 4) RGBA uint8 array, by OpenCV (faster than Pillow's
+    encoder, and it spares Pillow's loading of its five file formats: ~10 ms of a search)."""
+    bgr = np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])  # OpenCV's order
+    done, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not done:
+        raise OutputError(f"cannot encode a {pixels.shape} image as PNG")
+    return encoded.tobytes()
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """The (h, w, 4) RGBA uint8 array of PNG bytes (``png_bytes``' inverse, opaque where the
+    PNG has no alpha)."""
+    pixels = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise OutputError("not a PNG image")
+    if pixels.ndim == 2:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGRA)
+    elif pixels.shape[2] == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2BGRA)
+    return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
 
 
 def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: int) -> bytes:
@@ -492,14 +528,13 @@ def contact_sheet(rows: Sequence[Sequence[tuple[bytes | None, Sequence[str]]]], 
         top = r * row_height
         for i, (png, label) in enumerate(row):
             if png is not None:
-                with Image.open(io.BytesIO(png)) as picture:
-                    picture = picture.convert("RGBA")
-                    picture.thumbnail((cell, cell))
-                    offset = (
-                        i * cell + (cell - picture.width) // 2,
-                        top + (cell - picture.height) // 2,
-                    )
-                    sheet.paste(picture, offset, picture)
+                picture = Image.fromarray(png_pixels(png), "RGBA")
+                picture.thumbnail((cell, cell))
+                offset = (
+                    i * cell + (cell - picture.width) // 2,
+                    top + (cell - picture.height) // 2,
+                )
+                sheet.paste(picture, offset, picture)
             else:
                 draw.text((i * cell + 4, top + cell // 2), "(missing)", fill="gray", font=font)
             for n, text in enumerate(label):
@@ -507,9 +542,7 @@ def contact_sheet(rows: Sequence[Sequence[tuple[bytes | None, Sequence[str]]]], 
                 colour = "black" if n == 0 else "dimgray"
                 position = (i * cell + 4, top + cell + 2 + n * line_height)
                 draw.text(position, shown, fill=colour, font=font)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG", compress_level=PREVIEW_COMPRESSION)
-    return buffer.getvalue()
+    return png_bytes(np.asarray(sheet))
 
 
 def _fitted(text: str, font: ImageFont.ImageFont, width: int) -> str:

@@ -44,6 +44,27 @@ def test_previews_are_transparent_where_nodata_and_opaque_rgb_elsewhere(stats_on
         assert opaque.mode == "RGB" and opaque.size == (256, 256)
 
 
+def test_a_preview_shows_the_tile_in_its_own_colours_stretched_2_to_98_percent(
+    naip_db, tmp_path
+):
+    import rasterio
+
+    out = tmp_path / "r"
+    result = geosearch.similar(naip_db, [YEARS[0]], tile=0, top=1)
+    geosearch.write_results(result, naip_db, out, previews="all")
+    w = result[0].query.tiles[0].window
+    with rasterio.open(YEARS[0]) as src:  # bands 1-3 are red, green, blue
+        rgb = src.read((1, 2, 3), window=((w.row, w.row + w.height), (w.col, w.col + w.width)))
+    values = rgb.reshape(3, -1).astype(np.float64)
+    low, high = np.percentile(values, (2, 98), axis=1)[:, :, None, None]
+    expected = np.clip((rgb - low) / (high - low) * 255, 0, 255).astype(np.uint8)
+    with Image.open(out / "previews" / "query1.png") as preview:
+        shown = np.moveaxis(np.asarray(preview.convert("RGB")), 2, 0).astype(int)
+    assert shown.shape == expected.shape
+    assert np.abs(shown - expected).max() <= 1  # red stays red: channels in order, not BGR
+    assert not np.array_equal(shown[0], shown[2])
+
+
 @pytest.mark.parametrize(
     "arguments",
     [
