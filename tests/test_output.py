@@ -44,9 +44,7 @@ def test_previews_are_transparent_where_nodata_and_opaque_rgb_elsewhere(stats_on
         assert opaque.mode == "RGB" and opaque.size == (256, 256)
 
 
-def test_a_preview_shows_the_tile_in_its_own_colours_stretched_2_to_98_percent(
-    naip_db, tmp_path
-):
+def test_a_preview_shows_the_tile_in_its_own_colours_stretched_2_to_98_percent(naip_db, tmp_path):
     import rasterio
 
     out = tmp_path / "r"
