@@ -1098,6 +1098,11 @@ def main() -> NoReturn:
     # pydantic (settings, and Typer's options) looks for plugins in every installed package's
     # entry points the first time it builds a model: ~10 ms of each command, for none we use
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    # A command's own matrices are small (a query, a batch of tiles; the heavy work runs in
+    # workers, TFLite or FAISS), and OpenBLAS's threads spin ~0.1 s after each call, taking the
+    # other core from previews and workers: a search burnt 0.9 s of CPU for 0.7 s of wall, one
+    # BLAS thread 0.67 s (bench/README.md, "The command line"). Set before numpy loads.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         app()
         code: object = 0
