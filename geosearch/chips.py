@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.windows
-from PIL import Image
 from rasterio.errors import RasterioError
 
 from geosearch.catalog import Catalog
 from geosearch.errors import GeosearchError, OutputError
 from geosearch.pixels import RawTile
-from geosearch.render import write_layer
+from geosearch.render import png_bytes, write_bytes, write_layer
 from geosearch.sources import open_source
 from geosearch.store import TileRecord
 
 LABELS_NAME = "labels.csv"
+CHIP_COMPRESSION = 6  # zlib level of PNG chips: written once, kept as training data
 FOOTPRINTS_NAME = "chips.gpkg"
 COLUMNS = ("chip", "label", "origin", "tile_id", "source_file", "row", "col", "width", "height",
            "acquired", "crs", "marked_at", "marked_by")  # fmt: skip
@@ -144,8 +144,5 @@ def _write_png(raw: RawTile, path: Path) -> Path:
     pixels = np.moveaxis(raw.pixels, 0, -1)
     if not raw.valid.all():
         pixels = np.dstack([pixels, raw.valid.astype(np.uint8) * 255])
-    try:
-        Image.fromarray(np.ascontiguousarray(pixels)).save(path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_bytes(path, png_bytes(pixels, compression=CHIP_COMPRESSION))
     return path

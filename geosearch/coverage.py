@@ -8,15 +8,15 @@ server and coloured by count, so the page downloads a few PNGs whatever the data
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from PIL import Image
 from shapely.geometry.base import BaseGeometry
+
+from geosearch.render import png_bytes
 
 MAP_TILE_PIXELS = 256
 # Counts per pixel are coloured on a log scale up to this many tiles (and above).
@@ -26,6 +26,7 @@ COLOUR = (21, 101, 192)
 DETECTION_COLOUR = (230, 81, 0)  # detect's layer: the tiles found, in orange
 CHANGES_COLOUR = (198, 40, 40)  # the changes layer: the significant places, in red
 OPACITY = (90, 230)
+LAYER_COMPRESSION = 6  # zlib level of the layers' PNG tiles: sent to the browser
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,4 @@ def _coloured(counts: np.ndarray, colour: tuple[int, int, int] = COLOUR) -> byte
     image = np.zeros((*counts.shape, 4), dtype=np.uint8)
     image[..., :3] = colour
     image[..., 3] = alpha.astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(image, "RGBA").save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
+    return png_bytes(image, compression=LAYER_COMPRESSION)

@@ -86,6 +86,13 @@ def test_marks_of_one_page_find_most_of_their_class(eurosat_db, tmp_path) -> Non
     assert len(list((tmp_path / "chips" / "good").glob("*.png"))) == len(good)
     with Image.open(next((tmp_path / "chips" / "bad").glob("*.png"))) as picture:
         assert picture.size == (64, 64)
+    with open(tmp_path / "chips" / "labels.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    with (
+        Image.open(tmp_path / "chips" / row["chip"]) as chip,
+        Image.open(row["source_file"]) as jpeg,
+    ):
+        assert np.array_equal(np.asarray(chip), np.asarray(jpeg.convert("RGB")))  # lossless, RGB
     assert not (tmp_path / "chips" / "chips.gpkg").exists()  # pictures have no footprints
 
 
