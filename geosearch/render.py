@@ -35,9 +35,15 @@ LOCATED_GEOJSON_NAME = "located.geojson"
 PARQUET_NAME = "similar.parquet"
 COORDINATE_DECIMALS = 7
 STRETCH_PERCENTILES = (2.0, 98.0)
-# zlib level of preview PNGs: 1 encodes a 256-px preview several times faster than PNG's usual 6
-# for files about a third larger (bench/README.md, "Previews").
-PREVIEW_COMPRESSION = 1
+# How previews and contact sheets are encoded: zlib level 1 (several times faster than PNG's
+# usual 6), run-length matching and every row filtered by the one above: imagery encodes in
+# half the time of level 1 alone, the files within a few % of its size (bench/README.md,
+# "The command line").
+PREVIEW_PNG = (
+    cv2.IMWRITE_PNG_COMPRESSION, 1,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+)  # fmt: skip
 PREVIEW_WINDOWS_PER_TASK = 16  # windows of one file rendered by one thread, the file opened once
 SHEET_QUERIES = 3  # up to this many queries: a contact sheet each; more: one for the batch
 BATCH_SHEET_ROWS = 10  # the batch's contact sheet shows the first queries, one row each
@@ -92,11 +98,14 @@ def _percentiles(values: np.ndarray, percentiles: Sequence[float]) -> tuple[np.n
     )
 
 
-def png_bytes(pixels: np.ndarray, compression: int = PREVIEW_COMPRESSION) -> bytes:
+def png_bytes(pixels: np.ndarray, compression: int | None = None) -> bytes:
     """PNG of an (h, w, 3) RGB or (h, w, 4) RGBA uint8 array, by OpenCV (faster than Pillow's
-    encoder, and it spares Pillow's loading of its five file formats: ~10 ms of a search)."""
+    encoder, and it spares Pillow's loading of its five file formats: ~10 ms of a search):
+    encoded as previews are (``PREVIEW_PNG``), or at zlib level ``compression`` with PNG's
+    usual filters."""
     bgr = np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])  # OpenCV's order
-    done, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    options = PREVIEW_PNG if compression is None else (cv2.IMWRITE_PNG_COMPRESSION, compression)
+    done, encoded = cv2.imencode(".png", bgr, list(options))
     if not done:
         raise OutputError(f"cannot encode a {pixels.shape} image as PNG")
     return encoded.tobytes()
