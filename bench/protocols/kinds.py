@@ -16,6 +16,10 @@ picture is a query, the rest of the sample the candidates, relevant = the same f
   label, the next 10 shown by a ``feedback`` round marked too, then ``feedback`` over the whole
   database with the 20 marks: AP of the class over the unmarked pictures. Beside it, Rocchio
   (1, 0.75, 0.25) with the same marks on the raw output;
+- near copies (the same picture, not its kind): a seeded sample of pictures, each cropped
+  ``NEAR_COPY_CROP`` px a side, resized back and saved as JPEG quality 75, searched through
+  ``geosearch.similar``; top-1 / in the top 10 = its original found there. Plain databases have
+  no second stage: this is the vectors' job alone, with the default expansion and without;
 - a geo variant: the pictures written as GeoTIFFs (EPSG:32633, 10 m pixels), one per place,
   10 km apart, ingested as a geo database and queried through ``geosearch.similar`` (second
   stage included), own tile excluded.
@@ -56,6 +60,9 @@ GEO_PIXEL_M = 10.0
 GEO_SPACING_M = 10_000.0  # between places: no two footprints touch
 AUGMENT = 10  # neighbours averaged into each candidate by database-side augmentation
 GEO_QUERIES = 300  # similar calls per geo database: a seeded sample of its pictures
+NEAR_COPIES = 200  # pictures of the sample searched as near copies of themselves
+NEAR_COPY_CROP = 3  # px cut from each side of a near copy before it is resized back
+NEAR_COPY_QUALITY = 75  # its JPEG quality
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,51 @@ def timed_similar(
         "query_ms_p50": round(float(np.median(times)), 2),
         "timed_queries": len(picks),
         "search_agrees": round(float(np.mean(agree)), 3),
+    }
+
+
+def near_copies(kinds: KindsSet, folder: Path, count: int = NEAR_COPIES) -> list[tuple[Path, Path]]:
+    """(copy, original) for ``count`` seeded pictures of ``kinds``: each cropped
+    ``NEAR_COPY_CROP`` px a side, resized back to its size (bilinear), saved as JPEG in
+    ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SAMPLE_SEED)
+    picks = sorted(rng.choice(len(kinds.paths), min(count, len(kinds.paths)), replace=False))
+    pairs = []
+    for n in picks:
+        original = kinds.paths[n]
+        copy = folder / f"{n:05d}_{original.stem}.jpg"
+        with Image.open(original) as picture:
+            w, h, cut = picture.width, picture.height, NEAR_COPY_CROP
+            cropped = picture.convert("RGB").crop((cut, cut, w - cut, h - cut))
+            cropped.resize((w, h), Image.Resampling.BILINEAR).save(copy, quality=NEAR_COPY_QUALITY)
+        pairs.append((copy, original))
+    return pairs
+
+
+def near_copy_metrics(
+    db: Path, pairs: Sequence[tuple[Path, Path]], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Share of near copies whose original ``geosearch.similar`` ranks first, and within the
+    top 10, searched with the dotted settings ``overrides``."""
+    from geosearch import similar
+
+    settings = Settings().with_overrides(overrides)
+    results = similar(db, [copy for copy, _ in pairs], top=TOP, settings=settings)
+    ranks = []
+    for (_, original), result in zip(pairs, results, strict=True):
+        found = [normalise_path(match.tile.path) for match in result.matches]
+        ranks.append(
+            found.index(normalise_path(original)) if normalise_path(original) in found else TOP
+        )
+    ranks_array = np.array(ranks)
+    return {
+        "near_copy_top1": round(float((ranks_array == 0).mean()), 4),
+        f"near_copy_top{TOP}": round(float((ranks_array < TOP).mean()), 4),
+        "queries": len(ranks),
+        "near_copy": f"cropped {NEAR_COPY_CROP} px a side, resized back, JPEG q{NEAR_COPY_QUALITY}",
     }
 
 
@@ -473,6 +525,12 @@ def kinds_figures(
     if neighbours:
         out[f"{label}, stored vectors without expansion"] = kinds_metrics(
             cosine_rankings(vectors, everyone), labels, everyone
+        )
+    copies = near_copies(kinds, work / f"near_copies{per_class}")
+    out[f"{label}, near copies"] = near_copy_metrics(db, copies, overrides)
+    if neighbours:
+        out[f"{label}, near copies without expansion"] = near_copy_metrics(
+            db, copies, overrides | {"search.expansion": 0}
         )
     out[f"{label}, candidates augmented (DBA {AUGMENT}, not built)"] = kinds_metrics(
         augmented_rankings(vectors, everyone, AUGMENT, neighbours), labels, everyone
