@@ -14,6 +14,7 @@ import pytest
 import rasterio
 import shapely
 from PIL import Image
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 from shapely.geometry import box
 
@@ -228,3 +229,42 @@ def test_a_landsat_chip_whose_place_is_not_sure_leaves_the_vectors_ranking(lands
 def _transform(path):
     with rasterio.open(path) as src:
         return src.transform
+
+
+@pytest.fixture(scope="module")
+def four_years_128(tmp_path_factory: pytest.TempPathFactory):
+    """The shared NAIP scenes of 2010-2015 at 128 px tiles (the off-grid bench's database with
+    2009 held out)."""
+    years = sorted(shared("naip").glob("*.tif"))
+    db = tmp_path_factory.mktemp("locate128") / "four_years_128.gpkg"
+    report = geosearch.ingest(years[1:], db, settings=Settings().with_overrides({"tile_size": 128}))
+    assert report.tiles_added == 4 * 48 and not report.skipped  # 934 x 723 px: 8 x 6 tiles
+    return years[0], db
+
+
+def test_a_place_unsure_in_the_shortlist_is_found_in_another_year(
+    four_years_128, tmp_path, monkeypatch
+):
+    from geosearch import locate
+
+    scene, db = four_years_128
+    window = Window(394, 201, 102, 102)  # 2009 at 0.8x: 102 px of ground enlarged to 128
+    chip = tmp_path / "scaled.tif"
+    with rasterio.open(scene) as src:
+        pixels = src.read(
+            window=window, out_shape=(src.count, 128, 128), resampling=Resampling.bilinear
+        )
+        profile = src.profile | {
+            "width": 128, "height": 128, "tiled": False,
+            "transform": src.window_transform(window) * rasterio.Affine.scale(102 / 128),
+        }  # fmt: skip
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        truth = box(*rasterio.windows.bounds(window, src.transform))
+    with rasterio.open(chip, "w", **profile) as dst:
+        dst.write(pixels)
+    [result] = geosearch.similar(db, [chip], top=4)
+    assert result.location is not None and iou(result.location.footprint_native, truth) > 0.9
+    assert coverage(result.matches[0].tile, truth) >= 0.25
+    monkeypatch.setattr(locate, "RECHECK", 0)  # only the scenes the shortlist led to
+    [shortlist_only] = geosearch.similar(db, [chip], top=4)
+    assert shortlist_only.location is None
