@@ -183,13 +183,17 @@ class ChangeResult:
     after: Period
     places: list[PlaceChange]
     pairs: int
-    significant: int
     thresholds: dict[str, float]  # what stands out, per measure: vectors, structure, cnn
     notes: list[str] = field(default_factory=list)
     all_pairs: list[PlacePair] = field(default_factory=list, repr=False)  # every pair scored
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
     # per pair of all_pairs: significant (a looked-at place by its own flag, others by vectors)
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+
+    @property
+    def significant(self) -> int:
+        """How many pairs are significant."""
+        return int(self.flags.sum())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -545,7 +549,7 @@ def find_changes(
         flags[i] = significant(i)
     if vector_k != settings.mad_k:
         thresholds["vectors_alone"] = vectors_alone
-    return ChangeResult(before, after, places, len(pairs), int(flags.sum()), thresholds,
+    return ChangeResult(before, after, places, len(pairs), thresholds,
                         _notes(pairs, before, after), list(pairs), scores, flags)  # fmt: skip
 
 

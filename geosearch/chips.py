@@ -29,7 +29,6 @@ from geosearch.sources import open_source
 from geosearch.store import TileRecord
 
 LABELS_NAME = "labels.csv"
-CHIP_COMPRESSION = 6  # zlib level of PNG chips: written once, kept as training data
 FOOTPRINTS_NAME = "chips.gpkg"
 COLUMNS = ("chip", "label", "origin", "tile_id", "source_file", "row", "col", "width", "height",
            "acquired", "crs", "marked_at", "marked_by")  # fmt: skip
@@ -144,5 +143,5 @@ def _write_png(raw: RawTile, path: Path) -> Path:
     pixels = np.moveaxis(raw.pixels, 0, -1)
     if not raw.valid.all():
         pixels = np.dstack([pixels, raw.valid.astype(np.uint8) * 255])
-    write_bytes(path, png_bytes(pixels, compression=CHIP_COMPRESSION))
+    write_bytes(path, png_bytes(pixels))
     return path

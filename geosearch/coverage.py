@@ -26,7 +26,6 @@ COLOUR = (21, 101, 192)
 DETECTION_COLOUR = (230, 81, 0)  # detect's layer: the tiles found, in orange
 CHANGES_COLOUR = (198, 40, 40)  # the changes layer: the significant places, in red
 OPACITY = (90, 230)
-LAYER_COMPRESSION = 6  # zlib level of the layers' PNG tiles: sent to the browser
 
 
 @dataclass(frozen=True)
@@ -147,4 +146,4 @@ def _coloured(counts: np.ndarray, colour: tuple[int, int, int] = COLOUR) -> byte
     image = np.zeros((*counts.shape, 4), dtype=np.uint8)
     image[..., :3] = colour
     image[..., 3] = alpha.astype(np.uint8)
-    return png_bytes(image, compression=LAYER_COMPRESSION)
+    return png_bytes(image)

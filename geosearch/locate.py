@@ -290,11 +290,7 @@ class Locator:
                 (left, top), (right, bottom) = corners.min(axis=0), corners.max(axis=0)
                 if any(_holds(w, left, top, right, bottom) for w in searched.get(path, [])):
                     continue
-                margin = SEARCH_MARGIN * max(self.image.shape) * max(scales)
-                region = _clipped(
-                    scene, left - margin, top - margin, right - left + 2 * margin,
-                    bottom - top + 2 * margin,
-                )  # fmt: skip
+                region = _clipped(scene, left, top, right, bottom, self._search_margin(scales))
                 if region is None:
                     continue
                 searched.setdefault(path, []).append(region)
@@ -349,10 +345,9 @@ class Locator:
             scales = scales_of.setdefault(tile.path, self._scales(scene))
             if not scales:
                 continue
-            margin = math.ceil(SEARCH_MARGIN * max(self.image.shape) * max(scales))
             w = tile.window
             region = _clipped(
-                scene, w.col - margin, w.row - margin, w.width + 2 * margin, w.height + 2 * margin
+                scene, w.col, w.row, w.col + w.width, w.row + w.height, self._search_margin(scales)
             )
             if region is not None:
                 regions.setdefault(tile.path, []).append(region)
@@ -361,6 +356,11 @@ class Locator:
             for path, windows in regions.items()
             for region in _merged(windows)
         ]
+
+    def _search_margin(self, scales: Sequence[float]) -> int:
+        """Scene pixels searched around a shortlisted place: ``SEARCH_MARGIN`` of the query's
+        side at the largest of ``scales``."""
+        return math.ceil(SEARCH_MARGIN * max(self.image.shape) * max(scales))
 
     def _other_scenes(self, placement: Placement) -> list[str]:
         """Indexed files, other than the placement's, with tiles meeting the placed query."""
@@ -386,8 +386,8 @@ class Locator:
         ground = placement.scale * _pixel_side(placement.scene_transform)
         scales = [ground / _pixel_side(scene.transform) * factor for factor in factors]
         pad = EXPAND_MARGIN * max(self.image.shape) * max(scales) + EXPAND_PIXELS
-        (left, top), (right, bottom) = expected.min(axis=0) - pad, expected.max(axis=0) + pad
-        region = _clipped(scene, left, top, right - left, bottom - top)
+        (left, top), (right, bottom) = expected.min(axis=0), expected.max(axis=0)
+        region = _clipped(scene, left, top, right, bottom, pad)
         return self._register(scene, path, region, scales, [placement.orientation])
 
     def _register(
@@ -483,11 +483,14 @@ def _area(window: Window) -> int:
     return window.width * window.height
 
 
-def _clipped(scene: GeoRasterSource, col: float, row: float, width: float, height: float):
-    """The part of a window inside the scene, or None if nothing is."""
-    left, top = max(0, math.floor(col)), max(0, math.floor(row))
-    right = min(scene.width, math.ceil(col + width))
-    bottom = min(scene.height, math.ceil(row + height))
+def _clipped(
+    scene: GeoRasterSource, left: float, top: float, right: float, bottom: float, margin: float
+) -> Window | None:
+    """The box (scene pixels) grown by ``margin`` on every side, the part of it inside the
+    scene as whole pixels; None if nothing is."""
+    left, top = max(0, math.floor(left - margin)), max(0, math.floor(top - margin))
+    right = min(scene.width, math.ceil(right + margin))
+    bottom = min(scene.height, math.ceil(bottom + margin))
     if right - left < 2 or bottom - top < 2:
         return None
     return Window(top, left, right - left, bottom - top)

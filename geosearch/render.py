@@ -35,11 +35,11 @@ LOCATED_GEOJSON_NAME = "located.geojson"
 PARQUET_NAME = "similar.parquet"
 COORDINATE_DECIMALS = 7
 STRETCH_PERCENTILES = (2.0, 98.0)
-# How previews and contact sheets are encoded: zlib level 1 (several times faster than PNG's
-# usual 6), run-length matching and every row filtered by the one above: imagery encodes in
-# half the time of level 1 alone, the files within a few % of its size (bench/README.md,
-# "The command line").
-PREVIEW_PNG = (
+# How every PNG is encoded (previews, contact sheets, map layers, picture chips): zlib level 1,
+# run-length matching and every row filtered by the one above: imagery encodes in half the time
+# of level 1 alone and a quarter of PNG's usual level 6, the files within a few % of either's
+# size (bench/README.md, "The command line").
+PNG_OPTIONS = (
     cv2.IMWRITE_PNG_COMPRESSION, 1,
     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
     cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
@@ -98,30 +98,24 @@ def _percentiles(values: np.ndarray, percentiles: Sequence[float]) -> tuple[np.n
     )
 
 
-def png_bytes(pixels: np.ndarray, compression: int | None = None) -> bytes:
-    """PNG of an (h, w, 3) RGB or (h, w, 4) RGBA uint8 array, by OpenCV (faster than Pillow's
-    encoder, and it spares Pillow's loading of its five file formats: ~10 ms of a search):
-    encoded as previews are (``PREVIEW_PNG``), or at zlib level ``compression`` with PNG's
-    usual filters."""
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """PNG of an (h, w, 3) RGB or (h, w, 4) RGBA uint8 array, by OpenCV (``PNG_OPTIONS``; faster
+    than Pillow's encoder, and it spares Pillow's loading of its five file formats: ~10 ms of a
+    search)."""
     bgr = np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])  # OpenCV's order
-    options = PREVIEW_PNG if compression is None else (cv2.IMWRITE_PNG_COMPRESSION, compression)
-    done, encoded = cv2.imencode(".png", bgr, list(options))
+    done, encoded = cv2.imencode(".png", bgr, list(PNG_OPTIONS))
     if not done:
         raise OutputError(f"cannot encode a {pixels.shape} image as PNG")
     return encoded.tobytes()
 
 
 def png_pixels(png: bytes) -> np.ndarray:
-    """The (h, w, 4) RGBA uint8 array of PNG bytes (``png_bytes``' inverse, opaque where the
-    PNG has no alpha)."""
+    """The (h, w, 4) RGBA uint8 array of ``png_bytes``' output (opaque where it has no alpha)."""
     pixels = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise OutputError("not a PNG image")
-    if pixels.ndim == 2:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGRA)
-    elif pixels.shape[2] == 3:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2BGRA)
-    return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGBA)
+    opaque = pixels.shape[2] == 3
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGBA if opaque else cv2.COLOR_BGRA2RGBA)
 
 
 def tile_preview(catalog: Catalog, path: str, window: Window | None, max_side: int) -> bytes:

@@ -298,10 +298,8 @@ def near_copy_metrics(
     results = similar(db, [copy for copy, _ in pairs], top=TOP, settings=settings)
     ranks = []
     for (_, original), result in zip(pairs, results, strict=True):
-        found = [normalise_path(match.tile.path) for match in result.matches]
-        ranks.append(
-            found.index(normalise_path(original)) if normalise_path(original) in found else TOP
-        )
+        found = [match.tile.path for match in result.matches] + [normalise_path(original)]
+        ranks.append(min(found.index(normalise_path(original)), TOP))  # TOP: not in the top
     ranks_array = np.array(ranks)
     return {
         "near_copy_top1": round(float((ranks_array == 0).mean()), 4),
