@@ -82,15 +82,16 @@ def chunks(vectors: np.ndarray) -> Any:
         yield np.arange(start + 1, start + 1 + len(part), dtype=np.int64), part
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+def exact_top(batches: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
     """(ids of each query's exact top ``k``, ms per query): FAISS brute force over the
-    float16 vectors, chunk by chunk, all queries at once (the exact baseline's speed)."""
+    (ids, rows) ``batches`` (e.g. ``chunks`` of the float16 vectors), all queries at once (the
+    exact baseline's speed)."""
     import faiss
 
     started = time.perf_counter()
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), k), dtype=np.int64)
-    for ids, part in chunks(vectors):
+    for ids, part in batches:
         scores, rows = faiss.knn(queries, part, k, metric=faiss.METRIC_INNER_PRODUCT)
         scores = np.hstack([best_scores, scores])
         found = np.hstack([best_ids, ids[rows]])
@@ -218,21 +219,28 @@ def measure_kind(
     path = folder / f"{kind}.faiss"
     started = time.perf_counter()
     index = VectorIndex.build_from(
-        len(vectors), DIM, lambda: chunks(vectors), sample, kind=kind, spill=path
-    )
+        len(vectors), DIM, lambda: chunks(vectors), sample,
+        kind=kind, spill=path, augment=args.augment,
+    )  # fmt: skip
     build_s = time.perf_counter() - started
     index.save(path, IndexState(0, len(vectors), index.count, index.dim))
+    truth_file = folder / "truth.npy"
+    if args.augment:  # recall of the index's search of its own (augmented) rows
+        queries = np.load(folder / "queries.npy")
+        truth_file = folder / f"truth_{kind}_rows.npy"
+        np.save(truth_file, exact_top(index.row_batches(), queries, K)[0])
     del index
     files = {"index_file_bytes": path.stat().st_size}
     if vectors_path(path).exists():
         files["vectors_file_bytes"] = vectors_path(path).stat().st_size
     command = [sys.executable, __file__, "--child", str(path), "--batch", str(args.batch)]
     command += ["--queries-file", str(folder / "queries.npy")]
-    command += ["--truth-file", str(folder / "truth.npy")]
+    command += ["--truth-file", str(truth_file)]
     command += ["--nprobe", ",".join(map(str, args.nprobe))]
     command += ["--rerank", ",".join(map(str, args.rerank))]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     base = {"measure": "query", "n": len(vectors), "kind": kind, "role": role}
+    base["augment"] = args.augment
     return [
         base | {"build_s": round(build_s, 1)} | files | json.loads(line)
         for line in output.splitlines()
@@ -247,6 +255,7 @@ def run(args: argparse.Namespace) -> None:
     import faiss
 
     from geosearch.index import (
+        AUGMENT_NEIGHBOURS,
         EXACT_MAX_VECTORS,
         PQ_MAX_SHARE,
         PQ_MIN_SHARE,
@@ -255,6 +264,8 @@ def run(args: argparse.Namespace) -> None:
         choose_kind,
     )
 
+    if args.augment is None:
+        args.augment = AUGMENT_NEIGHBOURS
     emit(
         {
             "measure": "environment",
@@ -299,7 +310,7 @@ def run(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             vectors, queries = synthetic_file(n, args.queries, folder / "vectors.npy")
             made_s = time.perf_counter() - started
-            truth, exact_ms = exact_top(vectors, queries, K)
+            truth, exact_ms = exact_top(chunks(vectors), queries, K)
             emit(
                 {
                     "measure": "exact_brute_force",
@@ -381,6 +392,9 @@ def main() -> None:
     parser.add_argument("--nprobe", type=integers, default=[0], help="IVF nprobe (0: default)")
     parser.add_argument(
         "--rerank", type=integers, default=[0], help="IVF re-ranked candidates (0: default)"
+    )
+    parser.add_argument(
+        "--augment", type=int, help="neighbours a row is augmented by (default: the index's)"
     )
     parser.add_argument("--naive-queries", type=int, default=3, help="0 to skip the naive loop")
     parser.add_argument("--workdir", help="keep index files here (default: a temporary folder)")

@@ -20,6 +20,7 @@ from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure, FilePlan
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
 from geosearch.errors import ConfigError, InputError
+from geosearch.index import index_for_search
 from geosearch.ingest import discover
 from geosearch.search import (
     SCENE_NEIGHBOURS,
@@ -29,11 +30,12 @@ from geosearch.search import (
     mean_vector,
     merge_orientations,
     orientation_rows,
+    own_vectors_floor,
     ranked_matches,
     resolve_query,
     scene_ranking,
 )
-from geosearch.store import normalise_path
+from geosearch.store import Store, normalise_path
 
 
 def similar_spark(
@@ -70,7 +72,8 @@ def similar_spark(
         resolved += _embed_on_executors(catalog, new_files, settings, master)
         if not resolved:
             raise ConfigError("no query: give query files or folders, or --all-tiles")
-        ids, vectors = store.vectors()
+        index = index_for_search(store)  # searched as the local search does: the index's rows
+        ids, vectors = (np.concatenate(part) for part in zip(*index.row_batches(), strict=True))
         parents, matrix = orientation_rows(resolved)
         extra = max(len(query.exclude) for query in resolved)
         scores, found = spark_top_k(
@@ -85,7 +88,7 @@ def similar_spark(
             for parent, row_scores, row_ids in zip(parents, scores, found, strict=True)
         ]
         bonus = settings.search.orientation_bonus
-        ranked = merge_orientations(store, parents, matrix, ranked_rows, bonus)
+        ranked = merge_orientations(index.vectors, parents, matrix, ranked_rows, bonus)
         scenes = [n for n, query in enumerate(resolved) if is_scene_query(query)]
         if scenes:  # as the local search: scenes ranked by how well their tiles match
             for n, pairs in zip(
@@ -95,9 +98,14 @@ def similar_spark(
             ):
                 ranked[n] = pairs
         return [
-            SearchResult(query, ranked_matches(store, pairs[:top]))
+            SearchResult(query, ranked_matches(store, _floored(store, query, pairs[:top])))
             for query, pairs in zip(resolved, ranked, strict=True)
         ]
+
+
+def _floored(store: Store, query: Query, pairs: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """As the local search ranks results (``own_vectors_floor``), scenes aside."""
+    return pairs if is_scene_query(query) else own_vectors_floor(store, query.vector, pairs)
 
 
 def _scene_rankings(

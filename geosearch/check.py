@@ -21,7 +21,7 @@ from geosearch.catalog import open_catalog
 from geosearch.config import Settings
 from geosearch.errors import DatabaseError
 from geosearch.geopackage import decode_geometry
-from geosearch.index import IndexState, VectorIndex, index_path
+from geosearch.index import VectorIndex, index_path, open_index
 from geosearch.store import RAW_DTYPE, Store, vector_blob
 
 UNIT_TOLERANCE = 1e-3
@@ -184,13 +184,9 @@ def _repair(
     store.repair(
         fused_again, beyond_repair, files_to_reingest, [record.path for record in miscounted]
     )
-    ids, vectors = store.vectors()
-    if len(ids) and vectors.shape[1] == 0:
+    if store.tile_count() and not store.vector_dim():
         raise DatabaseError(f"{store.path}: vectors unreadable; re-ingest into a new --db")
-    index = VectorIndex.build(ids, vectors)
-    index.save(
-        index_path(store.path),
-        IndexState(store.generation, int(ids.max()) if len(ids) else 0, index.count, index.dim),
-    )
+    index_path(store.path).unlink(missing_ok=True)
+    open_index(store)  # rebuilt from the repaired tiles
     for problem in report.problems:
         problem.fixed = problem.kind in ("vector", "features", "files", "index")

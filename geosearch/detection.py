@@ -36,7 +36,7 @@ from geosearch.catalog import Catalog
 from geosearch.classifier import TileClassifier, probability, train_classifier
 from geosearch.config import DetectSettings, SparkSettings
 from geosearch.errors import ConfigError, GeosearchError, InputError, OutputError
-from geosearch.index import index_for_search
+from geosearch.index import VectorIndex, index_for_search
 from geosearch.maps import PROBABILITY, SimilarityMap, tile_values, write_tile_map
 from geosearch.render import (
     collection_text,
@@ -216,22 +216,24 @@ def session_training(
             f"session {session} has no tile marked good: mark some with --good IDS, "
             "--good-within AREA or 'geosearch feedback SESSION --good RANKS'"
         )
-    positives = _vectors(store, good)
+    index = index_for_search(store)
+    positives = _rows(index, good)
     query = _query_vector(catalog, saved["query"])
     if query is not None:
-        positives = np.vstack([query[None, :], positives])
-    background = store.vector_sample(settings.background) if settings.background else None
-    if background is None or len(background) <= len(labels):  # nothing but the marks
+        positives = np.vstack([index.augmented(query[None, :], index.augment), positives])
+    sample = store.sample_ids(settings.background) if settings.background else []
+    background = _rows(index, sample, positives.shape[1])
+    if len(background) <= len(labels):  # nothing but the marks
         background = np.zeros((0, positives.shape[1]), np.float32)
-    negatives = _vectors(store, bad, positives.shape[1])
+    negatives = _rows(index, bad, positives.shape[1])
     if not len(negatives) and not len(background):  # train_classifier's error, before scoring
         train_classifier(positives, negatives, background)
     return TrainingSet(positives, negatives, background, set(labels))
 
 
-def _vectors(store: Store, ids: Sequence[int], dim: int = 0) -> np.ndarray:
-    found = store.vectors(ids)[1]
-    return found if len(found) else np.zeros((0, dim), np.float32)
+def _rows(index: VectorIndex, ids: Sequence[int], dim: int = 0) -> np.ndarray:
+    """The index's rows of ``ids`` (what it scores: see ``score_tiles``); (0, dim) if none."""
+    return index.vectors(ids) if len(ids) else np.zeros((0, dim), np.float32)
 
 
 def _query_vector(catalog: Catalog, saved: dict[str, Any]) -> np.ndarray | None:
@@ -256,16 +258,16 @@ def score_tiles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ids, log-odds) of every tile ``allowed`` (None: all), in id order. The classifier being
     linear, its log-odds are the index's exact inner products with its weights (streamed from
-    the index's float32 copy of the vectors a block of rows at a time, as similarity maps do:
-    SQLite reads the vector BLOBs about twice as slowly) plus its bias; only ids and one float
-    a tile are kept. ``spark`` (settings, master): the database's vectors are streamed into
-    shards scored on Spark executors instead (``engines.spark``)."""
+    the index's rows a block at a time, as similarity maps do: the rows it searches, augmented,
+    and SQLite reads the vector BLOBs about twice as slowly) plus its bias; only ids and one
+    float a tile are kept. ``spark`` (settings, master): the same rows are streamed into shards
+    scored on Spark executors instead (``engines.spark``)."""
     if spark is not None:
         from geosearch.engines.spark import spark_linear_scores, spark_session
 
         session = spark_session(*spark)
         ids, logits = spark_linear_scores(
-            session, store.vector_batches(), classifier.weights, classifier.bias,
+            session, index_for_search(store).row_batches(), classifier.weights, classifier.bias,
             spark[0].partitions,
         )  # fmt: skip
     else:
@@ -389,7 +391,7 @@ def review_tiles(
     if all(tile.footprint is not None for tile in pool):
         points = np.array([[*tile.footprint.centroid.coords[0]] for tile in pool])
     else:
-        points = _vectors(store, [tile.id for tile in pool])
+        points = _rows(index_for_search(store), [tile.id for tile in pool])
     chosen = [0]
     distance = np.linalg.norm(points - points[0], axis=1)
     while len(chosen) < min(count, len(pool)):
@@ -435,7 +437,8 @@ def detect(
         unmarked = ~np.isin(ids, np.fromiter(marked, np.int64, len(marked)))
         surest = largest(np.where(unmarked, logits, -np.inf), count)
         surest = surest[unmarked[surest]]
-        classifier = training.train(settings, _vectors(store, sorted(ids[surest].tolist())))
+        surest_rows = _rows(index_for_search(store), sorted(ids[surest].tolist()))
+        classifier = training.train(settings, surest_rows)
         lap("training")
         ids, logits = score_tiles(store, classifier, allowed, spark)
         lap("scoring")

@@ -22,6 +22,14 @@ the threshold, an IVF index has outgrown its training (``IVF_RETRAIN_GROWTH``), 
 ``MAX_REMOVED_FRACTION`` of its rows are removed. Removal: both kinds drop the vectors
 (``remove_ids``); IVF's removed rows stay, unused, in the vectors file until that rebuild.
 
+Rows are augmented (database-side augmentation, DBA): each tile's row is its vector plus its
+``AUGMENT_NEIGHBOURS`` nearest other tiles' vectors, weighted by their cosines, back to unit
+length. What a neighbourhood agrees on counts more, so more of a place's kind is found
+(bench/README.md, "Kinds of places"); the database keeps each tile's own vector, and a result's
+cosine is to that vector. A build makes a plain index first, finds every row's neighbours in it,
+and fills the index with the augmented rows; rows added later are augmented against the rows
+already indexed, and a new pass runs once the rows have grown by ``AUGMENT_REFRESH``.
+
 Files beside the database:
 
 - ``<db>.faiss``: our header (kind, settings, row count), each row's tile id (-1 once removed),
@@ -47,8 +55,9 @@ import mmap
 import os
 import secrets
 import struct
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -74,6 +83,10 @@ PQ_MAX_SHARE = 0.5
 PQ_RERANK_CANDIDATES = 1000
 IVF_RETRAIN_GROWTH = 4  # retrain once the count is 4× what the lists were trained on
 MAX_REMOVED_FRACTION = 0.2  # compact once this fraction of IVF rows are removed
+AUGMENT_NEIGHBOURS = 5  # DBA: each row plus its 5 nearest others (bench/README.md measured 5, 10)
+AUGMENT_REFRESH = 1.5  # a new augmentation pass once the rows are 1.5x those of the last pass
+AUGMENT_LISTS = 16  # IVF lists probed to find a row's neighbours in a pass ...
+AUGMENT_CANDIDATES = 64  # ... and candidates re-ranked exactly
 KINDS = ("flat", "ivfpq")
 
 _MAGIC = b"GSINDEX1"
@@ -129,6 +142,8 @@ class VectorIndex:
         self.trained_on = 0  # IVF: how many vectors the lists were trained for
         self._row_id_parts: list[np.ndarray] = []  # FAISS row → tile id, -1 once removed
         self._removed_rows = 0  # IVF's rows marked removed; flat drops them
+        self.augment = 0  # rows hold each vector plus this many neighbours (0: the vectors)
+        self.augmented_rows = 0  # rows at the last augmentation pass
         self._vectors = _RerankVectors(dim) if kind == "ivfpq" else None
         if kind == "flat":
             self._index = faiss.IndexFlatIP(dim)
@@ -147,8 +162,10 @@ class VectorIndex:
         *,
         exact_max: int = EXACT_MAX_VECTORS,
         kind: str | None = None,
+        augment: int = 0,
     ) -> VectorIndex:
-        """An index of the kind that suits ``len(ids)`` (or ``kind``), trained and filled."""
+        """An index of the kind that suits ``len(ids)`` (or ``kind``), trained and filled with
+        the vectors, or with rows augmented by ``augment`` neighbours."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
         def sample(size: int) -> np.ndarray:
@@ -157,7 +174,7 @@ class VectorIndex:
 
         return cls.build_from(
             len(ids), vectors.shape[1], lambda: [(ids, vectors)], sample,
-            exact_max=exact_max, kind=kind,
+            exact_max=exact_max, kind=kind, augment=augment,
         )  # fmt: skip
 
     @classmethod
@@ -171,12 +188,32 @@ class VectorIndex:
         exact_max: int = EXACT_MAX_VECTORS,
         kind: str | None = None,
         spill: Path | None = None,
+        augment: int = 0,
     ) -> VectorIndex:
         """An index of ``count`` vectors built without holding them all at once: an IVF index is
         trained on ``sample(n)`` (n random vectors), then every kind is filled from
         ``batches()`` of (ids, vectors). ``spill``: where the index will be saved; an IVF
-        index then writes its re-rank rows to that vectors file as they come, not to memory."""
+        index then writes its re-rank rows to that vectors file as they come, not to memory.
+        ``augment``: the rows are augmented by that many neighbours, found in a plain index
+        built first (``batches`` is read twice)."""
         kind = kind or choose_kind(count, exact_max)
+        if augment:
+            with tempfile.TemporaryDirectory(prefix="geosearch-index-") as folder:
+                plain = cls.build_from(
+                    count, dim, batches, sample,
+                    kind=kind, spill=Path(folder) / "plain", augment=0,
+                )  # fmt: skip
+                try:
+                    index = cls.build_from(
+                        count, dim,
+                        lambda: ((i, plain.augmented(v, augment, i)) for i, v in batches()),
+                        lambda size: plain.augmented(sample(size), augment),
+                        kind=kind, spill=spill, augment=0,
+                    )  # fmt: skip
+                finally:
+                    plain.close()
+            index.augment, index.augmented_rows = augment, index._rows
+            return index
         index = cls(dim, kind=kind, nlist=ivf_lists(count))
         if kind == "ivfpq":
             size = min(count, IVF_TRAIN_POINTS_PER_LIST * index.nlist)
@@ -204,12 +241,15 @@ class VectorIndex:
         return sum(len(part) for part in self._row_id_parts)
 
     def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
-        """Add tile ids with their unit vectors. IVF keeps ``vectors`` themselves (no copy) for
-        the re-rank until the next save writes them to the vectors file."""
+        """Add tile ids with their unit vectors, augmented against the rows already indexed
+        when the index is augmented. IVF keeps the rows themselves (no copy) for the re-rank
+        until the next save writes them to the vectors file."""
         if not len(ids):
             return
         ids = np.asarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.augment and self.count:
+            vectors = self.augmented(vectors, self.augment, ids)
         if self.kind == "ivfpq":
             for start in range(0, len(ids), _ADD_ROWS):
                 part = vectors[start : start + _ADD_ROWS]
@@ -254,20 +294,75 @@ class VectorIndex:
         if k == 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        candidates = max(k, self.rerank)
         with _faiss_threads(1 if len(queries) == 1 else None):
-            if self.kind == "ivfpq":
-                candidates = max(k, self.rerank)
-                params = faiss.SearchParametersIVF(nprobe=self._nprobe_for(candidates))
-                _, rows = self._index.search(_pad(queries), candidates, params=params)
-                scores, rows = self._rerank(queries, rows, k)
-            else:
-                scores, rows = self._index.search(queries, k)
-        ids = np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)
-        return scores, ids
+            scores, rows = self._search_rows(queries, k, candidates, None)
+        return scores, self._ids_of_rows(rows)
+
+    def _search_rows(
+        self, queries: np.ndarray, k: int, candidates: int, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of each query's ``k`` best rows (-1: none); IVF re-ranks its best
+        ``candidates`` from ``nprobe`` lists (None: ``_nprobe_for``) exactly."""
+        if self.kind == "flat":
+            return self._index.search(queries, k)
+        nprobe = min(self.nlist, nprobe or self._nprobe_for(candidates))
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        _, rows = self._index.search(_pad(queries), max(k, candidates), params=params)
+        return self._rerank(queries, rows, k)
+
+    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, self._row_ids[np.maximum(rows, 0)], -1)
+
+    def augmented(
+        self, vectors: np.ndarray, neighbours: int, ids: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each of the unit ``vectors`` plus its ``neighbours`` nearest rows of this index,
+        weighted by their cosines (those below 0 count 0), back to unit length. A row's own
+        tile (``ids``; without them, each vector's nearest row: the vectors are indexed) is not
+        its neighbour. IVF finds the neighbours in ``AUGMENT_LISTS`` lists."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        k = min(neighbours + 1, self.count)
+        if not len(vectors) or k == 0:
+            return vectors
+        scores, rows = self._search_rows(vectors, k, AUGMENT_CANDIDATES, AUGMENT_LISTS)
+        if ids is None:
+            own = np.arange(k) == 0
+        else:
+            own = self._ids_of_rows(rows) == np.asarray(ids, dtype=np.int64)[:, None]
+        kept = (rows >= 0) & ~own
+        first = np.argsort(~kept, axis=1, kind="stable")[:, :neighbours]  # kept rows first
+        rows = np.take_along_axis(rows, first, 1)
+        weights = np.where(
+            np.take_along_axis(kept, first, 1), np.take_along_axis(scores, first, 1), 0.0
+        ).clip(0)
+        near = self._row_vectors(np.maximum(rows, 0).ravel()).reshape(*rows.shape, self.dim)
+        summed = vectors + np.einsum("rk,rkd->rd", weights.astype(np.float32), near)
+        return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+
+    def _row_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), dim) float32 of the index's ``rows``."""
+        if self.kind == "ivfpq":
+            return self._vectors.read(rows)
+        if not len(rows):
+            return np.zeros((0, self.dim), np.float32)
+        return self._index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(len(ids), dim) the rows this index ranks ``ids`` by, in the order given (the
+        augmented vectors; the database keeps each tile's own)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        row_ids = self._row_ids
+        order = np.argsort(row_ids, kind="stable")
+        position = np.minimum(np.searchsorted(row_ids, ids, sorter=order), max(len(order) - 1, 0))
+        rows = order[position] if len(order) else position
+        if len(ids) and (not len(order) or (row_ids[rows] != ids).any()):
+            raise DatabaseError("the index does not hold every tile asked for; run geosearch check")
+        return self._row_vectors(rows)
 
     def score_all(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores): every indexed tile's exact inner product with ``query``, computed
-        from the stored float32 vectors ``_SCORE_ROWS`` rows at a time (no search)."""
+        from the index's rows ``_SCORE_ROWS`` at a time (no search)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         row_ids = self._row_ids
         scores = np.empty(len(row_ids), dtype=np.float32)
@@ -275,10 +370,19 @@ class VectorIndex:
             stop = min(len(row_ids), start + _SCORE_ROWS)
             if self.kind == "ivfpq":
                 scores[start:stop] = self._vectors.dot(query, start, stop)
-            else:  # flat keeps its float32 vectors
+            else:  # flat keeps its float32 rows
                 scores[start:stop] = self._index.reconstruct_n(start, stop - start) @ query
         kept = row_ids >= 0  # rows marked removed (IVF) are left out
         return row_ids[kept], scores[kept]
+
+    def row_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, rows) of every indexed tile, ``_SCORE_ROWS`` at a time: what the index ranks
+        by, for scoring elsewhere (Spark) as ``score_all`` scores here."""
+        row_ids = self._row_ids
+        for start in range(0, len(row_ids), _SCORE_ROWS):
+            rows = np.arange(start, min(len(row_ids), start + _SCORE_ROWS))
+            rows = rows[row_ids[rows] >= 0]
+            yield row_ids[rows], self._row_vectors(rows)
 
     @property
     def lists_probed(self) -> int:
@@ -315,12 +419,17 @@ class VectorIndex:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, best, 1), np.take_along_axis(rows, best, 1)
 
-    def needs_rebuild(self, exact_max: int = EXACT_MAX_VECTORS) -> bool:
-        """Whether a rebuild would change the kind, retrain IVF lists or compact removed rows."""
+    def needs_rebuild(
+        self, exact_max: int = EXACT_MAX_VECTORS, augment: int = AUGMENT_NEIGHBOURS
+    ) -> bool:
+        """Whether a rebuild would change the kind, retrain IVF lists, compact removed rows or
+        augment the rows again (another ``augment``, or grown by ``AUGMENT_REFRESH``)."""
         return (
             self.kind != choose_kind(self.count, exact_max)
             or (self.kind == "ivfpq" and self.count > IVF_RETRAIN_GROWTH * self.trained_on)
             or self._removed_rows > MAX_REMOVED_FRACTION * max(1, self._rows)
+            or (self.count > 0 and self.augment != augment)
+            or (augment > 0 and self._rows > AUGMENT_REFRESH * self.augmented_rows)
         )
 
     def describe(self) -> dict[str, Any]:
@@ -359,6 +468,7 @@ class VectorIndex:
             "dim": self.dim,
             "settings": settings,
             "removed_rows": self._removed_rows,
+            "augmented_with": self.augment,
             "bytes_per_million": round(per_vector * 1_000_000),
             "disk_bytes_per_million": round(on_disk * 1_000_000),
         }
@@ -375,6 +485,8 @@ class VectorIndex:
                 "dim": self.dim,
                 "rows": self._rows,
                 "trained_on": self.trained_on,
+                "augment": self.augment,
+                "augmented_rows": self.augmented_rows,
             }
             if self._vectors is not None:
                 header |= {"nlist": self.nlist, "token": self._vectors.save(path, self._rows)}
@@ -436,6 +548,8 @@ class VectorIndex:
             raise IndexFileError(f"{path}: index and its row ids disagree")
         index._index = loaded
         index.trained_on = header["trained_on"]
+        index.augment = header.get("augment", 0)
+        index.augmented_rows = header.get("augmented_rows", 0)
         index._row_id_parts = [row_ids.astype(np.int64, copy=False)]
         index._removed_rows = removed
         if index.kind == "ivfpq":
@@ -743,8 +857,10 @@ def open_index(
     save: bool = True,
     *,
     exact_max: int = EXACT_MAX_VECTORS,
+    augment: int = AUGMENT_NEIGHBOURS,
 ) -> VectorIndex:
-    """The index in sync with ``store``: loaded, caught up, or rebuilt (and saved if it changed).
+    """The index in sync with ``store``: loaded, caught up, or rebuilt (and saved if it changed),
+    its rows augmented by ``augment`` neighbours.
 
     A rebuild also happens when the index no longer suits its size (``needs_rebuild``): this is
     where flat becomes IVF as the database grows."""
@@ -764,7 +880,7 @@ def open_index(
                 max_id = int(ids.max()) if len(ids) else state.max_id
                 state = IndexState(generation, max_id, index.count, index.dim)
                 changed = True
-        if state.generation == generation and not index.needs_rebuild(exact_max):
+        if state.generation == generation and not index.needs_rebuild(exact_max, augment):
             if changed:
                 _save_quietly(index, path, state, save)
             return index
@@ -773,7 +889,7 @@ def open_index(
     if count and dim:  # streamed: never every vector in memory at once
         index = VectorIndex.build_from(
             count, dim, store.vector_batches, store.vector_sample,
-            exact_max=exact_max, spill=path if save else None,
+            exact_max=exact_max, spill=path if save else None, augment=augment,
         )  # fmt: skip
     else:
         index = VectorIndex(0)

@@ -44,7 +44,6 @@ from geosearch.config import Settings
 from geosearch.embeddings import Dequantization, dequantization_for
 from geosearch.errors import ConfigError, InputError, OutputError
 from geosearch.feedback import rocchio
-from geosearch.index import index_for_search
 from geosearch.pixels import Window
 from geosearch.request import SearchFilters
 from geosearch.search import SearchResult, allowed_ids, similarity_of
@@ -123,9 +122,16 @@ def tile_similarity(
 ) -> tuple[Grid, np.ndarray, int]:
     """A tile-level map of every tile's similarity to ``query`` (``allowed``: only those): grid,
     (height, width) float32 values (NODATA without a tile) and the number of tiles placed.
-    Scores come from the index's float32 vectors (SQLite reads wide vector BLOBs slowly)."""
-    scored_ids, scores = index_for_search(store).score_all(query)
-    return tile_values(store, scored_ids, similarity_of(scores), tile_size, allowed)
+    The similarity results show: each tile's own vector's cosine, streamed from the database
+    (the index's rows are augmented, ``geosearch.index``)."""
+    query = np.asarray(query, dtype=np.float32)
+    ids, scores = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for batch_ids, vectors in store.vector_batches():  # one batch in memory at a time
+        ids.append(batch_ids)
+        scores.append(vectors.astype(np.float32) @ query)
+    return tile_values(
+        store, np.concatenate(ids), similarity_of(np.concatenate(scores)), tile_size, allowed
+    )
 
 
 def tile_values(

@@ -13,7 +13,7 @@ shortlisted scenes: where its place is found, the tiles covering it lead the res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -29,6 +29,7 @@ from shapely.ops import unary_union
 from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog
 from geosearch.config import FeedbackSettings, SearchSettings, Settings
+from geosearch.copies import COPY_SHORTLIST, near_copies
 from geosearch.errors import ConfigError, DatabaseError, InputError, NotFoundError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
@@ -97,9 +98,11 @@ def similarity_of(cosine: float | np.ndarray) -> float | np.ndarray:
 class Match:
     """One result: its rank (1 = most similar), score and tile.
 
-    ``score`` orders the results: the cosine to the query as searched (expanded toward its
-    neighbours, moved by feedback), or for a tile where the second stage found the query's
-    place (``located``), 1 + correlation x the share of the query it covers. ``cosine`` is to
+    ``score`` orders the results: the score of the query as searched (expanded toward its
+    neighbours, moved by feedback) against the tile's index row (augmented), at least the
+    tile's own cosine; for a tile where the second stage found the query's place
+    (``located``), 1 + correlation x the share of the query it covers; for a near copy of a
+    plain picture, 1 + the thumbnails' correlation. ``cosine`` is the tile's own vector's to
     the query as given; ``similarity`` is what people read: that cosine mapped to 0..1.
     """
 
@@ -451,7 +454,8 @@ def search_vectors(
 
     ``locate`` (search settings with ``locate`` on): the second stage places each query in the
     scenes of its shortlist (not with feedback, which ranks by the marked vectors); tiles that
-    cover the placed query come first.
+    cover the placed query come first. In plain-image databases it finds near copies of the
+    query picture instead (``geosearch.copies``), which come first.
     """
     filters = filters or SearchFilters()
     feedback = feedback or Feedback()
@@ -465,7 +469,7 @@ def search_vectors(
     vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
     expansion = locate.expansion if locate is not None and not feedback else 0
     parents, row_vectors = orientation_rows(
-        [expanded(index, store, q, expansion) for q in queries],
+        [expanded(index, q, expansion) for q in queries],
         lambda v: rocchio(v, good, bad, feedback_settings),
     )
     allowed = allowed_ids(store, filters)
@@ -488,8 +492,13 @@ def search_vectors(
     second_stage &= catalog.manifest.scaling != "none"  # embedding rasters are no pictures
     located = [
         _located(catalog, index, query, locate, allowed, passes(query))
-        if second_stage
+        if second_stage and catalog.manifest.kind == "geo"
         else ([], [])
+        for query in queries
+    ]
+    copy_stage = second_stage and catalog.manifest.kind == "plain"
+    copies = [
+        _copies(catalog, index, query, allowed, passes(query)) if copy_stage else []
         for query in queries
     ]
     placed_ids = [frozenset(p.tile_id for p in placed) for placed, _ in located]
@@ -498,20 +507,20 @@ def search_vectors(
     ]
     if allowed is not None and len(allowed) <= EXACT_SUBSET_LIMIT:
         ranked_rows = _exact_subset(
-            store, row_vectors, row_queries, sorted(allowed), checks, wanted
+            index, store, row_vectors, row_queries, sorted(allowed), checks, wanted
         )
     else:
         ranked_rows = _faiss_with_growing_k(
             index, store, row_vectors, row_queries, allowed, checks, wanted
         )
-    ranked = merge_orientations(store, parents, row_vectors, ranked_rows, orientation_bonus)
+    ranked = merge_orientations(index.vectors, parents, row_vectors, ranked_rows, orientation_bonus)
     for number, query in enumerate(queries):
         if is_scene_query(query) and not feedback:
             unplaced = replace(query, also_exclude=query.also_exclude | placed_ids[number])
             ranked[number] = _scene_pairs(index, store, unplaced, allowed, passes(query), wanted)
     results = []
-    for query, vector, pairs, (placed, placements) in zip(
-        queries, vectors, ranked, located, strict=True
+    for query, vector, pairs, (placed, placements), copied in zip(
+        queries, vectors, ranked, located, copies, strict=True
     ):
         if reranking and pairs:
             ids = [tile_id for _, tile_id in pairs]
@@ -522,6 +531,10 @@ def search_vectors(
             )  # fmt: skip
             order = np.argsort(-scores, kind="stable")
             pairs = [(float(scores[i]), ids[i]) for i in order]
+        elif not is_scene_query(query):
+            pairs = own_vectors_floor(store, query.vector, pairs[:top])
+            copy_ids = {tile_id for _, tile_id in copied}
+            pairs = copied + [pair for pair in pairs if pair[1] not in copy_ids]
         placed = placed[:top]
         matches = ranked_matches(store, pairs[: top - len(placed)], placed, query.vector)
         applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
@@ -530,8 +543,8 @@ def search_vectors(
     return results
 
 
-def expanded(index: Any, store: Store, query: Query, neighbours: int) -> Query:
-    """The query moved toward its ``neighbours`` nearest tiles, each weighted by its cosine
+def expanded(index: VectorIndex, query: Query, neighbours: int) -> Query:
+    """The query moved toward its ``neighbours`` nearest tiles' rows, each weighted by its score
     (query expansion: label-free, what its neighbourhood agrees on counts more; EuroSAT
     mAP@R 0.400 -> 0.483 at 10, ``bench/quality.py --only semantic --quick``). Queries of
     several tiles and any-orientation queries are searched as they are."""
@@ -547,7 +560,7 @@ def expanded(index: Any, store: Store, query: Query, neighbours: int) -> Query:
     if not pairs:
         return query
     scores = np.asarray([score for score, _ in pairs], dtype=np.float32)
-    neighbourhood = store.vectors_in_order([tile_id for _, tile_id in pairs])
+    neighbourhood = index.vectors([tile_id for _, tile_id in pairs])
     return replace(query, vector=expansion(query.vector, scores, neighbourhood))
 
 
@@ -556,6 +569,19 @@ def expansion(vector: np.ndarray, scores: np.ndarray, neighbours: np.ndarray) ->
     below 0 count 0), unit length."""
     weights = np.maximum(scores.astype(np.float32), 0.0)
     return _unit(vector + weights @ neighbours)
+
+
+def own_vectors_floor(
+    store: Store, vector: np.ndarray, pairs: Sequence[tuple[float, int]]
+) -> list[tuple[float, int]]:
+    """(score, tile id) ``pairs`` scored at least their tiles' own vectors' cosine to the query
+    ``vector``, best first. The index ranks augmented rows (each tile moved toward its
+    neighbours, ``geosearch.index``); this keeps a stored copy of the query first."""
+    if not pairs:
+        return []
+    ids = [tile_id for _, tile_id in pairs]
+    scores = np.maximum([score for score, _ in pairs], store.vectors_in_order(ids) @ vector)
+    return [(float(scores[i]), ids[i]) for i in np.argsort(-scores, kind="stable")]
 
 
 def ranked_matches(
@@ -698,6 +724,25 @@ def locate(
     return LocateResult(query, place_query(catalog, query, settings))
 
 
+def _copies(
+    catalog: Catalog, index: VectorIndex, query: Query, allowed: set[int] | None, check: Any
+) -> list[tuple[float, int]]:
+    """The second stage of plain-image databases: the pictures among the query's
+    ``COPY_SHORTLIST`` nearest (by its own vector) that are near copies of it by their pixels
+    (``geosearch.copies``), as (1 + correlation, tile id), best first."""
+    if query.path is None or query.turned is not None or is_scene_query(query):
+        return []
+    k = min(index.count, COPY_SHORTLIST + len(query.exclude))
+    _, found = index.search(query.vector[None, :].astype(np.float32), k)
+    ids = [
+        int(i)
+        for i in found[0]
+        if i >= 0 and int(i) not in query.exclude and (allowed is None or int(i) in allowed)
+    ]
+    tiles = [tile for tile in catalog.store.tiles(ids[:COPY_SHORTLIST]) if check(tile)]
+    return [(1.0 + correlation, tile_id) for correlation, tile_id in near_copies(query.path, tiles)]
+
+
 def _shortlist(catalog: Catalog, index: VectorIndex, query: Query, size: int) -> list[int]:
     """Tiles to look for the query's place around, best first: the fused vector's ranking
     interleaved with the CNN block's alone (the most shift-tolerant block; under each of the
@@ -722,13 +767,14 @@ def orientation_rows(queries: Sequence[Query], adjust: Any = None) -> tuple[list
 
 
 def merge_orientations(
-    store: Store,
+    vectors_of: Callable[[list[int]], np.ndarray],
     parents: list[int],
     row_vectors: np.ndarray,
     ranked_rows: list[list[tuple[float, int]]],
     bonus: float,
 ) -> list[list[tuple[float, int]]]:
-    """Per query: its rows' candidates, rescored exactly under every orientation, merged."""
+    """Per query: its rows' candidates, rescored exactly under every orientation (from the
+    candidates' ``vectors_of``: what their ranking came from), merged."""
     merged = []
     for parent in sorted(set(parents)):
         rows = [i for i, p in enumerate(parents) if p == parent]
@@ -739,7 +785,7 @@ def merge_orientations(
         if not candidates:
             merged.append([])
             continue
-        scores = row_vectors[rows] @ store.vectors_in_order(candidates).T  # (8, n)
+        scores = row_vectors[rows] @ vectors_of(candidates).T  # (8, n)
         combined = np.maximum(scores[0] + bonus, scores.max(axis=0))
         order = np.argsort(-combined, kind="stable")
         merged.append([(float(combined[j]), candidates[j]) for j in order])
@@ -747,6 +793,7 @@ def merge_orientations(
 
 
 def _exact_subset(
+    index: VectorIndex,
     store: Store,
     vectors: np.ndarray,
     queries: Sequence[Query],
@@ -754,11 +801,11 @@ def _exact_subset(
     checks: list,
     wanted: int,
 ) -> list[list[tuple[float, int]]]:
-    """Score every allowed tile directly (the filters left few)."""
+    """Score every allowed tile's index row directly (the filters left few)."""
     if not ids:
         return [[] for _ in queries]
-    found, stored = store.vectors(ids)
-    scores = vectors @ stored.T
+    found = ids
+    scores = vectors @ index.vectors(ids).T
     out = []
     for query, row, check in zip(queries, scores, checks, strict=True):
         order = np.argsort(-row, kind="stable")

@@ -12,7 +12,7 @@ them in the same order):
  4 store       geopackage, session_store, store
  5 index       index
  6 catalog     catalog (a database opened for work: store + manifest + fusion)
- 7 search      request, classifier, feedback, register, locate, search
+ 7 search      request, classifier, feedback, register, locate, copies, search
  8 output      render, maps, coverage
  9 engines     engines/ (registry, shared writer, local, spark)
 10 commands    ingest, batch, sessions, check, migrate, detection, chips
@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("geopackage", "session_store", "store")),
     ("index", ("index",)),
     ("catalog", ("catalog",)),
-    ("search", ("request", "classifier", "feedback", "register", "locate", "search")),
+    ("search", ("request", "classifier", "feedback", "register", "locate", "copies", "search")),
     ("output", ("render", "maps", "coverage")),
     ("engines", ("engines",)),
     (

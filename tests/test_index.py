@@ -185,7 +185,7 @@ def write_tiles(store: Store, path: str, vectors: np.ndarray) -> list[int]:
 
 def test_open_index_catches_up_and_switches_kind_at_thresholds(tmp_path, data):
     _, vectors, queries = data
-    thresholds = {"exact_max": 500}
+    thresholds = {"exact_max": 500, "augment": 0}  # the rows are the vectors: exact truth below
     with Store(tmp_path / "db.gpkg", create=True) as store:
         write_tiles(store, "a.tif", vectors[:400])
         assert open_index(store, **thresholds).kind == "flat"
@@ -301,7 +301,51 @@ def test_a_build_killed_half_way_leaves_no_index_or_a_whole_one(tmp_path, data):
     assert VectorIndex.load(index_path(db)) is None  # nothing saved half-way
     with Store(db) as store:
         index = open_index(store, exact_max=500)
-        stored_ids, stored = store.vectors()
+        stored_ids = store.vectors()[0]
     assert (index.kind, index.count) == ("ivfpq", 4000)
-    truth = stored_ids[np.argsort(-(queries @ stored.T), axis=1)[:, :10]]
+    rows = index.vectors(stored_ids)  # augmented: what the index ranks by
+    truth = stored_ids[np.argsort(-(queries @ rows.T), axis=1)[:, :10]]
     assert recall_at_10(index.search(queries, 10)[1], truth) >= 0.95
+
+
+def augmented_by_hand(vectors: np.ndarray, neighbours: int) -> np.ndarray:
+    """Each vector plus its ``neighbours`` nearest others weighted by cosine, unit length."""
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    near = np.argsort(-scores, axis=1)[:, :neighbours]
+    weights = np.take_along_axis(scores, near, 1).clip(0)
+    summed = vectors + np.einsum("rk,rkd->rd", weights, vectors[near])
+    return summed / np.linalg.norm(summed, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_databases_index_ranks_each_vector_with_its_nearest_neighbours(tmp_path, data, kind):
+    """Database-side augmentation: open_index's rows are each stored vector plus its 5 nearest
+    others (exact for flat; IVF finds them in a few lists: most rows the same), the database
+    keeps the vectors themselves, and tiles added later are augmented against the indexed rows
+    until the rows have grown 1.5x, when they are all augmented again."""
+    _, vectors, _ = data
+    exact_max = 5000 if kind == "flat" else 500
+    with Store(tmp_path / "db.gpkg", create=True) as store:
+        write_tiles(store, "a.tif", vectors[:2000])
+        index = open_index(store, exact_max=exact_max)
+        ids, stored = store.vectors()
+        assert (index.kind, index.augment, index.augmented_rows) == (kind, 5, 2000)
+        expected = augmented_by_hand(stored, 5)
+        same = np.isclose(index.vectors(ids), expected, atol=2e-3).all(axis=1)
+        assert same.mean() == 1.0 if kind == "flat" else same.mean() > 0.8
+        assert not np.isclose(stored, expected, atol=2e-3).all(axis=1).any()
+
+        write_tiles(store, "b.tif", vectors[2000:2500])  # caught up: augmented as added
+        index = open_index(store, exact_max=exact_max)
+        new_ids, new = store.vectors(after_id=int(ids.max()))
+        assert (index.count, index.augmented_rows) == (2500, 2000)
+        rows = index.vectors(new_ids)
+        assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-3)
+        assert (np.sum(rows * new, axis=1) < 0.999).all()  # moved toward their neighbours
+
+        write_tiles(store, "c.tif", vectors[2500:3100])  # 3100 > 1.5 x 2000: a new pass
+        index = open_index(store, exact_max=exact_max)
+        assert (index.count, index.augmented_rows) == (3100, 3100)
+        loaded, _ = VectorIndex.load(index_path(store.path))
+        assert (loaded.augment, loaded.augmented_rows) == (5, 3100)

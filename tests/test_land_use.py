@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 import geosearch
 from geosearch.config import Settings
@@ -99,3 +100,47 @@ def test_the_creation_sample_is_embedded_once_with_the_vectors_computed_afresh(t
             assert np.array_equal(reused.vectors, computed.vectors)
         tile.pixels[0, 0, 0] ^= 1  # other pixels at the same place: computed, not reused
         assert catalog.sample_features.get(path, window, tile) is None
+
+
+def near_copy(picture: Path, folder: Path, way: int) -> Path:
+    """A near copy of ``picture`` in ``folder``: cropped 3 px a side and resized back as JPEG
+    (way 0), or 8 % cut off its right and bottom (way 1), or halved and saved as PNG (way 2)."""
+    with Image.open(picture) as image:
+        rgb = image.convert("RGB")
+    w, h = rgb.size
+    if way == 2:
+        copy, suffix = rgb.resize((w // 2, h // 2), Image.Resampling.BILINEAR), ".png"
+    else:
+        box = (3, 3, w - 3, h - 3) if way == 0 else (0, 0, round(0.92 * w), round(0.92 * h))
+        copy, suffix = rgb.crop(box).resize((w, h), Image.Resampling.BILINEAR), ".jpg"
+    path = folder / f"{picture.stem}_{way}{suffix}"
+    copy.save(path, quality=75)
+    return path
+
+
+def test_a_near_copy_of_a_stored_picture_comes_first_by_its_pixels(eurosat_db, tmp_path):
+    """The copy stage of plain databases: the vectors rank kinds (expanded, augmented) and let
+    pictures of the same kind pass a near copy's original; its pixels put it back first. A
+    near copy of a picture the database does not hold is named no copy."""
+    db, pictures = eurosat_db
+    originals = [pictures[name][n] for name in CLASSES for n in (3, 29, 51)]
+    copies = [near_copy(p, tmp_path, n % 3) for n, p in enumerate(originals)]
+
+    def first_is_original(settings: Settings) -> list[bool]:
+        results = geosearch.similar(db, copies, top=5, settings=settings)
+        return [
+            r.matches[0].tile.path == str(original)
+            for r, original in zip(results, originals, strict=True)
+        ]
+
+    with_stage = first_is_original(Settings())
+    vectors_alone = first_is_original(Settings().with_overrides({"search.locate": False}))
+    print("first with the copy stage:", sum(with_stage), "vectors alone:", sum(vectors_alone))
+    assert sum(with_stage) >= 13 and sum(with_stage) >= sum(vectors_alone) + 3
+
+    absent = [
+        near_copy(sorted(shared("eurosat", name).glob("*.jpg"))[-1], tmp_path, 0)
+        for name in CLASSES
+    ]
+    for result in geosearch.similar(db, absent, top=5):
+        assert result.matches[0].score < 1.0  # no copy named: ranked by the vectors

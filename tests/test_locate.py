@@ -248,7 +248,7 @@ def test_a_place_unsure_in_the_shortlist_is_found_in_another_year(
     from geosearch import locate
 
     scene, db = four_years_128
-    window = Window(394, 201, 102, 102)  # 2009 at 0.8x: 102 px of ground enlarged to 128
+    window = Window(158, 388, 102, 102)  # 2009 at 0.8x: 102 px of ground enlarged to 128
     chip = tmp_path / "scaled.tif"
     with rasterio.open(scene) as src:
         pixels = src.read(

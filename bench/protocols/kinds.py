@@ -4,11 +4,11 @@ picture is a query, the rest of the sample the candidates, relevant = the same f
 
 - geosearch: a plain-image database ingested through the public API (default settings, or the
   dotted overrides given), each stored picture ranked against every other by its stored vector
-  moved as ``similar`` moves it (query expansion, ``search.expansion``) in numpy; ``similar``
-  does the same: a sample is checked through it and timed. Beside it the stored vectors
-  without expansion, and the candidates augmented (database-side augmentation: each stored
-  vector averaged with its 10 nearest, weighted by cosine; not built into geosearch: what an
-  index of such vectors would give, the query as stored and expanded);
+  moved as ``similar`` moves it (query expansion, ``search.expansion``) against the rows of
+  the database's index (augmented: each stored vector plus its 5 nearest, weighted by cosine)
+  in numpy; ``similar`` does the same: a sample is checked through it and timed. Beside it the
+  index rows without expansion, the stored vectors alone, and the stored vectors augmented
+  exactly by 0 (as before the index was augmented) and 10 neighbours, the query expanded;
 - baselines in the same run: the shipped MobileNet's raw 1024-d output (the database's cnn
   extractor, before any standardisation) with plain cosine, and the same centred (the
   collection's mean subtracted);
@@ -16,10 +16,11 @@ picture is a query, the rest of the sample the candidates, relevant = the same f
   label, the next 10 shown by a ``feedback`` round marked too, then ``feedback`` over the whole
   database with the 20 marks: AP of the class over the unmarked pictures. Beside it, Rocchio
   (1, 0.75, 0.25) with the same marks on the raw output;
-- near copies (the same picture, not its kind): a seeded sample of pictures, each cropped
-  ``NEAR_COPY_CROP`` px a side, resized back and saved as JPEG quality 75, searched through
-  ``geosearch.similar``; top-1 / in the top 10 = its original found there. Plain databases have
-  no second stage: this is the vectors' job alone, with the default expansion and without;
+- near copies (the same picture, not its kind): a seeded sample of pictures made into near
+  copies three ways (``NEAR_COPY_KINDS``: cropped a little about the centre, cut off at one
+  corner, halved and brightened), searched through ``geosearch.similar``; top-1 / in the top
+  10 = its original found there; the first way also without the copy stage (the vectors
+  alone). And near copies of pictures the database does not hold: the share named a copy;
 - a geo variant: the pictures written as GeoTIFFs (EPSG:32633, 10 m pixels), one per place,
   10 km apart, ingested as a geo database and queried through ``geosearch.similar`` (second
   stage included), own tile excluded.
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageEnhance
 
 from bench.protocols.common import DATA, emit, ingest_into, slug, unit_rows, write_raster
 from geosearch import GeosearchError
@@ -45,6 +47,7 @@ from geosearch.catalog import open_database
 from geosearch.config import FeedbackSettings, Settings
 from geosearch.features import prepare_batch
 from geosearch.feedback import rocchio
+from geosearch.index import open_index
 from geosearch.search import expansion
 from geosearch.store import Store, normalise_path
 
@@ -58,7 +61,7 @@ TIMED_QUERIES = 30  # similar calls timed (and checked against the numpy ranking
 GEO_CRS = "EPSG:32633"
 GEO_PIXEL_M = 10.0
 GEO_SPACING_M = 10_000.0  # between places: no two footprints touch
-AUGMENT = 10  # neighbours averaged into each candidate by database-side augmentation
+AUGMENT = (0, 10)  # database-side augmentation by other neighbour counts (the index: 5), exactly
 GEO_QUERIES = 300  # similar calls per geo database: a seeded sample of its pictures
 NEAR_COPIES = 200  # pictures of the sample searched as near copies of themselves
 NEAR_COPY_CROP = 3  # px cut from each side of a near copy before it is resized back
@@ -128,13 +131,20 @@ def kinds_metrics(
     }
 
 
-def cosine_rankings(vectors: np.ndarray, rows: Sequence[int], chunk: int = 500) -> list[np.ndarray]:
-    """Each row's ranking of every other row by cosine (unit rows: dot product), best first."""
+def cosine_rankings(
+    vectors: np.ndarray,
+    rows: Sequence[int],
+    chunk: int = 500,
+    candidates: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Each row's ranking of every other row by cosine (unit rows: dot product), best first;
+    scored against ``candidates`` (the rows' augmented form, say) if given."""
+    candidates = vectors if candidates is None else candidates
     rankings = []
     rows = list(rows)
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-        scores = vectors[part] @ vectors.T
+        scores = vectors[part] @ candidates.T
         scores[np.arange(len(part)), part] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
         rankings += [ranked[:-1] for ranked in order]  # the query itself sorts last
@@ -142,32 +152,46 @@ def cosine_rankings(vectors: np.ndarray, rows: Sequence[int], chunk: int = 500) 
 
 
 def expanded_rankings(
-    vectors: np.ndarray, rows: Sequence[int], neighbours: int, chunk: int = 500
+    vectors: np.ndarray,
+    rows: Sequence[int],
+    neighbours: int,
+    chunk: int = 500,
+    candidates: np.ndarray | None = None,
+    top: int = 0,
 ) -> list[np.ndarray]:
-    """Each row's ranking of every other row by cosine to its query as ``similar`` searches
-    it: moved toward its ``neighbours`` nearest other rows (``geosearch.search.expansion``)."""
-    if neighbours <= 0:
-        return cosine_rankings(vectors, rows, chunk)
-    first = cosine_rankings(vectors, rows, chunk)
+    """Each row's ranking of every other row as ``similar`` searches it: the row as it is,
+    moved toward its ``neighbours`` nearest other rows (``geosearch.search.expansion``), scored
+    against ``candidates`` (default: the rows; a database's index rows are augmented). With
+    ``top``, the first ``top`` are re-ranked as ``similar(top=top)`` returns them, each scored
+    at least its own row's cosine (``geosearch.search.own_vectors_floor``)."""
+    candidates = vectors if candidates is None else candidates
+    first = cosine_rankings(vectors, rows, chunk, candidates)
     rankings = []
     rows = list(rows)
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         moved = np.stack([
-            expansion(vectors[row], vectors[near] @ vectors[row], vectors[near])
+            expansion(vectors[row], candidates[near] @ vectors[row], candidates[near])
+            if neighbours > 0 else vectors[row]
             for row, near in ((row, first[start + n][:neighbours]) for n, row in enumerate(part))
         ])  # fmt: skip
-        scores = moved @ vectors.T
+        scores = moved @ candidates.T
         scores[np.arange(len(part)), part] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
+        if top:
+            own = vectors[part] @ vectors.T
+            for n, ranked in enumerate(order):
+                head = ranked[:top]
+                floored = np.maximum(scores[n, head], own[n, head])
+                ranked[:top] = head[np.argsort(-floored, kind="stable")]
         rankings += [ranked[:-1] for ranked in order]
     return rankings
 
 
 def augmented(vectors: np.ndarray, neighbours: int) -> np.ndarray:
     """Database-side augmentation (DBA): each unit row plus its ``neighbours`` nearest other
-    rows weighted by their cosine (negative counted 0), back to unit length. Not built into
-    geosearch: measured here as what an index of augmented vectors would give."""
+    rows weighted by their cosine (negative counted 0), back to unit length, exactly (what
+    ``geosearch.index`` builds, at other neighbour counts)."""
     scores = vectors @ vectors.T
     np.fill_diagonal(scores, -np.inf)
     near = np.argsort(-scores, axis=1)[:, :neighbours]
@@ -175,25 +199,11 @@ def augmented(vectors: np.ndarray, neighbours: int) -> np.ndarray:
     return unit_rows(vectors + (vectors[near] * weights[:, :, None]).sum(axis=1))
 
 
-def augmented_rankings(
-    vectors: np.ndarray, rows: Sequence[int], augment: int, neighbours: int
-) -> list[np.ndarray]:
-    """Each row's ranking as ``similar`` would search an index of ``augmented`` vectors: the
-    query as stored, moved toward its ``neighbours`` nearest candidates (the expansion), scored
-    against the augmented candidates."""
-    candidates = augmented(vectors, augment)
-    rankings = []
-    for row in rows:
-        query = vectors[row]
-        if neighbours:
-            first = candidates @ query
-            first[row] = -np.inf
-            near = np.argsort(-first, kind="stable")[:neighbours]
-            query = expansion(query, candidates[near] @ query, candidates[near])
-        scores = candidates @ query
-        scores[row] = -np.inf
-        rankings.append(np.argsort(-scores, kind="stable")[:-1])
-    return rankings
+def index_rows(db: Path, ids: np.ndarray) -> np.ndarray:
+    """The rows the database's index ranks the tiles ``ids`` by (augmented, ``geosearch.index``)."""
+    with Store(db) as store:
+        index = open_index(store)
+        return index.vectors(ids)
 
 
 # -- databases ------------------------------------------------------------------------------
@@ -266,29 +276,54 @@ def timed_similar(
     }
 
 
-def near_copies(kinds: KindsSet, folder: Path, count: int = NEAR_COPIES) -> list[tuple[Path, Path]]:
-    """(copy, original) for ``count`` seeded pictures of ``kinds``: each cropped
-    ``NEAR_COPY_CROP`` px a side, resized back to its size (bilinear), saved as JPEG in
-    ``folder``."""
-    from PIL import Image
+def _cropped_centre(picture: Any) -> Any:
+    w, h, cut = picture.width, picture.height, NEAR_COPY_CROP
+    return picture.crop((cut, cut, w - cut, h - cut)).resize((w, h), Image.Resampling.BILINEAR)
 
+
+def _cropped_corner(picture: Any) -> Any:
+    w, h = picture.width, picture.height
+    kept = picture.crop((0, 0, round(0.92 * w), round(0.92 * h)))
+    return kept.resize((w, h), Image.Resampling.BILINEAR)
+
+
+def _halved_brighter(picture: Any) -> Any:
+    half = picture.resize((picture.width // 2, picture.height // 2), Image.Resampling.BILINEAR)
+    return ImageEnhance.Brightness(half).enhance(1.2)
+
+
+# How near copies are made: (name, transformation, file suffix). A copy stage tuned to one
+# would be caught by the others.
+NEAR_COPY_KINDS = (
+    (f"cropped {NEAR_COPY_CROP} px a side, resized back, JPEG q{NEAR_COPY_QUALITY}",
+     _cropped_centre, ".jpg"),
+    (f"8 % cut off right and bottom, resized back, JPEG q{NEAR_COPY_QUALITY}",
+     _cropped_corner, ".jpg"),
+    ("half size, 20 % brighter, PNG", _halved_brighter, ".png"),
+)  # fmt: skip
+
+
+def near_copies(
+    paths: Sequence[Path], folder: Path, kind: int = 0, count: int = NEAR_COPIES
+) -> list[tuple[Path, Path]]:
+    """(copy, original) for ``count`` seeded pictures of ``paths``, each made into a near copy
+    in ``folder`` the way ``NEAR_COPY_KINDS[kind]`` says."""
+    _, transform, suffix = NEAR_COPY_KINDS[kind]
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SAMPLE_SEED)
-    picks = sorted(rng.choice(len(kinds.paths), min(count, len(kinds.paths)), replace=False))
+    picks = sorted(rng.choice(len(paths), min(count, len(paths)), replace=False))
     pairs = []
     for n in picks:
-        original = kinds.paths[n]
-        copy = folder / f"{n:05d}_{original.stem}.jpg"
+        original = paths[n]
+        copy = folder / f"{kind}_{n:05d}_{original.stem}{suffix}"
         with Image.open(original) as picture:
-            w, h, cut = picture.width, picture.height, NEAR_COPY_CROP
-            cropped = picture.convert("RGB").crop((cut, cut, w - cut, h - cut))
-            cropped.resize((w, h), Image.Resampling.BILINEAR).save(copy, quality=NEAR_COPY_QUALITY)
+            transform(picture.convert("RGB")).save(copy, quality=NEAR_COPY_QUALITY)
         pairs.append((copy, original))
     return pairs
 
 
 def near_copy_metrics(
-    db: Path, pairs: Sequence[tuple[Path, Path]], overrides: dict[str, Any]
+    db: Path, pairs: Sequence[tuple[Path, Path]], overrides: dict[str, Any], kind: int = 0
 ) -> dict[str, Any]:
     """Share of near copies whose original ``geosearch.similar`` ranks first, and within the
     top 10, searched with the dotted settings ``overrides``."""
@@ -305,8 +340,21 @@ def near_copy_metrics(
         "near_copy_top1": round(float((ranks_array == 0).mean()), 4),
         f"near_copy_top{TOP}": round(float((ranks_array < TOP).mean()), 4),
         "queries": len(ranks),
-        "near_copy": f"cropped {NEAR_COPY_CROP} px a side, resized back, JPEG q{NEAR_COPY_QUALITY}",
+        "near_copy": NEAR_COPY_KINDS[kind][0],
     }
+
+
+def false_copies(db: Path, kinds: KindsSet, folder: Path) -> dict[str, Any]:
+    """Near copies (the first kind) of pictures of the set that the database does not hold:
+    the share whose results name a copy anyway (a score above 1: the copy stage's)."""
+    from geosearch import similar
+
+    held = set(kinds.paths)
+    others = [p for p in eurosat_sample(PER_CLASS[-1]).paths if p not in held]
+    pairs = near_copies(others, folder)
+    results = similar(db, [copy for copy, _ in pairs], top=TOP)
+    named = [bool(r.matches) and r.matches[0].score > 1.0 for r in results]
+    return {"false_copy_share": round(float(np.mean(named)), 4), "queries": len(pairs)}
 
 
 # -- 20 simulated marks ---------------------------------------------------------------------
@@ -511,28 +559,43 @@ def kinds_figures(
     vectors = stored_vectors[rows]  # in picture order
     everyone = list(range(len(kinds.paths)))
     neighbours = overrides.get("search.expansion", Settings().search.expansion)
-    rankings = expanded_rankings(vectors, everyone, neighbours)
+    candidates = index_rows(db, ids[rows])
+    rankings = expanded_rankings(  # a user asking for R results: R = the others of a class
+        vectors, everyone, neighbours, candidates=candidates, top=per_class - 1
+    )
+    page = expanded_rankings(vectors, everyone, neighbours, candidates=candidates, top=TOP)
     out = {
         label: kinds_metrics(rankings, labels, everyone)
         | {"expansion": neighbours}
         | {"ingest_tiles_per_s": round(ingested["tiles"] / ingested["ingest_s"], 1)}
         | {"bytes_per_tile": bytes_per_tile(db, ingested["tiles"]), "dim": vectors.shape[1]}
-        | timed_similar(db, kinds.paths, rankings, ids[rows])
+        | timed_similar(db, kinds.paths, page, ids[rows])
         | ingested
     }
     if neighbours:
-        out[f"{label}, stored vectors without expansion"] = kinds_metrics(
-            cosine_rankings(vectors, everyone), labels, everyone
+        out[f"{label}, index rows without expansion"] = kinds_metrics(
+            cosine_rankings(vectors, everyone, candidates=candidates), labels, everyone
         )
-    copies = near_copies(kinds, work / f"near_copies{per_class}")
-    out[f"{label}, near copies"] = near_copy_metrics(db, copies, overrides)
-    if neighbours:
-        out[f"{label}, near copies without expansion"] = near_copy_metrics(
-            db, copies, overrides | {"search.expansion": 0}
-        )
-    out[f"{label}, candidates augmented (DBA {AUGMENT}, not built)"] = kinds_metrics(
-        augmented_rankings(vectors, everyone, AUGMENT, neighbours), labels, everyone
-    ) | {"augment": AUGMENT, "expansion": neighbours}
+    out[f"{label}, stored vectors alone (no augmentation, no expansion)"] = kinds_metrics(
+        cosine_rankings(vectors, everyone), labels, everyone
+    )
+    for kind in range(len(NEAR_COPY_KINDS)):
+        copies = near_copies(kinds.paths, work / f"near_copies{per_class}", kind)
+        name = "near copies" if kind == 0 else f"near copies ({kind})"
+        out[f"{label}, {name}"] = near_copy_metrics(db, copies, overrides, kind)
+        if kind == 0:  # what the copy stage adds to the vectors
+            out[f"{label}, {name} without the copy stage"] = near_copy_metrics(
+                db, copies, overrides | {"search.locate": False}, kind
+            )
+    out[f"{label}, near copies of pictures it does not hold"] = false_copies(
+        db, kinds, work / f"absent_copies{per_class}"
+    )
+    for augment in AUGMENT:  # 0: the index before it was augmented
+        exact = augmented(vectors, augment)
+        name = f"exact DBA {augment}" if augment else "no augmentation (as before)"
+        out[f"{label}, stored vectors, {name}"] = kinds_metrics(
+            expanded_rankings(vectors, everyone, neighbours, candidates=exact), labels, everyone
+        ) | {"augment": augment, "expansion": neighbours}
     raw = None
     if baselines or marks:
         raw_values, seconds = raw_cnn(db, kinds.paths)
