@@ -41,13 +41,20 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from bench.protocols.common import DATA, emit, ingest_into, slug, unit_rows, write_raster
+from bench.protocols.common import (
+    DATA,
+    emit,
+    index_rows,
+    ingest_into,
+    slug,
+    unit_rows,
+    write_raster,
+)
 from geosearch import GeosearchError
 from geosearch.catalog import open_database
 from geosearch.config import FeedbackSettings, Settings
 from geosearch.features import prepare_batch
 from geosearch.feedback import rocchio
-from geosearch.index import open_index
 from geosearch.search import expansion
 from geosearch.store import Store, normalise_path
 
@@ -197,13 +204,6 @@ def augmented(vectors: np.ndarray, neighbours: int) -> np.ndarray:
     near = np.argsort(-scores, axis=1)[:, :neighbours]
     weights = np.take_along_axis(scores, near, axis=1).clip(0)
     return unit_rows(vectors + (vectors[near] * weights[:, :, None]).sum(axis=1))
-
-
-def index_rows(db: Path, ids: np.ndarray) -> np.ndarray:
-    """The rows the database's index ranks the tiles ``ids`` by (augmented, ``geosearch.index``)."""
-    with Store(db) as store:
-        index = open_index(store)
-        return index.vectors(ids)
 
 
 # -- databases ------------------------------------------------------------------------------

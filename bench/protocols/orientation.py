@@ -21,6 +21,7 @@ from bench.protocols.common import (
     GroundTruth,
     K,
     emit,
+    index_rows,
     ingest_into,
     label_of,
     naip_truth,
@@ -62,8 +63,9 @@ def query_chips(catalog: Catalog, truth: GroundTruth) -> list[RawTile]:
 
 def rule_scores(turns: np.ndarray, stored: np.ndarray, bonus: float) -> dict[str, np.ndarray]:
     """(queries, tiles) scores per rule from the queries' 8 orientation vectors (8, q, dim),
-    every stored tile scored exactly (no FAISS shortlist): as it lies; the search's merge
-    (max(as it lies + bonus, best turn)); the best turn (bonus 0); the D4-mean query."""
+    every tile's row (``stored``: the index's) scored exactly (no FAISS shortlist): as it
+    lies; the search's merge (max(as it lies + bonus, best turn)); the best turn (bonus 0);
+    the D4-mean query."""
     turns = unit_rows(turns)
     per_turn = np.einsum("oqd,td->oqt", turns, stored)
     best = per_turn.max(axis=0)
@@ -73,6 +75,16 @@ def rule_scores(turns: np.ndarray, stored: np.ndarray, bonus: float) -> dict[str
         "best_turn": best,
         "d4_mean_query": unit_rows(turns.mean(axis=0)) @ stored.T,
     }
+
+
+def rule_floors(turns: np.ndarray, stored: np.ndarray) -> dict[str, np.ndarray]:
+    """(queries, tiles) per rule: the cosine of the query vector ``similar`` keeps (as it
+    lies; the D4 mean) to each tile's own vector, what a result scores at least."""
+    turns = unit_rows(turns)
+    as_lies = turns[0] @ stored.T
+    mean = unit_rows(turns.mean(axis=0)) @ stored.T
+    rules = {rule: as_lies for rule in ("as_is", "any_orientation", "best_turn")}
+    return rules | {"d4_mean_query": mean}
 
 
 def timed_orientation_queries(
@@ -225,10 +237,13 @@ def run_orientation(work: Path, quick: bool) -> None:
             for protocol, turn in (("plain", None), ("turned", QUERY_TURN)):
                 oriented = chips if turn is None else [turned(chip, turn) for chip in chips]
                 turns = catalog.compute_orientations(oriented)[0]
-                scores = rule_scores(turns, truth.vectors, bonus)
+                scores = rule_scores(turns, index_rows(db, truth.ids), bonus)
+                floors = rule_floors(turns, truth.vectors)
                 measured, expected = {}, {}
                 for rule, similarity in scores.items():
-                    measured[rule], expected[rule] = ranking_metrics(truth, K, similarity)
+                    measured[rule], expected[rule] = ranking_metrics(
+                        truth, K, similarity, floors[rule]
+                    )
                 folder = work / f"orientation_{slug(weights_label)}_{protocol}"
                 timing = timed_orientation_queries(
                     catalog, truth, folder, turn, expected, bonus, sample
