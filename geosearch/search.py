@@ -464,8 +464,8 @@ def search_vectors(
     index = index_for_search(store)
     if index.count == 0:
         raise DatabaseError(f"{store.path} holds no tiles yet")
-    good = index.vectors(feedback.good) if feedback.good else np.zeros((0, index.dim))
-    bad = index.vectors(feedback.bad) if feedback.bad else np.zeros((0, index.dim))
+    good = store.vectors_in_order(feedback.good) if feedback.good else np.zeros((0, index.dim))
+    bad = store.vectors_in_order(feedback.bad) if feedback.bad else np.zeros((0, index.dim))
     vectors = np.vstack([rocchio(q.vector, good, bad, feedback_settings) for q in queries])
     expansion = locate.expansion if locate is not None and not feedback else 0
     parents, row_vectors = orientation_rows(
@@ -474,9 +474,7 @@ def search_vectors(
     )
     allowed = allowed_ids(store, filters)
     reranking = bool(feedback) and feedback_settings.method != "rocchio"
-    background = (
-        index.vectors(store.sample_ids(feedback_settings.background)) if reranking else None
-    )
+    background = store.vector_sample(feedback_settings.background) if reranking else None
     wanted = max(top, feedback_settings.candidates) if reranking else top
 
     def passes(query: Query) -> Any:
@@ -528,7 +526,7 @@ def search_vectors(
             ids = [tile_id for _, tile_id in pairs]
             cosine = np.asarray([score for score, _ in pairs])
             scores = rerank_scores(
-                vector, good, bad, background, index.vectors(ids), cosine,
+                vector, good, bad, background, store.vectors_in_order(ids), cosine,
                 feedback_settings,
             )  # fmt: skip
             order = np.argsort(-scores, kind="stable")
