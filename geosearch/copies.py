@@ -6,17 +6,19 @@ picture already here? The vectors rank pictures by kind (expanded and augmented,
 little cropped, resized, saved again). So the query's ``COPY_SHORTLIST`` nearest pictures by
 its own vector are compared with it by their pixels: grey thumbnails ``THUMB_SIDE`` px a side,
 each with its mean removed, at unit length, so that their inner product is their correlation.
-Each picture is thumbnailed whole and in parts (``crop_boxes``: ``CROPS`` of each side cut
-off, at the centre or toward a side or corner); two pictures correlate as well as one whole
-matches some part of the other (either way round). Those at ``COPY_CORRELATION`` or more are
-near copies and lead the results, scored 1 + their correlation (bench/README.md, "Near copies
-in a plain database", measured them).
+Each picture is read as ``BASE`` x ``BASE`` grey (a box filter) and thumbnailed whole and in
+parts (``crop_boxes``: ``CROPS`` of each side cut off, at the centre or toward a side or
+corner), all pictures at once from their summed-area tables; two pictures correlate as well
+as one whole matches some part of the other (either way round). Those at ``COPY_CORRELATION``
+or more are near copies and lead the results, scored 1 + their correlation (bench/README.md,
+"Kinds of places", measured them).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from geosearch.store import TileRecord
 
 THUMB_SIDE = 16
+BASE = 64  # px a side each picture is read at before its parts are cut
 CROPS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125)  # share of each side cut off
 COPY_SHORTLIST = 20
 COPY_CORRELATION = 0.9
@@ -42,64 +45,77 @@ def crop_boxes() -> list[tuple[float, float, float]]:
     return boxes
 
 
-def thumbnails(path: str | Path) -> np.ndarray | None:
-    """(parts, THUMB_SIDE²) a picture's grey thumbnails of each of ``crop_boxes``, the whole
-    first (EXIF orientation applied, decoded at about ``8 * THUMB_SIDE`` px), each with its
-    mean removed, at unit length; None if it cannot be read or is one flat grey."""
+def grey(path: str | Path) -> np.ndarray | None:
+    """A picture as (BASE, BASE) float grey (EXIF orientation applied, JPEGs decoded at a
+    reduced size, then a box filter), or None if it cannot be read."""
     try:
         with warnings.catch_warnings(), Image.open(path) as image:
             warnings.simplefilter("ignore")  # what Pillow tolerates, decoding decides
-            image.draft("L", (8 * THUMB_SIDE, 8 * THUMB_SIDE))  # JPEG: decoded smaller
-            grey = ImageOps.exif_transpose(image).convert("L")
-            factor = max(grey.size) // (8 * THUMB_SIDE)
-            if factor > 1:
-                grey = grey.reduce(factor)
-            values = _box_means(np.asarray(grey, dtype=np.float64), crop_boxes())
+            image.draft("L", (2 * BASE, 2 * BASE))  # JPEG: decoded smaller
+            picture = ImageOps.exif_transpose(image).convert("L")
+            small = picture.resize((BASE, BASE), Image.Resampling.BOX)
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError):
         return None
-    values -= values.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    if norms[0, 0] <= _FLAT * THUMB_SIDE:
-        return None
-    return (values / np.maximum(norms, 1e-6)).astype(np.float32)
+    return np.asarray(small, dtype=np.float64)
 
 
-def _box_means(grey: np.ndarray, boxes: Sequence[tuple[float, float, float]]) -> np.ndarray:
-    """(len(boxes), THUMB_SIDE²): each box (left, top, side as shares) of ``grey`` cut into
-    THUMB_SIDE x THUMB_SIDE cells, each cell's sum (what a box filter gives, up to a constant
-    per box): from the summed-area table, read between pixels by bilinear interpolation, which
-    is exact for the area under pixels of constant value."""
-    height, width = grey.shape
-    table = np.zeros((height + 1, width + 1))
-    table[1:, 1:] = grey.cumsum(0).cumsum(1)
+def thumbnails(greys: np.ndarray) -> np.ndarray:
+    """(pictures, parts, THUMB_SIDE²) of (pictures, BASE, BASE) grey pictures: each part of
+    ``crop_boxes`` cut into THUMB_SIDE x THUMB_SIDE cells, each cell's sum, then each
+    thumbnail's mean removed, at unit length (a flat one stays zero). Cell sums come from the
+    pictures' summed-area tables read between pixels by bilinear interpolation (exact for the
+    area under pixels of constant value): first along rows for each distinct run of rows the
+    parts have, then along columns, part by part, in one gather."""
+    tables = np.zeros((len(greys), BASE + 1, BASE + 1), dtype=np.float32)
+    tables[:, 1:, 1:] = greys.cumsum(1).cumsum(2)
+    (y0, fy, part_rows), (x0, fx, part_columns) = _corners()
+    fy = fy[None, :, :, None]
+    across = tables[:, y0] * (1 - fy) + tables[:, y0 + 1] * fy  # (n, row runs, S + 1, BASE + 1)
+    runs = part_rows[:, None, None]
+    lines = np.arange(THUMB_SIDE + 1)[None, :, None]
+    columns = x0[part_columns][:, None, :]  # (parts, 1, S + 1)
+    share = fx[part_columns][None, :, None, :]
+    left = across[:, runs, lines, columns]  # (n, parts, S + 1, S + 1)
+    right = across[:, runs, lines, columns + 1]
+    at = left * (1 - share) + right * share  # the tables at every cell corner of every part
+    cells = at[..., 1:, 1:] - at[..., :-1, 1:] - at[..., 1:, :-1] + at[..., :-1, :-1]
+    values = cells.reshape(len(greys), len(part_rows), -1)
+    values -= values.mean(axis=2, keepdims=True)
+    norms = np.linalg.norm(values, axis=2, keepdims=True)
+    return values / np.where(norms > _FLAT * THUMB_SIDE, norms, np.inf)
+
+
+@cache
+def _corners() -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Where the parts' cell corners fall in a BASE-px picture, for rows then columns: the
+    distinct runs' whole pixels and the share beyond them, each (runs, THUMB_SIDE + 1), and
+    each part's run."""
     steps = np.linspace(0.0, 1.0, THUMB_SIDE + 1)
-    lefts, tops, sides = (np.array(column)[:, None] for column in zip(*boxes, strict=True))
-    xs = (lefts + sides * steps) * width  # (boxes, THUMB_SIDE + 1)
-    ys = (tops + sides * steps) * height
-    x0 = np.minimum(xs.astype(int), width - 1)
-    y0 = np.minimum(ys.astype(int), height - 1)
-    fx, fy = (xs - x0)[:, None, :], (ys - y0)[:, :, None]
-    rows = table[y0] * (1 - fy) + table[y0 + 1] * fy  # (boxes, THUMB_SIDE + 1, width + 1)
-    x0 = np.broadcast_to(x0[:, None, :], fx.shape[:1] + (THUMB_SIDE + 1, THUMB_SIDE + 1))
-    left = np.take_along_axis(rows, x0, 2)
-    right = np.take_along_axis(rows, x0 + 1, 2)
-    at = left * (1 - fx) + right * fx  # the table at every cell corner of every box
-    cells = at[:, 1:, 1:] - at[:, :-1, 1:] - at[:, 1:, :-1] + at[:, :-1, :-1]
-    return cells.reshape(len(boxes), -1)
+    out = []
+    for axis in (1, 0):  # rows: the parts' tops; columns: their lefts
+        runs = sorted({(box[axis], box[2]) for box in crop_boxes()})
+        starts, sides = (np.array(column)[:, None] for column in zip(*runs, strict=True))
+        at = (starts + sides * steps) * BASE
+        whole = np.minimum(at.astype(int), BASE - 1)
+        run_of = np.array([runs.index((box[axis], box[2])) for box in crop_boxes()])
+        out.append((whole, (at - whole).astype(np.float32), run_of))
+    return tuple(out)
 
 
 def near_copies(query: str | Path, candidates: Sequence[TileRecord]) -> list[tuple[float, int]]:
     """(correlation, tile id) of the ``candidates`` whose pictures are near copies of the
     picture at ``query``, best first (none if the query cannot be read)."""
-    own = thumbnails(query)
-    if own is None:
+    own = grey(query)
+    read = [(tile.id, picture) for tile in candidates if (picture := grey(tile.path)) is not None]
+    if own is None or not read:
         return []
-    found = []
-    for tile in candidates:
-        other = thumbnails(tile.path)
-        if other is None:
-            continue
-        correlation = float(max((own[0] @ other.T).max(), (other[0] @ own.T).max()))
-        if correlation >= COPY_CORRELATION:
-            found.append((correlation, tile.id))
+    parts = thumbnails(np.stack([own] + [picture for _, picture in read]))
+    mine, theirs = parts[0], parts[1:]
+    # the query whole against each candidate's parts, each candidate whole against the query's
+    correlation = np.maximum((theirs @ mine[0]).max(axis=1), (theirs[:, 0] @ mine.T).max(axis=1))
+    found = [
+        (float(c), tile_id)
+        for c, (tile_id, _) in zip(correlation, read, strict=True)
+        if c >= COPY_CORRELATION
+    ]
     return sorted(found, reverse=True)
