@@ -275,13 +275,17 @@ class VectorIndex:
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The rows holding ``ids`` (unknown or removed ids left out)."""
+        rows, found = self._positions(ids)
+        return np.unique(rows[found])
+
+    def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each of ``ids``'s row, in order, and whether the index holds it there."""
         row_ids = self._row_ids
         if not len(ids) or not len(row_ids):
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
         order = np.argsort(row_ids, kind="stable")
-        position = np.minimum(np.searchsorted(row_ids, ids, sorter=order), len(order) - 1)
-        found = row_ids[order[position]] == ids
-        return np.unique(order[position[found]])
+        rows = order[np.minimum(np.searchsorted(row_ids, ids, sorter=order), len(order) - 1)]
+        return rows, row_ids[rows] == ids
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (n_queries, k'), best first; k' = min(k, count).
@@ -351,12 +355,8 @@ class VectorIndex:
     def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """(len(ids), dim) the rows this index ranks ``ids`` by, in the order given (the
         augmented vectors; the database keeps each tile's own)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        row_ids = self._row_ids
-        order = np.argsort(row_ids, kind="stable")
-        position = np.minimum(np.searchsorted(row_ids, ids, sorter=order), max(len(order) - 1, 0))
-        rows = order[position] if len(order) else position
-        if len(ids) and (not len(order) or (row_ids[rows] != ids).any()):
+        rows, found = self._positions(np.asarray(ids, dtype=np.int64))
+        if not found.all():
             raise DatabaseError("the index does not hold every tile asked for; run geosearch check")
         return self._row_vectors(rows)
 
