@@ -3,8 +3,9 @@
 A gallery has no scenes to place a query in, but the same question comes first: is this
 picture already here? The vectors rank pictures by kind (expanded and augmented, see
 ``geosearch.index``), which can put pictures of the query's kind above a near copy of it (a
-little cropped, resized, saved again). So the query's ``COPY_SHORTLIST`` nearest pictures by
-its own vector are compared with it by their pixels: grey thumbnails ``THUMB_SIDE`` px a side,
+little cropped, resized, saved again). So ``COPY_SHORTLIST`` pictures are compared with it by
+their pixels, those of the index's ``COPY_POOL`` x as many nearest whose own vectors (not
+augmented) are nearest the query's: grey thumbnails ``THUMB_SIDE`` px a side,
 each with its mean removed, at unit length, so that their inner product is their correlation.
 Each picture is read as ``BASE`` x ``BASE`` grey (a box filter) and thumbnailed whole and in
 parts (``crop_boxes``: ``CROPS`` of each side cut off, at the centre or toward a side or
@@ -30,6 +31,7 @@ THUMB_SIDE = 16
 BASE = 64  # px a side each picture is read at before its parts are cut
 CROPS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125)  # share of each side cut off
 COPY_SHORTLIST = 20
+COPY_POOL = 5  # the shortlist: the 20 of the index's 100 nearest whose own vectors are nearest
 COPY_CORRELATION = 0.9
 _FLAT = 1e-3  # a thumbnail with less contrast than this (0..255 grey) has no pattern to match
 

@@ -29,7 +29,7 @@ from shapely.ops import unary_union
 from geosearch.bands import QueryBands
 from geosearch.catalog import Catalog
 from geosearch.config import FeedbackSettings, SearchSettings, Settings
-from geosearch.copies import COPY_SHORTLIST, near_copies
+from geosearch.copies import COPY_POOL, COPY_SHORTLIST, near_copies
 from geosearch.errors import ConfigError, DatabaseError, InputError, NotFoundError
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
@@ -728,17 +728,21 @@ def _copies(
     catalog: Catalog, index: VectorIndex, query: Query, allowed: set[int] | None, check: Any
 ) -> list[tuple[float, int]]:
     """The second stage of plain-image databases: the pictures among the query's
-    ``COPY_SHORTLIST`` nearest (by its own vector) that are near copies of it by their pixels
-    (``geosearch.copies``), as (1 + correlation, tile id), best first."""
+    ``COPY_SHORTLIST`` nearest (by their own vectors, of the index's ``COPY_POOL`` x as many
+    nearest) that are near copies of it by their pixels (``geosearch.copies``), as
+    (1 + correlation, tile id), best first."""
     if query.path is None or query.turned is not None or is_scene_query(query):
         return []
-    k = min(index.count, COPY_SHORTLIST + len(query.exclude))
+    k = min(index.count, COPY_POOL * COPY_SHORTLIST + len(query.exclude))
     _, found = index.search(query.vector[None, :].astype(np.float32), k)
     ids = [
         int(i)
         for i in found[0]
         if i >= 0 and int(i) not in query.exclude and (allowed is None or int(i) in allowed)
     ]
+    if ids:  # the nearest by their own vectors: augmented rows rank by kind, copies by the tile
+        own = catalog.store.vectors_in_order(ids) @ query.vector
+        ids = [ids[i] for i in np.argsort(-own, kind="stable")]
     tiles = [tile for tile in catalog.store.tiles(ids[:COPY_SHORTLIST]) if check(tile)]
     return [(1.0 + correlation, tile_id) for correlation, tile_id in near_copies(query.path, tiles)]
 
