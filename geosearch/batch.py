@@ -19,7 +19,7 @@ from geosearch.catalog import open_database
 from geosearch.config import Settings
 from geosearch.engines.base import Chunk, ChunkFailure, FilePlan
 from geosearch.engines.spark import SparkScheduler, spark_session, spark_top_k
-from geosearch.errors import ConfigError, InputError
+from geosearch.errors import ConfigError, DatabaseError, InputError
 from geosearch.index import index_for_search
 from geosearch.ingest import discover
 from geosearch.search import (
@@ -73,6 +73,8 @@ def similar_spark(
         if not resolved:
             raise ConfigError("no query: give query files or folders, or --all-tiles")
         index = index_for_search(store)  # searched as the local search does: the index's rows
+        if index.count == 0:
+            raise DatabaseError(f"{store.path} holds no tiles yet")
         ids, vectors = (np.concatenate(part) for part in zip(*index.row_batches(), strict=True))
         parents, matrix = orientation_rows(resolved)
         extra = max(len(query.exclude) for query in resolved)

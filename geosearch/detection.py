@@ -218,9 +218,9 @@ def session_training(
         )
     index = index_for_search(store)
     positives = _rows(index, good)
-    query = _query_vector(catalog, saved["query"])
+    query = _query_row(catalog, index, saved["query"])
     if query is not None:
-        positives = np.vstack([index.augmented(query[None, :], index.augment), positives])
+        positives = np.vstack([query, positives])
     sample = store.sample_ids(settings.background) if settings.background else []
     background = _rows(index, sample, positives.shape[1])
     if len(background) <= len(labels):  # nothing but the marks
@@ -236,15 +236,19 @@ def _rows(index: VectorIndex, ids: Sequence[int], dim: int = 0) -> np.ndarray:
     return index.vectors(ids) if len(ids) else np.zeros((0, dim), np.float32)
 
 
-def _query_vector(catalog: Catalog, saved: dict[str, Any]) -> np.ndarray | None:
-    """The session's query vector as stored (no orientations), or None if it can no longer be
-    resolved (its file gone): the marks still teach the classifier."""
+def _query_row(catalog: Catalog, index: VectorIndex, saved: dict[str, Any]) -> np.ndarray | None:
+    """(1, dim): the session's query (no orientations) as the index holds or would hold it: an
+    indexed tile's own row, else its vector augmented as an added tile's is; None if it can no
+    longer be resolved (its file gone): the marks still teach the classifier."""
     request = SearchRequest.from_saved(saved).model_copy(update={"any_orientation": False})
     try:
         [query] = resolve_request(catalog, request)
     except GeosearchError:
         return None
-    return query.vector
+    if query.indexed and len(query.tiles) == 1:
+        return index.vectors([query.tiles[0].id])
+    not_indexed = np.zeros(1, np.int64)  # no tile's id: none of its neighbours is its own row
+    return index.augmented(query.vector[None, :], index.augment, not_indexed)
 
 
 # -- scoring ---------------------------------------------------------------------------------

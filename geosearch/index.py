@@ -322,9 +322,10 @@ class VectorIndex:
         self, vectors: np.ndarray, neighbours: int, ids: np.ndarray | None = None
     ) -> np.ndarray:
         """Each of the unit ``vectors`` plus its ``neighbours`` nearest rows of this index,
-        weighted by their cosines (those below 0 count 0), back to unit length. A row's own
-        tile (``ids``; without them, each vector's nearest row: the vectors are indexed) is not
-        its neighbour. IVF finds the neighbours in ``AUGMENT_LISTS`` lists."""
+        weighted by their cosines (those below 0 count 0), back to unit length. A vector's own
+        tile (``ids``; an id the index does not hold, 0 say, has none; without ``ids``, each
+        vector's nearest row: the vectors are indexed) is not its neighbour. IVF finds the
+        neighbours in ``AUGMENT_LISTS`` lists."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         k = min(neighbours + 1, self.count)
         if not len(vectors) or k == 0:

@@ -808,14 +808,13 @@ def _exact_subset(
     """Score every allowed tile's index row directly (the filters left few)."""
     if not ids:
         return [[] for _ in queries]
-    found = ids
     scores = vectors @ index.vectors(ids).T
     out = []
     for query, row, check in zip(queries, scores, checks, strict=True):
         order = np.argsort(-row, kind="stable")
         pairs = []
         for i in order:
-            tile_id = int(found[i])
+            tile_id = int(ids[i])
             if tile_id in query.exclude:
                 continue
             pairs.append((float(row[i]), tile_id))

@@ -182,8 +182,7 @@ def ranking_metrics(
         masked = np.where(truth.candidates[n], scores, -np.inf)
         order = np.argsort(-masked, kind="stable")[:k]
         if floor is not None:
-            floored = np.maximum(masked[order], floor[n][order])
-            order = order[np.argsort(-floored, kind="stable")]
+            order = floored_head(order, masked, floor[n], k)
         hits1.append(int(order[0]) in truth.best[n])
         precision.append(len(set(order.tolist()) & truth.relevant[n]) / k)
         chance.append(len(truth.best[n]) / int(truth.candidates[n].sum()))
@@ -241,6 +240,14 @@ def timed_search(
         "timed_queries": len(picks),
         "search_agrees": round(float(np.mean(agree)), 3),
     }
+
+
+def floored_head(order: np.ndarray, scores: np.ndarray, floor: np.ndarray, k: int) -> np.ndarray:
+    """``order`` with its first ``k`` re-ranked by max(score, floor), as
+    ``search.own_vectors_floor`` re-ranks a search's results (``scores``, ``floor``: per item)."""
+    head = order[:k]
+    floored = np.maximum(scores[head], floor[head])
+    return np.concatenate([head[np.argsort(-floored, kind="stable")], order[k:]])
 
 
 def index_rows(db: Path, ids: np.ndarray) -> np.ndarray:

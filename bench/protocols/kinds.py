@@ -44,6 +44,7 @@ from PIL import Image, ImageEnhance
 from bench.protocols.common import (
     DATA,
     emit,
+    floored_head,
     index_rows,
     ingest_into,
     slug,
@@ -172,25 +173,24 @@ def expanded_rankings(
     ``top``, the first ``top`` are re-ranked as ``similar(top=top)`` returns them, each scored
     at least its own row's cosine (``geosearch.search.own_vectors_floor``)."""
     candidates = vectors if candidates is None else candidates
-    first = cosine_rankings(vectors, rows, chunk, candidates)
+    first = cosine_rankings(vectors, rows, chunk, candidates) if neighbours > 0 else None
     rankings = []
     rows = list(rows)
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-        moved = np.stack([
-            expansion(vectors[row], candidates[near] @ vectors[row], candidates[near])
-            if neighbours > 0 else vectors[row]
-            for row, near in ((row, first[start + n][:neighbours]) for n, row in enumerate(part))
-        ])  # fmt: skip
+        moved = vectors[part]
+        if first is not None:
+            nearest = [first[start + n][:neighbours] for n in range(len(part))]
+            moved = np.stack([
+                expansion(vectors[row], candidates[near] @ vectors[row], candidates[near])
+                for row, near in zip(part, nearest, strict=True)
+            ])  # fmt: skip
         scores = moved @ candidates.T
         scores[np.arange(len(part)), part] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
         if top:
             own = vectors[part] @ vectors.T
-            for n, ranked in enumerate(order):
-                head = ranked[:top]
-                floored = np.maximum(scores[n, head], own[n, head])
-                ranked[:top] = head[np.argsort(-floored, kind="stable")]
+            order = [floored_head(ranked, scores[n], own[n], top) for n, ranked in enumerate(order)]
         rankings += [ranked[:-1] for ranked in order]
     return rankings
 
