@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from geosearch.config import Settings
     from geosearch.ingest import IngestReport
     from geosearch.request import SearchRequest
+    from geosearch.search import Match
 
 
 class _MadeOnUse:
@@ -462,7 +463,6 @@ def _print_results(results: list, files, json_output: bool) -> None:
             )
         for match in result.matches:
             w = match.tile.window
-            located = match.located
             table.add_row(
                 str(match.rank),
                 f"{match.similarity:.3f}",
@@ -470,7 +470,7 @@ def _print_results(results: list, files, json_output: bool) -> None:
                 _shown_path(match.tile.path),
                 f"{w.row},{w.col} {w.width}x{w.height}",
                 match.tile.acquired or "",
-                f"{located.coverage:.0%} of the query" if located else "",
+                _place_text(match),
             )
         out.print(table)
         if result.location is not None:
@@ -480,6 +480,14 @@ def _print_results(results: list, files, json_output: bool) -> None:
         f"{', '.join(str(p) for p in files.contact_sheets)}",
         markup=False,
     )
+
+
+def _place_text(match: Match) -> str:
+    """The "place" column: the share of the query the tile shows where the second stage placed
+    it, or that it is a near copy of the query picture."""
+    if match.located is not None:
+        return f"{match.located.coverage:.0%} of the query"
+    return "near copy" if match.near_copy is not None else ""
 
 
 Queries = Annotated[list[Path] | None, typer.Argument(help="Query files (indexed or not).")]

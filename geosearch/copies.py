@@ -12,7 +12,8 @@ parts (``crop_boxes``: ``CROPS`` of each side cut off, at the centre or toward a
 corner), all pictures at once from their summed-area tables; two pictures correlate as well
 as one whole matches some part of the other (either way round). Those at ``COPY_CORRELATION``
 or more are near copies and lead the results, scored 1 + their correlation (bench/README.md,
-"Kinds of places", measured them).
+"Kinds of places", measured them). An any-orientation query is compared under its eight
+turns and mirrors, the best of them counting.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from geosearch.orientation import IDENTITY, Orientation
 from geosearch.store import TileRecord
 
 THUMB_SIDE = 16
@@ -104,17 +106,26 @@ def _corners() -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
     return tuple(out)
 
 
-def near_copies(query: str | Path, candidates: Sequence[TileRecord]) -> list[tuple[float, int]]:
+def near_copies(
+    query: str | Path,
+    candidates: Sequence[TileRecord],
+    orientations: Sequence[Orientation] = (IDENTITY,),
+) -> list[tuple[float, int]]:
     """(correlation, tile id) of the ``candidates`` whose pictures are near copies of the
-    picture at ``query``, best first (none if the query cannot be read)."""
+    picture at ``query`` under any of its ``orientations`` (all eight: turned or mirrored
+    copies too), best first (none if the query cannot be read)."""
     own = grey(query)
     read = [(tile.id, picture) for tile in candidates if (picture := grey(tile.path)) is not None]
     if own is None or not read:
         return []
-    parts = thumbnails(np.stack([own] + [picture for _, picture in read]))
-    mine, theirs = parts[0], parts[1:]
-    # the query whole against each candidate's parts, each candidate whole against the query's
-    correlation = np.maximum((theirs @ mine[0]).max(axis=1), (theirs[:, 0] @ mine.T).max(axis=1))
+    views = [orientation.apply(own) for orientation in orientations]
+    parts = thumbnails(np.stack(views + [picture for _, picture in read]))
+    mine, theirs = parts[: len(views)], parts[len(views) :]
+    # each view whole against each candidate's parts, each candidate whole against the views'
+    correlation = np.maximum(
+        np.einsum("cps,vs->cvp", theirs, mine[:, 0]).max(axis=(1, 2)),
+        np.einsum("cs,vps->cvp", theirs[:, 0], mine).max(axis=(1, 2)),
+    )
     found = [
         (float(c), tile_id)
         for c, (tile_id, _) in zip(correlation, read, strict=True)

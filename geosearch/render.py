@@ -340,6 +340,7 @@ def _result_properties(match: Match, number: int) -> dict[str, Any]:
         "cosine": round(match.cosine, 6) if match.cosine is not None else None,
         "correlation": round(located.placement.correlation, 4) if located else None,
         "coverage": round(located.coverage, 4) if located else None,
+        "near_copy": round(match.near_copy, 4) if match.near_copy is not None else None,
         "id": match.tile.id,
         "path": match.tile.path,
         "tiles": 1,
@@ -510,10 +511,12 @@ def write_marks(session: dict[str, Any], path: Path) -> Path:
 
 def _label(match: Match) -> list[str]:
     """A result's lines on the contact sheet: rank, similarity (and the share of the query it
-    shows, where the second stage placed it), date, file."""
+    shows, where the second stage placed it, or "near copy"), date, file."""
     first = f"#{match.rank}  similarity {match.similarity:.2f}"
     if match.located is not None:
         first += f"  · {match.located.coverage:.0%} of query"
+    elif match.near_copy is not None:
+        first += "  · near copy"
     return [first, match.tile.acquired or "undated", Path(match.tile.path).name]
 
 

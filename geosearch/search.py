@@ -34,6 +34,7 @@ from geosearch.errors import ConfigError, DatabaseError, InputError, NotFoundErr
 from geosearch.feedback import rerank_scores, rocchio
 from geosearch.index import VectorIndex, index_for_search
 from geosearch.locate import Locator, PlacedTile, Placement, placed_tiles, query_image
+from geosearch.orientation import ALL_ORIENTATIONS, IDENTITY
 from geosearch.pixels import Window
 from geosearch.request import SearchFilters, SearchRequest
 from geosearch.sources import canonical_path, file_name_problem
@@ -102,8 +103,9 @@ class Match:
     neighbours, moved by feedback) against the tile's index row (augmented), at least the
     tile's own cosine; for a tile where the second stage found the query's place
     (``located``), 1 + correlation x the share of the query it covers; for a near copy of a
-    plain picture, 1 + the thumbnails' correlation. ``cosine`` is the tile's own vector's to
-    the query as given; ``similarity`` is what people read: that cosine mapped to 0..1.
+    plain picture (``near_copy``: that correlation), 1 + the thumbnails' correlation.
+    ``cosine`` is the tile's own vector's to the query as given; ``similarity`` is what people
+    read: that cosine mapped to 0..1.
     """
 
     rank: int
@@ -112,6 +114,7 @@ class Match:
     preview: str | None = None
     cosine: float | None = None
     located: PlacedTile | None = None
+    near_copy: float | None = None  # a plain picture's thumbnails' correlation with the query
 
     @property
     def similarity(self) -> float:
@@ -133,6 +136,9 @@ class Match:
                 "coverage": round(located.coverage, 4),
             }
             if located is not None
+            else None,
+            "near_copy": {"correlation": round(self.near_copy, 4)}
+            if self.near_copy is not None
             else None,
             "row": tile.window.row,
             "col": tile.window.col,
@@ -537,6 +543,9 @@ def search_vectors(
             pairs = copied + [pair for pair in pairs if pair[1] not in copy_ids]
         placed = placed[:top]
         matches = ranked_matches(store, pairs[: top - len(placed)], placed, query.vector)
+        correlations = {tile_id: score - 1.0 for score, tile_id in copied}
+        for match in matches:
+            match.near_copy = correlations.get(match.tile.id)
         applied = {"good": list(feedback.good), "bad": list(feedback.bad)} if feedback else None
         location = placements[0] if placements else None
         results.append(SearchResult(query, matches, feedback=applied, location=location))
@@ -730,21 +739,27 @@ def _copies(
     """The second stage of plain-image databases: the pictures among the query's
     ``COPY_SHORTLIST`` nearest (by their own vectors, of the index's ``COPY_POOL`` x as many
     nearest) that are near copies of it by their pixels (``geosearch.copies``), as
-    (1 + correlation, tile id), best first."""
-    if query.path is None or query.turned is not None or is_scene_query(query):
+    (1 + correlation, tile id), best first. An any-orientation query is looked for under each
+    of its turns and mirrors."""
+    if query.path is None or is_scene_query(query):
         return []
+    rows = query.turned if query.turned is not None else query.vector[None, :]
     k = min(index.count, COPY_POOL * COPY_SHORTLIST + len(query.exclude))
-    _, found = index.search(query.vector[None, :].astype(np.float32), k)
-    ids = [
+    _, found = index.search(rows.astype(np.float32), k)
+    ids = list(dict.fromkeys(
         int(i)
-        for i in found[0]
+        for i in found.T.ravel()  # each row's first, then each row's second...
         if i >= 0 and int(i) not in query.exclude and (allowed is None or int(i) in allowed)
-    ]
+    ))  # fmt: skip
     if ids:  # the nearest by their own vectors: augmented rows rank by kind, copies by the tile
-        own = catalog.store.vectors_in_order(ids) @ query.vector
+        own = (catalog.store.vectors_in_order(ids) @ rows.T).max(axis=1)
         ids = [ids[i] for i in np.argsort(-own, kind="stable")]
     tiles = [tile for tile in catalog.store.tiles(ids[:COPY_SHORTLIST]) if check(tile)]
-    return [(1.0 + correlation, tile_id) for correlation, tile_id in near_copies(query.path, tiles)]
+    orientations = ALL_ORIENTATIONS if query.turned is not None else (IDENTITY,)
+    return [
+        (1.0 + correlation, tile_id)
+        for correlation, tile_id in near_copies(query.path, tiles, orientations)
+    ]
 
 
 def _shortlist(catalog: Catalog, index: VectorIndex, query: Query, size: int) -> list[int]:

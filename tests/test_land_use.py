@@ -17,6 +17,7 @@ import geosearch
 from geosearch.config import Settings
 from geosearch.engines.base import SilentProgress
 from geosearch.ingest import create_catalog, plan_files
+from geosearch.orientation import ALL_ORIENTATIONS
 from geosearch.store import Store
 from tests.conftest import EUROSAT_CLASSES as CLASSES
 from tests.conftest import EUROSAT_PER_CLASS as PER_CLASS
@@ -144,3 +145,35 @@ def test_a_near_copy_of_a_stored_picture_comes_first_by_its_pixels(eurosat_db, t
     ]
     for result in geosearch.similar(db, absent, top=5):
         assert result.matches[0].score < 1.0  # no copy named: ranked by the vectors
+        assert all(match.near_copy is None for match in result.matches)
+
+
+def test_a_turned_near_copy_is_found_first_when_any_orientation_is_asked(eurosat_db, tmp_path):
+    """A copy turned or mirrored (each of the seven ways) is compared under the query's eight
+    orientations with ``any_orientation``, comes first and is named a near copy in the results
+    and their JSON; searched as it is, the same copy is no near copy."""
+    db, pictures = eurosat_db
+    originals = [pictures[name][n] for name in CLASSES for n in (7, 40)][:7]
+    copies = []
+    for number, original in enumerate(originals):
+        cropped = near_copy(original, tmp_path, 0)
+        with Image.open(cropped) as image:
+            pixels = np.moveaxis(np.asarray(image.convert("RGB")), -1, 0)
+        turned = ALL_ORIENTATIONS[1 + number].apply(pixels)
+        copies.append(tmp_path / f"turned_{number}.jpg")
+        Image.fromarray(np.moveaxis(turned, 0, -1)).save(copies[-1], quality=75)
+
+    turned_results = geosearch.similar(db, copies, top=5, any_orientation=True)
+    firsts = [
+        r.matches[0].tile.path == str(original)
+        for r, original in zip(turned_results, originals, strict=True)
+    ]
+    assert sum(firsts) >= 6
+    for result, first in zip(turned_results, firsts, strict=True):
+        if first:
+            best = result.matches[0]
+            assert best.near_copy is not None and best.near_copy >= 0.9
+            assert best.to_dict()["near_copy"] == {"correlation": round(best.near_copy, 4)}
+            assert result.matches[1].near_copy is None
+    as_they_are = geosearch.similar(db, copies, top=5, any_orientation=False)
+    assert all(m.near_copy is None for r in as_they_are for m in r.matches)

@@ -56,6 +56,7 @@ from geosearch.catalog import open_database
 from geosearch.config import FeedbackSettings, Settings
 from geosearch.features import prepare_batch
 from geosearch.feedback import rocchio
+from geosearch.orientation import ALL_ORIENTATIONS
 from geosearch.search import expansion
 from geosearch.store import Store, normalise_path
 
@@ -276,30 +277,40 @@ def timed_similar(
     }
 
 
-def _cropped_centre(picture: Any) -> Any:
+def _cropped_centre(picture: Any, _number: int = 0) -> Any:
     w, h, cut = picture.width, picture.height, NEAR_COPY_CROP
     return picture.crop((cut, cut, w - cut, h - cut)).resize((w, h), Image.Resampling.BILINEAR)
 
 
-def _cropped_corner(picture: Any) -> Any:
+def _cropped_corner(picture: Any, _number: int = 0) -> Any:
     w, h = picture.width, picture.height
     kept = picture.crop((0, 0, round(0.92 * w), round(0.92 * h)))
     return kept.resize((w, h), Image.Resampling.BILINEAR)
 
 
-def _halved_brighter(picture: Any) -> Any:
+def _halved_brighter(picture: Any, _number: int = 0) -> Any:
     half = picture.resize((picture.width // 2, picture.height // 2), Image.Resampling.BILINEAR)
     return ImageEnhance.Brightness(half).enhance(1.2)
 
 
-# How near copies are made: (name, transformation, file suffix). A copy stage tuned to one
-# would be caught by the others.
+def _turned_cropped(picture: Any, number: int) -> Any:
+    """Cropped as the first kind, then turned or mirrored: each of the seven ways that are not
+    the identity in turn (by the picture's number)."""
+    orientation = ALL_ORIENTATIONS[1 + number % 7]
+    bands_first = np.moveaxis(np.asarray(_cropped_centre(picture)), -1, 0)
+    return Image.fromarray(np.moveaxis(orientation.apply(bands_first), 0, -1))
+
+
+# How near copies are made: (name, transformation, file suffix, settings searched with). A copy
+# stage tuned to one would be caught by the others.
 NEAR_COPY_KINDS = (
     (f"cropped {NEAR_COPY_CROP} px a side, resized back, JPEG q{NEAR_COPY_QUALITY}",
-     _cropped_centre, ".jpg"),
+     _cropped_centre, ".jpg", {}),
     (f"8 % cut off right and bottom, resized back, JPEG q{NEAR_COPY_QUALITY}",
-     _cropped_corner, ".jpg"),
-    ("half size, 20 % brighter, PNG", _halved_brighter, ".png"),
+     _cropped_corner, ".jpg", {}),
+    ("half size, 20 % brighter, PNG", _halved_brighter, ".png", {}),
+    (f"cropped {NEAR_COPY_CROP} px a side, turned or mirrored, JPEG q{NEAR_COPY_QUALITY}; "
+     "searched with any orientation", _turned_cropped, ".jpg", {"search.orientations": "any"}),
 )  # fmt: skip
 
 
@@ -308,7 +319,7 @@ def near_copies(
 ) -> list[tuple[Path, Path]]:
     """(copy, original) for ``count`` seeded pictures of ``paths``, each made into a near copy
     in ``folder`` the way ``NEAR_COPY_KINDS[kind]`` says."""
-    _, transform, suffix = NEAR_COPY_KINDS[kind]
+    _, transform, suffix, _ = NEAR_COPY_KINDS[kind]
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SAMPLE_SEED)
     picks = sorted(rng.choice(len(paths), min(count, len(paths)), replace=False))
@@ -317,7 +328,7 @@ def near_copies(
         original = paths[n]
         copy = folder / f"{kind}_{n:05d}_{original.stem}{suffix}"
         with Image.open(original) as picture:
-            transform(picture.convert("RGB")).save(copy, quality=NEAR_COPY_QUALITY)
+            transform(picture.convert("RGB"), int(n)).save(copy, quality=NEAR_COPY_QUALITY)
         pairs.append((copy, original))
     return pairs
 
@@ -329,7 +340,7 @@ def near_copy_metrics(
     top 10, searched with the dotted settings ``overrides``."""
     from geosearch import similar
 
-    settings = Settings().with_overrides(overrides)
+    settings = Settings().with_overrides(overrides | NEAR_COPY_KINDS[kind][3])
     results = similar(db, [copy for copy, _ in pairs], top=TOP, settings=settings)
     ranks = []
     for (_, original), result in zip(pairs, results, strict=True):
@@ -344,19 +355,24 @@ def near_copy_metrics(
     }
 
 
-def false_copies(db: Path, kinds: KindsSet, folder: Path) -> dict[str, Any]:
-    """Near copies (the first kind) of pictures of the set that the database does not hold:
-    the share whose results name a copy anyway (a score above 1: the copy stage's)."""
+def false_copies(db: Path, kinds: KindsSet, folder: Path, kind: int = 0) -> dict[str, Any]:
+    """Near copies (made the ``kind`` way) of pictures of the set that the database does not
+    hold: the share whose results name a copy anyway (a score above 1: the copy stage's)."""
     from geosearch import similar
 
     held = set(kinds.paths)
     others = [p for p in eurosat_sample(PER_CLASS[-1]).paths if p not in held]
     if not others:  # the sample is the whole set
         return {"false_copy_share": None, "queries": 0, "note": "no picture left out"}
-    pairs = near_copies(others, folder)
-    results = similar(db, [copy for copy, _ in pairs], top=TOP)
+    pairs = near_copies(others, folder, kind)
+    settings = Settings().with_overrides(NEAR_COPY_KINDS[kind][3])
+    results = similar(db, [copy for copy, _ in pairs], top=TOP, settings=settings)
     named = [bool(r.matches) and r.matches[0].score > 1.0 for r in results]
-    return {"false_copy_share": round(float(np.mean(named)), 4), "queries": len(pairs)}
+    return {
+        "false_copy_share": round(float(np.mean(named)), 4),
+        "queries": len(pairs),
+        "near_copy": NEAR_COPY_KINDS[kind][0],
+    }
 
 
 # -- 20 simulated marks ---------------------------------------------------------------------
@@ -589,9 +605,11 @@ def kinds_figures(
             out[f"{label}, {name} without the copy stage"] = near_copy_metrics(
                 db, copies, overrides | {"search.locate": False}, kind
             )
-    out[f"{label}, near copies of pictures it does not hold"] = false_copies(
-        db, kinds, work / f"absent_copies{per_class}"
-    )
+    for kind in (0, len(NEAR_COPY_KINDS) - 1):  # as they are, and turned
+        name = "" if kind == 0 else f" ({kind})"
+        out[f"{label}, near copies{name} of pictures it does not hold"] = false_copies(
+            db, kinds, work / f"absent_copies{per_class}", kind
+        )
     for augment in AUGMENT:  # 0: the index before it was augmented
         exact = augmented(vectors, augment)
         name = f"exact DBA {augment}" if augment else "no augmentation (as before)"
