@@ -7,8 +7,9 @@ marked by label, a ``feedback`` round (the next 10) marked by label: 20 marks; t
 on the session, and 3 rounds of ``--review 10`` marked by label, each followed by ``detect``.
 After each: AP of the query's class over every unmarked picture ranked by the classifier's
 probability, and precision/recall at the default threshold. Beside it in the same run, Rocchio
-(1, 0.75, 0.25) on the stored vectors with the same marks, and feedback's classifier settings
-(100 background tiles at full weight).
+(1, 0.75, 0.25) on the stored vectors with the same marks; and ``detect`` from marks no search
+chose (``RANDOM_MARKS``: as many pictures of the class and of the others drawn at random),
+which says how far a classifier on these vectors can go however the marks are chosen.
 
 Scale: a synthetic geo database of N tiles (``bench/map_page.py``'s: 128-d vectors, 64 x 64
 tiles a file), 10 tiles marked good (the nearest to one tile) and 10 bad; the whole
@@ -52,6 +53,7 @@ TOP = 10
 REVIEW_ROUNDS = 3
 REVIEW = 10
 SWEEP = (0.3, 0.5, 0.6, 0.7)  # thresholds whose precision and recall are also reported
+RANDOM_MARKS = (10, 25, 100)  # marks of each label drawn at random: what the vectors allow
 
 
 def emit(line: dict[str, Any]) -> None:
@@ -163,6 +165,24 @@ def quality(work: Path, per_class: int, queries_per_class: int, overrides: dict)
                     add("query alone", unmarked_figures(plain, None, labels, row, marked, 0))
                 marks = by_label([tile.tile.id for tile in result.review])  # saved next round
                 every_mark |= marks
+        rng = np.random.default_rng(number)
+        for count in RANDOM_MARKS:  # the same classifier from marks not chosen by any search
+            same = np.flatnonzero(labels == labels[row])
+            good = rng.choice(same[same != row], count, replace=False)
+            bad = rng.choice(np.flatnonzero(labels != labels[row]), count, replace=False)
+            random_marks = {int(ids[rows[r]]): 1 for r in good}
+            random_marks |= {int(ids[rows[r]]): -1 for r in bad}
+            similar(db, [kinds.paths[row]], top=1, session=f"{session}-random{count}",
+                    settings=settings)  # fmt: skip
+            with open_database(db, settings) as catalog:
+                result = detect(catalog, f"{session}-random{count}", random_marks,
+                                SearchFilters(), threshold, 0, detect_settings)  # fmt: skip
+            scores = np.zeros(len(rows), np.float32)
+            scores[row_of_id[result.ids]] = result.probabilities
+            marked = {*good.tolist(), *bad.tolist()}
+            add(f"detect, {count} + {count} random marks (the vectors' reach)",
+                unmarked_figures(np.argsort(-scores, kind="stable"), scores, labels, row,
+                                 marked, threshold))  # fmt: skip
     for stage, figures in stages.items():
         emit({
             "set": kinds.name, "method": stage, "queries": len(figures),
