@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import geosearch
 from geosearch.config import Settings
@@ -151,17 +152,23 @@ def test_gallery_of_plain_images_read_only(page, tmp_path):
 
     images = tmp_path / "images"
     shutil.copytree(shared("images"), images)
+    with Image.open(images / "hotdog.jpg") as picture:  # a near copy: cut a little, saved again
+        w, h = picture.size
+        picture.crop((8, 8, w - 8, h - 8)).save(images / "snack.jpg", quality=80)
     db = tmp_path / "gallery.gpkg"
-    assert geosearch.ingest([images], db).tiles_added == 8
+    assert geosearch.ingest([images], db).tiles_added == 9
     with running_server(create_app(db, Settings())) as url:
         page.goto(url + "/")
         expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
         expect(page.locator("#map")).to_be_hidden()
         figures = page.locator("#grid figure")
-        expect(figures).to_have_count(8)
+        expect(figures).to_have_count(9)
         page.locator("#grid figure", has_text="hotdog.jpg").click()
         expect(page.locator("#results li")).to_have_count(5)
-        expect(page.locator("#results li").first).to_contain_text("hotdog_2.jpg")
+        expect(page.locator("#results li").first).to_contain_text("snack.jpg")
+        expect(page.locator("#results li").first).to_contain_text("near copy")
+        expect(page.locator("#results li").nth(1)).to_contain_text("hotdog_2.jpg")
+        expect(page.locator("#results li").nth(1)).not_to_contain_text("near copy")
         expect(page.locator("#grid figure.query")).to_have_count(1)
         expect(page.locator("#grid figure.result")).to_have_count(5)
         first = listed_ids(page)[0]

@@ -512,9 +512,11 @@ function resultItem(feature) {
       {},
       element("span", { class: "rank", text: `#${props.rank}` }),
       element("span", { class: "score", text: `similarity ${props.similarity.toFixed(2)}` }),
-      props.coverage == null
-        ? ""
-        : element("div", { class: "found", text: `${Math.round(props.coverage * 100)}% of the query, placed` }),
+      props.coverage != null
+        ? element("div", { class: "found", text: `${Math.round(props.coverage * 100)}% of the query, placed` })
+        : props.near_copy != null
+          ? element("div", { class: "found", text: "near copy" })
+          : "",
       element("div", { class: "name", text: props.name }),
       element("div", { class: "muted", text: [props.acquired, window].filter(Boolean).join(" · ") }),
     ),
