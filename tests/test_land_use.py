@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 import geosearch
+from bench.protocols.kinds import NEAR_COPY_KINDS, NEAR_COPY_QUALITY
 from geosearch.config import Settings
 from geosearch.engines.base import SilentProgress
 from geosearch.ingest import create_catalog, plan_files
-from geosearch.orientation import ALL_ORIENTATIONS
 from geosearch.store import Store
 from tests.conftest import EUROSAT_CLASSES as CLASSES
 from tests.conftest import EUROSAT_PER_CLASS as PER_CLASS
@@ -103,19 +103,15 @@ def test_the_creation_sample_is_embedded_once_with_the_vectors_computed_afresh(t
         assert catalog.sample_features.get(path, window, tile) is None
 
 
-def near_copy(picture: Path, folder: Path, way: int) -> Path:
-    """A near copy of ``picture`` in ``folder``: cropped 3 px a side and resized back as JPEG
-    (way 0), or 8 % cut off its right and bottom (way 1), or halved and saved as PNG (way 2)."""
+def near_copy(picture: Path, folder: Path, kind: int, number: int = 0) -> Path:
+    """A near copy of ``picture`` in ``folder``, made as the benchmark makes its ``kind``
+    (``bench.protocols.kinds.NEAR_COPY_KINDS``: cropped a little, cut off-centre, halved and
+    brightened, cropped and turned the ``number``-th way)."""
+    _, transform, suffix, _ = NEAR_COPY_KINDS[kind]
     with Image.open(picture) as image:
-        rgb = image.convert("RGB")
-    w, h = rgb.size
-    if way == 2:
-        copy, suffix = rgb.resize((w // 2, h // 2), Image.Resampling.BILINEAR), ".png"
-    else:
-        box = (3, 3, w - 3, h - 3) if way == 0 else (0, 0, round(0.92 * w), round(0.92 * h))
-        copy, suffix = rgb.crop(box).resize((w, h), Image.Resampling.BILINEAR), ".jpg"
-    path = folder / f"{picture.stem}_{way}{suffix}"
-    copy.save(path, quality=75)
+        copy = transform(image.convert("RGB"), number)
+    path = folder / f"{picture.stem}_{kind}_{number}{suffix}"
+    copy.save(path, quality=NEAR_COPY_QUALITY)
     return path
 
 
@@ -154,14 +150,8 @@ def test_a_turned_near_copy_is_found_first_when_any_orientation_is_asked(eurosat
     and their JSON; searched as it is, the same copy is no near copy."""
     db, pictures = eurosat_db
     originals = [pictures[name][n] for name in CLASSES for n in (7, 40)][:7]
-    copies = []
-    for number, original in enumerate(originals):
-        cropped = near_copy(original, tmp_path, 0)
-        with Image.open(cropped) as image:
-            pixels = np.moveaxis(np.asarray(image.convert("RGB")), -1, 0)
-        turned = ALL_ORIENTATIONS[1 + number].apply(pixels)
-        copies.append(tmp_path / f"turned_{number}.jpg")
-        Image.fromarray(np.moveaxis(turned, 0, -1)).save(copies[-1], quality=75)
+    turned = len(NEAR_COPY_KINDS) - 1  # cropped, then each of the seven turns and mirrors
+    copies = [near_copy(original, tmp_path, turned, n) for n, original in enumerate(originals)]
 
     turned_results = geosearch.similar(db, copies, top=5, any_orientation=True)
     firsts = [
